@@ -1,0 +1,114 @@
+"""Third-party admin pages (users, groups, schedules, login attempts) re-registered through Unfold,
+so every page of the back office has the same theme."""
+
+from __future__ import annotations
+
+from axes.admin import AccessAttemptAdmin as BaseAccessAttemptAdmin
+from axes.admin import AccessFailureLogAdmin as BaseAccessFailureLogAdmin
+from axes.admin import AccessLogAdmin as BaseAccessLogAdmin
+from axes.models import AccessAttempt, AccessFailureLog, AccessLog
+from django.contrib import admin
+from django.contrib.auth.admin import GroupAdmin as BaseGroupAdmin
+from django.contrib.auth.admin import UserAdmin as BaseUserAdmin
+from django.contrib.auth.models import Group, User
+from django_celery_beat import admin as beat_admin
+from django_celery_beat.models import (
+    ClockedSchedule,
+    CrontabSchedule,
+    IntervalSchedule,
+    PeriodicTask,
+    SolarSchedule,
+)
+from unfold.admin import ModelAdmin, TabularInline
+from unfold.forms import AdminPasswordChangeForm, UserChangeForm, UserCreationForm
+from unfold.widgets import UnfoldAdminSelectWidget, UnfoldAdminTextInputWidget
+
+from operations.models import Membership
+
+for model in (User, Group, PeriodicTask, IntervalSchedule, CrontabSchedule, SolarSchedule, ClockedSchedule,
+              AccessAttempt, AccessLog, AccessFailureLog):
+    if admin.site.is_registered(model):
+        admin.site.unregister(model)
+
+
+class MembershipInline(TabularInline):  # type: ignore[type-arg]
+    model = Membership
+    extra = 0
+    fields = ["business", "role"]
+
+
+@admin.register(User)
+class UserAdmin(BaseUserAdmin, ModelAdmin):  # type: ignore[type-arg]
+    form = UserChangeForm
+    add_form = UserCreationForm
+    change_password_form = AdminPasswordChangeForm
+    inlines = [MembershipInline]
+    list_display = ["username", "first_name", "last_name", "is_staff", "is_superuser", "is_active", "last_login"]
+
+
+@admin.register(Group)
+class GroupAdmin(BaseGroupAdmin, ModelAdmin):  # type: ignore[type-arg]
+    pass
+
+
+class UnfoldTaskSelectWidget(UnfoldAdminSelectWidget, beat_admin.TaskSelectWidget):  # type: ignore[misc]
+    pass
+
+
+class UnfoldPeriodicTaskForm(beat_admin.PeriodicTaskForm):  # type: ignore[misc]
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)
+        self.fields["task"].widget = UnfoldAdminTextInputWidget()
+        self.fields["regtask"].widget = UnfoldTaskSelectWidget()
+
+
+@admin.register(PeriodicTask)
+class PeriodicTaskAdmin(beat_admin.PeriodicTaskAdmin, ModelAdmin):  # type: ignore[misc]
+    form = UnfoldPeriodicTaskForm
+
+
+class ScheduleInline(TabularInline):  # type: ignore[type-arg]
+    model = PeriodicTask
+    fields = ("name", "task", "args", "kwargs")
+    readonly_fields = fields
+    can_delete = False
+    extra = 0
+    show_change_link = True
+
+    def has_add_permission(self, request: object, obj: object = None) -> bool:
+        return False
+
+
+@admin.register(IntervalSchedule)
+class IntervalScheduleAdmin(ModelAdmin):  # type: ignore[type-arg]
+    inlines = [ScheduleInline]
+
+
+@admin.register(CrontabSchedule)
+class CrontabScheduleAdmin(beat_admin.CrontabScheduleAdmin, ModelAdmin):  # type: ignore[misc]
+    inlines = [ScheduleInline]
+
+
+@admin.register(SolarSchedule)
+class SolarScheduleAdmin(ModelAdmin):  # type: ignore[type-arg]
+    inlines = [ScheduleInline]
+
+
+@admin.register(ClockedSchedule)
+class ClockedScheduleAdmin(beat_admin.ClockedScheduleAdmin, ModelAdmin):  # type: ignore[misc]
+    inlines = [ScheduleInline]
+
+
+@admin.register(AccessAttempt)
+class AccessAttemptAdmin(BaseAccessAttemptAdmin, ModelAdmin):  # type: ignore[misc]
+    pass
+
+
+@admin.register(AccessLog)
+class AccessLogAdmin(BaseAccessLogAdmin, ModelAdmin):  # type: ignore[misc]
+    pass
+
+
+@admin.register(AccessFailureLog)
+class AccessFailureLogAdmin(BaseAccessFailureLogAdmin, ModelAdmin):  # type: ignore[misc]
+    pass

@@ -1,0 +1,67 @@
+"""/healthz: is every part of the back office up? JSON for people and probes; 503 when not."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import redis
+from django.conf import settings
+from django.db import connection
+from django.http import HttpRequest, JsonResponse
+from django.views.decorators.cache import never_cache
+from django.views.decorators.http import require_GET
+
+from celeryconf.config import QUEUES
+from celeryconf.heartbeat import BEAT_KEY, KEY_PREFIX, redis_client
+
+
+def _database() -> dict[str, Any]:
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT 1")
+            cursor.fetchone()
+        return {"ok": True}
+    except Exception as exc:  # any failure means "down"; say why
+        return {"ok": False, "error": str(exc)[:200]}
+
+
+def _heartbeats(client: redis.Redis) -> tuple[dict[str, Any], dict[str, Any]]:
+    queues: dict[str, Any] = {}
+    for queue in QUEUES:
+        workers = sorted(
+            key.decode().rsplit(":", 1)[-1] for key in client.scan_iter(f"{KEY_PREFIX}:queue:{queue}:*", count=100)
+        )
+        queues[queue] = {"ok": bool(workers), "workers": workers}
+    raw = client.get(BEAT_KEY)
+    if raw is None:
+        beat: dict[str, Any] = {"ok": False, "error": "no heartbeat from beat"}
+    else:
+        seen = json.loads(raw)
+        beat = {"ok": True, "seconds_ago": round(time.time() - float(seen.get("at", 0)), 1)}
+    return queues, beat
+
+
+@never_cache
+@require_GET
+def healthz(request: HttpRequest) -> JsonResponse:
+    body: dict[str, Any] = {"database": _database()}
+    client = redis_client()
+    try:
+        client.ping()
+        body["broker"] = {"ok": True}
+        body["queues"], body["beat"] = _heartbeats(client)
+    except redis.RedisError as exc:
+        down = {"ok": False, "error": f"broker down: {exc}"[:200]}
+        body["broker"] = {"ok": False, "error": str(exc)[:200]}
+        body["queues"] = {queue: dict(down) for queue in QUEUES}
+        body["beat"] = dict(down)
+    finally:
+        client.close()
+    ok = body["database"]["ok"] and body["broker"]["ok"] and body["beat"]["ok"] and all(
+        q["ok"] for q in body["queues"].values()
+    )
+    body["status"] = "ok" if ok else "down"
+    body["version"] = getattr(settings, "APP_VERSION", "")
+    return JsonResponse(body, status=200 if ok else 503)

@@ -1,0 +1,74 @@
+"""The admin sidebar, grouped by area. Each link shows only to users allowed to view its page."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from django.conf import settings
+from django.http import HttpRequest
+from django.urls import reverse_lazy
+
+
+def _can_view(perm: str) -> Callable[[HttpRequest], bool]:
+    return lambda request: bool(request.user.has_perm(perm))
+
+
+def model_link(title: str, icon: str, model: str) -> dict[str, Any]:
+    """A sidebar item for the changelist of `model` ("app_label.model_name")."""
+    app_label, model_name = model.split(".")
+    return {
+        "title": title,
+        "icon": icon,
+        "link": reverse_lazy(f"admin:{app_label}_{model_name}_changelist"),
+        "permission": _can_view(f"{app_label}.view_{model_name}"),
+    }
+
+
+def _is_owner(request: HttpRequest) -> bool:
+    return bool(request.user.is_superuser)
+
+
+def sidebar_navigation(request: HttpRequest) -> list[dict[str, Any]]:
+    return [
+        {
+            "title": "Overview",
+            "items": [
+                {"title": "Dashboard", "icon": "dashboard", "link": reverse_lazy("admin:index")},
+                model_link("Jobs", "pending_actions", "celeryconf.job"),
+                {"title": "Flower (workers)", "icon": "local_florist", "link": settings.FLOWER_URL,
+                 "permission": _is_owner},
+                {"title": "Health", "icon": "monitor_heart", "link": reverse_lazy("healthz"), "permission": _is_owner},
+            ],
+        },
+        {
+            "title": "Businesses and people",
+            "collapsible": True,
+            "items": [
+                model_link("Businesses", "storefront", "operations.business"),
+                model_link("Staff assignments", "badge", "operations.membership"),
+                model_link("Users", "person", "auth.user"),
+                model_link("Groups", "group", "auth.group"),
+            ],
+        },
+        {
+            "title": "Scheduling",
+            "collapsible": True,
+            "items": [
+                model_link("Periodic tasks", "schedule", "django_celery_beat.periodictask"),
+                model_link("Intervals", "timer", "django_celery_beat.intervalschedule"),
+                model_link("Crontabs", "calendar_month", "django_celery_beat.crontabschedule"),
+                model_link("Clocked", "alarm", "django_celery_beat.clockedschedule"),
+                model_link("Solar", "wb_sunny", "django_celery_beat.solarschedule"),
+            ],
+        },
+        {
+            "title": "Security",
+            "collapsible": True,
+            "items": [
+                model_link("Login attempts", "lock", "axes.accessattempt"),
+                model_link("Login log", "history", "axes.accesslog"),
+                model_link("Failed logins", "gpp_bad", "axes.accessfailurelog"),
+            ],
+        },
+    ]

@@ -1,0 +1,109 @@
+"""Per-business access: who sees which business, and the admin base class that enforces it.
+
+The owner (a superuser, or a user with `operations.view_all_businesses`) sees every business.
+A staff member sees and changes only the businesses he has a Membership in: on every list,
+filter, search, export, action, change form and object URL of an admin built on
+`BusinessScopedAdmin`. Rows outside his businesses do not exist for him (the admin answers an
+object URL of another business as "not found").
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.db import models
+from django.db.models import QuerySet
+from django.forms import ModelChoiceField
+from django.http import HttpRequest
+from unfold.admin import ModelAdmin
+from unfold.contrib.filters.admin import RelatedDropdownFilter
+
+from operations.models import Business
+
+def sees_all_businesses(user: Any) -> bool:
+    return bool(user.is_active and (user.is_superuser or user.has_perm("operations.view_all_businesses")))
+
+
+def visible_businesses(user: Any) -> QuerySet[Business]:
+    """The businesses this user may see, cached on the user object for the request."""
+    if not getattr(user, "is_authenticated", False) or not user.is_active:
+        return Business.objects.none()
+    if sees_all_businesses(user):
+        return Business.objects.all()
+    return Business.objects.filter(memberships__user=user)
+
+
+def visible_business_ids(user: Any) -> set[int]:
+    cached: set[int] | None = getattr(user, "_visible_business_ids", None)
+    if cached is None:
+        cached = set(visible_businesses(user).values_list("id", flat=True))
+        user._visible_business_ids = cached
+    return cached
+
+
+def _business_id_of(obj: models.Model, lookup: str) -> int | None:
+    value: Any = obj
+    for part in lookup.split("__"):
+        value = getattr(value, part, None)
+        if value is None:
+            return None
+    return value.pk if isinstance(value, models.Model) else value
+
+
+class BusinessFilter(RelatedDropdownFilter):
+    """The business switcher on every scoped list: offers only the businesses the user may see."""
+
+    def field_choices(self, field: Any, request: HttpRequest, model_admin: Any) -> list[tuple[Any, str]]:
+        return [(b.pk, b.name) for b in visible_businesses(request.user).order_by("name")]
+
+
+class BusinessScopedAdmin(ModelAdmin):
+    """An Unfold ModelAdmin whose rows belong to a business through `business_lookup`.
+
+    `business_lookup` is the ORM path from the model to Business ("business",
+    "entry__business", ...). Rows with no business (global rows) are shown to the owner only.
+    """
+
+    business_lookup: str = "business"
+
+    # The queryset is the one place every list, search, filter, export, action and object URL
+    # goes through, so scoping it scopes them all.
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Any]:
+        qs = super().get_queryset(request)
+        if sees_all_businesses(request.user):
+            return qs
+        return qs.filter(**{f"{self.business_lookup}__in": visible_business_ids(request.user)})
+
+    def get_list_filter(self, request: HttpRequest) -> Any:
+        filters = list(super().get_list_filter(request))
+        if self.business_lookup != "pk" and self.business_lookup not in filters:
+            filters.insert(0, (self.business_lookup, BusinessFilter))
+        return filters
+
+    def formfield_for_foreignkey(self, db_field: Any, request: HttpRequest, **kwargs: Any) -> ModelChoiceField | None:
+        field = super().formfield_for_foreignkey(db_field, request, **kwargs)
+        if field is None or sees_all_businesses(request.user):
+            return field
+        related = db_field.related_model
+        allowed = visible_business_ids(request.user)
+        if related is Business:
+            field.queryset = field.queryset.filter(pk__in=allowed)
+        elif any(f.name == "business" for f in related._meta.get_fields()):
+            field.queryset = field.queryset.filter(business__in=allowed)
+        return field
+
+    def _owns(self, request: HttpRequest, obj: models.Model | None) -> bool:
+        if obj is None or sees_all_businesses(request.user):
+            return True
+        business_id = _business_id_of(obj, self.business_lookup)
+        return business_id is not None and business_id in visible_business_ids(request.user)
+
+    def has_view_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return super().has_view_permission(request, obj) and self._owns(request, obj)
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return super().has_change_permission(request, obj) and self._owns(request, obj)
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return super().has_delete_permission(request, obj) and self._owns(request, obj)
+

@@ -1,0 +1,57 @@
+"""The Celery app. Workers, beat and Flower all start from here (`celery -A celeryconf ...`)."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from celery import Celery, Task
+
+from celeryconf.config import Limits, ReliabilityError, build_config, check_reliability
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "backoffice.settings")
+
+LIMITS = Limits.from_env()
+
+
+class ReliableTask(Task):  # type: ignore[misc]
+    """Base task: refuses a countdown or ETA the visibility timeout does not cover.
+
+    A message waiting in a countdown sits unacknowledged in Redis; if it waits longer than the
+    visibility timeout, Redis gives it to a second worker. So no task may ask for more than
+    `LIMITS.max_countdown` seconds; retries use exponential backoff capped at that.
+    """
+
+    retry_backoff_max = LIMITS.max_countdown
+
+    def apply_async(self, args: Any = None, kwargs: Any = None, **options: Any) -> Any:
+        countdown = options.get("countdown")
+        if countdown is not None and countdown > LIMITS.max_countdown:
+            raise ReliabilityError(
+                f"{self.name}: countdown {countdown}s exceeds CELERY_MAX_COUNTDOWN ({LIMITS.max_countdown}s)"
+            )
+        if options.get("eta") is not None:
+            raise ReliabilityError(f"{self.name}: use a countdown, not an ETA (bounded by the visibility timeout)")
+        return super().apply_async(args, kwargs, **options)
+
+
+def broker_url_from_env() -> str:
+    """The broker URL, from the same variables as backoffice/settings.py (CELERY_BROKER_URL, REDIS_URL)."""
+    return os.environ.get("CELERY_BROKER_URL") or os.environ.get("REDIS_URL") or "redis://127.0.0.1:6379/0"
+
+
+app = Celery("backoffice", task_cls=ReliableTask)
+app.conf.update(build_config(broker_url_from_env(), LIMITS))
+# Celery's Django fix-up runs django.setup() in workers and beat; tasks are found in each app's tasks.py.
+app.autodiscover_tasks()
+
+
+@app.on_after_finalize.connect
+def _check_task_limits(sender: Celery, **_: Any) -> None:
+    """Every task's own time limit must fit the visibility timeout too."""
+    per_task = {name: int(task.time_limit) for name, task in sender.tasks.items() if getattr(task, "time_limit", None)}
+    check_reliability(LIMITS, per_task)
+
+
+# Heartbeats for /healthz: imported for its signal handlers.
+from celeryconf import heartbeat  # noqa: E402,F401

@@ -1,0 +1,6 @@
+from django.apps import AppConfig
+
+
+class CeleryConfConfig(AppConfig):
+    name = "celeryconf"
+    verbose_name = "Jobs and scheduling"

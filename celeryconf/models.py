@@ -1,0 +1,59 @@
+"""Jobs the owner can see: one row per launch of background work (exports, reports, closing...)."""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.db import models
+
+
+class JobState(models.TextChoices):
+    QUEUED = "queued", "Queued"
+    RUNNING = "running", "Running"
+    RETRYING = "retrying", "Retrying"
+    SUCCEEDED = "succeeded", "Succeeded"
+    FAILED = "failed", "Failed"
+
+
+ACTIVE_STATES = (JobState.QUEUED, JobState.RUNNING, JobState.RETRYING)
+
+
+class Job(models.Model):
+    kind = models.CharField(max_length=80, db_index=True)
+    business = models.ForeignKey(
+        "operations.Business",
+        on_delete=models.PROTECT,
+        null=True,
+        blank=True,
+        related_name="jobs",
+        help_text="Empty for work over every business (owner only).",
+    )
+    requested_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    params = models.JSONField(default=dict, blank=True)
+    state = models.CharField(max_length=12, choices=JobState.choices, default=JobState.QUEUED, db_index=True)
+    progress = models.PositiveSmallIntegerField(default=0)
+    message = models.CharField(max_length=255, blank=True)
+    attempts = models.PositiveSmallIntegerField(default=0)
+    celery_task_id = models.CharField(max_length=64, blank=True)
+    error = models.TextField(blank=True)
+    traceback = models.TextField(blank=True)
+    result_file = models.FileField(upload_to="jobs/%Y/%m/", blank=True, max_length=255)
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        constraints = [
+            models.CheckConstraint(condition=models.Q(progress__lte=100), name="job_progress_at_most_100"),
+        ]
+        indexes = [models.Index(fields=["business", "state"], name="job_business_state")]
+
+    def __str__(self) -> str:
+        return f"{self.kind} #{self.pk}"
+
+    @property
+    def is_active(self) -> bool:
+        return self.state in ACTIVE_STATES

@@ -1,0 +1,70 @@
+from __future__ import annotations
+
+from typing import Any
+
+from django.contrib import admin, messages
+from django.db.models import QuerySet
+from django.http import HttpRequest
+from import_export import resources
+from import_export.admin import ImportExportModelAdmin
+from unfold.admin import TabularInline
+from unfold.contrib.import_export.forms import ExportForm, ImportForm
+from unfold.decorators import action
+
+from backoffice.tenancy import BusinessScopedAdmin, sees_all_businesses
+from celeryconf.jobs import job_launch
+from operations.jobs import EXPORT_BUSINESSES
+from operations.models import Business, Membership
+
+
+class BusinessResource(resources.ModelResource):
+    class Meta:
+        model = Business
+        fields = ("id", "name", "kind", "currency", "timezone", "is_active")
+        export_order = fields
+
+
+class MembershipInline(TabularInline):  # type: ignore[type-arg]
+    model = Membership
+    extra = 0
+    autocomplete_fields = ["user"]
+    tab = True
+
+
+@admin.register(Business)
+class BusinessAdmin(BusinessScopedAdmin, ImportExportModelAdmin):  # type: ignore[misc]
+    business_lookup = "pk"
+    resource_classes = [BusinessResource]
+    import_form_class = ImportForm
+    export_form_class = ExportForm
+    list_display = ["name", "kind", "currency", "timezone", "is_active", "staff_count"]
+    list_filter = ["kind", "is_active"]
+    search_fields = ["name"]
+    readonly_fields = ["currency", "timezone", "created_at"]
+    inlines = [MembershipInline]
+    actions = ["export_to_excel"]
+
+    @admin.display(description="Staff")
+    def staff_count(self, obj: Business) -> int:
+        return obj.memberships.count()
+
+    @action(description="Export businesses and staff to Excel (background job)")
+    def export_to_excel(self, request: HttpRequest, queryset: QuerySet[Business]) -> None:
+        """One job per selected business for staff; one job for everything when the owner picks all."""
+        if sees_all_businesses(request.user) and queryset.count() == Business.objects.count():
+            jobs = [job_launch(kind=EXPORT_BUSINESSES, acting_user=request.user, business=None)]
+        else:
+            jobs = [job_launch(kind=EXPORT_BUSINESSES, acting_user=request.user, business=b) for b in queryset]
+        ids = ", ".join(f"#{j.pk}" for j in jobs)
+        self.message_user(request, f"Export queued as job {ids}; follow it under Jobs.", messages.SUCCESS)
+
+    def get_inlines(self, request: HttpRequest, obj: Any = None) -> list[Any]:
+        return list(self.inlines) if request.user.has_perm("operations.view_membership") else []
+
+
+@admin.register(Membership)
+class MembershipAdmin(BusinessScopedAdmin):
+    list_display = ["user", "business", "role", "created_at"]
+    list_filter = ["role"]
+    search_fields = ["user__username", "user__first_name", "user__last_name", "business__name"]
+    autocomplete_fields = ["user"]

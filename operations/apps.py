@@ -1,0 +1,10 @@
+from django.apps import AppConfig
+
+
+class OperationsConfig(AppConfig):
+    name = "operations"
+    verbose_name = "Businesses and operations"
+
+    def ready(self) -> None:
+        # Job kinds register themselves on import, in the web process and in workers alike.
+        from operations import jobs  # noqa: F401

@@ -1,0 +1,56 @@
+"""Background jobs about businesses and people."""
+
+from __future__ import annotations
+
+import io
+
+from django.utils import timezone
+from openpyxl import Workbook
+from openpyxl.styles import Font
+
+from celeryconf.jobs import JobContext, job_kind
+from operations.models import Business, Membership
+
+EXPORT_BUSINESSES = "operations.export_businesses"
+
+
+@job_kind(EXPORT_BUSINESSES, label="Excel: businesses and staff")
+def export_businesses_and_staff(ctx: JobContext) -> None:
+    """Write an .xlsx with a Businesses sheet and a Staff sheet.
+
+    Scope: the job's business if it has one, else every business. Idempotent: the result file
+    is replaced on a re-run.
+    """
+    businesses = Business.objects.order_by("name")
+    if ctx.job.business_id:
+        businesses = businesses.filter(pk=ctx.job.business_id)
+    total = businesses.count()
+    wb = Workbook()
+    sheet = wb.active
+    assert sheet is not None
+    sheet.title = "Businesses"
+    sheet.append(["ID", "Name", "Kind", "Currency", "Time zone", "Active", "Staff"])
+    staff = wb.create_sheet("Staff")
+    staff.append(["Business", "Username", "Full name", "Email", "Role", "Active", "Since"])
+    for cell in (*sheet[1], *staff[1]):
+        cell.font = Font(bold=True)
+    for done, business in enumerate(businesses, start=1):
+        members = list(
+            Membership.objects.filter(business=business).select_related("user").order_by("user__username")
+        )
+        sheet.append([
+            business.pk, business.name, business.get_kind_display(), business.currency, business.timezone,
+            "yes" if business.is_active else "no", len(members),
+        ])
+        for m in members:
+            staff.append([
+                business.name, m.user.get_username(), m.user.get_full_name(), m.user.email,
+                m.get_role_display(), "yes" if m.user.is_active else "no",
+                timezone.localtime(m.created_at).strftime("%Y-%m-%d %H:%M"),
+            ])
+        ctx.progress(int(done * 90 / max(total, 1)), f"{done} of {total} businesses")
+    buffer = io.BytesIO()
+    wb.save(buffer)
+    stamp = timezone.localtime().strftime("%Y%m%d-%H%M%S")
+    ctx.save_result(f"businesses-and-staff-{stamp}.xlsx", buffer.getvalue())
+    ctx.progress(100, f"{total} businesses exported")

@@ -1,0 +1,24 @@
+"""Loaded with `-p tests.envdefaults`, before Django's settings: test-run defaults for the environment.
+
+- DJANGO_DEBUG=1: development settings (no HTTPS redirect for the test client); pytest-django
+  still runs tests with DEBUG off.
+- Redis: the tests (and the Celery workers they start) use database TEST_REDIS_DB (15 unless
+  set) of the Redis in REDIS_URL, so a test run never touches the queues of a running back office.
+"""
+
+from __future__ import annotations
+
+import os
+from urllib.parse import urlsplit, urlunsplit
+
+os.environ.setdefault("DJANGO_DEBUG", "1")
+
+
+def _with_db(url: str, db: str) -> str:
+    parts = urlsplit(url)
+    return urlunsplit((parts.scheme, parts.netloc, f"/{db}", parts.query, parts.fragment))
+
+
+_redis = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
+os.environ["REDIS_URL"] = _with_db(_redis, os.environ.get("TEST_REDIS_DB", "15"))
+os.environ.pop("CELERY_BROKER_URL", None)

@@ -1,0 +1,56 @@
+"""factory_boy factories shared by the tests."""
+
+from __future__ import annotations
+
+import factory
+from django.contrib.auth.models import Permission, User
+
+from operations.models import Business, BusinessKind, Membership, MembershipRole
+
+PASSWORD = "correct-horse-battery-staple"  # noqa: S105 - test users only
+
+
+class UserFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = User
+        django_get_or_create = ("username",)
+        skip_postgeneration_save = True
+
+    username = factory.Sequence(lambda n: f"user{n}")
+    email = factory.LazyAttribute(lambda u: f"{u.username}@example.com")
+    is_staff = True
+    password = factory.PostGenerationMethodCall("set_password", PASSWORD)
+
+    @factory.post_generation
+    def perms(self, create: bool, extracted: list[str] | None, **_: object) -> None:
+        """`UserFactory(perms=["operations.view_business", ...])` grants those permissions."""
+        if not create or not extracted:
+            self.save()
+            return
+        for perm in extracted:
+            app_label, codename = perm.split(".")
+            self.user_permissions.add(Permission.objects.get(content_type__app_label=app_label, codename=codename))
+        self.save()
+
+
+class OwnerFactory(UserFactory):
+    username = factory.Sequence(lambda n: f"owner{n}")
+    is_superuser = True
+
+
+class BusinessFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = Business
+        django_get_or_create = ("name",)
+
+    name = factory.Sequence(lambda n: f"Business {n}")
+    kind = BusinessKind.RETAIL_LPG
+
+
+class MembershipFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = Membership
+
+    user = factory.SubFactory(UserFactory)
+    business = factory.SubFactory(BusinessFactory)
+    role = MembershipRole.STAFF
