@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from decimal import Decimal
 from typing import Any
 
 from django.conf import settings
@@ -34,7 +35,7 @@ def business_figures(user: Any) -> list[dict[str, Any]]:
     return [
         {
             "business": b,
-            "takings": takings.get(b.pk),
+            "takings": takings[b.pk],
             "pending_jobs": b.pending_jobs,
             "failed_jobs": b.failed_jobs,
         }
@@ -49,7 +50,7 @@ def dashboard_callback(request: HttpRequest, context: dict[str, Any]) -> dict[st
     if sees_all_businesses(request.user):
         global_jobs = Job.objects.filter(business__isnull=True)
         context["all_businesses"] = {
-            "takings": sum((r["takings"].total for r in rows if r["takings"]), start=None) if rows else None,
+            "takings": sum((r["takings"].total for r in rows), Decimal("0.00")),
             "pending_jobs": sum(r["pending_jobs"] for r in rows) + global_jobs.filter(state__in=ACTIVE_STATES).count(),
             "failed_jobs": sum(r["failed_jobs"] for r in rows) + global_jobs.filter(state=JobState.FAILED).count(),
         }

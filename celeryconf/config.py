@@ -24,8 +24,6 @@ QUEUE_DEFAULT = "default"
 QUEUE_REPORTS = "reports"
 QUEUES = (QUEUE_PAYMENTS, QUEUE_DEFAULT, QUEUE_REPORTS)
 
-# Margin between "the longest a task can hold a message" and the visibility timeout.
-VISIBILITY_MARGIN_SECONDS = 60
 
 
 class ReliabilityError(ValueError):
@@ -45,6 +43,12 @@ class Limits:
     task_soft_time_limit: int
     max_countdown: int  # the longest countdown, ETA delay or retry backoff any task may ask for
     visibility_timeout: int
+    # Slack between "the longest a task can hold its message" and the visibility timeout.
+    visibility_margin: int = 60
+    # How often each worker looks for messages whose worker died (kombu's restore sweep):
+    # every restore_interval * restore_throttle seconds.
+    restore_interval: int = 10
+    restore_throttle: int = 3
 
     @classmethod
     def from_env(cls) -> Limits:
@@ -54,6 +58,9 @@ class Limits:
             task_soft_time_limit=_env_int("CELERY_TASK_SOFT_TIME_LIMIT", max(1, time_limit - 30)),
             max_countdown=_env_int("CELERY_MAX_COUNTDOWN", 10 * 60),
             visibility_timeout=_env_int("CELERY_VISIBILITY_TIMEOUT", 60 * 60),
+            visibility_margin=_env_int("CELERY_VISIBILITY_MARGIN", 60),
+            restore_interval=_env_int("CELERY_RESTORE_INTERVAL", 10),
+            restore_throttle=_env_int("CELERY_RESTORE_THROTTLE", 3),
         )
 
 
@@ -64,14 +71,16 @@ def check_reliability(limits: Limits, task_time_limits: dict[str, int] | None = 
             f"soft time limit ({limits.task_soft_time_limit}s) must be below the hard limit "
             f"({limits.task_time_limit}s) so tasks get a chance to clean up"
         )
+    if limits.visibility_margin < 1:
+        raise ReliabilityError("the visibility margin must be at least one second")
     longest = max([limits.task_time_limit, *(task_time_limits or {}).values()])
-    needed = longest + limits.max_countdown + VISIBILITY_MARGIN_SECONDS
+    needed = longest + limits.max_countdown + limits.visibility_margin
     if limits.visibility_timeout < needed:
         slowest = max((task_time_limits or {}).items(), key=lambda kv: kv[1], default=("default", longest))
         raise ReliabilityError(
             f"Redis visibility timeout {limits.visibility_timeout}s is too short: a task may hold its "
             f"message for {longest}s (time limit of {slowest[0]}) + {limits.max_countdown}s countdown/backoff "
-            f"+ {VISIBILITY_MARGIN_SECONDS}s margin = {needed}s; raise CELERY_VISIBILITY_TIMEOUT or lower the limits"
+            f"+ {limits.visibility_margin}s margin = {needed}s; raise CELERY_VISIBILITY_TIMEOUT or lower the limits"
         )
 
 
@@ -83,6 +92,8 @@ def build_config(broker_url: str, limits: Limits) -> dict[str, Any]:
         "broker_connection_retry_on_startup": True,
         "broker_transport_options": {
             "visibility_timeout": limits.visibility_timeout,
+            "unacked_restore_interval": limits.restore_interval,
+            "unacked_restore_throttle": limits.restore_throttle,
             # Ask Redis to wake idle connections up, so a restarted Redis is noticed quickly.
             "socket_keepalive": True,
             "health_check_interval": 25,

@@ -58,6 +58,13 @@ class BusinessAdmin(BusinessScopedAdmin, ImportExportModelAdmin):  # type: ignor
         ids = ", ".join(f"#{j.pk}" for j in jobs)
         self.message_user(request, f"Export queued as job {ids}; follow it under Jobs.", messages.SUCCESS)
 
+    def save_model(self, request: HttpRequest, obj: Business, form: Any, change: bool) -> None:
+        super().save_model(request, obj, form, change)
+        if not change:
+            from accounts.services import chart_ensure_default
+
+            chart_ensure_default(business=obj)  # a new business gets its books at once
+
     def get_inlines(self, request: HttpRequest, obj: Any = None) -> list[Any]:
         return list(self.inlines) if request.user.has_perm("operations.view_membership") else []
 

@@ -55,7 +55,7 @@ class WorkerProcess:
     """`celery worker` in its own process group; killable with SIGKILL like a crashed box."""
 
     def __init__(self, name: str, queues: str = "default,reports,payments", concurrency: int = 1,
-                 env: dict[str, str] | None = None) -> None:
+                 env: dict[str, str] | None = None, include_test_tasks: bool = True) -> None:
         self.name = name
         self.queues = queues
         self.concurrency = concurrency
@@ -63,13 +63,14 @@ class WorkerProcess:
         self.hostname = f"{name}@{socket.gethostname()}"
         self.log = Path(tempfile.mkstemp(prefix=f"worker-{name}-", suffix=".log")[1])
         self.proc: subprocess.Popen[bytes] | None = None
+        self.extra = ["-I", "tests.worker_tasks"] if include_test_tasks else []
 
     def start(self, timeout: float = 30) -> WorkerProcess:
         with self.log.open("ab") as out:
             self.proc = subprocess.Popen(  # noqa: S603 - our own interpreter and arguments
                 [sys.executable, "-m", "celery", "-A", "celeryconf", "worker", "-Q", self.queues,
                  "-n", self.hostname, "--concurrency", str(self.concurrency), "-P", "prefork",
-                 "--without-gossip", "--without-mingle", "-l", "INFO"],
+                 "--without-gossip", "--without-mingle", "-l", "INFO", *self.extra],
                 cwd=ROOT, env=self.env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
             )
         client = redis.Redis.from_url(self.env["REDIS_URL"])

@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# `make run`: the whole back office in the foreground (web, two workers, beat, Flower).
+# Uses DATABASE_URL / REDIS_URL when set; otherwise starts an embedded PostgreSQL and Redis
+# (pip packages) under var/local and stops them again on exit (Ctrl-C).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export PATH="$PWD/.venv/bin:$PATH"
+
+started_local=0
+cleanup() {
+  if [ "$started_local" = 1 ]; then
+    echo "Stopping the embedded PostgreSQL and Redis..." >&2
+    python scripts/localservices.py stop --dir var/local >&2 || true
+  fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+if [ -z "${DATABASE_URL:-}" ] || [ -z "${REDIS_URL:-}" ]; then
+  eval "$(python scripts/localservices.py start --dir var/local)"
+  started_local=1
+fi
+export DATABASE_URL REDIS_URL
+export DJANGO_DEBUG="${DJANGO_DEBUG:-1}"
+export BACKOFFICE_PORT="${PORT:-8000}"
+export FLOWER_PORT="${FLOWER_PORT:-5555}"
+export FLOWER_URL="${FLOWER_URL:-http://127.0.0.1:${FLOWER_PORT}/}"
+export DJANGO_ALLOWED_HOSTS="${DJANGO_ALLOWED_HOSTS:-127.0.0.1,localhost}"
+export DEMO_OWNER_PASSWORD="${DEMO_OWNER_PASSWORD:-owner-demo-2026}"
+export FLOWER_BASIC_AUTH="${FLOWER_BASIC_AUTH:-owner:${DEMO_OWNER_PASSWORD}}"
+
+python manage.py migrate --noinput >/dev/null
+python manage.py setup_demo
+
+cat <<INFO
+
+  Back office is starting:
+    Admin   http://127.0.0.1:${BACKOFFICE_PORT}/admin/   login: owner / ${DEMO_OWNER_PASSWORD}
+    Flower  ${FLOWER_URL}   login: ${FLOWER_BASIC_AUTH%%:*} / ${FLOWER_BASIC_AUTH#*:}
+    Health  http://127.0.0.1:${BACKOFFICE_PORT}/healthz
+  Ctrl-C stops everything.
+
+INFO
+# Not exec: the EXIT trap must run after honcho to stop the embedded servers.
+honcho start -f Procfile

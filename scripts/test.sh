@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# `make test`: lint, types, migrations check, deploy check, then pytest on real PostgreSQL and Redis.
+# Uses DATABASE_URL / REDIS_URL when set; otherwise an embedded PostgreSQL and Redis under
+# var/test-local (other ports than `make run`'s), stopped again at the end.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export PATH="$PWD/.venv/bin:$PATH"
+
+started_local=0
+cleanup() {
+  if [ "$started_local" = 1 ]; then
+    python scripts/localservices.py stop --dir var/test-local >&2 || true
+  fi
+}
+trap cleanup EXIT
+
+if [ -z "${DATABASE_URL:-}" ] || [ -z "${REDIS_URL:-}" ]; then
+  eval "$(python scripts/localservices.py start --dir var/test-local --pg-port 54339 --redis-port 63809)"
+  started_local=1
+fi
+export DATABASE_URL REDIS_URL
+
+echo "== ruff"
+ruff check .
+ruff format --check .
+echo "== mypy"
+DJANGO_DEBUG=1 mypy .
+echo "== makemigrations --check"
+DJANGO_DEBUG=1 python manage.py makemigrations --check --dry-run
+echo "== check --deploy (production settings)"
+DJANGO_DEBUG=0 DJANGO_SECRET_KEY="$(python -c 'import secrets; print(secrets.token_urlsafe(50))')" \
+  DJANGO_ALLOWED_HOSTS=backoffice.example.com python manage.py check --deploy --fail-level WARNING
+if [ "${1:-}" = "--lint-only" ]; then exit 0; fi
+echo "== pytest"
+python -m pytest -p no:cacheprovider --create-db "$@"

@@ -1,0 +1,57 @@
+"""Tasks and job kinds that exist only for the tests; workers load them with `-I tests.worker_tasks`.
+
+Each records its runs in a Redis list, so a test can see a task run, and run again after a crash.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import redis
+from celery import shared_task
+from django.conf import settings
+
+from celeryconf.jobs import JobContext, job_kind
+
+
+def runs_key(token: str) -> str:
+    return f"test:runs:{token}"
+
+
+def _record(token: str, what: str) -> None:
+    client = redis.Redis.from_url(settings.REDIS_URL)
+    client.rpush(runs_key(token), f"{what}:{os.getpid()}")
+    client.close()
+
+
+@shared_task(name="tests.record_and_sleep")
+def record_and_sleep(token: str, seconds: float) -> None:
+    _record(token, "start")
+    time.sleep(seconds)
+    _record(token, "done")
+
+
+@job_kind("tests.fail", label="Test: always fails")
+def always_fails(ctx: JobContext) -> None:
+    ctx.progress(30, "about to fail")
+    raise ValueError("the test job failed on purpose")
+
+
+@job_kind("tests.flaky", label="Test: fails once, then succeeds", retry_on=(ConnectionError,), max_attempts=3)
+def flaky(ctx: JobContext) -> None:
+    _record(ctx.params["token"], "attempt")
+    if ctx.job.attempts == 1:
+        raise ConnectionError("transient trouble")
+    ctx.progress(100, "fine the second time")
+
+
+@job_kind("tests.slow", label="Test: slow with progress")
+def slow(ctx: JobContext) -> None:
+    token = ctx.params["token"]
+    _record(token, "start")
+    steps = int(ctx.params.get("steps", 10))
+    for step in range(1, steps + 1):
+        time.sleep(float(ctx.params.get("step_seconds", 0.3)))
+        ctx.progress(step * 100 // steps, f"step {step} of {steps}")
+    _record(token, "done")
