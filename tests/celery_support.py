@@ -113,3 +113,38 @@ class WorkerProcess:
         for queue in self.queues.split(","):
             client.delete(worker_key(queue, self.hostname))
         client.close()
+
+
+class BeatProcess:
+    """`celery beat` with the DatabaseScheduler, as `make run` and production start it."""
+
+    def __init__(self, env: dict[str, str] | None = None) -> None:
+        self.env = env or worker_env()
+        self.log = Path(tempfile.mkstemp(prefix="beat-", suffix=".log")[1])
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 30) -> BeatProcess:
+        from celeryconf.heartbeat import BEAT_KEY
+
+        with self.log.open("ab") as out:
+            self.proc = subprocess.Popen(  # noqa: S603
+                [sys.executable, "-m", "celery", "-A", "celeryconf", "beat", "-l", "INFO",
+                 "--pidfile", str(self.log.with_suffix(".pid"))],
+                cwd=ROOT, env=self.env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+            )
+        client = redis.Redis.from_url(self.env["REDIS_URL"])
+        try:
+            wait_for(lambda: client.exists(BEAT_KEY) or self.proc.poll() is not None, timeout, "beat")  # type: ignore[union-attr]
+        finally:
+            client.close()
+        if self.proc.poll() is not None:
+            raise AssertionError(f"beat exited:\n{self.log.read_text(errors='replace')}")
+        return self
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)

@@ -1,0 +1,92 @@
+"""Every admin page renders for the owner, themed by Unfold; login is throttled; the dashboard
+shows live figures per business."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+import pytest
+from django.contrib import admin
+from django.core.management import call_command
+from django.test import Client
+from django.urls import reverse
+
+from celeryconf.models import Job, JobState
+from operations.jobs import EXPORT_BUSINESSES
+from operations.models import Business
+from tests.conftest import login, staff_with_perms
+from tests.factories import PASSWORD, UserFactory
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def demo(db: None) -> None:
+    call_command("setup_demo", verbosity=0)
+
+
+def _registered() -> list[tuple[str, str]]:
+    return sorted((m._meta.app_label, m._meta.model_name or "") for m in admin.site._registry)
+
+
+@pytest.mark.parametrize(("app_label", "model_name"), _registered())
+def test_every_changelist_and_add_page_renders_for_the_owner(
+    demo: None, owner_client: Client, app_label: str, model_name: str
+) -> None:
+    changelist = owner_client.get(reverse(f"admin:{app_label}_{model_name}_changelist"))
+    assert changelist.status_code == 200
+    assert b"/static/unfold/" in changelist.content  # the Unfold theme, not Django's default admin
+    add = owner_client.get(reverse(f"admin:{app_label}_{model_name}_add"))
+    assert add.status_code in (200, 403)  # 403 where rows are never typed in (jobs, login attempts)
+
+
+def test_login_page_is_unfold(db: None) -> None:
+    page = Client().get(reverse("admin:login"))
+    assert page.status_code == 200 and b"/static/unfold/" in page.content
+
+
+def test_the_root_url_leads_to_the_admin(db: None) -> None:
+    assert Client().get("/").headers["Location"] == reverse("admin:index")
+
+
+def test_login_is_throttled_after_repeated_wrong_passwords(db: None, settings: object) -> None:
+    settings.AXES_ENABLED = True  # type: ignore[attr-defined]
+    UserFactory(username="mary")
+    client = Client()
+    for _ in range(5):
+        client.post(reverse("admin:login"), {"username": "mary", "password": "guess"})
+    locked = client.post(reverse("admin:login"), {"username": "mary", "password": PASSWORD})
+    assert locked.status_code == 429
+    assert "_auth_user_id" not in client.session
+
+
+def test_dashboard_shows_each_business_with_takings_and_jobs(demo: None, owner_client: Client) -> None:
+    water = Business.objects.get(name="Maji Safi Water")
+    Job.objects.create(kind=EXPORT_BUSINESSES, business=water, state=JobState.FAILED)
+    Job.objects.create(kind=EXPORT_BUSINESSES, business=water, state=JobState.RUNNING)
+    page = owner_client.get(reverse("admin:index"))
+    assert page.status_code == 200
+    rows = {row["business"].name: row for row in page.context["business_rows"]}
+    assert set(rows) == {"Maji Safi Water", "Fresh Fold Laundry", "Duka &amp; Gas".replace("&amp;", "&")}
+    assert rows["Maji Safi Water"]["failed_jobs"] == 1 and rows["Maji Safi Water"]["pending_jobs"] == 1
+    assert rows["Fresh Fold Laundry"]["failed_jobs"] == 0
+    assert rows["Maji Safi Water"]["takings"].total == Decimal("0.00")
+    assert page.context["all_businesses"]["failed_jobs"] == 1
+    assert b"today&#x27;s takings" in page.content or b"today's takings" in page.content
+
+
+def test_dashboard_for_staff_shows_only_his_business(demo: None) -> None:
+    water = Business.objects.get(name="Maji Safi Water")
+    staff = staff_with_perms(water, ["operations.view_business"], username="wairimu")
+    page = login(staff).get(reverse("admin:index"))
+    assert [row["business"] for row in page.context["business_rows"]] == [water]
+    assert "all_businesses" not in page.context
+    assert b"Fresh Fold Laundry" not in page.content
+
+
+def test_sidebar_groups_links_by_area(owner_client: Client) -> None:
+    page = owner_client.get(reverse("admin:index"))
+    body = page.content.decode()
+    for group in ("Overview", "Businesses and people", "Scheduling", "Security"):
+        assert group in body
+    assert reverse("admin:celeryconf_job_changelist") in body
