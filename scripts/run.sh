@@ -19,6 +19,10 @@ trap 'exit 130' INT TERM
 if [ -z "${DATABASE_URL:-}" ] || [ -z "${REDIS_URL:-}" ]; then
   eval "$(python scripts/localservices.py start --dir var/local)"
   started_local=1
+  if [ -z "${DATABASE_URL:-}" ] || [ -z "${REDIS_URL:-}" ]; then
+    echo "Could not start the embedded PostgreSQL / Redis (see the messages above)." >&2
+    exit 1
+  fi
 fi
 export DATABASE_URL REDIS_URL
 export DJANGO_DEBUG="${DJANGO_DEBUG:-1}"

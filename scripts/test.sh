@@ -17,6 +17,10 @@ trap cleanup EXIT
 if [ -z "${DATABASE_URL:-}" ] || [ -z "${REDIS_URL:-}" ]; then
   eval "$(python scripts/localservices.py start --dir var/test-local --pg-port 54339 --redis-port 63809)"
   started_local=1
+  if [ -z "${DATABASE_URL:-}" ] || [ -z "${REDIS_URL:-}" ]; then
+    echo "Could not start the embedded PostgreSQL / Redis (see the messages above)." >&2
+    exit 1
+  fi
 fi
 export DATABASE_URL REDIS_URL
 
