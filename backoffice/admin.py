@@ -25,8 +25,18 @@ from unfold.widgets import UnfoldAdminSelectWidget, UnfoldAdminTextInputWidget
 
 from operations.models import Membership
 
-for model in (User, Group, PeriodicTask, IntervalSchedule, CrontabSchedule, SolarSchedule, ClockedSchedule,
-              AccessAttempt, AccessLog, AccessFailureLog):
+for model in (
+    User,
+    Group,
+    PeriodicTask,
+    IntervalSchedule,
+    CrontabSchedule,
+    SolarSchedule,
+    ClockedSchedule,
+    AccessAttempt,
+    AccessLog,
+    AccessFailureLog,
+):
     if admin.site.is_registered(model):
         admin.site.unregister(model)
 

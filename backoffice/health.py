@@ -59,8 +59,11 @@ def healthz(request: HttpRequest) -> JsonResponse:
         body["beat"] = dict(down)
     finally:
         client.close()
-    ok = body["database"]["ok"] and body["broker"]["ok"] and body["beat"]["ok"] and all(
-        q["ok"] for q in body["queues"].values()
+    ok = (
+        body["database"]["ok"]
+        and body["broker"]["ok"]
+        and body["beat"]["ok"]
+        and all(q["ok"] for q in body["queues"].values())
     )
     body["status"] = "ok" if ok else "down"
     body["version"] = getattr(settings, "APP_VERSION", "")

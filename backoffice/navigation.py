@@ -36,8 +36,12 @@ def sidebar_navigation(request: HttpRequest) -> list[dict[str, Any]]:
             "items": [
                 {"title": "Dashboard", "icon": "dashboard", "link": reverse_lazy("admin:index")},
                 model_link("Jobs", "pending_actions", "celeryconf.job"),
-                {"title": "Flower (workers)", "icon": "local_florist", "link": settings.FLOWER_URL,
-                 "permission": _is_owner},
+                {
+                    "title": "Flower (workers)",
+                    "icon": "local_florist",
+                    "link": settings.FLOWER_URL,
+                    "permission": _is_owner,
+                },
                 {"title": "Health", "icon": "monitor_heart", "link": reverse_lazy("healthz"), "permission": _is_owner},
             ],
         },

@@ -16,7 +16,6 @@ import django_stubs_ext
 from django.core.exceptions import ImproperlyConfigured
 from django.templatetags.static import static
 from django.urls import reverse_lazy
-from django.utils.translation import gettext_lazy as _
 
 # Lets admin and form classes be subscripted with their model types (for mypy) at run time.
 django_stubs_ext.monkeypatch()

@@ -20,6 +20,7 @@ from unfold.contrib.filters.admin import RelatedDropdownFilter
 
 from operations.models import Business
 
+
 def sees_all_businesses(user: Any) -> bool:
     return bool(user.is_active and (user.is_superuser or user.has_perm("operations.view_all_businesses")))
 
@@ -106,4 +107,3 @@ class BusinessScopedAdmin(ModelAdmin):
 
     def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return super().has_delete_permission(request, obj) and self._owns(request, obj)
-

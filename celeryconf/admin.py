@@ -6,7 +6,7 @@ from typing import Any
 
 from django.contrib import admin, messages
 from django.db.models import QuerySet
-from django.http import FileResponse, Http404, HttpRequest, HttpResponse
+from django.http import FileResponse, Http404, HttpRequest
 from django.urls import URLPattern, path, reverse
 from django.utils.html import format_html
 from unfold.contrib.filters.admin import ChoicesDropdownFilter, RangeDateFilter
@@ -39,15 +39,40 @@ STATE_LABELS = {
 
 @admin.register(Job)
 class JobAdmin(BusinessScopedAdmin):
-    list_display = ["id", "kind_display", "business", "state_display", "progress_bar", "message",
-                    "requested_by", "attempts", "created_at", "download"]
+    list_display = [
+        "id",
+        "kind_display",
+        "business",
+        "state_display",
+        "progress_bar",
+        "message",
+        "requested_by",
+        "attempts",
+        "created_at",
+        "download",
+    ]
     list_display_links = ["id", "kind_display"]
     list_filter = [("state", ChoicesDropdownFilter), KindFilter, ("created_at", RangeDateFilter)]
     list_filter_submit = True
     search_fields = ["message", "error", "requested_by__username"]
-    readonly_fields = ["kind", "business", "requested_by", "params", "state", "progress", "message", "attempts",
-                       "celery_task_id", "error", "traceback", "result_file", "created_at", "started_at",
-                       "finished_at", "updated_at"]
+    readonly_fields = [
+        "kind",
+        "business",
+        "requested_by",
+        "params",
+        "state",
+        "progress",
+        "message",
+        "attempts",
+        "celery_task_id",
+        "error",
+        "traceback",
+        "result_file",
+        "created_at",
+        "started_at",
+        "finished_at",
+        "updated_at",
+    ]
     actions = ["retry_failed"]
     list_select_related = ["business", "requested_by"]
     change_list_template = "admin/celeryconf/job/change_list.html"
@@ -72,7 +97,11 @@ class JobAdmin(BusinessScopedAdmin):
         return format_html(
             '<div class="job-progress" data-job-active="{}" title="{}%"><div class="job-progress-bar job-{}" '
             'style="width:{}%"></div></div><span class="job-progress-label">{}%</span>',
-            "1" if obj.is_active else "0", obj.progress, obj.state, obj.progress, obj.progress,
+            "1" if obj.is_active else "0",
+            obj.progress,
+            obj.state,
+            obj.progress,
+            obj.progress,
         )
 
     @display(description="Result")
@@ -98,15 +127,19 @@ class JobAdmin(BusinessScopedAdmin):
 
     def get_urls(self) -> list[URLPattern]:
         return [
-            path("<int:object_id>/download/", self.admin_site.admin_view(self.download_view),
-                 name="celeryconf_job_download"),
+            path(
+                "<int:object_id>/download/",
+                self.admin_site.admin_view(self.download_view),
+                name="celeryconf_job_download",
+            ),
             *super().get_urls(),
         ]
 
-    def download_view(self, request: HttpRequest, object_id: int) -> HttpResponse:
+    def download_view(self, request: HttpRequest, object_id: int) -> FileResponse:
         """Serve a job's result file to a user allowed to see that job, never publicly."""
         job = self.get_object(request, str(object_id))
         if job is None or not self.has_view_permission(request, job) or not job.result_file:
             raise Http404("No such result.")
-        return FileResponse(job.result_file.open("rb"), as_attachment=True,
-                            filename=job.result_file.name.rsplit("/", 1)[-1])
+        return FileResponse(
+            job.result_file.open("rb"), as_attachment=True, filename=job.result_file.name.rsplit("/", 1)[-1]
+        )

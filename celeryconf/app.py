@@ -24,7 +24,7 @@ class ReliableTask(Task):  # type: ignore[misc]
 
     retry_backoff_max = LIMITS.max_countdown
 
-    def apply_async(self, args: Any = None, kwargs: Any = None, **options: Any) -> Any:
+    def apply_async(self, args: Any = None, kwargs: Any = None, **options: Any) -> Any:  # type: ignore[override]
         countdown = options.get("countdown")
         if countdown is not None and countdown > LIMITS.max_countdown:
             raise ReliabilityError(
@@ -49,7 +49,7 @@ app.autodiscover_tasks()
 @app.on_after_finalize.connect
 def _check_task_limits(sender: Celery, **_: Any) -> None:
     """Every task's own time limit must fit the visibility timeout too."""
-    per_task = {name: int(task.time_limit) for name, task in sender.tasks.items() if getattr(task, "time_limit", None)}
+    per_task = {name: int(task.time_limit or 0) for name, task in sender.tasks.items() if getattr(task, "time_limit", None)}
     check_reliability(LIMITS, per_task)
 
 

@@ -25,7 +25,6 @@ QUEUE_REPORTS = "reports"
 QUEUES = (QUEUE_PAYMENTS, QUEUE_DEFAULT, QUEUE_REPORTS)
 
 
-
 class ReliabilityError(ValueError):
     """A Celery configuration that could deliver a task twice while it is still running."""
 

@@ -101,7 +101,7 @@ def _enqueue(job: Job) -> None:
     from celeryconf.tasks import run_job
 
     kind = REGISTRY[job.kind]
-    result = run_job.apply_async(args=[job.pk], queue=kind.queue, routing_key=kind.queue)
+    result = run_job.apply_async(args=(job.pk,), queue=kind.queue, routing_key=kind.queue)
     Job.objects.filter(pk=job.pk).update(celery_task_id=result.id)
 
 
@@ -129,7 +129,8 @@ def job_retry(*, job: Job, acting_user: Any) -> Job:
     with transaction.atomic():
         locked = Job.objects.select_for_update().get(pk=job.pk)
         if locked.state != JobState.FAILED:
-            raise JobError(f"Only failed jobs can be retried; job #{locked.pk} is {locked.get_state_display().lower()}.")
+            state = locked.get_state_display().lower()
+            raise JobError(f"Only failed jobs can be retried; job #{locked.pk} is {state}.")
         if locked.kind not in REGISTRY:
             raise JobError(f"Job kind {locked.kind!r} no longer exists.")
         locked.state = JobState.QUEUED
@@ -187,13 +188,21 @@ def job_run(*, job_id: int, retry: Callable[[int, BaseException], Exception]) ->
         _finish(job, JobState.FAILED, message=str(exc)[:255], error=str(exc), tb=traceback.format_exc())
     except kind.retry_on as exc:
         if job.attempts >= kind.max_attempts:
-            _finish(job, JobState.FAILED, message=f"Failed after {job.attempts} attempts: {exc}"[:255],
-                    error=repr(exc), tb=traceback.format_exc())
+            _finish(
+                job,
+                JobState.FAILED,
+                message=f"Failed after {job.attempts} attempts: {exc}"[:255],
+                error=repr(exc),
+                tb=traceback.format_exc(),
+            )
             return
         countdown = _backoff_seconds(job.attempts, _max_countdown())
         Job.objects.filter(pk=job.pk).update(
-            state=JobState.RETRYING, message=f"Retrying in {countdown}s: {exc}"[:255], error=repr(exc),
-            traceback=traceback.format_exc(), updated_at=timezone.now(),
+            state=JobState.RETRYING,
+            message=f"Retrying in {countdown}s: {exc}"[:255],
+            error=repr(exc),
+            traceback=traceback.format_exc(),
+            updated_at=timezone.now(),
         )
         raise retry(countdown, exc) from exc
     except Exception as exc:

@@ -35,19 +35,30 @@ def export_businesses_and_staff(ctx: JobContext) -> None:
     for cell in (*sheet[1], *staff[1]):
         cell.font = Font(bold=True)
     for done, business in enumerate(businesses, start=1):
-        members = list(
-            Membership.objects.filter(business=business).select_related("user").order_by("user__username")
+        members = list(Membership.objects.filter(business=business).select_related("user").order_by("user__username"))
+        sheet.append(
+            [
+                business.pk,
+                business.name,
+                business.get_kind_display(),
+                business.currency,
+                business.timezone,
+                "yes" if business.is_active else "no",
+                len(members),
+            ]
         )
-        sheet.append([
-            business.pk, business.name, business.get_kind_display(), business.currency, business.timezone,
-            "yes" if business.is_active else "no", len(members),
-        ])
         for m in members:
-            staff.append([
-                business.name, m.user.get_username(), m.user.get_full_name(), m.user.email,
-                m.get_role_display(), "yes" if m.user.is_active else "no",
-                timezone.localtime(m.created_at).strftime("%Y-%m-%d %H:%M"),
-            ])
+            staff.append(
+                [
+                    business.name,
+                    m.user.get_username(),
+                    m.user.get_full_name(),
+                    m.user.email,
+                    m.get_role_display(),
+                    "yes" if m.user.is_active else "no",
+                    timezone.localtime(m.created_at).strftime("%Y-%m-%d %H:%M"),
+                ]
+            )
         ctx.progress(int(done * 90 / max(total, 1)), f"{done} of {total} businesses")
     buffer = io.BytesIO()
     wb.save(buffer)

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from accounts.services import chart_ensure_default
 from django.contrib.auth.models import Group, Permission, User
 from django.db import transaction
 
-from accounts.services import chart_ensure_default
 from operations.models import Business, Membership, MembershipRole
 
 STAFF_GROUP = "Business staff"

@@ -35,8 +35,14 @@ def test_database_url() -> str:
 
 def worker_env(**overrides: str) -> dict[str, str]:
     env = dict(os.environ)
-    env.update({"DATABASE_URL": test_database_url(), "REDIS_URL": settings.REDIS_URL, "DJANGO_DEBUG": "1",
-                "PYTHONUNBUFFERED": "1"})
+    env.update(
+        {
+            "DATABASE_URL": test_database_url(),
+            "REDIS_URL": settings.REDIS_URL,
+            "DJANGO_DEBUG": "1",
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
     env.update(overrides)
     return env
 
@@ -54,8 +60,14 @@ def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: 
 class WorkerProcess:
     """`celery worker` in its own process group; killable with SIGKILL like a crashed box."""
 
-    def __init__(self, name: str, queues: str = "default,reports,payments", concurrency: int = 1,
-                 env: dict[str, str] | None = None, include_test_tasks: bool = True) -> None:
+    def __init__(
+        self,
+        name: str,
+        queues: str = "default,reports,payments",
+        concurrency: int = 1,
+        env: dict[str, str] | None = None,
+        include_test_tasks: bool = True,
+    ) -> None:
         self.name = name
         self.queues = queues
         self.concurrency = concurrency
@@ -67,17 +79,42 @@ class WorkerProcess:
 
     def start(self, timeout: float = 30) -> WorkerProcess:
         with self.log.open("ab") as out:
-            self.proc = subprocess.Popen(  # noqa: S603 - our own interpreter and arguments
-                [sys.executable, "-m", "celery", "-A", "celeryconf", "worker", "-Q", self.queues,
-                 "-n", self.hostname, "--concurrency", str(self.concurrency), "-P", "prefork",
-                 "--without-gossip", "--without-mingle", "-l", "INFO", *self.extra],
-                cwd=ROOT, env=self.env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+            self.proc = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "celery",
+                    "-A",
+                    "celeryconf",
+                    "worker",
+                    "-Q",
+                    self.queues,
+                    "-n",
+                    self.hostname,
+                    "--concurrency",
+                    str(self.concurrency),
+                    "-P",
+                    "prefork",
+                    "--without-gossip",
+                    "--without-mingle",
+                    "-l",
+                    "INFO",
+                    *self.extra,
+                ],
+                cwd=ROOT,
+                env=self.env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
             )
         client = redis.Redis.from_url(self.env["REDIS_URL"])
         first_queue = self.queues.split(",")[0]
         try:
-            wait_for(lambda: client.exists(worker_key(first_queue, self.hostname)) or self._died(), timeout,
-                     f"worker {self.hostname} to be ready")
+            wait_for(
+                lambda: client.exists(worker_key(first_queue, self.hostname)) or self._died(),
+                timeout,
+                f"worker {self.hostname} to be ready",
+            )
         finally:
             client.close()
         if self._died():
@@ -92,7 +129,7 @@ class WorkerProcess:
 
     def child_pids(self) -> list[int]:
         assert self.proc is not None
-        out = subprocess.run(["pgrep", "-P", str(self.proc.pid)], capture_output=True, text=True, check=False)  # noqa: S607
+        out = subprocess.run(["pgrep", "-P", str(self.proc.pid)], capture_output=True, text=True, check=False)
         return [int(pid) for pid in out.stdout.split()]
 
     def kill(self) -> None:
@@ -127,10 +164,24 @@ class BeatProcess:
         from celeryconf.heartbeat import BEAT_KEY
 
         with self.log.open("ab") as out:
-            self.proc = subprocess.Popen(  # noqa: S603
-                [sys.executable, "-m", "celery", "-A", "celeryconf", "beat", "-l", "INFO",
-                 "--pidfile", str(self.log.with_suffix(".pid"))],
-                cwd=ROOT, env=self.env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+            self.proc = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "celery",
+                    "-A",
+                    "celeryconf",
+                    "beat",
+                    "-l",
+                    "INFO",
+                    "--pidfile",
+                    str(self.log.with_suffix(".pid")),
+                ],
+                cwd=ROOT,
+                env=self.env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
             )
         client = redis.Redis.from_url(self.env["REDIS_URL"])
         try:

@@ -20,22 +20,22 @@ def _no_login_lockouts(settings: pytest.FixtureRequest) -> None:
 
 @pytest.fixture
 def water(db: None) -> Business:
-    return BusinessFactory(name="Maji Safi Water", kind=BusinessKind.WATER)
+    return BusinessFactory.create(name="Maji Safi Water", kind=BusinessKind.WATER)
 
 
 @pytest.fixture
 def laundry(db: None) -> Business:
-    return BusinessFactory(name="Fresh Fold Laundry", kind=BusinessKind.LAUNDRY)
+    return BusinessFactory.create(name="Fresh Fold Laundry", kind=BusinessKind.LAUNDRY)
 
 
 @pytest.fixture
 def retail(db: None) -> Business:
-    return BusinessFactory(name="Duka & Gas", kind=BusinessKind.RETAIL_LPG)
+    return BusinessFactory.create(name="Duka & Gas", kind=BusinessKind.RETAIL_LPG)
 
 
 @pytest.fixture
 def owner(db: None):  # type: ignore[no-untyped-def]
-    return OwnerFactory(username="owner")
+    return OwnerFactory.create(username="owner")
 
 
 @pytest.fixture
@@ -46,8 +46,8 @@ def owner_client(owner) -> Client:  # type: ignore[no-untyped-def]
 
 
 def staff_with_perms(business: Business, perms: list[str], username: str = "staff_a"):  # type: ignore[no-untyped-def]
-    user = UserFactory(username=username, perms=perms)
-    MembershipFactory(user=user, business=business)
+    user = UserFactory.create(username=username, perms=perms)
+    MembershipFactory.create(user=user, business=business)
     return user
 
 

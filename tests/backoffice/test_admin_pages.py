@@ -51,7 +51,7 @@ def test_the_root_url_leads_to_the_admin(db: None) -> None:
 
 def test_login_is_throttled_after_repeated_wrong_passwords(db: None, settings: object) -> None:
     settings.AXES_ENABLED = True  # type: ignore[attr-defined]
-    UserFactory(username="mary")
+    UserFactory.create(username="mary")
     client = Client()
     for _ in range(5):
         client.post(reverse("admin:login"), {"username": "mary", "password": "guess"})

@@ -26,7 +26,7 @@ from tests.factories import MembershipFactory, UserFactory
 # entry here fails test_every_scoped_admin_is_covered, so none can slip past these tests.
 ROW_MAKERS: dict[type[Model], Callable[[Business], Model]] = {
     Business: lambda b: b,
-    Membership: lambda b: MembershipFactory(business=b, user=UserFactory()),
+    Membership: lambda b: MembershipFactory.create(business=b, user=UserFactory.create()),
     Job: lambda b: Job.objects.create(kind=EXPORT_BUSINESSES, business=b, message=f"job of {b.name}"),
 }
 
@@ -110,15 +110,14 @@ def test_staff_of_one_business_cannot_read_or_change_another(
     assert model._default_manager.get(pk=row_b.pk).__dict__.keys() == before.__dict__.keys()
 
     # An action posted with the other business's id acts on nothing of it.
-    client.post(_url(model, "changelist"), {"action": "delete_selected", "_selected_action": [row_b.pk],
-                                            "post": "yes"})
+    client.post(_url(model, "changelist"), {"action": "delete_selected", "_selected_action": [row_b.pk], "post": "yes"})
     assert model._default_manager.filter(pk=row_b.pk).exists()
 
 
 @pytest.mark.django_db
 def test_the_business_filter_offers_only_his_businesses(water: Business, laundry: Business, retail: Business) -> None:
     staff = staff_with_perms(water, _perms(Membership))
-    MembershipFactory(user=staff, business=retail)
+    MembershipFactory.create(user=staff, business=retail)
     body = login(staff).get(_url(Membership, "changelist")).content.decode()
     assert escape(water.name) in body and escape(retail.name) in body
     assert escape(laundry.name) not in body
@@ -128,9 +127,10 @@ def test_the_business_filter_offers_only_his_businesses(water: Business, laundry
 @pytest.mark.django_db
 def test_a_staff_member_cannot_assign_rows_to_another_business(water: Business, laundry: Business) -> None:
     staff = staff_with_perms(water, _perms(Membership))
-    other_user = UserFactory(username="kamau")
-    response = login(staff).post(_url(Membership, "add"),
-                                 {"user": other_user.pk, "business": laundry.pk, "role": "staff"})
+    other_user = UserFactory.create(username="kamau")
+    response = login(staff).post(
+        _url(Membership, "add"), {"user": other_user.pk, "business": laundry.pk, "role": "staff"}
+    )
     assert response.status_code == 200  # the form comes back with an error
     assert "Select a valid choice" in response.content.decode()
     assert not Membership.objects.filter(business=laundry).exists()
@@ -139,9 +139,10 @@ def test_a_staff_member_cannot_assign_rows_to_another_business(water: Business, 
 @pytest.mark.django_db
 def test_a_staff_member_cannot_change_a_row_of_his_into_another_business(water: Business, laundry: Business) -> None:
     staff = staff_with_perms(water, _perms(Membership))
-    row = MembershipFactory(business=water, user=UserFactory(username="akinyi"))
-    login(staff).post(_url(Membership, "change", row.pk), {"user": row.user_id, "business": laundry.pk,
-                                                            "role": "staff"})
+    row = MembershipFactory.create(business=water, user=UserFactory.create(username="akinyi"))
+    login(staff).post(
+        _url(Membership, "change", row.pk), {"user": row.user_id, "business": laundry.pk, "role": "staff"}
+    )
     row.refresh_from_db()
     assert row.business == water
 
@@ -150,9 +151,16 @@ def test_a_staff_member_cannot_change_a_row_of_his_into_another_business(water: 
 def test_export_contains_only_his_business(water: Business, laundry: Business) -> None:
     staff = staff_with_perms(water, _perms(Business))
     client = login(staff)
-    response = client.post(reverse("admin:operations_business_export"),
-                           {"format": "0", "resource": "0", "export_items": [water.pk, laundry.pk],
-                            "businessresource_id": "on", "businessresource_name": "on"})
+    response = client.post(
+        reverse("admin:operations_business_export"),
+        {
+            "format": "0",
+            "resource": "0",
+            "export_items": [water.pk, laundry.pk],
+            "businessresource_id": "on",
+            "businessresource_name": "on",
+        },
+    )
     assert response.status_code == 200, response.content[:500]
     text = response.content.decode()
     assert water.name in text
@@ -167,8 +175,9 @@ def test_the_owner_sees_every_business(owner_client: Client, water: Business, la
 
 @pytest.mark.django_db
 def test_a_user_granted_view_all_businesses_sees_every_business(water: Business, laundry: Business) -> None:
-    accountant = UserFactory(username="accountant", perms=["operations.view_business",
-                                                           "operations.view_all_businesses"])
+    accountant = UserFactory.create(
+        username="accountant", perms=["operations.view_business", "operations.view_all_businesses"]
+    )
     body = login(accountant).get(_url(Business, "changelist")).content.decode()
     assert water.name in body and laundry.name in body
     assert Permission.objects.filter(codename="view_all_businesses").exists()

@@ -38,12 +38,24 @@ def test_queues_and_routing() -> None:
 @pytest.mark.parametrize(
     ("limits", "why"),
     [
-        (Limits(task_time_limit=900, task_soft_time_limit=870, max_countdown=600, visibility_timeout=1500),
-         "visibility timeout 1500s is too short"),
-        (Limits(task_time_limit=60, task_soft_time_limit=60, max_countdown=0, visibility_timeout=3600),
-         "soft time limit"),
-        (Limits(task_time_limit=60, task_soft_time_limit=50, max_countdown=0, visibility_timeout=3600,
-                visibility_margin=0), "margin"),
+        (
+            Limits(task_time_limit=900, task_soft_time_limit=870, max_countdown=600, visibility_timeout=1500),
+            "visibility timeout 1500s is too short",
+        ),
+        (
+            Limits(task_time_limit=60, task_soft_time_limit=60, max_countdown=0, visibility_timeout=3600),
+            "soft time limit",
+        ),
+        (
+            Limits(
+                task_time_limit=60,
+                task_soft_time_limit=50,
+                max_countdown=0,
+                visibility_timeout=3600,
+                visibility_margin=0,
+            ),
+            "margin",
+        ),
     ],
 )
 def test_configurations_that_could_redeliver_a_running_task_are_refused(limits: Limits, why: str) -> None:
@@ -60,11 +72,11 @@ def test_a_task_time_limit_longer_than_the_visibility_timeout_is_refused() -> No
 
 def test_every_registered_task_fits_the_visibility_timeout() -> None:
     app.loader.import_default_modules()
-    per_task = {name: int(t.time_limit) for name, t in app.tasks.items() if getattr(t, "time_limit", None)}
+    per_task = {name: int(t.time_limit or 0) for name, t in app.tasks.items() if getattr(t, "time_limit", None)}
     check_reliability(LIMITS, per_task)
 
 
 def test_a_countdown_beyond_the_limit_is_refused_before_anything_is_sent() -> None:
     task = app.tasks["jobs.run"]
     with pytest.raises(ReliabilityError, match="countdown"):
-        task.apply_async(args=[1], countdown=LIMITS.max_countdown + 1)
+        task.apply_async(args=(1,), countdown=LIMITS.max_countdown + 1)

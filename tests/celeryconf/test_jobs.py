@@ -35,7 +35,7 @@ def _finished(job: Job, timeout: float = 30) -> Job:
 def test_excel_export_launched_from_the_admin_runs_on_a_worker_and_is_downloadable(
     worker: WorkerProcess, owner_client: Client, water: Business, laundry: Business, retail: Business
 ) -> None:
-    MembershipFactory(user=UserFactory(username="wanjiru", first_name="Wanjiru"), business=water)
+    MembershipFactory.create(user=UserFactory.create(username="wanjiru", first_name="Wanjiru"), business=water)
     response = owner_client.post(
         reverse("admin:operations_business_changelist"),
         {"action": "export_to_excel", "_selected_action": [water.pk, laundry.pk, retail.pk]},
@@ -70,8 +70,10 @@ def test_a_staff_member_exports_only_his_business_and_cannot_download_another_bu
 ) -> None:
     staff = staff_with_perms(water, ["operations.view_business", "celeryconf.view_job"])
     client = login(staff)
-    client.post(reverse("admin:operations_business_changelist"),
-                {"action": "export_to_excel", "_selected_action": [water.pk, laundry.pk]})
+    client.post(
+        reverse("admin:operations_business_changelist"),
+        {"action": "export_to_excel", "_selected_action": [water.pk, laundry.pk]},
+    )
     job = Job.objects.get()
     assert job.business == water  # laundry was not in his queryset, so it was never selected
     assert _finished(job).state == JobState.SUCCEEDED
@@ -96,21 +98,26 @@ def test_a_failed_job_keeps_its_error_and_traceback_and_can_be_retried(
     page = owner_client.get(reverse("admin:celeryconf_job_change", args=[job.pk]))
     assert page.status_code == 200 and b"failed on purpose" in page.content
 
-    response = owner_client.post(reverse("admin:celeryconf_job_changelist"),
-                                 {"action": "retry_failed", "_selected_action": [job.pk]}, follow=True)
+    response = owner_client.post(
+        reverse("admin:celeryconf_job_changelist"),
+        {"action": "retry_failed", "_selected_action": [job.pk]},
+        follow=True,
+    )
     assert b"Queued again" in response.content
     job = _finished(job)
     assert job.state == JobState.FAILED and job.attempts == 1  # ran again from scratch and failed again
 
 
-def test_a_transient_error_is_retried_with_backoff(worker: WorkerProcess, owner: object,
-                                                   redis_client: redis.Redis) -> None:
+def test_a_transient_error_is_retried_with_backoff(
+    worker: WorkerProcess, owner: object, redis_client: redis.Redis
+) -> None:
     import tests.worker_tasks  # noqa: F401
 
     token = uuid.uuid4().hex
     job = job_launch(kind="tests.flaky", acting_user=owner, params={"token": token})
-    seen_retrying = wait_for(lambda: Job.objects.filter(pk=job.pk, state=JobState.RETRYING).exists(), 20,
-                             "the retrying state", interval=0.05)
+    seen_retrying = wait_for(
+        lambda: Job.objects.filter(pk=job.pk, state=JobState.RETRYING).exists(), 20, "the retrying state", interval=0.05
+    )
     assert seen_retrying
     job = _finished(job, timeout=40)
     assert job.state == JobState.SUCCEEDED and job.attempts == 2
@@ -124,8 +131,9 @@ def test_progress_is_visible_while_a_job_runs_and_survives_a_killed_worker(
 
     token = uuid.uuid4().hex
     job = job_launch(kind="tests.slow", acting_user=owner, params={"token": token, "steps": 10, "step_seconds": 0.3})
-    wait_for(lambda: Job.objects.filter(pk=job.pk, state=JobState.RUNNING, progress__gte=20).exists(), 20,
-             "progress to show")
+    wait_for(
+        lambda: Job.objects.filter(pk=job.pk, state=JobState.RUNNING, progress__gte=20).exists(), 20, "progress to show"
+    )
     # Kill the pool process running it: the job is delivered again and runs to the end.
     pool_pid = int(redis_client.lindex(runs_key(token), 0).decode().split(":")[1])  # type: ignore[union-attr]
     import os
@@ -152,11 +160,15 @@ def test_nothing_is_enqueued_when_the_launching_transaction_rolls_back(
 ) -> None:
     from django.db import transaction
 
-    class Boom(Exception):
+    class RolledBackError(Exception):
         pass
 
-    with pytest.raises(Boom), transaction.atomic():
-        job_launch(kind=EXPORT_BUSINESSES, acting_user=owner)
-        raise Boom
+    def launch_then_fail() -> None:
+        with transaction.atomic():
+            job_launch(kind=EXPORT_BUSINESSES, acting_user=owner)
+            raise RolledBackError
+
+    with pytest.raises(RolledBackError):
+        launch_then_fail()
     assert not Job.objects.exists()
     assert clean_broker.llen("default") == 0 and clean_broker.llen("reports") == 0

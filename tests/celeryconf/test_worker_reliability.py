@@ -17,12 +17,12 @@ pytestmark = [pytest.mark.worker, pytest.mark.django_db(transaction=True)]
 
 
 def _runs(client: redis.Redis, token: str) -> list[str]:
-    return [r.decode() for r in client.lrange(runs_key(token), 0, -1)]
+    return [r.decode() for r in client.lrange(runs_key(token), 0, -1)]  # type: ignore[union-attr]
 
 
 def test_a_real_worker_runs_a_task(worker: WorkerProcess, redis_client: redis.Redis) -> None:
     token = uuid.uuid4().hex
-    record_and_sleep.apply_async(args=[token, 0], queue="default")
+    record_and_sleep.apply_async(args=(token, 0), queue="default")
     runs = wait_for(lambda: len(_runs(redis_client, token)) == 2 and _runs(redis_client, token), 20, "the task")
     assert runs[0].startswith("start:") and runs[1].startswith("done:")
 
@@ -30,12 +30,15 @@ def test_a_real_worker_runs_a_task(worker: WorkerProcess, redis_client: redis.Re
 def test_a_task_whose_pool_process_is_killed_runs_again(worker: WorkerProcess, redis_client: redis.Redis) -> None:
     """SIGKILL of the process running the task: reject-on-worker-lost puts the message back at once."""
     token = uuid.uuid4().hex
-    record_and_sleep.apply_async(args=[token, 3], queue="default")
+    record_and_sleep.apply_async(args=(token, 3), queue="default")
     first = wait_for(lambda: _runs(redis_client, token), 20, "the task to start")[0]
     victim = int(first.split(":")[1])
     os.kill(victim, signal.SIGKILL)
-    runs = wait_for(lambda: "done" in " ".join(_runs(redis_client, token)) and _runs(redis_client, token), 30,
-                    "the task to run again")
+    runs = wait_for(
+        lambda: "done" in " ".join(_runs(redis_client, token)) and _runs(redis_client, token),
+        30,
+        "the task to run again",
+    )
     starts = [r for r in runs if r.startswith("start:")]
     assert len(starts) == 2, runs
     assert int(starts[1].split(":")[1]) != victim
@@ -49,22 +52,29 @@ def test_a_task_whose_whole_worker_is_killed_runs_on_a_new_worker(
     The message stays unacknowledged in Redis and a new worker gets it after the visibility timeout
     (short here, but within the same rule the production configuration obeys)."""
     fast = worker_env(
-        CELERY_TASK_TIME_LIMIT="6", CELERY_TASK_SOFT_TIME_LIMIT="5", CELERY_MAX_COUNTDOWN="1",
-        CELERY_VISIBILITY_MARGIN="2", CELERY_VISIBILITY_TIMEOUT="9", CELERY_RESTORE_INTERVAL="1",
+        CELERY_TASK_TIME_LIMIT="6",
+        CELERY_TASK_SOFT_TIME_LIMIT="5",
+        CELERY_MAX_COUNTDOWN="1",
+        CELERY_VISIBILITY_MARGIN="2",
+        CELERY_VISIBILITY_TIMEOUT="9",
+        CELERY_RESTORE_INTERVAL="1",
         CELERY_RESTORE_THROTTLE="1",
     )
     first_worker = WorkerProcess("doomed", env=fast).start()
     second_worker: WorkerProcess | None = None
     try:
         token = uuid.uuid4().hex
-        record_and_sleep.apply_async(args=[token, 2], queue="default")
+        record_and_sleep.apply_async(args=(token, 2), queue="default")
         wait_for(lambda: _runs(clean_broker, token), 20, "the task to start")
         first_worker.kill()
         assert _runs(clean_broker, token) == [_runs(clean_broker, token)[0]]  # started, never finished
 
         second_worker = WorkerProcess("rescuer", env=fast).start()
-        runs = wait_for(lambda: any(r.startswith("done") for r in _runs(clean_broker, token))
-                        and _runs(clean_broker, token), 40, "the task to be redelivered")
+        runs = wait_for(
+            lambda: any(r.startswith("done") for r in _runs(clean_broker, token)) and _runs(clean_broker, token),
+            40,
+            "the task to be redelivered",
+        )
         starts = [r for r in runs if r.startswith("start:")]
         assert len(starts) == 2, runs
         assert runs[-1].startswith("done:")

@@ -10,7 +10,7 @@ from operations.models import Business, BusinessKind, Membership, MembershipRole
 PASSWORD = "correct-horse-battery-staple"  # noqa: S105 - test users only
 
 
-class UserFactory(factory.django.DjangoModelFactory):
+class UserFactory(factory.django.DjangoModelFactory[User]):
     class Meta:
         model = User
         django_get_or_create = ("username",)
@@ -22,8 +22,8 @@ class UserFactory(factory.django.DjangoModelFactory):
     password = factory.PostGenerationMethodCall("set_password", PASSWORD)
 
     @factory.post_generation
-    def perms(self, create: bool, extracted: list[str] | None, **_: object) -> None:
-        """`UserFactory(perms=["operations.view_business", ...])` grants those permissions."""
+    def perms(self: User, create: bool, extracted: list[str] | None, **_: object) -> None:
+        """`UserFactory.create(perms=["operations.view_business", ...])` grants those permissions."""
         if not create or not extracted:
             self.save()
             return
@@ -38,7 +38,7 @@ class OwnerFactory(UserFactory):
     is_superuser = True
 
 
-class BusinessFactory(factory.django.DjangoModelFactory):
+class BusinessFactory(factory.django.DjangoModelFactory[Business]):
     class Meta:
         model = Business
         django_get_or_create = ("name",)
@@ -47,7 +47,7 @@ class BusinessFactory(factory.django.DjangoModelFactory):
     kind = BusinessKind.RETAIL_LPG
 
 
-class MembershipFactory(factory.django.DjangoModelFactory):
+class MembershipFactory(factory.django.DjangoModelFactory[Membership]):
     class Meta:
         model = Membership
 

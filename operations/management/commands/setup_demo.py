@@ -49,6 +49,8 @@ class Command(BaseCommand):
                 staff.groups.add(group)
                 membership_assign(user=staff, business=business)
         self.stdout.write(
-            self.style.SUCCESS(f"Demo ready: owner + {len(DEMO_BUSINESSES)} businesses, staff: "
-                               + ", ".join(u for _, _, u in DEMO_BUSINESSES))
+            self.style.SUCCESS(
+                f"Demo ready: owner + {len(DEMO_BUSINESSES)} businesses, staff: "
+                + ", ".join(u for _, _, u in DEMO_BUSINESSES)
+            )
         )
