@@ -122,7 +122,7 @@ def build_config(broker_url: str, limits: Limits) -> dict[str, Any]:
         "worker_cancel_long_running_tasks_on_connection_loss": True,
         # Keep each worker small: recycle a pool process after N tasks or once it grows past the limit.
         "worker_max_tasks_per_child": _env_int("CELERY_MAX_TASKS_PER_CHILD", 200),
-        "worker_max_memory_per_child": _env_int("CELERY_MAX_MEMORY_PER_CHILD_KB", 90_000),
+        "worker_max_memory_per_child": _env_int("CELERY_MAX_MEMORY_PER_CHILD_KB", 120_000),
         # Soft shutdown: on a warm stop, give running tasks this long to finish before requeueing.
         "worker_soft_shutdown_timeout": float(_env_int("CELERY_SOFT_SHUTDOWN_SECONDS", 30)),
         "worker_enable_soft_shutdown_on_idle": True,

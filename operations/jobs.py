@@ -5,8 +5,6 @@ from __future__ import annotations
 import io
 
 from django.utils import timezone
-from openpyxl import Workbook
-from openpyxl.styles import Font
 
 from celeryconf.jobs import JobContext, job_kind
 from operations.models import Business, Membership
@@ -21,6 +19,10 @@ def export_businesses_and_staff(ctx: JobContext) -> None:
     Scope: the job's business if it has one, else every business. Idempotent: the result file
     is replaced on a re-run.
     """
+    # openpyxl is imported here, not at module level, so workers only load it when they export.
+    from openpyxl import Workbook
+    from openpyxl.styles import Font
+
     businesses = Business.objects.order_by("name")
     if ctx.job.business_id:
         businesses = businesses.filter(pk=ctx.job.business_id)
