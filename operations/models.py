@@ -55,3 +55,32 @@ class Membership(models.Model):
 
     def __str__(self) -> str:
         return f"{self.user} @ {self.business}"
+
+
+class Customer(models.Model):
+    """A customer of one business. The phone is stored normalised (2547XXXXXXXX) with its SHA-256,
+    because Daraja's C2B callbacks now send only a hash or a masked number."""
+
+    business = models.ForeignKey(Business, on_delete=models.PROTECT, related_name="customers")
+    name = models.CharField(max_length=120)
+    phone = models.CharField(max_length=12, blank=True, default="", help_text="2547XXXXXXXX")
+    phone_sha256 = models.CharField(max_length=64, blank=True, default="", editable=False, db_index=True)
+    # What the customer types as "account number" when paying by M-Pesa (paybill) to be matched.
+    account_code = models.CharField(max_length=12, blank=True, default="")
+    credit_limit = models.DecimalField(max_digits=14, decimal_places=2, default=0)
+    is_active = models.BooleanField(default=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["business__name", "name"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["business", "account_code"], condition=~models.Q(account_code=""),
+                name="customer_business_account_code_uniq",
+            ),
+            models.CheckConstraint(condition=models.Q(credit_limit__gte=0), name="customer_credit_limit_not_negative"),
+        ]
+        indexes = [models.Index(fields=["business", "phone"], name="customer_business_phone")]
+
+    def __str__(self) -> str:
+        return self.name

@@ -1,0 +1,219 @@
+"""M-Pesa rows: tills, the raw callback inbox, payments received, STK requests, reversals and
+statement reconciliation.
+
+The inbox is the store of record for everything Daraja sends: a callback is saved here (raw body
+and headers) before it is answered, unique on the Daraja id, and processed from here by the
+`payments` queue. Redis only carries "look at inbox row N"; losing Redis loses no payment.
+"""
+
+from __future__ import annotations
+
+import secrets
+
+from django.conf import settings
+from django.db import models
+from django.db.models import Q
+
+from accounts.fields import MoneyField
+from operations.models import Business
+
+
+def new_callback_token() -> str:
+    return secrets.token_urlsafe(24)
+
+
+class TillKind(models.TextChoices):
+    TILL = "till", "Till (Buy Goods)"
+    PAYBILL = "paybill", "Paybill"
+
+
+class DarajaEnvironment(models.TextChoices):
+    SANDBOX = "sandbox", "Sandbox"
+    PRODUCTION = "production", "Production"
+
+
+class Till(models.Model):
+    """A till or paybill of one business, with its Daraja credentials (encrypted at rest)."""
+
+    business = models.ForeignKey(Business, on_delete=models.PROTECT, related_name="tills")
+    name = models.CharField(max_length=80)
+    shortcode = models.CharField(max_length=12, help_text="Till number or paybill number")
+    kind = models.CharField(max_length=10, choices=TillKind.choices, default=TillKind.TILL)
+    # For Buy Goods, STK Push goes to the till number (PartyB) but is signed by the store
+    # (head office) number; leave empty when both are the same (paybills).
+    store_number = models.CharField(max_length=12, blank=True, default="")
+    environment = models.CharField(max_length=12, choices=DarajaEnvironment.choices,
+                                   default=DarajaEnvironment.SANDBOX)
+    # Secrets: Fernet ciphertext (integrations/mpesa/secrets.py), or read from environment
+    # variables <credentials_env_prefix>CONSUMER_KEY etc. when a prefix is set. Never displayed.
+    credentials_env_prefix = models.CharField(
+        max_length=40, blank=True, default="",
+        help_text="If set, credentials come from environment variables with this prefix "
+        "(e.g. MPESA_WATER_ -> MPESA_WATER_CONSUMER_KEY, _CONSUMER_SECRET, _PASSKEY, "
+        "_INITIATOR_NAME, _SECURITY_CREDENTIAL) instead of the encrypted fields.",
+    )
+    consumer_key_encrypted = models.TextField(blank=True, default="", editable=False)
+    consumer_secret_encrypted = models.TextField(blank=True, default="", editable=False)
+    passkey_encrypted = models.TextField(blank=True, default="", editable=False)
+    initiator_name = models.CharField(max_length=60, blank=True, default="")
+    security_credential_encrypted = models.TextField(blank=True, default="", editable=False)
+    callback_token = models.CharField(max_length=64, unique=True, default=new_callback_token, editable=False)
+    callback_base_url = models.URLField(
+        blank=True, default="", help_text="Public HTTPS base of this back office, e.g. https://office.example.co.ke"
+    )
+    allowed_ips = models.TextField(
+        blank=True, default="",
+        help_text="Optional: Daraja's source addresses or networks, comma or newline separated. "
+        "Callbacks from elsewhere are stored but held for a person, never processed.",
+    )
+    min_amount = MoneyField(default=1)
+    max_amount = MoneyField(default=250000)
+    is_active = models.BooleanField(default=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["business__name", "name"]
+        constraints = [
+            models.UniqueConstraint(fields=["shortcode", "environment"], name="till_shortcode_env_uniq"),
+            models.CheckConstraint(condition=Q(min_amount__gt=0) & Q(max_amount__gte=models.F("min_amount")),
+                                   name="till_amount_limits_valid"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.shortcode})"
+
+
+class InboxKind(models.TextChoices):
+    STK_CALLBACK = "stk", "STK callback"
+    C2B_VALIDATION = "c2b_validation", "C2B validation"
+    C2B_CONFIRMATION = "c2b_confirmation", "C2B confirmation"
+    STATUS_RESULT = "result_status", "Transaction status result"
+    STATUS_TIMEOUT = "timeout_status", "Transaction status timeout"
+    REVERSAL_RESULT = "result_reversal", "Reversal result"
+    REVERSAL_TIMEOUT = "timeout_reversal", "Reversal timeout"
+    BALANCE_RESULT = "result_balance", "Account balance result"
+    BALANCE_TIMEOUT = "timeout_balance", "Account balance timeout"
+
+
+class InboxState(models.TextChoices):
+    RECEIVED = "received", "Received"
+    PROCESSED = "processed", "Processed"
+    FAILED = "failed", "Failed (will be retried)"
+    NEEDS_ATTENTION = "attention", "Needs a person"
+
+
+class InboxMessage(models.Model):
+    """One callback exactly as Daraja sent it. Unique on (kind, daraja_id): a duplicate is a no-op."""
+
+    till = models.ForeignKey(Till, on_delete=models.PROTECT, related_name="inbox")
+    kind = models.CharField(max_length=20, choices=InboxKind.choices)
+    # The Daraja id (CheckoutRequestID, TransID, ConversationID...), or "malformed:<sha256>".
+    daraja_id = models.CharField(max_length=120)
+    body = models.TextField()
+    headers = models.JSONField(default=dict)
+    remote_addr = models.GenericIPAddressField(null=True, blank=True)
+    received_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    state = models.CharField(max_length=12, choices=InboxState.choices, default=InboxState.RECEIVED)
+    attempts = models.PositiveIntegerField(default=0)
+    last_enqueued_at = models.DateTimeField(null=True, blank=True)
+    processed_at = models.DateTimeField(null=True, blank=True)
+    error = models.TextField(blank=True, default="")
+    # What the processing decided, for people reading the inbox (e.g. "posted entry 42").
+    outcome = models.CharField(max_length=255, blank=True, default="")
+
+    class Meta:
+        ordering = ["-received_at", "-id"]
+        constraints = [
+            models.UniqueConstraint(fields=["kind", "daraja_id"], name="inbox_kind_daraja_id_uniq"),
+        ]
+        indexes = [
+            # The sweeper's query: rows not yet processed, oldest first.
+            models.Index(fields=["received_at"], condition=Q(state__in=["received", "failed"]),
+                         name="inbox_pending_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.get_kind_display()} {self.daraja_id}"
+
+
+class PaymentRequestState(models.TextChoices):
+    SENT = "sent", "Sent to phone"
+    PAID = "paid", "Paid"
+    CANCELLED = "cancelled", "Cancelled by customer"
+    FAILED = "failed", "Failed"
+    TIMEOUT = "timeout", "No answer from customer"
+    ERROR = "error", "Could not send"
+
+
+class PaymentRequest(models.Model):
+    """An STK Push sent to a customer's phone, and what became of it."""
+
+    till = models.ForeignKey(Till, on_delete=models.PROTECT, related_name="payment_requests")
+    business = models.ForeignKey(Business, on_delete=models.PROTECT, related_name="payment_requests")
+    phone = models.CharField(max_length=12, help_text="2547XXXXXXXX")
+    amount = MoneyField()
+    account_reference = models.CharField(max_length=12)
+    description = models.CharField(max_length=13)
+    merchant_request_id = models.CharField(max_length=80, blank=True, default="")
+    checkout_request_id = models.CharField(max_length=80, blank=True, default="", db_index=True)
+    state = models.CharField(max_length=12, choices=PaymentRequestState.choices, default=PaymentRequestState.SENT)
+    result_code = models.IntegerField(null=True, blank=True)
+    result_desc = models.CharField(max_length=255, blank=True, default="")
+    receipt = models.CharField(max_length=20, blank=True, default="")
+    requested_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True,
+                                     related_name="+")
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    last_queried_at = models.DateTimeField(null=True, blank=True)
+    query_attempts = models.PositiveSmallIntegerField(default=0)
+    completed_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        constraints = [
+            models.UniqueConstraint(fields=["checkout_request_id"], condition=~Q(checkout_request_id=""),
+                                    name="payment_request_checkout_uniq"),
+            models.CheckConstraint(condition=Q(amount__gt=0), name="payment_request_amount_positive"),
+        ]
+
+    def __str__(self) -> str:
+        return f"STK {self.amount} to {self.phone} ({self.get_state_display()})"
+
+
+class PaymentStatus(models.TextChoices):
+    ALLOCATED = "allocated", "Allocated"
+    UNALLOCATED = "unallocated", "Unallocated (in suspense)"
+    REVERSED = "reversed", "Reversed"
+
+
+class Payment(models.Model):
+    """Money received through M-Pesa: one row per receipt, whatever callbacks announced it."""
+
+    business = models.ForeignKey(Business, on_delete=models.PROTECT, related_name="mpesa_payments")
+    till = models.ForeignKey(Till, on_delete=models.PROTECT, related_name="payments")
+    receipt = models.CharField(max_length=20, unique=True, help_text="M-Pesa receipt / TransID")
+    amount = MoneyField()
+    paid_at = models.DateTimeField()
+    msisdn = models.CharField(max_length=80, blank=True, default="", help_text="As Daraja sent it")
+    msisdn_kind = models.CharField(max_length=10, blank=True, default="")
+    payer_name = models.CharField(max_length=120, blank=True, default="")
+    account_reference = models.CharField(max_length=40, blank=True, default="")
+    payment_request = models.ForeignKey(PaymentRequest, on_delete=models.SET_NULL, null=True, blank=True,
+                                        related_name="payments")
+    customer = models.ForeignKey("operations.Customer", on_delete=models.SET_NULL, null=True, blank=True,
+                                 related_name="mpesa_payments")
+    status = models.CharField(max_length=12, choices=PaymentStatus.choices)
+    matched_by = models.CharField(max_length=40, blank=True, default="")
+    entry = models.ForeignKey("accounts.JournalEntry", on_delete=models.PROTECT, related_name="+")
+    allocation_entry = models.ForeignKey("accounts.JournalEntry", on_delete=models.PROTECT, null=True, blank=True,
+                                         related_name="+")
+    allocated_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True,
+                                     related_name="+")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-paid_at", "-id"]
+        constraints = [models.CheckConstraint(condition=Q(amount__gt=0), name="payment_amount_positive")]
+        indexes = [models.Index(fields=["business", "status"], name="payment_business_status")]
+
+    def __str__(self) -> str:
+        return f"{self.receipt} KES {self.amount}"
