@@ -1,10 +1,1 @@
 """Django finds this app's models here; they live in their integration's package."""
-
-from integrations.mpesa.models import (
-    InboxMessage,
-    Payment,
-    PaymentRequest,
-    Till,
-)
-
-__all__ = ["InboxMessage", "Payment", "PaymentRequest", "Till"]
