@@ -14,7 +14,9 @@ from typing import Any
 from django.db import models
 from django.db.models import QuerySet
 from django.forms import ModelChoiceField
+from django.core.exceptions import ValidationError
 from django.http import HttpRequest
+from import_export import resources
 from unfold.admin import ModelAdmin
 from unfold.contrib.filters.admin import RelatedDropdownFilter
 
@@ -43,12 +45,16 @@ def visible_business_ids(user: Any) -> set[int]:
 
 
 def _business_id_of(obj: models.Model, lookup: str) -> int | None:
+    if lookup == "pk":
+        return obj.pk
+    *path, last = lookup.split("__")
     value: Any = obj
-    for part in lookup.split("__"):
+    for part in path:
         value = getattr(value, part, None)
         if value is None:
             return None
-    return value.pk if isinstance(value, models.Model) else value
+    # `business_id` is on the row itself: no query, and no error for an id that does not exist.
+    return getattr(value, f"{last}_id", None)
 
 
 class BusinessFilter(RelatedDropdownFilter):
@@ -107,3 +113,27 @@ class BusinessScopedAdmin(ModelAdmin):
 
     def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return super().has_delete_permission(request, obj) and self._owns(request, obj)
+
+
+class BusinessScopedResource(resources.ModelResource):
+    """An import-export resource that lets a user import only into businesses he may see.
+
+    Existing rows of other businesses cannot be overwritten (even by id), and new or updated
+    rows cannot be put in another business. The row is refused with a validation error, which
+    the import preview shows against that row.
+    """
+
+    business_lookup: str = "business"
+
+    def before_save_instance(self, instance: Any, row: Any, **kwargs: Any) -> None:
+        user = kwargs.get("user")
+        if user is None or sees_all_businesses(user):
+            return
+        allowed = visible_business_ids(user)
+        business_id = _business_id_of(instance, self.business_lookup)
+        if business_id not in allowed:
+            raise ValidationError(f"You may not import rows for business {business_id}.")
+        if instance.pk:
+            stored = type(instance)._default_manager.filter(pk=instance.pk).first()
+            if stored is not None and _business_id_of(stored, self.business_lookup) not in allowed:
+                raise ValidationError(f"Row {instance.pk} belongs to a business you cannot change.")

@@ -9,13 +9,14 @@ from html import escape
 from typing import Any
 
 import pytest
+import tablib
 from django.contrib import admin
 from django.contrib.auth.models import Permission
 from django.db.models import Model
 from django.test import Client
 from django.urls import reverse
 
-from backoffice.tenancy import BusinessScopedAdmin, visible_businesses
+from backoffice.tenancy import BusinessScopedAdmin, BusinessScopedResource, visible_businesses
 from celeryconf.models import Job
 from operations.jobs import EXPORT_BUSINESSES
 from operations.models import Business, Membership
@@ -181,3 +182,26 @@ def test_a_user_granted_view_all_businesses_sees_every_business(water: Business,
     body = login(accountant).get(_url(Business, "changelist")).content.decode()
     assert water.name in body and laundry.name in body
     assert Permission.objects.filter(codename="view_all_businesses").exists()
+
+
+class MembershipImport(BusinessScopedResource):
+    class Meta:
+        model = Membership
+        fields = ("id", "user", "business", "role")
+
+
+@pytest.mark.django_db
+def test_an_import_cannot_create_or_overwrite_rows_of_another_business(water: Business, laundry: Business) -> None:
+    staff = staff_with_perms(water, _perms(Membership))
+    theirs = MembershipFactory.create(business=laundry, user=UserFactory.create(username="otieno"))
+    newcomer = UserFactory.create(username="njeri")
+    dataset = tablib.Dataset(headers=["id", "user", "business", "role"])
+    dataset.append(["", newcomer.pk, water.pk, "staff"])  # his business: fine
+    dataset.append(["", newcomer.pk, laundry.pk, "staff"])  # another business: refused
+    dataset.append([theirs.pk, theirs.user_id, water.pk, "manager"])  # steal another's row: refused
+    result = MembershipImport().import_data(dataset, dry_run=False, user=staff, raise_errors=False)
+    assert [row.import_type for row in result.rows] == ["new", "invalid", "invalid"]
+    assert Membership.objects.filter(user=newcomer, business=water).exists()
+    assert not Membership.objects.filter(user=newcomer, business=laundry).exists()
+    theirs.refresh_from_db()
+    assert theirs.business == laundry and theirs.role == "staff"
