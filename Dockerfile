@@ -1,0 +1,56 @@
+# syntax=docker/dockerfile:1
+# One image for every Django/Celery process (web, workers, beat, flower, migrate);
+# docker-compose.prod.yml picks the command. See docs/deploy.md.
+FROM python:3.11-slim
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PIP_NO_CACHE_DIR=1 \
+    DJANGO_SETTINGS_MODULE=backoffice.settings \
+    STATIC_ROOT=/app/staticfiles \
+    MEDIA_ROOT=/app/media
+
+# An unprivileged user with a fixed uid/gid, so volume ownership is stable across rebuilds.
+RUN groupadd --system --gid 10001 app \
+    && useradd --system --uid 10001 --gid app --home-dir /app --no-create-home --shell /usr/sbin/nologin app
+
+WORKDIR /app
+
+# Dependencies first: this layer is rebuilt only when requirements.txt changes.
+# Every pin ships a manylinux wheel (psycopg-binary, cryptography, cffi, psutil), so no compiler is needed.
+COPY requirements.txt ./
+RUN pip install --no-cache-dir -r requirements.txt
+
+# The code stays owned by root (read-only for the app user); see .dockerignore for what is left out.
+COPY . .
+
+# Static files are collected into the image (served by WhiteNoise). Settings refuse to import without a
+# secret key and a DATABASE_URL, but nothing connects at import: these throwaway values exist only for
+# this build step and are not kept in the image's environment. MEDIA_ROOT is the only place the app
+# writes (uploads, job exports; a named volume in production), so it is the only directory it owns.
+RUN DJANGO_SECRET_KEY=collectstatic-build-only-not-a-secret \
+    DATABASE_URL=postgresql://build:build@127.0.0.1:5432/build \
+    python manage.py collectstatic --noinput \
+    && python -m compileall -q -j 0 /app \
+    && mkdir -p "$MEDIA_ROOT" \
+    && chown app:app "$MEDIA_ROOT"
+
+USER app
+
+EXPOSE 8000
+
+# The web process. Workers, beat, flower and migrate override the command in docker-compose.prod.yml.
+# --worker-tmp-dir /dev/shm: gunicorn's worker heartbeat files stay in RAM, not on the overlay filesystem.
+# --forwarded-allow-ips '*': only the proxy can reach port 8000 (it is not published), so trust its
+# X-Forwarded-* headers.
+CMD ["gunicorn", "backoffice.wsgi", \
+     "--bind", "0.0.0.0:8000", \
+     "--workers", "3", \
+     "--worker-class", "sync", \
+     "--max-requests", "1000", \
+     "--max-requests-jitter", "100", \
+     "--timeout", "30", \
+     "--worker-tmp-dir", "/dev/shm", \
+     "--forwarded-allow-ips", "*", \
+     "--access-logfile", "-"]

@@ -1,0 +1,331 @@
+"""Static checks of the production stack: docker-compose.prod.yml, the Dockerfile and deploy/.
+
+No Docker engine is needed (nor a database): the compose file is parsed with PyYAML and its
+properties are checked against the process table in DESIGN.md and the memory budget of a 4 GB VPS.
+Only yaml, pathlib and the standard library are imported, so these tests run even without Django:
+`pytest tests/test_compose.py -p no:django`.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+COMPOSE_FILE = ROOT / "docker-compose.prod.yml"
+DOCKERFILE = ROOT / "Dockerfile"
+
+MIB = 1024 * 1024
+GIB = 1024 * MIB
+VPS_MEMORY = 4 * GIB
+MIN_HEADROOM = 512 * MIB
+
+LONG_RUNNING = (
+    "web",
+    "worker-payments",
+    "worker-default",
+    "beat",
+    "flower",
+    "postgres",
+    "redis",
+    "proxy",
+    "backup",
+)
+ONE_SHOT = ("migrate",)
+REQUIRED = LONG_RUNNING + ONE_SHOT
+APP_SERVICES = ("web", "worker-payments", "worker-default", "beat", "flower", "migrate")
+
+_UNITS = {"": 1, "b": 1, "k": 1024, "kb": 1024, "m": MIB, "mb": MIB, "g": GIB, "gb": GIB}
+
+
+def parse_memory(value: str | int) -> int:
+    """Bytes in a compose memory value: an int (bytes) or "512m", "1g", "256mb", "1.5g"..."""
+    if isinstance(value, int):
+        return value
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kmg]?b?)\s*", value.lower())
+    if match is None:
+        raise ValueError(f"not a memory size: {value!r}")
+    number, unit = match.groups()
+    return int(float(number) * _UNITS[unit])
+
+
+def as_argv(command: str | list[str] | None) -> list[str]:
+    """A compose command (string or list) as the argument list Docker gets."""
+    if command is None:
+        return []
+    if isinstance(command, str):
+        return shlex.split(command)
+    return [str(arg) for arg in command]
+
+
+def command_text(service: dict[str, Any]) -> str:
+    """Everything the container runs, as one string (covers `sh -c "..."` commands too)."""
+    return " ".join(as_argv(service.get("command")))
+
+
+def option_values(argv: list[str], *names: str) -> list[str]:
+    """Values of an option given as `--name value`, `--name=value` or `-n value`."""
+    values = []
+    for i, arg in enumerate(argv):
+        for name in names:
+            if arg == name and i + 1 < len(argv):
+                values.append(argv[i + 1])
+            elif arg.startswith(name + "="):
+                values.append(arg.split("=", 1)[1])
+    return values
+
+
+def healthcheck_text(service: dict[str, Any]) -> str:
+    test = service.get("healthcheck", {}).get("test", [])
+    return test if isinstance(test, str) else " ".join(str(part) for part in test)
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    data = yaml.safe_load(COMPOSE_FILE.read_text())
+    assert isinstance(data, dict)
+    return data
+
+
+@pytest.fixture(scope="module")
+def services(compose: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    result = compose["services"]
+    assert isinstance(result, dict)
+    return result
+
+
+def test_parse_memory() -> None:
+    assert parse_memory("512m") == 512 * MIB
+    assert parse_memory("1g") == GIB
+    assert parse_memory("1G") == GIB
+    assert parse_memory("256mb") == 256 * MIB
+    assert parse_memory("64k") == 64 * 1024
+    assert parse_memory("1.5g") == 3 * GIB // 2
+    assert parse_memory(1048576) == MIB
+    with pytest.raises(ValueError):
+        parse_memory("lots")
+
+
+def test_every_required_service_exists(services: dict[str, dict[str, Any]]) -> None:
+    missing = [name for name in REQUIRED if name not in services]
+    assert not missing, f"missing services: {missing}"
+
+
+@pytest.mark.parametrize("name", LONG_RUNNING)
+def test_long_running_services_restart_unless_stopped(services: dict[str, dict[str, Any]], name: str) -> None:
+    assert services[name].get("restart") == "unless-stopped"
+
+
+@pytest.mark.parametrize("name", ONE_SHOT)
+def test_one_shot_services_do_not_restart(services: dict[str, dict[str, Any]], name: str) -> None:
+    assert services[name].get("restart", "no") == "no"
+
+
+@pytest.mark.parametrize("name", LONG_RUNNING)
+def test_long_running_services_have_a_healthcheck(services: dict[str, dict[str, Any]], name: str) -> None:
+    healthcheck = services[name].get("healthcheck")
+    assert healthcheck, f"{name} has no healthcheck"
+    assert not healthcheck.get("disable", False)
+    test = healthcheck.get("test")
+    assert test and test != ["NONE"], f"{name}: empty healthcheck"
+    if isinstance(test, list):
+        assert test[0] in {"CMD", "CMD-SHELL"}
+
+
+def test_healthchecks_check_the_right_thing(services: dict[str, dict[str, Any]]) -> None:
+    # web: only "does the HTTP server answer" - /healthz is 503 whenever a worker is down.
+    web = healthcheck_text(services["web"])
+    assert "8000" in web
+    assert "/healthz" not in web
+    assert "pg_isready" in healthcheck_text(services["postgres"])
+    assert "redis-cli ping" in healthcheck_text(services["redis"])
+    assert "healthcheck" in healthcheck_text(services["flower"])
+    assert "wget" in healthcheck_text(services["proxy"])
+    assert ".last-success" in healthcheck_text(services["backup"])
+
+
+def test_worker_and_beat_healthchecks_use_the_heartbeat_keys(services: dict[str, dict[str, Any]]) -> None:
+    """The healthchecks read the keys celeryconf/heartbeat.py writes; keep the prefix in step."""
+    source = (ROOT / "celeryconf" / "heartbeat.py").read_text()
+    match = re.search(r'^KEY_PREFIX\s*=\s*"([^"]+)"', source, re.MULTILINE)
+    assert match, "KEY_PREFIX not found in celeryconf/heartbeat.py"
+    prefix = match.group(1)
+    assert f"{prefix}:queue:payments:payments@" in healthcheck_text(services["worker-payments"])
+    default = healthcheck_text(services["worker-default"])
+    assert f"{prefix}:queue:default:default@" in default
+    assert f"{prefix}:queue:reports:default@" in default
+    assert f"{prefix}:beat" in healthcheck_text(services["beat"])
+
+
+@pytest.mark.parametrize("name", REQUIRED)
+def test_every_service_has_a_memory_limit(services: dict[str, dict[str, Any]], name: str) -> None:
+    limit = services[name].get("mem_limit")
+    assert limit is not None, f"{name} has no mem_limit"
+    assert parse_memory(limit) >= 32 * MIB
+
+
+def test_memory_budget_fits_the_vps_with_headroom(services: dict[str, dict[str, Any]]) -> None:
+    total = sum(parse_memory(service["mem_limit"]) for service in services.values())
+    assert total < VPS_MEMORY
+    assert VPS_MEMORY - total >= MIN_HEADROOM, f"only {(VPS_MEMORY - total) // MIB} MiB left for the host"
+
+
+def test_redis_is_durable_and_never_evicts(services: dict[str, dict[str, Any]]) -> None:
+    redis = services["redis"]
+    assert str(redis["image"]).startswith("redis:7")
+    argv = as_argv(redis["command"])
+    assert option_values(argv, "--appendonly") == ["yes"]
+    assert option_values(argv, "--appendfsync") == ["everysec"]
+    assert option_values(argv, "--maxmemory-policy") == ["noeviction"]
+    maxmemory = option_values(argv, "--maxmemory")
+    assert len(maxmemory) == 1
+    # Redis reads "mb" as 1024*1024 bytes, as parse_memory does.
+    assert parse_memory(maxmemory[0]) < parse_memory(redis["mem_limit"])
+
+
+@pytest.mark.parametrize(
+    ("name", "mount_point"),
+    [
+        ("postgres", "/var/lib/postgresql/data"),
+        ("redis", "/data"),
+        ("backup", "/backups"),
+    ],
+)
+def test_data_lives_in_named_volumes(compose: dict[str, Any], name: str, mount_point: str) -> None:
+    declared = compose.get("volumes") or {}
+    sources = []
+    for volume in compose["services"][name].get("volumes", []):
+        if isinstance(volume, dict):
+            source, target = volume.get("source"), volume.get("target")
+        else:
+            source, _, rest = str(volume).partition(":")
+            target = rest.split(":", 1)[0]
+        if target == mount_point:
+            sources.append(source)
+    assert len(sources) == 1, f"{name}: nothing mounted at {mount_point}"
+    assert sources[0] in declared, f"{name}: {sources[0]!r} is not a named volume declared at top level"
+
+
+def test_beat_runs_once_with_the_database_scheduler(services: dict[str, dict[str, Any]]) -> None:
+    beat = services["beat"]
+    replicas = (beat.get("deploy") or {}).get("replicas", 1)
+    assert replicas <= 1
+    assert beat.get("scale", 1) <= 1
+    argv = as_argv(beat["command"])
+    assert "beat" in argv
+    assert option_values(argv, "--scheduler", "-S") == ["django_celery_beat.schedulers:DatabaseScheduler"]
+
+
+def test_flower_has_basic_auth_and_bounded_history(services: dict[str, dict[str, Any]]) -> None:
+    text = command_text(services["flower"])
+    assert "flower" in text
+    assert "--basic-auth=" in text
+    assert "FLOWER_BASIC_AUTH" in text
+    assert re.search(r"--max-tasks[= ]\d+", text)
+    assert "--persistent=False" in text
+    assert "--url-prefix=flower" in text
+
+
+def test_workers_consume_the_right_queues(services: dict[str, dict[str, Any]]) -> None:
+    payments = as_argv(services["worker-payments"]["command"])
+    default = as_argv(services["worker-default"]["command"])
+    assert "worker" in payments and "worker" in default
+    assert [set(q.split(",")) for q in option_values(payments, "-Q", "--queues")] == [{"payments"}]
+    assert [set(q.split(",")) for q in option_values(default, "-Q", "--queues")] == [{"default", "reports"}]
+    assert option_values(payments, "-n", "--hostname") == ["payments@%h"]
+    assert option_values(default, "-n", "--hostname") == ["default@%h"]
+
+
+def test_web_runs_gunicorn(services: dict[str, dict[str, Any]]) -> None:
+    argv = as_argv(services["web"]["command"])
+    assert argv[0] == "gunicorn"
+    assert "backoffice.wsgi" in argv
+    assert option_values(argv, "--bind", "-b") == ["0.0.0.0:8000"]
+    assert option_values(argv, "--workers", "-w") == ["3"]
+
+
+def test_app_services_share_the_image_and_environment(services: dict[str, dict[str, Any]]) -> None:
+    for name in APP_SERVICES:
+        service = services[name]
+        assert service.get("build"), f"{name} is not built from the Dockerfile"
+        assert service.get("env_file") in (".env.prod", [".env.prod"])
+        env = service.get("environment") or {}
+        assert str(env.get("DATABASE_URL", "")).startswith("postgresql://"), name
+        assert str(env.get("REDIS_URL", "")).startswith("redis://redis:"), name
+        assert str(env.get("DJANGO_DEBUG")) == "0", name
+
+
+def test_app_services_wait_for_migrations(services: dict[str, dict[str, Any]]) -> None:
+    for name in ("web", "worker-payments", "worker-default", "beat"):
+        depends_on = services[name]["depends_on"]
+        assert depends_on["migrate"]["condition"] == "service_completed_successfully", name
+        assert depends_on["postgres"]["condition"] == "service_healthy", name
+        assert depends_on["redis"]["condition"] == "service_healthy", name
+
+
+def _published_container_ports(service: dict[str, Any]) -> set[int]:
+    ports = set()
+    for port in service.get("ports", []):
+        if isinstance(port, dict):
+            ports.add(int(port["target"]))
+        else:
+            container = str(port).split("/")[0].rsplit(":", 1)[-1]
+            ports.add(int(container.split("-")[0]))
+    return ports
+
+
+def test_only_the_proxy_publishes_ports(services: dict[str, dict[str, Any]]) -> None:
+    for name in ("postgres", "redis"):
+        assert not services[name].get("ports"), f"{name} must not be published to the host"
+        assert services[name].get("network_mode") != "host"
+    for name, service in services.items():
+        assert not ({5432, 6379} & _published_container_ports(service)), f"{name} publishes postgres/redis"
+    assert _published_container_ports(services["proxy"]) == {80, 443}
+    assert all(not services[name].get("ports") for name in services if name != "proxy")
+
+
+def test_logs_are_rotated(services: dict[str, dict[str, Any]]) -> None:
+    for name, service in services.items():
+        logging = service.get("logging") or {}
+        assert logging.get("driver") == "json-file", name
+        assert logging.get("options", {}).get("max-size"), name
+        assert logging.get("options", {}).get("max-file"), name
+
+
+def test_deploy_files_exist() -> None:
+    caddyfile = (ROOT / "deploy" / "Caddyfile").read_text()
+    assert "{$SITE_DOMAIN}" in caddyfile
+    assert "reverse_proxy web:8000" in caddyfile
+    assert "reverse_proxy flower:5555" in caddyfile
+    backup = (ROOT / "deploy" / "backup.sh").read_text()
+    assert "pg_dump --format=custom" in backup
+    assert "BACKUP_KEEP_DAYS" in backup
+    example = (ROOT / "deploy" / "env.prod.example").read_text()
+    for variable in (
+        "DJANGO_SECRET_KEY",
+        "DJANGO_ALLOWED_HOSTS",
+        "DJANGO_CSRF_TRUSTED_ORIGINS",
+        "POSTGRES_PASSWORD",
+        "SITE_DOMAIN",
+        "FLOWER_BASIC_AUTH",
+        "FLOWER_URL",
+        "CELERY_VISIBILITY_TIMEOUT",
+    ):
+        assert re.search(rf"^#?\s*{variable}=", example, re.MULTILINE), f"{variable} missing from env.prod.example"
+
+
+def test_dockerfile_installs_requirements_and_drops_root() -> None:
+    text = DOCKERFILE.read_text()
+    instructions = [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+    assert instructions[0].upper().startswith("FROM PYTHON:3.11-SLIM")
+    assert re.search(r"pip install\b.*--no-cache-dir.*-r requirements\.txt", text)
+    users = [line.split(None, 1)[1].strip() for line in instructions if line.upper().startswith("USER ")]
+    assert users, "the image must not run as root (no USER line)"
+    assert users[-1] not in {"root", "0", "0:0"}
+    assert "collectstatic --noinput" in text
+    assert any(line.upper().startswith("CMD") and "gunicorn" in line for line in instructions)
