@@ -20,5 +20,11 @@ def _with_db(url: str, db: str) -> str:
 
 
 _redis = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
-os.environ["REDIS_URL"] = _with_db(_redis, os.environ.get("TEST_REDIS_DB", "15"))
+_db = int(os.environ.get("TEST_REDIS_DB", "15"))
+# Under pytest-xdist each process gets its own Redis database (gw0 -> 15, gw1 -> 14, ...), as
+# pytest-django gives each its own test database, so their queues and heartbeats never mix.
+_xdist = os.environ.get("PYTEST_XDIST_WORKER", "")
+if _xdist.startswith("gw"):
+    _db -= int(_xdist[2:])
+os.environ["REDIS_URL"] = _with_db(_redis, str(_db))
 os.environ.pop("CELERY_BROKER_URL", None)
