@@ -1,0 +1,166 @@
+"""Admin forms of the ledger: the manual journal, the period close and the report filters.
+
+They only collect and check input; posting and closing are done by accounts.services.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from decimal import Decimal
+from typing import Any, cast
+
+from django import forms
+from django.db.models import Exists, OuterRef, QuerySet
+from django.utils import timezone
+from unfold.widgets import (
+    UnfoldAdminDecimalFieldWidget,
+    UnfoldAdminSelectWidget,
+    UnfoldAdminTextInputWidget,
+)
+
+from accounts.fields import ZERO
+from accounts.models import Account
+from accounts.services import LineSpec
+from operations.models import Business
+
+ALL_BUSINESSES = "all"
+
+
+class DateInput(UnfoldAdminTextInputWidget):
+    """The browser's own date picker, styled like Unfold's inputs (no admin calendar scripts needed)."""
+
+    input_type = "date"
+
+    def __init__(self, attrs: dict[str, Any] | None = None) -> None:
+        super().__init__(attrs)
+        self.format = "%Y-%m-%d"
+
+
+def postable_accounts(businesses: QuerySet[Business]) -> QuerySet[Account]:
+    """Active accounts without children of these businesses: the ones a line can post to."""
+    children = Account.objects.filter(parent=OuterRef("pk"))
+    return (
+        Account.objects.filter(business__in=businesses, is_active=True)
+        .exclude(Exists(children))
+        .select_related("business")
+        .order_by("business__name", "code")
+    )
+
+
+class AccountChoiceField(forms.ModelChoiceField):  # type: ignore[type-arg]
+    def label_from_instance(self, obj: Account) -> str:
+        return f"{obj.business.name} - {obj.code} {obj.name}"
+
+
+class ManualJournalForm(forms.Form):
+    business = forms.ModelChoiceField(queryset=Business.objects.none(), widget=UnfoldAdminSelectWidget)
+    entry_date = forms.DateField(widget=DateInput, help_text="Business date; must be after the lock date.")
+    memo = forms.CharField(max_length=255, widget=UnfoldAdminTextInputWidget)
+    # Generated when the form is shown: submitting the same form twice posts once.
+    idempotency_key = forms.CharField(widget=forms.HiddenInput, max_length=200)
+
+    def __init__(self, *args: Any, businesses: QuerySet[Business], **kwargs: Any) -> None:
+        kwargs.setdefault("initial", {"entry_date": timezone.localdate(), "idempotency_key": f"manual:{uuid.uuid4()}"})
+        super().__init__(*args, **kwargs)
+        self.fields["business"].queryset = businesses.order_by("name")  # type: ignore[attr-defined]
+
+
+class JournalLineForm(forms.Form):
+    account = AccountChoiceField(queryset=Account.objects.none(), required=False, widget=UnfoldAdminSelectWidget)
+    debit = forms.DecimalField(
+        max_digits=14, decimal_places=2, min_value=Decimal(0), required=False, widget=UnfoldAdminDecimalFieldWidget
+    )
+    credit = forms.DecimalField(
+        max_digits=14, decimal_places=2, min_value=Decimal(0), required=False, widget=UnfoldAdminDecimalFieldWidget
+    )
+    memo = forms.CharField(max_length=255, required=False, widget=UnfoldAdminTextInputWidget)
+
+    def __init__(self, *args: Any, accounts: QuerySet[Account], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.fields["account"].queryset = accounts  # type: ignore[attr-defined]
+
+    def is_blank(self) -> bool:
+        data = self.cleaned_data
+        return not data.get("account") and not data.get("debit") and not data.get("credit") and not data.get("memo")
+
+    def clean(self) -> dict[str, Any]:
+        data = super().clean() or {}
+        if self.is_blank():
+            return data
+        if not data.get("account"):
+            self.add_error("account", "Choose an account.")
+        debit, credit = data.get("debit") or ZERO, data.get("credit") or ZERO
+        if (debit > 0) == (credit > 0):
+            raise forms.ValidationError("Enter a debit or a credit (one of them, not zero).")
+        return data
+
+
+class BaseJournalLineFormSet(forms.BaseFormSet):  # type: ignore[type-arg]
+    def __init__(self, *args: Any, accounts: QuerySet[Account], **kwargs: Any) -> None:
+        self.accounts = accounts
+        super().__init__(*args, **kwargs)
+
+    def get_form_kwargs(self, index: int | None) -> dict[str, Any]:
+        return {**super().get_form_kwargs(index), "accounts": self.accounts}
+
+    def line_specs(self) -> list[LineSpec]:
+        specs = []
+        for form in self.forms:
+            if not form.cleaned_data or form.is_blank():  # type: ignore[attr-defined]
+                continue
+            data = form.cleaned_data
+            specs.append(
+                LineSpec(
+                    account=data["account"],
+                    debit=data.get("debit") or ZERO,
+                    credit=data.get("credit") or ZERO,
+                    memo=data.get("memo") or "",
+                )
+            )
+        return specs
+
+    def clean(self) -> None:
+        if any(self.errors):
+            return
+        specs = self.line_specs()
+        if len(specs) < 2:
+            raise forms.ValidationError("A journal entry needs at least two lines.")
+        debit = sum((s.debit for s in specs), ZERO)
+        credit = sum((s.credit for s in specs), ZERO)
+        if debit != credit:
+            raise forms.ValidationError(f"Debits ({debit}) and credits ({credit}) differ by {debit - credit}.")
+
+
+JournalLineFormSet = cast(
+    type[BaseJournalLineFormSet],
+    forms.formset_factory(JournalLineForm, formset=BaseJournalLineFormSet, extra=6, max_num=50),
+)
+
+
+class ClosePeriodForm(forms.Form):
+    lock_date = forms.DateField(
+        widget=DateInput,
+        help_text="Close the books up to and including this date: nothing can be posted on or before it.",
+    )
+
+
+class ReportFilterForm(forms.Form):
+    """Which business (or all of them, for the owner) and which dates a statement covers."""
+
+    business = forms.ChoiceField(widget=UnfoldAdminSelectWidget)
+    date_from = forms.DateField(required=False, widget=DateInput, label="From")
+    date_to = forms.DateField(required=False, widget=DateInput, label="To")
+
+    def __init__(self, *args: Any, businesses: QuerySet[Business], consolidated: bool, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        choices = [(str(b.pk), b.name) for b in businesses.order_by("name")]
+        if consolidated:
+            choices.insert(0, (ALL_BUSINESSES, "All businesses (consolidated)"))
+        self.fields["business"].choices = choices  # type: ignore[attr-defined]
+
+    def dates(self) -> tuple[dt.date, dt.date]:
+        today = timezone.localdate()
+        date_to = self.cleaned_data.get("date_to") or today
+        date_from = self.cleaned_data.get("date_from") or date_to.replace(day=1)
+        return date_from, date_to
