@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import io
+from decimal import Decimal
 
+from django.contrib.auth import get_user_model
 from django.utils import timezone
 
-from celeryconf.jobs import JobContext, job_kind
+from accounts.exceptions import LedgerError
+from celeryconf.config import QUEUE_DEFAULT
+from celeryconf.jobs import JobContext, JobFailed, job_kind
+from operations.exceptions import OperationError
 from operations.models import Business, Membership
 
 EXPORT_BUSINESSES = "operations.export_businesses"
+CLOSING = "operations.closing"
 
 
 @job_kind(EXPORT_BUSINESSES, label="Excel: businesses and staff")
@@ -67,3 +74,33 @@ def export_businesses_and_staff(ctx: JobContext) -> None:
     stamp = timezone.localtime().strftime("%Y%m%d-%H%M%S")
     ctx.save_result(f"businesses-and-staff-{stamp}.xlsx", buffer.getvalue())
     ctx.progress(100, f"{total} businesses exported")
+
+
+@job_kind(CLOSING, label="End-of-day closing", queue=QUEUE_DEFAULT)
+def run_closing(ctx: JobContext) -> None:
+    """Close one business day: params {"day": "YYYY-MM-DD", "counted_cash": "1234.00" | null}.
+
+    Calls operations.services.closing.closing_run, which is idempotent: a redelivered job returns
+    the closing already made. A refusal (day already closed differently, books locked) fails the job
+    with the service's message.
+    """
+    from operations.services.closing import closing_run
+
+    if not ctx.job.business_id:
+        raise JobFailed("A closing is for one business.")
+    business = Business.objects.get(pk=ctx.job.business_id)
+    params = ctx.params
+    day = dt.date.fromisoformat(params["day"])
+    counted = params.get("counted_cash")
+    user = get_user_model().objects.filter(pk=ctx.job.requested_by_id).first() if ctx.job.requested_by_id else None
+    ctx.progress(10, f"Closing {business} for {day}")
+    try:
+        closing = closing_run(
+            business=business,
+            day=day,
+            counted_cash=None if counted in (None, "") else Decimal(str(counted)),
+            acting_user=user,
+        )
+    except (OperationError, LedgerError) as exc:
+        raise JobFailed(str(exc)) from exc
+    ctx.progress(100, f"Closed {day}: expected cash {closing.expected_cash}, variance {closing.variance}")

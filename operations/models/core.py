@@ -75,7 +75,8 @@ class Customer(models.Model):
         ordering = ["business__name", "name"]
         constraints = [
             models.UniqueConstraint(
-                fields=["business", "account_code"], condition=~models.Q(account_code=""),
+                fields=["business", "account_code"],
+                condition=~models.Q(account_code=""),
                 name="customer_business_account_code_uniq",
             ),
             models.CheckConstraint(condition=models.Q(credit_limit__gte=0), name="customer_credit_limit_not_negative"),
@@ -84,3 +85,18 @@ class Customer(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+    def clean(self) -> None:
+        """Store the phone normalised (2547XXXXXXXX) with its SHA-256, for M-Pesa matching."""
+        from django.core.exceptions import ValidationError
+
+        from integrations.mpesa.phones import msisdn_sha256, normalise_msisdn
+
+        if not self.phone:
+            self.phone_sha256 = ""
+            return
+        try:
+            self.phone = normalise_msisdn(self.phone)
+        except ValueError as exc:
+            raise ValidationError({"phone": str(exc)}) from exc
+        self.phone_sha256 = msisdn_sha256(self.phone)

@@ -4,18 +4,48 @@ from __future__ import annotations
 
 from typing import Any
 
-from accounts.services import chart_ensure_default
 from django.contrib.auth.models import Group, Permission, User
 from django.db import transaction
 
+from accounts.services import chart_ensure_default
 from operations.models import Business, Membership, MembershipRole
+from operations.services.postings import chart_operations_ensure
 
 STAFF_GROUP = "Business staff"
 # What a staff member may do in the businesses he is assigned to (the admin scopes every row).
+_DAY_TO_DAY_MODELS = [
+    "customer",
+    "supplier",
+    "item",
+    "sale",
+    "saleline",
+    "customertransaction",
+    "purchase",
+    "purchaseline",
+    "supplierpayment",
+    "expense",
+    "stocklevel",
+    "stockmovement",
+    "stockcount",
+    "stockcountline",
+    "openingstock",
+    "productionbatch",
+    "productioninput",
+    "laundryorder",
+    "laundryorderline",
+    "dayclosing",
+]
+# Rows staff only read: stock levels, movements and the customer sub-ledger are written by services.
+_READ_ONLY_MODELS = {"stocklevel", "stockmovement", "customertransaction"}
 STAFF_PERMISSIONS = [
     "operations.view_business",
     "operations.view_membership",
     "celeryconf.view_job",
+    *(
+        f"operations.{action}_{model}"
+        for model in _DAY_TO_DAY_MODELS
+        for action in (("view",) if model in _READ_ONLY_MODELS else ("view", "add", "change"))
+    ),
 ]
 
 
@@ -24,6 +54,7 @@ def business_create(*, name: str, kind: str, acting_user: Any = None) -> Busines
     with transaction.atomic():
         business = Business.objects.create(name=name, kind=kind)
         chart_ensure_default(business=business)
+        chart_operations_ensure(business=business)
     return business
 
 
@@ -32,6 +63,7 @@ def business_ensure(*, name: str, kind: str) -> Business:
     with transaction.atomic():
         business, _ = Business.objects.get_or_create(name=name, defaults={"kind": kind})
         chart_ensure_default(business=business)
+        chart_operations_ensure(business=business)
     return business
 
 

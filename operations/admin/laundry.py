@@ -1,0 +1,122 @@
+"""Laundry orders: drafted with their services, then received, moved on, collected or cancelled."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.contrib import admin
+from django.db.models import QuerySet
+from django.http import HttpRequest
+from django.utils import timezone
+from unfold.decorators import action
+
+from operations.admin.base import DocumentAdmin, DraftInline
+from operations.models import OPEN_STATUSES, LaundryOrder, LaundryOrderLine
+from operations.services.laundry import (
+    laundry_order_advance,
+    laundry_order_cancel,
+    laundry_order_collect,
+    laundry_order_receive,
+)
+
+
+class LaundryOrderLineInline(DraftInline):
+    model = LaundryOrderLine
+    fields = ["item", "quantity", "unit_price", "amount"]
+    readonly_fields = ["amount"]
+
+
+class UncollectedFilter(admin.SimpleListFilter):
+    title = "collection"
+    parameter_name = "uncollected"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        return [("late", "Not collected, past the promised date")]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> QuerySet[Any]:
+        if self.value() == "late":
+            return queryset.filter(status__in=OPEN_STATUSES, promised_date__lt=timezone.localdate())
+        return queryset
+
+
+@admin.register(LaundryOrder)
+class LaundryOrderAdmin(DocumentAdmin):
+    list_display = [
+        "tag",
+        "customer",
+        "business",
+        "received_date",
+        "promised_date",
+        "status",
+        "total",
+        "deposit",
+        "balance_due",
+    ]
+    list_filter = [UncollectedFilter, "status", ("received_date", admin.DateFieldListFilter)]
+    search_fields = ["tag", "customer__name", "customer__phone"]
+    list_select_related = ["customer", "business"]
+    date_hierarchy = "received_date"
+    fields = [
+        "business",
+        "customer",
+        "tag",
+        "received_date",
+        "promised_date",
+        "deposit",
+        "deposit_method",
+        "note",
+        "status",
+        "total",
+        "vat_total",
+        "collected_date",
+        "balance_method",
+        "deposit_entry",
+        "collection_entry",
+    ]
+    readonly_fields = [
+        "status",
+        "total",
+        "vat_total",
+        "collected_date",
+        "balance_method",
+        "deposit_entry",
+        "collection_entry",
+    ]
+    inlines = [LaundryOrderLineInline]
+    actions = ["receive_orders", "advance_orders", "collect_orders", "cancel_orders"]
+
+    @admin.display(description="Balance due")
+    def balance_due(self, obj: LaundryOrder) -> Any:
+        return obj.balance_due if obj.status != "collected" else 0
+
+    @action(description="Receive selected orders (take the deposit)", permissions=["change"])
+    def receive_orders(self, request: HttpRequest, queryset: QuerySet[LaundryOrder]) -> None:
+        self.run_service(
+            request, queryset, lambda o: laundry_order_receive(order=o, acting_user=request.user), "Orders received"
+        )
+
+    @action(description="Move selected orders on (washing, then ready)", permissions=["change"])
+    def advance_orders(self, request: HttpRequest, queryset: QuerySet[LaundryOrder]) -> None:
+        self.run_service(
+            request, queryset, lambda o: laundry_order_advance(order=o, acting_user=request.user), "Orders moved on"
+        )
+
+    @action(description="Collected today, balance paid in cash", permissions=["change"])
+    def collect_orders(self, request: HttpRequest, queryset: QuerySet[LaundryOrder]) -> None:
+        today = timezone.localdate()
+        self.run_service(
+            request,
+            queryset,
+            lambda o: laundry_order_collect(order=o, collected_date=today, acting_user=request.user),
+            "Orders collected",
+        )
+
+    @action(description="Cancel selected orders (deposit back in cash)", permissions=["change"])
+    def cancel_orders(self, request: HttpRequest, queryset: QuerySet[LaundryOrder]) -> None:
+        today = timezone.localdate()
+        self.run_service(
+            request,
+            queryset,
+            lambda o: laundry_order_cancel(order=o, cancel_date=today, acting_user=request.user),
+            "Orders cancelled",
+        )

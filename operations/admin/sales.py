@@ -1,0 +1,136 @@
+"""Sales: drafted with lines, posted, voided or refunded by actions; printable receipts."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.contrib import admin
+from django.db.models import QuerySet
+from django.http import Http404, HttpRequest, HttpResponse
+from django.shortcuts import render
+from django.urls import URLPattern, path, reverse
+from django.utils.html import format_html
+from unfold.decorators import action
+
+from operations.admin.base import DocumentAdmin, DraftInline
+from operations.exceptions import InvalidInput
+from operations.models import Sale, SaleLine
+from operations.services.sales import sale_post, sale_refund, sale_request_mpesa, sale_void
+
+
+class SaleLineInline(DraftInline):
+    model = SaleLine
+    fields = ["item", "quantity", "unit_price", "amount", "vat", "cost"]
+    readonly_fields = ["amount", "vat", "cost"]
+
+
+@admin.register(Sale)
+class SaleAdmin(DocumentAdmin):
+    list_display = [
+        "number",
+        "sale_date",
+        "business",
+        "customer",
+        "payment_method",
+        "status",
+        "total",
+        "amount_paid",
+        "receipt_link",
+    ]
+    list_filter = ["status", "payment_method", ("sale_date", admin.DateFieldListFilter)]
+    list_select_related = ["business", "customer"]
+    search_fields = ["customer__name", "mpesa_receipt", "route"]
+    date_hierarchy = "sale_date"
+    show_full_result_count = False
+    inlines = [SaleLineInline]
+    fields = [
+        "business",
+        "sale_date",
+        "customer",
+        "payment_method",
+        "route",
+        "mpesa_phone",
+        "note",
+        "status",
+        "total",
+        "vat_total",
+        "cost_total",
+        "amount_paid",
+        "mpesa_receipt",
+        "entry",
+        "reversal_entry",
+    ]
+    readonly_fields = [
+        "status",
+        "total",
+        "vat_total",
+        "cost_total",
+        "amount_paid",
+        "mpesa_receipt",
+        "entry",
+        "reversal_entry",
+    ]
+    actions = ["post_sales", "void_sales", "refund_sales", "request_mpesa"]
+
+    def get_search_results(self, request: HttpRequest, queryset: QuerySet[Any], search_term: str) -> Any:
+        # "S0000123" (the receipt number) or "123" finds sale 123.
+        term = search_term.strip()
+        number = term[1:] if term[:1] in ("S", "s") else term
+        if number.isdigit():
+            return queryset.filter(pk=int(number)), False
+        return super().get_search_results(request, queryset, term)
+
+    @admin.display(description="Receipt")
+    def receipt_link(self, obj: Sale) -> str:
+        if obj.status == "draft":
+            return "-"
+        return format_html(
+            '<a href="{}" target="_blank">Print</a>', reverse("admin:operations_sale_receipt", args=[obj.pk])
+        )
+
+    def get_urls(self) -> list[URLPattern]:
+        receipt = path(
+            "<path:object_id>/receipt/", self.admin_site.admin_view(self.receipt_view), name="operations_sale_receipt"
+        )
+        return [receipt, *super().get_urls()]
+
+    def receipt_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
+        sale = self.get_object(request, object_id)
+        if sale is None or not self.has_view_permission(request, sale):
+            raise Http404("No such sale")
+        lines = sale.lines.select_related("item").order_by("id")
+        return render(request, "operations/receipt.html", {"sale": sale, "lines": lines})
+
+    @action(description="Post selected draft sales", permissions=["change"])
+    def post_sales(self, request: HttpRequest, queryset: QuerySet[Sale]) -> None:
+        self.run_service(request, queryset, lambda s: sale_post(sale=s, acting_user=request.user), "Sales posted")
+
+    @action(description="Void selected sales (same day)", permissions=["change"])
+    def void_sales(self, request: HttpRequest, queryset: QuerySet[Sale]) -> None:
+        self.run_service(
+            request,
+            queryset,
+            lambda s: sale_void(sale=s, reason="voided in the admin", acting_user=request.user),
+            "Sales voided",
+        )
+
+    @action(description="Refund selected sales (today)", permissions=["change"])
+    def refund_sales(self, request: HttpRequest, queryset: QuerySet[Sale]) -> None:
+        self.run_service(
+            request,
+            queryset,
+            lambda s: sale_refund(sale=s, reason="refunded in the admin", acting_user=request.user),
+            "Sales refunded",
+        )
+
+    @action(description="Ask for M-Pesa payment (STK Push to the customer's phone)", permissions=["change"])
+    def request_mpesa(self, request: HttpRequest, queryset: QuerySet[Sale]) -> None:
+        from integrations.mpesa.models import Till
+
+        def push(sale: Sale) -> None:
+            till = Till.objects.filter(business_id=sale.business_id, is_active=True).order_by("pk").first()
+            if till is None:
+                raise InvalidInput(f"{sale.business} has no active M-Pesa till.")
+            sale_request_mpesa(sale=sale, till=till, acting_user=request.user)
+
+        self.run_service(request, queryset, push, "Payment requests sent")

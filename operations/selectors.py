@@ -1,0 +1,157 @@
+"""The reads of the day-to-day that matter: customer balances and statements, stock value as of a
+date, low stock, uncollected laundry. Each is one or two SQL queries."""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from decimal import Decimal
+
+from django.db.models import F, Q, QuerySet, Sum
+
+from accounts.fields import ZERO
+from accounts.models import JournalLine
+from accounts.selectors import account_for_role
+from operations.models import (
+    OPEN_STATUSES,
+    Business,
+    Customer,
+    CustomerTransaction,
+    DocumentStatus,
+    Item,
+    LaundryOrder,
+    PaidFrom,
+    Purchase,
+    StockLevel,
+    StockMovement,
+    Supplier,
+    SupplierPayment,
+)
+
+
+def cash_expected(*, business: Business, day: dt.date) -> Decimal:
+    """The cash account's balance at the end of `day` (what the drawer should hold), from the lines.
+
+    (The ledger's daily totals are brought up to date when a transaction commits; summing the lines
+    also counts postings made earlier in the caller's transaction, as a closing run needs.)
+    """
+    cash = account_for_role(business=business, role="cash")
+    totals = JournalLine.objects.filter(account=cash, entry__entry_date__lte=day).aggregate(
+        debit=Sum("debit"), credit=Sum("credit")
+    )
+    return (totals["debit"] or ZERO) - (totals["credit"] or ZERO)
+
+
+def customer_balance(*, customer: Customer, as_of: dt.date | None = None) -> Decimal:
+    """What the customer owes (positive) or is owed (negative)."""
+    rows = CustomerTransaction.objects.filter(customer=customer)
+    if as_of is not None:
+        rows = rows.filter(tx_date__lte=as_of)
+    return rows.aggregate(s=Sum("amount"))["s"] or ZERO
+
+
+def customer_balances(*, business: Business) -> QuerySet[Customer]:
+    """The business's customers who owe something (or are owed), with `balance` annotated."""
+    return (
+        Customer.objects.filter(business=business)
+        .annotate(balance=Sum("transactions__amount"))
+        .filter(~Q(balance=0), balance__isnull=False)
+        .order_by("-balance")
+    )
+
+
+@dataclass(frozen=True)
+class StatementLine:
+    tx_date: dt.date
+    kind: str
+    reference: str
+    amount: Decimal
+    balance: Decimal
+
+
+@dataclass(frozen=True)
+class Statement:
+    customer: Customer
+    date_from: dt.date
+    date_to: dt.date
+    opening: Decimal
+    lines: list[StatementLine]
+
+    @property
+    def closing(self) -> Decimal:
+        return self.lines[-1].balance if self.lines else self.opening
+
+
+def customer_statement(*, customer: Customer, date_from: dt.date, date_to: dt.date) -> Statement:
+    """Opening balance, each transaction of the period with the running balance, closing balance."""
+    opening = customer_balance(customer=customer, as_of=date_from - dt.timedelta(days=1))
+    running = opening
+    lines = []
+    for tx in CustomerTransaction.objects.filter(customer=customer, tx_date__range=(date_from, date_to)).order_by(
+        "tx_date", "id"
+    ):
+        running += tx.amount
+        lines.append(StatementLine(tx.tx_date, tx.get_kind_display(), tx.reference, tx.amount, running))
+    return Statement(customer, date_from, date_to, opening, lines)
+
+
+@dataclass(frozen=True)
+class StockValue:
+    item_id: int
+    name: str
+    quantity: Decimal
+    value: Decimal
+
+
+def stock_value_as_of(*, business: Business, as_of: dt.date) -> list[StockValue]:
+    """Quantity and value of each stocked item at the end of `as_of`, summed from the movements."""
+    rows = (
+        StockMovement.objects.filter(business=business, movement_date__lte=as_of)
+        .values("item_id", "item__name")
+        .annotate(quantity=Sum("quantity"), value=Sum("value"))
+        .order_by("item__name")
+    )
+    return [
+        StockValue(r["item_id"], r["item__name"], r["quantity"], r["value"])
+        for r in rows
+        if r["quantity"] or r["value"]
+    ]
+
+
+def stock_total_value(*, business: Business, as_of: dt.date) -> Decimal:
+    total = StockMovement.objects.filter(business=business, movement_date__lte=as_of).aggregate(s=Sum("value"))["s"]
+    return total or ZERO
+
+
+def low_stock(*, business: Business) -> QuerySet[StockLevel]:
+    """Stock rows at or below their item's reorder level (items with a reorder level set)."""
+    return (
+        StockLevel.objects.filter(business=business, item__is_active=True, item__reorder_level__gt=0)
+        .filter(quantity__lte=F("item__reorder_level"))
+        .select_related("item")
+        .order_by("item__name")
+    )
+
+
+def uncollected_orders(*, business: Business, as_of: dt.date) -> QuerySet[LaundryOrder]:
+    """Open laundry orders whose promised date has passed, oldest first."""
+    return (
+        LaundryOrder.objects.filter(business=business, status__in=OPEN_STATUSES, promised_date__lt=as_of)
+        .select_related("customer")
+        .order_by("promised_date", "id")
+    )
+
+
+def supplier_balance(*, supplier: Supplier) -> Decimal:
+    """What the business owes the supplier: posted purchases on credit less posted payments."""
+    bought = Purchase.objects.filter(
+        supplier=supplier, status=DocumentStatus.POSTED, paid_from=PaidFrom.CREDIT
+    ).aggregate(s=Sum("total"))["s"]
+    paid = SupplierPayment.objects.filter(supplier=supplier, status=DocumentStatus.POSTED).aggregate(s=Sum("amount"))[
+        "s"
+    ]
+    return (bought or ZERO) - (paid or ZERO)
+
+
+def catalogue(*, business: Business) -> QuerySet[Item]:
+    return Item.objects.filter(business=business, is_active=True).order_by("name")

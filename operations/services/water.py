@@ -1,0 +1,81 @@
+"""Water packaging: production batches.
+
+A batch takes raw materials (preforms, caps, labels, treatment inputs) out of stock at their
+average cost and puts the finished goods in at the sum of those costs. Both sides are in the one
+inventory account, so the batch nets to nothing in the ledger and posts no entry; the stock
+movements carry the value from materials to finished goods. (Bottle deposits are catalogue items
+of kind "deposit" crediting bottle_deposits; route deliveries are sales on account with a route.)
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+from decimal import Decimal
+from typing import Any
+
+from django.db import transaction
+
+from accounts.fields import ZERO
+from operations.exceptions import InvalidInput
+from operations.models import Business, DocumentStatus, Item, ItemKind, MovementKind, ProductionBatch
+from operations.services.postings import day_open_check
+from operations.services.stock import StockBook, stock_lock
+
+
+def production_batch_post(*, batch: ProductionBatch, acting_user: Any = None) -> ProductionBatch:
+    """Post a draft batch: inputs out at average cost, output in at their total. Idempotent."""
+    with transaction.atomic():
+        batch = (
+            ProductionBatch.objects.select_for_update(of=("self",))
+            .select_related("business", "output_item")
+            .get(pk=batch.pk)
+        )
+        if batch.status == DocumentStatus.POSTED:
+            return batch
+        day_open_check(batch.business, batch.batch_date)
+        inputs = list(batch.inputs.select_related("item"))
+        if not inputs:
+            raise InvalidInput("A production batch needs at least one raw material.")
+        output = batch.output_item
+        if output.kind != ItemKind.GOOD or output.business_id != batch.business_id:
+            raise InvalidInput(f"{output} is not a finished good of {batch.business}")
+        book = StockBook(
+            stock_lock([output, *(i.item for i in inputs)]), day=batch.batch_date, reference=f"batch #{batch.pk}"
+        )
+        total = ZERO
+        for line in inputs:
+            if line.item.business_id != batch.business_id or not line.item.is_stocked:
+                raise InvalidInput(f"{line.item} is not a stocked item of {batch.business}")
+            line.cost = book.take_out(line.item, line.quantity, MovementKind.PRODUCTION_OUT)
+            line.save(update_fields=["cost"])
+            total += line.cost
+        book.take_in(output, batch.output_quantity, total, MovementKind.PRODUCTION_IN)
+        book.save(None)
+        batch.status, batch.total_cost = DocumentStatus.POSTED, total
+        batch.save(update_fields=["status", "total_cost"])
+    return batch
+
+
+def production_batch_create(
+    *,
+    business: Business,
+    batch_date: dt.date,
+    output_item: Item,
+    output_quantity: Decimal,
+    inputs: Sequence[tuple[Item, Decimal]],
+    note: str = "",
+    acting_user: Any = None,
+) -> ProductionBatch:
+    """Record and post a production batch; `inputs` are (raw material, quantity used)."""
+    with transaction.atomic():
+        batch = ProductionBatch.objects.create(
+            business=business,
+            batch_date=batch_date,
+            output_item=output_item,
+            output_quantity=output_quantity,
+            note=note,
+        )
+        for item, quantity in inputs:
+            batch.inputs.create(item=item, quantity=quantity)
+        return production_batch_post(batch=batch, acting_user=acting_user)
