@@ -46,6 +46,33 @@ def sidebar_navigation(request: HttpRequest) -> list[dict[str, Any]]:
             ],
         },
         {
+            "title": "Sales and customers",
+            "collapsible": True,
+            "items": [
+                model_link("Sales", "point_of_sale", "operations.sale"),
+                model_link("Customers", "groups", "operations.customer"),
+                model_link("Customer ledger", "receipt_long", "operations.customertransaction"),
+                model_link("Laundry orders", "local_laundry_service", "operations.laundryorder"),
+                model_link("End-of-day closings", "lock_clock", "operations.dayclosing"),
+            ],
+        },
+        {
+            "title": "Stock and buying",
+            "collapsible": True,
+            "items": [
+                model_link("Catalogue", "inventory_2", "operations.item"),
+                model_link("Stock on hand", "warehouse", "operations.stocklevel"),
+                model_link("Stock movements", "swap_vert", "operations.stockmovement"),
+                model_link("Stock counts", "fact_check", "operations.stockcount"),
+                model_link("Opening stock", "start", "operations.openingstock"),
+                model_link("Production batches", "water_drop", "operations.productionbatch"),
+                model_link("Purchases", "shopping_cart", "operations.purchase"),
+                model_link("Suppliers", "local_shipping", "operations.supplier"),
+                model_link("Supplier payments", "outbox", "operations.supplierpayment"),
+                model_link("Expenses", "payments", "operations.expense"),
+            ],
+        },
+        {
             "title": "Businesses and people",
             "collapsible": True,
             "items": [
@@ -53,6 +80,19 @@ def sidebar_navigation(request: HttpRequest) -> list[dict[str, Any]]:
                 model_link("Staff assignments", "badge", "operations.membership"),
                 model_link("Users", "person", "auth.user"),
                 model_link("Groups", "group", "auth.group"),
+            ],
+        },
+        {
+            "title": "M-Pesa",
+            "collapsible": True,
+            "items": [
+                model_link("Payments", "payments", "integrations.payment"),
+                model_link("Unallocated payments", "pending", "integrations.unallocatedpayment"),
+                model_link("Payment requests (STK)", "phone_iphone", "integrations.paymentrequest"),
+                model_link("Callback inbox", "inbox", "integrations.inboxmessage"),
+                model_link("Reversals", "undo", "integrations.reversal"),
+                model_link("Reconciliation", "fact_check", "integrations.reconciliationrun"),
+                model_link("Tills", "point_of_sale", "integrations.till"),
             ],
         },
         {

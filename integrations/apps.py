@@ -4,3 +4,8 @@ from django.apps import AppConfig
 class IntegrationsConfig(AppConfig):
     name = "integrations"
     verbose_name = "Integrations"
+
+    def ready(self) -> None:
+        # Celery's autodiscovery looks for integrations.tasks; the tasks live with their integration.
+        # The reconciliation job kind registers itself with celeryconf.jobs on import.
+        from integrations.mpesa import reconciliation, tasks  # noqa: F401

@@ -17,9 +17,16 @@ from django.db.models import Q
 from accounts.fields import MoneyField
 from operations.models import Business
 
+# Daraja refuses callback URLs containing these words anywhere, so a token must not contain one.
+FORBIDDEN_URL_WORDS = ("mpesa", "safaricom", "exe", "exec", "cmd", "sql", "query")
+
 
 def new_callback_token() -> str:
-    return secrets.token_urlsafe(24)
+    """A random URL-safe token (192 bits) that Daraja will accept inside a callback URL."""
+    while True:
+        token = secrets.token_urlsafe(24)
+        if not any(word in token.lower() for word in FORBIDDEN_URL_WORDS):
+            return token
 
 
 class TillKind(models.TextChoices):
@@ -42,12 +49,13 @@ class Till(models.Model):
     # For Buy Goods, STK Push goes to the till number (PartyB) but is signed by the store
     # (head office) number; leave empty when both are the same (paybills).
     store_number = models.CharField(max_length=12, blank=True, default="")
-    environment = models.CharField(max_length=12, choices=DarajaEnvironment.choices,
-                                   default=DarajaEnvironment.SANDBOX)
+    environment = models.CharField(max_length=12, choices=DarajaEnvironment.choices, default=DarajaEnvironment.SANDBOX)
     # Secrets: Fernet ciphertext (integrations/mpesa/secrets.py), or read from environment
     # variables <credentials_env_prefix>CONSUMER_KEY etc. when a prefix is set. Never displayed.
     credentials_env_prefix = models.CharField(
-        max_length=40, blank=True, default="",
+        max_length=40,
+        blank=True,
+        default="",
         help_text="If set, credentials come from environment variables with this prefix "
         "(e.g. MPESA_WATER_ -> MPESA_WATER_CONSUMER_KEY, _CONSUMER_SECRET, _PASSKEY, "
         "_INITIATOR_NAME, _SECURITY_CREDENTIAL) instead of the encrypted fields.",
@@ -62,9 +70,15 @@ class Till(models.Model):
         blank=True, default="", help_text="Public HTTPS base of this back office, e.g. https://office.example.co.ke"
     )
     allowed_ips = models.TextField(
-        blank=True, default="",
+        blank=True,
+        default="",
         help_text="Optional: Daraja's source addresses or networks, comma or newline separated. "
         "Callbacks from elsewhere are stored but held for a person, never processed.",
+    )
+    validate_account_reference = models.BooleanField(
+        default=False,
+        help_text="C2B validation (paybills with external validation enabled): reject payments whose "
+        "account number matches no customer, sale or order.",
     )
     min_amount = MoneyField(default=1)
     max_amount = MoneyField(default=250000)
@@ -75,8 +89,10 @@ class Till(models.Model):
         ordering = ["business__name", "name"]
         constraints = [
             models.UniqueConstraint(fields=["shortcode", "environment"], name="till_shortcode_env_uniq"),
-            models.CheckConstraint(condition=Q(min_amount__gt=0) & Q(max_amount__gte=models.F("min_amount")),
-                                   name="till_amount_limits_valid"),
+            models.CheckConstraint(
+                condition=Q(min_amount__gt=0) & Q(max_amount__gte=models.F("min_amount")),
+                name="till_amount_limits_valid",
+            ),
         ]
 
     def __str__(self) -> str:
@@ -128,8 +144,9 @@ class InboxMessage(models.Model):
         ]
         indexes = [
             # The sweeper's query: rows not yet processed, oldest first.
-            models.Index(fields=["received_at"], condition=Q(state__in=["received", "failed"]),
-                         name="inbox_pending_idx"),
+            models.Index(
+                fields=["received_at"], condition=Q(state__in=["received", "failed"]), name="inbox_pending_idx"
+            ),
         ]
 
     def __str__(self) -> str:
@@ -137,7 +154,9 @@ class InboxMessage(models.Model):
 
 
 class PaymentRequestState(models.TextChoices):
+    SENDING = "sending", "Being sent"
     SENT = "sent", "Sent to phone"
+    PAID_AWAITING_CALLBACK = "paid_query", "Paid (per STK Query; awaiting callback)"
     PAID = "paid", "Paid"
     CANCELLED = "cancelled", "Cancelled by customer"
     FAILED = "failed", "Failed"
@@ -160,8 +179,9 @@ class PaymentRequest(models.Model):
     result_code = models.IntegerField(null=True, blank=True)
     result_desc = models.CharField(max_length=255, blank=True, default="")
     receipt = models.CharField(max_length=20, blank=True, default="")
-    requested_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True,
-                                     related_name="+")
+    requested_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
     last_queried_at = models.DateTimeField(null=True, blank=True)
     query_attempts = models.PositiveSmallIntegerField(default=0)
@@ -170,8 +190,11 @@ class PaymentRequest(models.Model):
     class Meta:
         ordering = ["-created_at", "-id"]
         constraints = [
-            models.UniqueConstraint(fields=["checkout_request_id"], condition=~Q(checkout_request_id=""),
-                                    name="payment_request_checkout_uniq"),
+            models.UniqueConstraint(
+                fields=["checkout_request_id"],
+                condition=~Q(checkout_request_id=""),
+                name="payment_request_checkout_uniq",
+            ),
             models.CheckConstraint(condition=Q(amount__gt=0), name="payment_request_amount_positive"),
         ]
 
@@ -197,17 +220,26 @@ class Payment(models.Model):
     msisdn_kind = models.CharField(max_length=10, blank=True, default="")
     payer_name = models.CharField(max_length=120, blank=True, default="")
     account_reference = models.CharField(max_length=40, blank=True, default="")
-    payment_request = models.ForeignKey(PaymentRequest, on_delete=models.SET_NULL, null=True, blank=True,
-                                        related_name="payments")
-    customer = models.ForeignKey("operations.Customer", on_delete=models.SET_NULL, null=True, blank=True,
-                                 related_name="mpesa_payments")
+    payment_request = models.ForeignKey(
+        PaymentRequest, on_delete=models.SET_NULL, null=True, blank=True, related_name="payments"
+    )
+    customer = models.ForeignKey(
+        "operations.Customer", on_delete=models.SET_NULL, null=True, blank=True, related_name="mpesa_payments"
+    )
     status = models.CharField(max_length=12, choices=PaymentStatus.choices)
     matched_by = models.CharField(max_length=40, blank=True, default="")
+    # What the payment was matched (or allocated) to: ("sale", 42), ("customer", 7), ...
+    reference_kind = models.CharField(max_length=30, blank=True, default="")
+    reference_id = models.BigIntegerField(null=True, blank=True)
+    match_description = models.CharField(max_length=255, blank=True, default="")
     entry = models.ForeignKey("accounts.JournalEntry", on_delete=models.PROTECT, related_name="+")
-    allocation_entry = models.ForeignKey("accounts.JournalEntry", on_delete=models.PROTECT, null=True, blank=True,
-                                         related_name="+")
-    allocated_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True,
-                                     related_name="+")
+    allocation_entry = models.ForeignKey(
+        "accounts.JournalEntry", on_delete=models.PROTECT, null=True, blank=True, related_name="+"
+    )
+    allocated_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    allocated_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -217,3 +249,129 @@ class Payment(models.Model):
 
     def __str__(self) -> str:
         return f"{self.receipt} KES {self.amount}"
+
+
+class UnallocatedPayment(Payment):
+    """The queue of money in suspense that a person must allocate (a proxy: its own admin page)."""
+
+    class Meta:
+        proxy = True
+        verbose_name = "unallocated payment"
+        verbose_name_plural = "unallocated payments"
+
+
+class ReversalState(models.TextChoices):
+    REQUESTED = "requested", "Requested (awaiting result)"
+    COMPLETED = "completed", "Completed"
+    FAILED = "failed", "Failed"
+    ERROR = "error", "Could not send"
+
+
+class Reversal(models.Model):
+    """A reversal of a received payment asked of Daraja; posted only when its result confirms it."""
+
+    business = models.ForeignKey(Business, on_delete=models.PROTECT, related_name="mpesa_reversals")
+    payment = models.ForeignKey(Payment, on_delete=models.PROTECT, related_name="reversals")
+    amount = MoneyField()
+    reason = models.CharField(max_length=100)
+    state = models.CharField(max_length=12, choices=ReversalState.choices, default=ReversalState.REQUESTED)
+    conversation_id = models.CharField(max_length=120, blank=True, default="")
+    originator_conversation_id = models.CharField(max_length=120, blank=True, default="")
+    result_code = models.CharField(max_length=20, blank=True, default="")
+    result_desc = models.CharField(max_length=255, blank=True, default="")
+    reversal_receipt = models.CharField(max_length=32, blank=True, default="")
+    entry = models.ForeignKey(
+        "accounts.JournalEntry", on_delete=models.PROTECT, null=True, blank=True, related_name="+"
+    )
+    requested_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    completed_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["conversation_id"], condition=~Q(conversation_id=""), name="reversal_conversation_uniq"
+            ),
+            # One live or completed reversal per payment; failed ones may be asked again.
+            models.UniqueConstraint(
+                fields=["payment"],
+                condition=Q(state__in=["requested", "completed"]),
+                name="reversal_one_active_per_payment",
+            ),
+            models.CheckConstraint(condition=Q(amount__gt=0), name="reversal_amount_positive"),
+        ]
+
+    def __str__(self) -> str:
+        return f"Reversal of {self.payment_id} ({self.get_state_display()})"
+
+
+class ReconciliationState(models.TextChoices):
+    UPLOADED = "uploaded", "Uploaded"
+    QUEUED = "queued", "Queued"
+    DONE = "done", "Done"
+    FAILED = "failed", "Failed"
+
+
+class ReconciliationRun(models.Model):
+    """One org-portal statement file matched receipt by receipt against the books."""
+
+    business = models.ForeignKey(Business, on_delete=models.PROTECT, related_name="mpesa_reconciliations")
+    till = models.ForeignKey(Till, on_delete=models.PROTECT, related_name="reconciliations")
+    statement = models.FileField(upload_to="mpesa/statements/%Y/%m/")
+    state = models.CharField(max_length=10, choices=ReconciliationState.choices, default=ReconciliationState.UPLOADED)
+    period_start = models.DateField(null=True, blank=True)
+    period_end = models.DateField(null=True, blank=True)
+    matched_count = models.PositiveIntegerField(default=0)
+    missing_in_books_count = models.PositiveIntegerField(default=0)
+    missing_in_statement_count = models.PositiveIntegerField(default=0)
+    mismatch_count = models.PositiveIntegerField(default=0)
+    charges_count = models.PositiveIntegerField(default=0)
+    error = models.TextField(blank=True, default="")
+    uploaded_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+
+    def __str__(self) -> str:
+        return f"Reconciliation {self.pk} of {self.till}"
+
+
+class LineStatus(models.TextChoices):
+    MATCHED = "matched", "Matched"
+    MISSING_IN_BOOKS = "missing_in_books", "In the statement, not in the books"
+    MISSING_IN_STATEMENT = "missing_in_statement", "In the books, not in the statement"
+    AMOUNT_MISMATCH = "amount_mismatch", "Amount mismatch"
+    CHARGE = "charge", "Charge"
+    OTHER = "other", "Not a payment (ignored)"
+
+
+class ReconciliationLine(models.Model):
+    run = models.ForeignKey(ReconciliationRun, on_delete=models.CASCADE, related_name="lines")
+    business = models.ForeignKey(Business, on_delete=models.PROTECT, related_name="+")
+    receipt = models.CharField(max_length=32)
+    completed_at = models.DateTimeField(null=True, blank=True)
+    details = models.CharField(max_length=255, blank=True, default="")
+    statement_amount = MoneyField(null=True, blank=True)
+    books_amount = MoneyField(null=True, blank=True)
+    status = models.CharField(max_length=24, choices=LineStatus.choices)
+    linked_receipt = models.CharField(max_length=32, blank=True, default="")
+    other_party = models.CharField(max_length=120, blank=True, default="")
+    account_number = models.CharField(max_length=40, blank=True, default="")
+    payment = models.ForeignKey(Payment, on_delete=models.SET_NULL, null=True, blank=True, related_name="+")
+    entry = models.ForeignKey(
+        "accounts.JournalEntry", on_delete=models.PROTECT, null=True, blank=True, related_name="+"
+    )
+
+    class Meta:
+        ordering = ["run", "id"]
+        constraints = [models.UniqueConstraint(fields=["run", "receipt"], name="recon_line_run_receipt_uniq")]
+
+    def __str__(self) -> str:
+        return f"{self.receipt} {self.get_status_display()}"

@@ -1,0 +1,49 @@
+"""M-Pesa settings: from Django settings when defined there, else from the environment.
+
+- MPESA_TRUST_X_FORWARDED_FOR (default true: Caddy sits in front): take the callback's source IP
+  from the first X-Forwarded-For hop instead of REMOTE_ADDR.
+- MPESA_BASE_URL: override Daraja's base URL for every till (tests, demos: the fake Daraja).
+- MPESA_CALLBACK_BASE_URL: public HTTPS base for callback URLs when a till has none.
+- MPESA_ENCRYPTION_KEY: Fernet key for stored credentials (see secrets.py).
+- MPESA_BROKER_URL: send the views' processing tasks to this broker instead of Celery's own
+  (tests that stop their own Redis; empty in production).
+- MPESA_SWEEP_AGE_SECONDS (30): how old an unprocessed inbox row must be before the sweeper
+  re-enqueues it, and how long since it was last enqueued.
+"""
+
+from __future__ import annotations
+
+import os
+
+from django.conf import settings
+
+
+def _get(name: str, default: str) -> str:
+    value = getattr(settings, name, None)
+    if value is None:
+        return os.environ.get(name, default)
+    return str(value)
+
+
+def trust_x_forwarded_for() -> bool:
+    value = getattr(settings, "MPESA_TRUST_X_FORWARDED_FOR", None)
+    if isinstance(value, bool):
+        return value
+    raw = os.environ.get("MPESA_TRUST_X_FORWARDED_FOR", "1") if value is None else str(value)
+    return raw.strip().lower() in {"1", "true", "yes", "on"}
+
+
+def base_url_override() -> str:
+    return _get("MPESA_BASE_URL", "")
+
+
+def callback_base_url() -> str:
+    return _get("MPESA_CALLBACK_BASE_URL", "")
+
+
+def broker_url_override() -> str:
+    return _get("MPESA_BROKER_URL", "")
+
+
+def sweep_age_seconds() -> int:
+    return int(_get("MPESA_SWEEP_AGE_SECONDS", "30"))

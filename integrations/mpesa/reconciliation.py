@@ -1,0 +1,357 @@
+"""Reconciliation of the M-Pesa org-portal statement against the books, receipt by receipt.
+
+The statement (CSV or XLSX export of the M-Pesa organisation portal) has description lines above
+its header row ("Receipt No.,Completion Time,..."), one row per transaction with "Paid In" or
+"Withdrawn", charges as separate rows ("... Charge") linked to the payment they belong to, and
+statuses Completed / Failed / Cancelled / Declined / Attempted. Receipt No. = TransID =
+MpesaReceiptNumber, so each completed payment row meets its Payment row on the receipt:
+
+- matched: in both with the same amount;
+- missing_in_books: in the statement only (a person can post it: `reconciliation_post_missing`);
+- missing_in_statement: a payment of the till in the statement's period that the statement lacks;
+- amount_mismatch: in both with different amounts;
+- charge: posted at once, Dr M-Pesa charges / Cr M-Pesa clearing, key "mpesa-charge:<receipt>".
+
+A run is a job ("payments.reconcile", reports queue), launched from the admin; running it again
+recomputes its lines (charges are idempotent in the ledger).
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import io
+import re
+from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+from django.db import transaction
+from django.utils import timezone
+
+from accounts.models import JournalEntry, SourceType
+from accounts.selectors import account_for_role
+from accounts.services import LineSpec, entry_post
+from celeryconf.jobs import JobContext, JobFailed, job_kind
+from integrations.mpesa.errors import InvalidRequest
+from integrations.mpesa.models import (
+    LineStatus,
+    Payment,
+    ReconciliationLine,
+    ReconciliationRun,
+    ReconciliationState,
+)
+from integrations.mpesa.payloads import NAIROBI
+from integrations.mpesa.services import _post_once, payment_record
+
+RECONCILE_JOB = "payments.reconcile"
+HEADER_FIRST_CELL = "receipt no"
+DATE_FORMATS = (
+    "%d-%m-%Y %H:%M:%S",
+    "%d/%m/%Y %H:%M:%S",
+    "%Y-%m-%d %H:%M:%S",
+    "%Y/%m/%d %H:%M:%S",
+    "%d-%m-%Y %H:%M",
+    "%d/%m/%Y %H:%M",
+    "%Y-%m-%d %H:%M",
+    "%d.%m.%Y %H:%M:%S",
+    "%d-%b-%Y %H:%M:%S",
+    "%d %b %Y %H:%M:%S",
+    "%Y-%m-%dT%H:%M:%S",
+    "%d-%m-%Y",
+    "%d/%m/%Y",
+    "%Y-%m-%d",
+)
+_COLUMNS = {
+    "receipt no.": "receipt",
+    "receipt no": "receipt",
+    "completion time": "completed",
+    "initiation time": "initiated",
+    "details": "details",
+    "transaction status": "status",
+    "paid in": "paid_in",
+    "withdrawn": "withdrawn",
+    "balance": "balance",
+    "reason type": "reason_type",
+    "other party info": "other_party",
+    "linked transaction id": "linked",
+    "a/c no.": "account_no",
+    "a/c no": "account_no",
+}
+
+
+class StatementError(ValueError):
+    """The file is not an org-portal statement we can read; the message says where."""
+
+
+@dataclass(frozen=True)
+class StatementRow:
+    receipt: str
+    completed_at: dt.datetime | None
+    details: str
+    status: str
+    paid_in: Decimal
+    withdrawn: Decimal
+    reason_type: str
+    other_party: str
+    linked: str
+    account_no: str
+
+    @property
+    def is_charge(self) -> bool:
+        return "charge" in f"{self.details} {self.reason_type}".lower()
+
+    @property
+    def completed(self) -> bool:
+        return self.status.strip().lower() == "completed"
+
+
+def parse_when(value: Any) -> dt.datetime | None:
+    """A statement time in any of the portal's formats (or an Excel date cell), in Nairobi time."""
+    if value in (None, ""):
+        return None
+    if isinstance(value, dt.datetime):
+        return value if value.tzinfo else value.replace(tzinfo=NAIROBI)
+    if isinstance(value, dt.date):
+        return dt.datetime.combine(value, dt.time(), tzinfo=NAIROBI)
+    text = str(value).strip()
+    for fmt in DATE_FORMATS:
+        try:
+            return dt.datetime.strptime(text, fmt).replace(tzinfo=NAIROBI)
+        except ValueError:
+            continue
+    raise StatementError(f"unrecognised date {text!r}")
+
+
+def parse_amount(value: Any) -> Decimal:
+    """ "1,200.00", "-5.00", 500.0 or "" -> a non-negative Decimal (withdrawals come negative)."""
+    if value in (None, ""):
+        return Decimal("0.00")
+    text = str(value).strip().replace(",", "").replace("KES", "").strip()
+    try:
+        amount = Decimal(text)
+    except InvalidOperation as exc:
+        raise StatementError(f"unrecognised amount {value!r}") from exc
+    return abs(amount).quantize(Decimal("0.01"))
+
+
+def _rows_of(content: bytes, filename: str) -> list[list[Any]]:
+    if filename.lower().endswith((".xlsx", ".xlsm")) or content[:2] == b"PK":
+        from openpyxl import load_workbook
+
+        try:
+            book = load_workbook(io.BytesIO(content), read_only=True, data_only=True)
+        except Exception as exc:
+            raise StatementError(f"not a readable XLSX file: {exc}") from exc
+        sheet = book.worksheets[0]
+        rows = [list(row) for row in sheet.iter_rows(values_only=True)]
+        book.close()
+        return rows
+    try:
+        text = content.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        text = content.decode("latin-1")
+    return list(csv.reader(io.StringIO(text)))
+
+
+def parse_statement(content: bytes, filename: str = "statement.csv") -> list[StatementRow]:
+    """Rows of an org-portal statement (CSV or XLSX), skipping the description lines above the header."""
+    rows = _rows_of(content, filename)
+    header_at = next(
+        (
+            n
+            for n, row in enumerate(rows)
+            if row and str(row[0] or "").strip().lower().rstrip(".").startswith(HEADER_FIRST_CELL)
+        ),
+        None,
+    )
+    if header_at is None:
+        raise StatementError("no header row starting with 'Receipt No.' was found")
+    names = [_COLUMNS.get(str(cell or "").strip().lower(), "") for cell in rows[header_at]]
+    labels = {"receipt": "Receipt No.", "completed": "Completion Time", "paid_in": "Paid In", "withdrawn": "Withdrawn"}
+    for needed, label in labels.items():
+        if needed not in names:
+            raise StatementError(f"the header has no {label!r} column")
+    parsed = []
+    for number, row in enumerate(rows[header_at + 1 :], start=header_at + 2):
+        values = {name: row[i] if i < len(row) else None for i, name in enumerate(names) if name}
+        receipt = str(values.get("receipt") or "").strip()
+        if not receipt:
+            continue
+        if not re.fullmatch(r"[A-Za-z0-9]{6,32}", receipt):
+            raise StatementError(f"line {number}: {receipt!r} is not a receipt number")
+        try:
+            parsed.append(
+                StatementRow(
+                    receipt=receipt,
+                    completed_at=parse_when(values.get("completed")),
+                    details=str(values.get("details") or "").strip(),
+                    status=str(values.get("status") or "Completed").strip(),
+                    paid_in=parse_amount(values.get("paid_in")),
+                    withdrawn=parse_amount(values.get("withdrawn")),
+                    reason_type=str(values.get("reason_type") or "").strip(),
+                    other_party=str(values.get("other_party") or "").strip(),
+                    linked=str(values.get("linked") or "").strip(),
+                    account_no=str(values.get("account_no") or "").strip(),
+                )
+            )
+        except StatementError as exc:
+            raise StatementError(f"line {number}: {exc}") from exc
+    return parsed
+
+
+def _post_charge(run: ReconciliationRun, row: StatementRow) -> JournalEntry:
+    business = run.business
+    charges = account_for_role(business=business, role="mpesa_charges")
+    clearing = account_for_role(business=business, role="mpesa_clearing")
+    wanted = (row.completed_at or timezone.now()).astimezone(NAIROBI).date()
+
+    def post(day: dt.date) -> JournalEntry:
+        return entry_post(
+            business=business,
+            entry_date=day,
+            lines=[LineSpec(account=charges, debit=row.withdrawn), LineSpec(account=clearing, credit=row.withdrawn)],
+            memo=f"M-Pesa charge {row.receipt}" + (f" for {row.linked}" if row.linked else ""),
+            source_type=SourceType.MPESA,
+            source_ref=row.receipt,
+            idempotency_key=f"mpesa-charge:{row.receipt}",
+        )
+
+    return _post_once(business=business, wanted=wanted, post=post)
+
+
+def reconciliation_run(*, run_id: int) -> ReconciliationRun:
+    """Parse the run's statement and (re)compute its lines; post its charges. Safe to run again."""
+    run = ReconciliationRun.objects.select_related("till", "business").get(pk=run_id)
+    with run.statement.open("rb") as handle:
+        content = handle.read()
+    rows = parse_statement(content, run.statement.name)
+    with transaction.atomic():
+        run = ReconciliationRun.objects.select_for_update().select_related("till", "business").get(pk=run_id)
+        run.lines.all().delete()
+        lines: list[ReconciliationLine] = []
+        seen: set[str] = set()
+        payments = {p.receipt: p for p in Payment.objects.filter(receipt__in=[r.receipt for r in rows])}
+        for row in rows:
+            if row.receipt in seen:
+                continue
+            seen.add(row.receipt)
+            line = ReconciliationLine(
+                run=run,
+                business=run.business,
+                receipt=row.receipt,
+                completed_at=row.completed_at,
+                details=row.details[:255],
+                linked_receipt=row.linked[:32],
+                other_party=row.other_party[:120],
+                account_number=row.account_no[:40],
+            )
+            if not row.completed:
+                line.status = LineStatus.OTHER
+                line.details = f"[{row.status}] {row.details}"[:255]
+            elif row.is_charge and row.withdrawn > 0:
+                line.status = LineStatus.CHARGE
+                line.statement_amount = row.withdrawn
+                line.entry = _post_charge(run, row)
+            elif row.paid_in > 0:
+                line.statement_amount = row.paid_in
+                payment = payments.get(row.receipt)
+                if payment is None or payment.till_id != run.till_id:
+                    line.status = LineStatus.MISSING_IN_BOOKS
+                else:
+                    line.payment = payment
+                    line.books_amount = payment.amount
+                    same = payment.amount == row.paid_in
+                    line.status = LineStatus.MATCHED if same else LineStatus.AMOUNT_MISMATCH
+            else:
+                line.status = LineStatus.OTHER
+                line.statement_amount = row.withdrawn or None
+            lines.append(line)
+        times = [r.completed_at for r in rows if r.completed_at is not None]
+        if times:
+            start, end = min(times), max(times)
+            run.period_start, run.period_end = start.date(), end.date()
+            for payment in Payment.objects.filter(till=run.till, paid_at__gte=start, paid_at__lte=end).exclude(
+                receipt__in=seen
+            ):
+                lines.append(
+                    ReconciliationLine(
+                        run=run,
+                        business=run.business,
+                        receipt=payment.receipt,
+                        completed_at=payment.paid_at,
+                        books_amount=payment.amount,
+                        payment=payment,
+                        status=LineStatus.MISSING_IN_STATEMENT,
+                        details="In the books, not in the statement",
+                    )
+                )
+        ReconciliationLine.objects.bulk_create(lines)
+        counts = {status: sum(1 for line in lines if line.status == status) for status in LineStatus.values}
+        run.matched_count = counts[LineStatus.MATCHED]
+        run.missing_in_books_count = counts[LineStatus.MISSING_IN_BOOKS]
+        run.missing_in_statement_count = counts[LineStatus.MISSING_IN_STATEMENT]
+        run.mismatch_count = counts[LineStatus.AMOUNT_MISMATCH]
+        run.charges_count = counts[LineStatus.CHARGE]
+        run.state = ReconciliationState.DONE
+        run.error = ""
+        run.finished_at = timezone.now()
+        run.save()
+    return run
+
+
+def reconciliation_post_missing(*, line: ReconciliationLine, acting_user: Any) -> Payment:
+    """Record a payment that is in the statement but not in the books, through the normal posting
+    service (same Payment row, same "mpesa:<receipt>" entry: posting it twice is impossible)."""
+    with transaction.atomic():
+        locked = ReconciliationLine.objects.select_for_update().select_related("run__till").get(pk=line.pk)
+        if locked.status != LineStatus.MISSING_IN_BOOKS or locked.statement_amount is None:
+            raise InvalidRequest(f"{locked.receipt} is not a payment missing from the books")
+        party, _, name = locked.other_party.partition(" - ")
+        payment, _created = payment_record(
+            till=locked.run.till,
+            receipt=locked.receipt,
+            amount=locked.statement_amount,
+            paid_at=locked.completed_at or timezone.now(),
+            msisdn=party.strip(),
+            payer_name=name.strip(),
+            account_reference=locked.account_number,
+            payment_request=None,
+            acting_user=acting_user,
+        )
+        locked.payment = payment
+        locked.books_amount = payment.amount
+        locked.status = LineStatus.MATCHED if payment.amount == locked.statement_amount else LineStatus.AMOUNT_MISMATCH
+        locked.save(update_fields=["payment", "books_amount", "status"])
+        run = locked.run
+        ReconciliationRun.objects.filter(pk=run.pk).update(
+            missing_in_books_count=run.lines.filter(status=LineStatus.MISSING_IN_BOOKS).count(),
+            matched_count=run.lines.filter(status=LineStatus.MATCHED).count(),
+            mismatch_count=run.lines.filter(status=LineStatus.AMOUNT_MISMATCH).count(),
+        )
+        return payment
+
+
+def reconciliation_launch(*, run: ReconciliationRun, acting_user: Any) -> Any:
+    """Queue the run as a job on the reports queue (the admin action)."""
+    from celeryconf.jobs import job_launch
+
+    with transaction.atomic():
+        ReconciliationRun.objects.filter(pk=run.pk).update(state=ReconciliationState.QUEUED, error="")
+        return job_launch(kind=RECONCILE_JOB, acting_user=acting_user, business=run.business, params={"run_id": run.pk})
+
+
+@job_kind(RECONCILE_JOB, label="M-Pesa: reconcile a statement")
+def reconcile_job(ctx: JobContext) -> None:
+    run_id = int(ctx.params["run_id"])
+    ctx.progress(10, "Reading the statement")
+    try:
+        run = reconciliation_run(run_id=run_id)
+    except StatementError as exc:
+        ReconciliationRun.objects.filter(pk=run_id).update(state=ReconciliationState.FAILED, error=str(exc))
+        raise JobFailed(f"The statement cannot be read: {exc}") from exc
+    ctx.progress(
+        100,
+        f"{run.matched_count} matched, {run.missing_in_books_count} not in the books, "
+        f"{run.missing_in_statement_count} not in the statement, {run.mismatch_count} amount differences",
+    )

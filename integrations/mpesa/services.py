@@ -1,0 +1,1061 @@
+"""Every write of the M-Pesa payment path: the inbox, payments and their ledger entries, STK
+requests, allocation, URL registration and reversals.
+
+How a payment is posted exactly once (docs/mpesa.md):
+- a callback is stored in the inbox, unique on (kind, Daraja id): a duplicate is a no-op;
+- `inbox_process` locks the inbox row and returns if it was processed; otherwise it parses,
+  matches, posts and marks the row processed in ONE transaction, so a crash anywhere before the
+  commit leaves nothing behind and the next delivery starts again;
+- a payment is one `Payment` row per receipt (unique) and one ledger entry whose idempotency key
+  is "mpesa:<receipt>"; an STK callback and the C2B confirmation of the same receipt meet on a
+  transaction-scoped advisory lock on the receipt, and the second one only adds what it knows to
+  the Payment row (never a second entry).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import logging
+import os
+import queue
+import threading
+import time
+from collections.abc import Mapping
+from decimal import Decimal
+from typing import Any
+
+from celery import current_app
+from django.db import connection, transaction
+from django.utils import timezone
+
+from accounts.exceptions import InvalidAccount, LedgerError, PeriodLocked
+from accounts.models import Account, Books, JournalEntry, SourceType
+from accounts.selectors import account_for_role
+from accounts.services import LineSpec, entry_post, entry_reverse
+from integrations.mpesa import conf
+from integrations.mpesa.client import PRODUCTION_BASE_URL, SANDBOX_BASE_URL, DarajaClient
+from integrations.mpesa.errors import (
+    DarajaUnavailable,
+    InvalidRequest,
+    NeedsAttention,
+    NotUnallocated,
+    TransientProcessingError,
+)
+from integrations.mpesa.exceptions import DarajaError, DarajaTransientError
+from integrations.mpesa.matching import Match, notify_listeners, resolve_reference
+from integrations.mpesa.models import (
+    DarajaEnvironment,
+    InboxKind,
+    InboxMessage,
+    InboxState,
+    Payment,
+    PaymentRequest,
+    PaymentRequestState,
+    PaymentStatus,
+    Reversal,
+    ReversalState,
+    Till,
+    TillKind,
+)
+from integrations.mpesa.payloads import (
+    NAIROBI,
+    C2BRegisterResponse,
+    CallbackKind,
+    PayloadError,
+    parse_account_balance_result,
+    parse_c2b_confirmation,
+    parse_c2b_validation,
+    parse_result_callback,
+    parse_reversal_result,
+    parse_stk_callback,
+    parse_transaction_status_result,
+)
+from integrations.mpesa.phones import classify_msisdn, mask_matches, normalise_msisdn
+from integrations.mpesa.secrets import SecretUnreadable, encrypt, till_credentials
+from operations.models import Business, Customer
+
+logger = logging.getLogger(__name__)
+
+# The payloads module's name for each inbox kind (what callback_unique_id / parse_callback expect).
+PAYLOAD_KIND: dict[str, CallbackKind] = {
+    InboxKind.STK_CALLBACK: "stk",
+    InboxKind.C2B_VALIDATION: "c2b_validation",
+    InboxKind.C2B_CONFIRMATION: "c2b_confirmation",
+    InboxKind.STATUS_RESULT: "transaction_status",
+    InboxKind.REVERSAL_RESULT: "reversal",
+    InboxKind.BALANCE_RESULT: "account_balance",
+    InboxKind.STATUS_TIMEOUT: "timeout",
+    InboxKind.REVERSAL_TIMEOUT: "timeout",
+    InboxKind.BALANCE_TIMEOUT: "timeout",
+}
+# Processing waits this long for a row or books lock before giving up and retrying later.
+LOCK_TIMEOUT = "10s"
+
+# ------------------------------------------------------------------------------------ the inbox
+
+
+_INSERT_SQL = """
+INSERT INTO integrations_inboxmessage
+    (till_id, kind, daraja_id, body, headers, remote_addr, received_at, state, attempts,
+     last_enqueued_at, processed_at, error, outcome)
+VALUES (%s, %s, %s, %s, %s::jsonb, %s, now(), %s, 0, CASE WHEN %s THEN now() END,
+        CASE WHEN %s = 'processed' THEN now() END, %s, %s)
+ON CONFLICT (kind, daraja_id) DO NOTHING
+RETURNING id
+"""
+
+
+def body_text(raw: bytes) -> str:
+    """The body as storable text: PostgreSQL text holds neither invalid UTF-8 nor NUL characters."""
+    return raw.decode("utf-8", errors="replace").replace("\x00", "\ufffd")
+
+
+def malformed_id(raw: bytes) -> str:
+    return "malformed:" + hashlib.sha256(raw).hexdigest()
+
+
+def inbox_store(
+    *,
+    till_id: int,
+    kind: str,
+    daraja_id: str,
+    body: bytes,
+    headers: Mapping[str, str],
+    remote_addr: str | None,
+    state: str = InboxState.RECEIVED,
+    error: str = "",
+    outcome: str = "",
+) -> int | None:
+    """Store one callback; its new id, or None when (kind, daraja_id) is already stored.
+
+    One statement (INSERT ... ON CONFLICT DO NOTHING RETURNING id) in autocommit: a duplicate is
+    a no-op however many arrive at once. A RECEIVED row gets last_enqueued_at = now() because the
+    caller enqueues it next; if that enqueue fails the sweeper still finds it (state received).
+    """
+    enqueued = state == InboxState.RECEIVED
+    with connection.cursor() as cursor:
+        cursor.execute(
+            _INSERT_SQL,
+            [
+                till_id,
+                kind,
+                daraja_id[:120],
+                body_text(body),
+                json.dumps(dict(headers)),
+                remote_addr,
+                state,
+                enqueued,
+                state,
+                error,
+                outcome[:255],
+            ],
+        )
+        row = cursor.fetchone()
+    return None if row is None else int(row[0])
+
+
+def inbox_enqueue(inbox_id: int) -> bool:
+    """Send "process inbox row N" to the payments queue, without retrying; False if the broker is down.
+
+    Never raises: Redis is only a delivery mechanism here, the sweeper re-sends what did not go.
+    """
+    from integrations.mpesa.tasks import process_inbox
+
+    try:
+        broker = conf.broker_url_override()
+        if broker:
+            with current_app.connection_for_write(broker) as conn:
+                process_inbox.apply_async(args=(inbox_id,), retry=False, connection=conn)  # type: ignore[call-arg]
+        else:
+            process_inbox.apply_async(args=(inbox_id,), retry=False)
+    except Exception as exc:  # a broker outage must not fail the caller
+        logger.warning("inbox %s stored but not enqueued (broker down?): %r; the sweeper will send it", inbox_id, exc)
+        return False
+    return True
+
+
+class _Publisher:
+    """Hands new inbox ids to one background thread per process that publishes them to Redis.
+
+    Why not publish in the request: even with retry=False, redis-py retries a refused connection
+    with backoff (about 6 s), and a hung Redis can stall a publish for its socket timeout. Daraja
+    must get its answer within milliseconds whatever Redis does, so the view only puts the id in
+    this bounded in-memory queue. What is lost here (queue full, broker down, the process killed
+    before publishing) is still in the inbox as "received" and the sweeper sends it.
+    After a failed publish, ids are dropped for PAUSE seconds instead of each waiting for Redis.
+    """
+
+    MAX_PENDING = 10_000
+    PAUSE = 5.0
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._pid: int | None = None
+        self._queue: queue.Queue[int] = queue.Queue(self.MAX_PENDING)
+        self._paused_until = 0.0
+
+    def submit(self, inbox_id: int) -> bool:
+        self._ensure_thread()
+        try:
+            self._queue.put_nowait(inbox_id)
+        except queue.Full:
+            logger.warning("enqueue backlog full: inbox %s left to the sweeper", inbox_id)
+            return False
+        return True
+
+    def flush(self, timeout: float = 10.0) -> bool:
+        """Wait until every submitted id was published or dropped (tests, shutdown)."""
+        deadline = time.monotonic() + timeout
+        while self._queue.unfinished_tasks and time.monotonic() < deadline:
+            time.sleep(0.005)
+        return not self._queue.unfinished_tasks
+
+    def _ensure_thread(self) -> None:
+        if self._pid == os.getpid():
+            return
+        with self._lock:
+            if self._pid == os.getpid():
+                return
+            # A new process (gunicorn forks after import): start afresh, the parent's thread is not here.
+            self._queue = queue.Queue(self.MAX_PENDING)
+            threading.Thread(target=self._run, args=(self._queue,), name="mpesa-enqueue", daemon=True).start()
+            self._pid = os.getpid()
+
+    def _run(self, pending: queue.Queue[int]) -> None:
+        while True:
+            inbox_id = pending.get()
+            try:
+                if time.monotonic() < self._paused_until:
+                    logger.warning("broker recently down: inbox %s left to the sweeper", inbox_id)
+                elif not inbox_enqueue(inbox_id):
+                    self._paused_until = time.monotonic() + self.PAUSE
+            except Exception:  # never let the thread die
+                logger.exception("enqueue of inbox %s failed", inbox_id)
+            finally:
+                pending.task_done()
+
+
+publisher = _Publisher()
+
+
+def inbox_enqueue_soon(inbox_id: int) -> bool:
+    """Enqueue without waiting for Redis (see _Publisher); False if the backlog is full."""
+    return publisher.submit(inbox_id)
+
+
+def inbox_mark_failed(*, inbox_id: int, error: str) -> None:
+    """Record a transient failure (the task retries it; the sweeper catches it if retries run out)."""
+    InboxMessage.objects.filter(pk=inbox_id, state__in=[InboxState.RECEIVED, InboxState.FAILED]).update(
+        state=InboxState.FAILED, error=error[:2000]
+    )
+
+
+def inbox_reprocess(*, inbox: InboxMessage, acting_user: Any) -> bool:
+    """A person asks to process a row again (after fixing the cause, or vouching for its source).
+
+    Rows already processed are left alone (False). Enqueued after commit.
+    """
+    with transaction.atomic():
+        row = InboxMessage.objects.select_for_update().get(pk=inbox.pk)
+        if row.state == InboxState.PROCESSED:
+            return False
+        row.state = InboxState.RECEIVED
+        row.error = f"reprocess asked by {acting_user}"[:2000]
+        row.last_enqueued_at = timezone.now()
+        row.save(update_fields=["state", "error", "last_enqueued_at"])
+        transaction.on_commit(lambda: inbox_enqueue(row.pk))
+    return True
+
+
+def inbox_sweep(*, min_age_seconds: int | None = None, batch_size: int = 500) -> int:
+    """Re-enqueue inbox rows still received/failed `min_age_seconds` after arrival and last enqueue.
+
+    Catches what Redis lost, a process that died between commit and enqueue, and tasks whose
+    retries ran out. Safe to run any number of times: processing is idempotent. Returns the count.
+    """
+    age = conf.sweep_age_seconds() if min_age_seconds is None else min_age_seconds
+    cutoff = timezone.now() - dt.timedelta(seconds=age)
+    with transaction.atomic():
+        ids = list(
+            InboxMessage.objects.select_for_update(skip_locked=True)
+            .filter(state__in=[InboxState.RECEIVED, InboxState.FAILED], received_at__lte=cutoff)
+            .exclude(last_enqueued_at__gt=cutoff)
+            .order_by("received_at")
+            .values_list("id", flat=True)[:batch_size]
+        )
+        InboxMessage.objects.filter(pk__in=ids).update(last_enqueued_at=timezone.now())
+    sent = 0
+    for inbox_id in ids:
+        if not inbox_enqueue(inbox_id):
+            break  # the broker is down: the rest waits for the next sweep
+        sent += 1
+    if ids:
+        logger.info("sweeper re-enqueued %s of %s unprocessed inbox rows", sent, len(ids))
+    return sent
+
+
+def inbox_process(*, inbox_id: int) -> str:
+    """Process one inbox row: parse, match, post, mark processed - all in one transaction.
+
+    Returns the outcome. Safe to call any number of times (a processed row is left alone).
+    Transient database errors (lock timeout, connection loss) propagate for the task to retry;
+    a payload or business problem puts the row in "needs attention" with the error.
+    """
+    with transaction.atomic():
+        with connection.cursor() as cursor:
+            cursor.execute(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'")
+        msg = InboxMessage.objects.select_for_update().select_related("till__business").filter(pk=inbox_id).first()
+        if msg is None:
+            logger.warning("inbox row %s does not exist", inbox_id)
+            return "missing"
+        if msg.state in (InboxState.PROCESSED, InboxState.NEEDS_ATTENTION):
+            return f"already {msg.state}"
+        msg.attempts += 1
+        try:
+            with transaction.atomic():
+                outcome = _dispatch(msg)
+        except (PayloadError, NeedsAttention, LedgerError, SecretUnreadable) as exc:
+            msg.state = InboxState.NEEDS_ATTENTION
+            msg.error = f"{type(exc).__name__}: {exc}"[:2000]
+            msg.outcome = "needs a person"
+            logger.warning("inbox %s (%s %s) needs attention: %s", msg.pk, msg.kind, msg.daraja_id, exc)
+        else:
+            msg.state = InboxState.PROCESSED
+            msg.processed_at = timezone.now()
+            msg.error = ""
+            msg.outcome = outcome[:255]
+        msg.save(update_fields=["state", "attempts", "error", "outcome", "processed_at"])
+        return msg.outcome
+
+
+def _dispatch(msg: InboxMessage) -> str:
+    if msg.daraja_id.startswith("malformed:"):
+        raise NeedsAttention("the body carries no Daraja id (malformed); read it and act by hand")
+    kind = msg.kind
+    if kind == InboxKind.STK_CALLBACK:
+        return _process_stk(msg)
+    if kind == InboxKind.C2B_CONFIRMATION:
+        return _process_c2b_confirmation(msg)
+    if kind == InboxKind.C2B_VALIDATION:
+        parse_c2b_validation(msg.body)
+        return "validation request (answered at once; nothing to post)"
+    if kind == InboxKind.REVERSAL_RESULT:
+        return _process_reversal_result(msg)
+    if kind == InboxKind.REVERSAL_TIMEOUT:
+        return _process_reversal_timeout(msg)
+    if kind == InboxKind.STATUS_RESULT:
+        status = parse_transaction_status_result(msg.body)
+        return (
+            f"transaction status {status.result_code} {status.result_desc}: receipt {status.receipt_no or '-'} "
+            f"{status.transaction_status or ''} {status.amount or ''}"
+        )
+    if kind == InboxKind.BALANCE_RESULT:
+        balance = parse_account_balance_result(msg.body)
+        parts = [f"{a.name} {a.currency} {a.current}" for a in balance.accounts]
+        return f"balance {balance.result_code}: " + "; ".join(parts)
+    if kind in (InboxKind.STATUS_TIMEOUT, InboxKind.BALANCE_TIMEOUT):
+        result = parse_result_callback(msg.body)
+        return f"queue timeout {result.result_code} {result.result_desc}"
+    raise NeedsAttention(f"unknown inbox kind {kind!r}")
+
+
+# ------------------------------------------------------------------------------------ STK
+
+
+_STK_STATES = {
+    "cancelled": PaymentRequestState.CANCELLED,
+    "timeout": PaymentRequestState.TIMEOUT,
+    "wrong_pin": PaymentRequestState.FAILED,
+    "insufficient_funds": PaymentRequestState.FAILED,
+    "failed": PaymentRequestState.FAILED,
+}
+
+
+def _process_stk(msg: InboxMessage) -> str:
+    cb = parse_stk_callback(msg.body)
+    request = PaymentRequest.objects.select_for_update().filter(checkout_request_id=cb.checkout_request_id).first()
+    if request is not None and request.till_id != msg.till_id:
+        raise NeedsAttention(f"STK request {request.pk} belongs to another till than the callback URL's")
+    if not cb.succeeded:
+        category = cb.category
+        if request is not None and request.state != PaymentRequestState.PAID:
+            request.state = _STK_STATES[category]
+            request.result_code = cb.result_code
+            request.result_desc = cb.result_desc[:255]
+            request.completed_at = timezone.now()
+            request.save(update_fields=["state", "result_code", "result_desc", "completed_at"])
+        who = f"request {request.pk}" if request else "an unknown request"
+        return f"STK {category} ({cb.result_code}) for {who}: {cb.result_desc}"
+    assert cb.mpesa_receipt_number and cb.amount is not None and cb.transaction_date is not None
+    if request is not None:
+        request.state = PaymentRequestState.PAID
+        request.result_code = cb.result_code
+        request.result_desc = cb.result_desc[:255]
+        request.receipt = cb.mpesa_receipt_number
+        request.completed_at = timezone.now()
+        request.save(update_fields=["state", "result_code", "result_desc", "receipt", "completed_at"])
+    phone = cb.phone_number or (request.phone if request else "")
+    payment, created = payment_record(
+        till=msg.till,
+        receipt=cb.mpesa_receipt_number,
+        amount=cb.amount,
+        paid_at=cb.transaction_date,
+        msisdn=phone,
+        payer_name="",
+        account_reference=request.account_reference if request else "",
+        payment_request=request,
+    )
+    return _payment_outcome(payment, created)
+
+
+def _payment_outcome(payment: Payment, created: bool) -> str:
+    if not created:
+        return f"receipt {payment.receipt} already recorded (payment {payment.pk}); details updated"
+    where = "suspense (unallocated)" if payment.status == PaymentStatus.UNALLOCATED else payment.match_description
+    return f"posted {payment.receipt} KES {payment.amount}: {where}"[:255]
+
+
+def _process_c2b_confirmation(msg: InboxMessage) -> str:
+    tx = parse_c2b_confirmation(msg.body)
+    till = msg.till
+    if tx.business_short_code not in {till.shortcode, till.store_number} - {""}:
+        raise NeedsAttention(
+            f"confirmation for shortcode {tx.business_short_code} arrived on the URL of till {till.shortcode}"
+        )
+    payment, created = payment_record(
+        till=till,
+        receipt=tx.trans_id,
+        amount=tx.amount,
+        paid_at=tx.trans_time,
+        msisdn=tx.msisdn,
+        payer_name=tx.payer_name,
+        account_reference=tx.bill_ref_number,
+        payment_request=None,
+    )
+    return _payment_outcome(payment, created)
+
+
+# ------------------------------------------------------------------------------------ payments
+
+
+def _lock_receipt(receipt: str) -> None:
+    """Serialise everything that records this receipt, until the transaction ends."""
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", [f"mpesa:{receipt}"])
+
+
+def _open_date(business_id: int, wanted: dt.date) -> dt.date:
+    """`wanted` unless the books are closed on it; then the first open day."""
+    lock_date = Books.objects.filter(business_id=business_id).values_list("lock_date", flat=True).first()
+    if lock_date is not None and wanted <= lock_date:
+        return lock_date + dt.timedelta(days=1)
+    return wanted
+
+
+def _post_once(*, business: Business, wanted: dt.date, post: Any) -> JournalEntry:
+    """Post on `wanted` or the first open date; if the lock date moves meanwhile, once more."""
+    try:
+        return post(_open_date(business.pk, wanted))  # type: ignore[no-any-return]
+    except PeriodLocked:
+        try:
+            with transaction.atomic():
+                return post(_open_date(business.pk, wanted))  # type: ignore[no-any-return]
+        except PeriodLocked as exc:
+            raise TransientProcessingError(f"the books moved their lock date while posting: {exc}") from exc
+
+
+def _msisdn_kind(msisdn: str) -> str:
+    try:
+        return classify_msisdn(msisdn)
+    except ValueError:
+        return "unknown"
+
+
+def match_payment(
+    *, business: Business, account_reference: str, request: PaymentRequest | None, msisdn: str
+) -> tuple[Match | None, str]:
+    """(match, how) by reference, then our STK request's reference, then the phone; (None, "") if none."""
+    found = resolve_reference(business, account_reference)
+    if found is not None:
+        return found, "account reference"
+    if request is not None and request.account_reference.strip() != account_reference.strip():
+        found = resolve_reference(business, request.account_reference)
+        if found is not None:
+            return found, "STK request reference"
+    customer = _customer_by_phone(business, msisdn)
+    if customer is None and request is not None:
+        customer = _customer_by_phone(business, request.phone)
+    if customer is not None:
+        return Match(customer.pk, "customer", customer.pk, f"phone of {customer.name}"), "phone"
+    return None, ""
+
+
+def _customer_by_phone(business: Business, msisdn: str) -> Customer | None:
+    kind = _msisdn_kind(msisdn)
+    customers = Customer.objects.filter(business=business, is_active=True).only("id", "name", "phone")
+    if kind == "plain":
+        number = normalise_msisdn(msisdn.strip())
+        return customers.filter(phone=number).order_by("id").first()
+    if kind == "sha256":
+        return customers.filter(phone_sha256=msisdn.strip().lower()).order_by("id").first()
+    if kind == "masked":
+        candidates = [c for c in customers.exclude(phone="") if _fits(msisdn, c.phone)]
+        return candidates[0] if len(candidates) == 1 else None
+    return None
+
+
+def _fits(masked: str, phone: str) -> bool:
+    try:
+        return mask_matches(masked, phone)
+    except ValueError:
+        return False
+
+
+def payment_record(
+    *,
+    till: Till,
+    receipt: str,
+    amount: Decimal,
+    paid_at: dt.datetime,
+    msisdn: str,
+    payer_name: str,
+    account_reference: str,
+    payment_request: PaymentRequest | None,
+    acting_user: Any = None,
+) -> tuple[Payment, bool]:
+    """Record money received on `till` under M-Pesa `receipt`: (payment, created).
+
+    The first call for a receipt creates the Payment and posts Dr M-Pesa clearing / Cr
+    receivables (matched) or Cr suspense (unmatched), idempotency key "mpesa:<receipt>", dated the
+    payment's Nairobi date (or the first open day when that is closed; paid_at keeps the truth).
+    Later calls (the STK callback after the C2B confirmation, a reconciliation) only fill in what
+    the Payment row lacks, and allocate it if it sat in suspense and can now be matched.
+    Runs in the caller's transaction (or its own); safe to retry.
+    """
+    # No savepoint of its own: inside inbox_process a failure rolls back to that savepoint anyway.
+    with transaction.atomic(savepoint=False):
+        _lock_receipt(receipt)
+        existing = Payment.objects.select_for_update().filter(receipt=receipt).first()
+        if existing is not None:
+            _payment_enrich(existing, till, amount, msisdn, payer_name, account_reference, payment_request)
+            return existing, False
+        business = till.business
+        match, how = match_payment(
+            business=business, account_reference=account_reference, request=payment_request, msisdn=msisdn
+        )
+        clearing, credit = _accounts(business, "mpesa_clearing", "receivables" if match else "suspense")
+        local_day = paid_at.astimezone(NAIROBI).date()
+
+        def post(day: dt.date) -> JournalEntry:
+            return entry_post(
+                business=business,
+                entry_date=day,
+                lines=[LineSpec(account=clearing, debit=amount), LineSpec(account=credit, credit=amount)],
+                memo=f"M-Pesa {receipt}",
+                source_type=SourceType.MPESA,
+                source_ref=receipt,
+                idempotency_key=f"mpesa:{receipt}",
+                acting_user=acting_user,
+            )
+
+        entry = _post_once(business=business, wanted=local_day, post=post)
+        payment = Payment.objects.create(
+            business=business,
+            till=till,
+            receipt=receipt,
+            amount=amount,
+            paid_at=paid_at,
+            msisdn=msisdn[:80],
+            msisdn_kind=_msisdn_kind(msisdn) if msisdn else "",
+            payer_name=payer_name[:120],
+            account_reference=account_reference[:40],
+            payment_request=payment_request,
+            customer_id=match.customer_id if match else None,
+            status=PaymentStatus.ALLOCATED if match else PaymentStatus.UNALLOCATED,
+            matched_by=how,
+            reference_kind=match.reference_kind if match else "",
+            reference_id=match.reference_id if match else None,
+            match_description=(match.description if match else "")[:255],
+            entry=entry,
+        )
+        if match is not None:
+            notify_listeners(payment, match)
+        return payment, True
+
+
+def _payment_enrich(
+    payment: Payment,
+    till: Till,
+    amount: Decimal,
+    msisdn: str,
+    payer_name: str,
+    account_reference: str,
+    request: PaymentRequest | None,
+) -> None:
+    if payment.till_id != till.pk:
+        raise NeedsAttention(f"receipt {payment.receipt} was already recorded on another till ({payment.till_id})")
+    if payment.amount != amount:
+        raise NeedsAttention(f"receipt {payment.receipt} recorded as KES {payment.amount}, now announced as {amount}")
+    changed: list[str] = []
+    kind = _msisdn_kind(msisdn) if msisdn else ""
+    # A plain number beats a hash, a hash beats a mask.
+    rank = {"plain": 3, "sha256": 2, "masked": 1}
+    if msisdn and rank.get(kind, 0) > rank.get(payment.msisdn_kind, 0):
+        payment.msisdn, payment.msisdn_kind = msisdn[:80], kind
+        changed += ["msisdn", "msisdn_kind"]
+    if payer_name and not payment.payer_name:
+        payment.payer_name = payer_name[:120]
+        changed.append("payer_name")
+    if account_reference and not payment.account_reference:
+        payment.account_reference = account_reference[:40]
+        changed.append("account_reference")
+    if request is not None and payment.payment_request_id is None:
+        payment.payment_request = request
+        changed.append("payment_request")
+    if changed:
+        payment.save(update_fields=changed)
+    if payment.status == PaymentStatus.UNALLOCATED:
+        match, how = match_payment(
+            business=payment.business,
+            account_reference=payment.account_reference,
+            request=payment.payment_request,
+            msisdn=payment.msisdn,
+        )
+        if match is not None:
+            _allocate(payment, credit_role="receivables", match=match, how=how, acting_user=None)
+            notify_listeners(payment, match)
+
+
+def _accounts(business: Business, *roles: str) -> list[Account]:
+    """The business's accounts for `roles`, in that order, with one query."""
+    found = {a.role: a for a in Account.objects.filter(business=business, role__in=roles)}
+    missing = [role for role in roles if role not in found]
+    if missing:
+        raise InvalidAccount(f"business {business.pk} has no account with role {missing[0]!r}")
+    return [found[role] for role in roles]
+
+
+def _allocate(payment: Payment, *, credit_role: str, match: Match, how: str, acting_user: Any) -> JournalEntry:
+    business = payment.business
+    suspense = account_for_role(business=business, role="suspense")
+    credit = account_for_role(business=business, role=credit_role)
+
+    def post(day: dt.date) -> JournalEntry:
+        return entry_post(
+            business=business,
+            entry_date=day,
+            lines=[LineSpec(account=suspense, debit=payment.amount), LineSpec(account=credit, credit=payment.amount)],
+            memo=f"M-Pesa {payment.receipt} allocated: {match.description}"[:255],
+            source_type=SourceType.MPESA,
+            source_ref=payment.receipt,
+            idempotency_key=f"mpesa-allocate:{payment.receipt}",
+            acting_user=acting_user,
+        )
+
+    entry = _post_once(business=business, wanted=timezone.localdate(), post=post)
+    payment.status = PaymentStatus.ALLOCATED
+    payment.customer_id = match.customer_id
+    payment.reference_kind = match.reference_kind
+    payment.reference_id = match.reference_id
+    payment.match_description = match.description[:255]
+    payment.matched_by = how
+    payment.allocation_entry = entry
+    payment.allocated_by = acting_user if getattr(acting_user, "pk", None) else None
+    payment.allocated_at = timezone.now()
+    payment.save(
+        update_fields=[
+            "status",
+            "customer",
+            "reference_kind",
+            "reference_id",
+            "match_description",
+            "matched_by",
+            "allocation_entry",
+            "allocated_by",
+            "allocated_at",
+        ]
+    )
+    return entry
+
+
+def payment_allocate(
+    *,
+    payment: Payment,
+    credit_role: str = "receivables",
+    customer: Customer | None = None,
+    reference_kind: str,
+    reference_id: int | None,
+    acting_user: Any,
+) -> JournalEntry:
+    """Allocate a payment sitting in suspense: Dr suspense / Cr `credit_role`, key "mpesa-allocate:<receipt>".
+
+    Locks the payment; raises NotUnallocated unless it is unallocated, InvalidRequest if the
+    customer belongs to another business. Marks it allocated (customer, reference, who, when) and
+    returns the allocation entry. Runs in the caller's transaction when there is one.
+    """
+    with transaction.atomic():
+        locked = Payment.objects.select_for_update().select_related("business").get(pk=payment.pk)
+        if locked.status != PaymentStatus.UNALLOCATED:
+            raise NotUnallocated(f"payment {locked.receipt} is {locked.get_status_display().lower()}, not in suspense")
+        if customer is not None and customer.business_id != locked.business_id:
+            raise InvalidRequest("that customer belongs to another business")
+        description = f"{reference_kind} {reference_id}" if reference_id is not None else reference_kind
+        if customer is not None:
+            description = f"{description} ({customer.name})"
+        match = Match(customer.pk if customer else None, reference_kind, reference_id, f"allocated to {description}")
+        entry = _allocate(
+            locked, credit_role=credit_role, match=match, how="allocated by hand", acting_user=acting_user
+        )
+        # The caller's object reflects the allocation too.
+        for name in ("status", "customer_id", "reference_kind", "reference_id", "allocation_entry_id", "allocated_at"):
+            setattr(payment, name, getattr(locked, name))
+        return entry
+
+
+# ------------------------------------------------------------------------------------ Daraja calls
+
+
+def till_callback_urls(till: Till, *, base_url: str = "") -> dict[str, str]:
+    """The full callback URLs of a till (what the owner registers with Safaricom), by name."""
+    base = (base_url or till.callback_base_url or conf.callback_base_url()).rstrip("/")
+    if not base:
+        raise InvalidRequest(f"till {till} has no callback base URL (set it on the till or MPESA_CALLBACK_BASE_URL)")
+    root = f"{base}/daraja/{till.callback_token}"
+    urls = {
+        "stk": f"{root}/stk/",
+        "c2b_validation": f"{root}/c2b/validate/",
+        "c2b_confirmation": f"{root}/c2b/confirm/",
+    }
+    for kind in ("status", "reversal", "balance"):
+        urls[f"result_{kind}"] = f"{root}/result/{kind}/"
+        urls[f"timeout_{kind}"] = f"{root}/timeout/{kind}/"
+    return urls
+
+
+def daraja_client_for(till: Till) -> DarajaClient:
+    """A client with the till's credentials; base URL by its environment unless MPESA_BASE_URL overrides."""
+    from django.conf import settings
+
+    creds = till_credentials(till)
+    base = conf.base_url_override() or (
+        PRODUCTION_BASE_URL if till.environment == DarajaEnvironment.PRODUCTION else SANDBOX_BASE_URL
+    )
+    signing = till.store_number if till.kind == TillKind.TILL and till.store_number else till.shortcode
+    try:
+        return DarajaClient(
+            base_url=base,
+            consumer_key=creds.consumer_key,
+            consumer_secret=creds.consumer_secret,
+            shortcode=signing,
+            passkey=creds.passkey,
+            initiator_name=creds.initiator_name,
+            security_credential=creds.security_credential,
+            redis_url=settings.REDIS_URL,
+        )
+    except DarajaError as exc:
+        raise DarajaUnavailable(f"till {till}: {exc}") from exc
+
+
+def stk_push_request(
+    *,
+    till: Till,
+    phone: str,
+    amount: Decimal,
+    account_reference: str,
+    description: str,
+    acting_user: Any,
+) -> PaymentRequest:
+    """Send an STK Push (PIN prompt) for `amount` to `phone`, and track it as a PaymentRequest.
+
+    The request row is committed first, then Daraja is called outside any transaction (it can take
+    seconds). On acceptance the row keeps the CheckoutRequestID (the callback and STK Query meet on
+    it) and stays "sent"; on refusal or an unusable answer it is "error" with the message. Never
+    resent automatically: a second push could make the customer pay twice. Raises InvalidRequest
+    for a bad phone, amount or inactive till, before anything is stored.
+    """
+    if not till.is_active:
+        raise InvalidRequest(f"till {till} is not active")
+    try:
+        number = normalise_msisdn(phone)
+    except ValueError as exc:
+        raise InvalidRequest(str(exc)) from exc
+    amount = Decimal(str(amount))
+    if amount != amount.to_integral_value() or not till.min_amount <= amount <= min(till.max_amount, 250000):
+        raise InvalidRequest(
+            f"amount {amount} must be whole shillings between {till.min_amount} and {min(till.max_amount, 250000)}"
+        )
+    reference = (account_reference or "").strip()[:12] or till.shortcode
+    desc = (description or "").strip()[:13] or "Payment"
+    with transaction.atomic():
+        request = PaymentRequest.objects.create(
+            till=till,
+            business_id=till.business_id,
+            phone=number,
+            amount=amount,
+            account_reference=reference,
+            description=desc,
+            state=PaymentRequestState.SENDING,
+            requested_by=acting_user if getattr(acting_user, "pk", None) else None,
+        )
+    if connection.in_atomic_block:
+        logger.warning("stk_push_request called inside a transaction: Daraja is called while it is open")
+    try:
+        client = daraja_client_for(till)
+        try:
+            answer = client.stk_push(
+                amount=amount,
+                phone=number,
+                account_reference=reference,
+                transaction_desc=desc,
+                callback_url=till_callback_urls(till)["stk"],
+                transaction_type="CustomerBuyGoodsOnline" if till.kind == TillKind.TILL else "CustomerPayBillOnline",
+                party_b=till.shortcode,
+            )
+        finally:
+            client.close()
+    except (DarajaError, DarajaUnavailable, InvalidRequest, SecretUnreadable, ValueError) as exc:
+        message = str(exc)
+        if isinstance(exc, DarajaTransientError) and exc.may_have_been_processed:
+            message = f"{message} - the prompt may have reached the phone: wait for the payment before asking again"
+        PaymentRequest.objects.filter(pk=request.pk).update(
+            state=PaymentRequestState.ERROR, result_desc=message[:255], completed_at=timezone.now()
+        )
+        request.refresh_from_db()
+        return request
+    PaymentRequest.objects.filter(pk=request.pk, state=PaymentRequestState.SENDING).update(
+        state=PaymentRequestState.SENT,
+        merchant_request_id=answer.merchant_request_id,
+        checkout_request_id=answer.checkout_request_id,
+        result_desc=answer.customer_message[:255],
+    )
+    request.refresh_from_db()
+    return request
+
+
+def payment_requests_recover(*, older_than_seconds: int = 180, batch_size: int = 50) -> dict[str, int]:
+    """Ask Daraja (STK Query) about requests "sent" longer ago than `older_than_seconds` with no callback.
+
+    "Still being processed" stays sent (asked again next time); a failure updates the request;
+    a success marks it "paid (awaiting callback)": STK Query carries no receipt, so the posting is
+    left to the callback, the C2B confirmation or reconciliation. Safe to run concurrently
+    (rows are claimed with SKIP LOCKED) and repeatedly. Returns counts by outcome.
+    """
+    cutoff = timezone.now() - dt.timedelta(seconds=older_than_seconds)
+    counts: dict[str, int] = {}
+    with transaction.atomic():
+        ids = list(
+            PaymentRequest.objects.select_for_update(skip_locked=True)
+            .filter(state=PaymentRequestState.SENT, created_at__lte=cutoff)
+            .exclude(checkout_request_id="")
+            .exclude(last_queried_at__gt=cutoff)
+            .order_by("created_at")
+            .values_list("id", flat=True)[:batch_size]
+        )
+        PaymentRequest.objects.filter(pk__in=ids).update(last_queried_at=timezone.now())
+    for request in PaymentRequest.objects.filter(pk__in=ids).select_related("till").order_by("created_at", "id"):
+        outcome = payment_requests_recover_one(request=request)
+        counts[outcome] = counts.get(outcome, 0) + 1
+    return counts
+
+
+def payment_requests_recover_one(*, request: PaymentRequest) -> str:
+    """STK Query for one sent request (see payment_requests_recover); returns the outcome."""
+    try:
+        client = daraja_client_for(request.till)
+        try:
+            result = client.stk_query(checkout_request_id=request.checkout_request_id)
+        finally:
+            client.close()
+    except (DarajaError, DarajaUnavailable, SecretUnreadable) as exc:
+        logger.warning("STK query for request %s failed: %s", request.pk, exc)
+        PaymentRequest.objects.filter(pk=request.pk).update(query_attempts=request.query_attempts + 1)
+        return "error"
+    fields: dict[str, Any] = {"query_attempts": request.query_attempts + 1}
+    if result.pending:
+        outcome = "pending"
+    elif result.succeeded:
+        outcome = "paid"
+        fields.update(state=PaymentRequestState.PAID_AWAITING_CALLBACK, result_code=result.result_code)
+        fields["result_desc"] = result.result_desc[:255]
+    else:
+        outcome = result.status
+        fields.update(
+            state=_STK_STATES.get(result.status, PaymentRequestState.FAILED),
+            result_code=result.result_code,
+            result_desc=result.result_desc[:255],
+            completed_at=timezone.now(),
+        )
+    # Only while no callback settled it meanwhile.
+    PaymentRequest.objects.filter(pk=request.pk, state=PaymentRequestState.SENT).update(**fields)
+    return outcome
+
+
+def till_register_urls(*, till: Till, acting_user: Any, version: str = "v1") -> C2BRegisterResponse:
+    """Register the till's C2B validation and confirmation URLs with Daraja (v1: hashed MSISDN).
+
+    Idempotent at Daraja (registering again replaces). Raises DarajaUnavailable with Daraja's message.
+    """
+    urls = till_callback_urls(till)
+    client = daraja_client_for(till)
+    try:
+        answer = client.c2b_register_urls(
+            confirmation_url=urls["c2b_confirmation"],
+            validation_url=urls["c2b_validation"],
+            version="v2" if version == "v2" else "v1",
+        )
+    except (DarajaError, ValueError) as exc:
+        raise DarajaUnavailable(f"registering the URLs of {till} failed: {exc}") from exc
+    finally:
+        client.close()
+    logger.info("C2B URLs of till %s registered by %s: %s", till.pk, acting_user, answer.response_description)
+    return answer
+
+
+def till_set_credentials(
+    *,
+    till: Till,
+    consumer_key: str = "",
+    consumer_secret: str = "",
+    passkey: str = "",
+    security_credential: str = "",
+) -> list[str]:
+    """Encrypt and store the credentials given (blank = keep the stored one). Returns the fields changed.
+
+    Does not save the till: the caller (the admin form) saves it with its other fields.
+    """
+    changed = []
+    for name, value in (
+        ("consumer_key", consumer_key),
+        ("consumer_secret", consumer_secret),
+        ("passkey", passkey),
+        ("security_credential", security_credential),
+    ):
+        if value:
+            setattr(till, f"{name}_encrypted", encrypt(value.strip()))
+            changed.append(f"{name}_encrypted")
+    return changed
+
+
+# ------------------------------------------------------------------------------------ reversals
+
+
+def reversal_request(*, payment: Payment, reason: str, acting_user: Any) -> Reversal:
+    """Ask Daraja to reverse a received payment; posted only when the result callback confirms it.
+
+    The Reversal row is committed first (one live reversal per payment, a database constraint),
+    then Daraja is called outside the transaction. Never resent automatically.
+    """
+    reason = (reason or "").strip()[:100] or "Reversal"
+    with transaction.atomic():
+        locked = Payment.objects.select_for_update().select_related("till").get(pk=payment.pk)
+        if locked.status == PaymentStatus.REVERSED:
+            raise InvalidRequest(f"payment {locked.receipt} is already reversed")
+        if Reversal.objects.filter(
+            payment=locked, state__in=[ReversalState.REQUESTED, ReversalState.COMPLETED]
+        ).exists():
+            raise InvalidRequest(f"a reversal of {locked.receipt} is already requested")
+        reversal = Reversal.objects.create(
+            business_id=locked.business_id,
+            payment=locked,
+            amount=locked.amount,
+            reason=reason,
+            requested_by=acting_user if getattr(acting_user, "pk", None) else None,
+        )
+    till = locked.till
+    try:
+        urls = till_callback_urls(till)
+        client = daraja_client_for(till)
+        try:
+            answer = client.reversal(
+                transaction_id=locked.receipt,
+                amount=locked.amount,
+                receiver_party=till.shortcode,
+                result_url=urls["result_reversal"],
+                timeout_url=urls["timeout_reversal"],
+                remarks=reason,
+            )
+        finally:
+            client.close()
+    except (DarajaError, DarajaUnavailable, InvalidRequest, SecretUnreadable, ValueError) as exc:
+        message = str(exc)
+        if isinstance(exc, DarajaTransientError) and exc.may_have_been_processed:
+            # Daraja may have acted: keep it requested, the result callback (or a person) settles it.
+            Reversal.objects.filter(pk=reversal.pk).update(result_desc=f"no clear answer: {message}"[:255])
+        else:
+            Reversal.objects.filter(pk=reversal.pk).update(
+                state=ReversalState.ERROR, result_desc=message[:255], completed_at=timezone.now()
+            )
+        reversal.refresh_from_db()
+        return reversal
+    Reversal.objects.filter(pk=reversal.pk).update(
+        conversation_id=answer.conversation_id,
+        originator_conversation_id=answer.originator_conversation_id,
+        result_desc=answer.response_description[:255],
+    )
+    reversal.refresh_from_db()
+    return reversal
+
+
+def _find_reversal(conversation_id: str, originator: str) -> Reversal:
+    query = Reversal.objects.select_for_update()
+    found = query.filter(conversation_id=conversation_id).first() if conversation_id else None
+    if found is None and originator:
+        found = query.filter(originator_conversation_id=originator).first()
+    if found is None:
+        raise NeedsAttention(f"no reversal request with ConversationID {conversation_id or originator}")
+    return found
+
+
+def _process_reversal_result(msg: InboxMessage) -> str:
+    result = parse_reversal_result(msg.body)
+    reversal = _find_reversal(result.conversation_id, result.originator_conversation_id)
+    if reversal.state in (ReversalState.COMPLETED, ReversalState.FAILED):
+        return f"reversal {reversal.pk} already {reversal.state}"
+    reversal.result_code = result.result_code[:20]
+    reversal.result_desc = result.result_desc[:255]
+    reversal.completed_at = timezone.now()
+    if not result.succeeded:
+        reversal.state = ReversalState.FAILED
+        reversal.save(update_fields=["state", "result_code", "result_desc", "completed_at"])
+        return f"reversal {reversal.pk} failed: {result.result_code} {result.result_desc}"
+    payment = Payment.objects.select_for_update().get(pk=reversal.payment_id)
+    reversal.entry = payment_reverse_entries(payment=payment, acting_user=reversal.requested_by)
+    reversal.state = ReversalState.COMPLETED
+    reversal.reversal_receipt = result.transaction_id[:32]
+    reversal.save(update_fields=["state", "result_code", "result_desc", "completed_at", "entry", "reversal_receipt"])
+    return f"reversal {reversal.pk} of {payment.receipt} completed and posted"
+
+
+def payment_reverse_entries(*, payment: Payment, acting_user: Any) -> JournalEntry:
+    """Post the ledger reversal of a payment (its allocation first, then the receipt). Idempotent."""
+    if payment.allocation_entry_id is not None:
+        entry_reverse(
+            entry=payment.allocation_entry,  # type: ignore[arg-type]
+            memo=f"M-Pesa {payment.receipt} reversed (allocation)",
+            acting_user=acting_user,
+            idempotency_key=f"mpesa-reversal-allocation:{payment.receipt}",
+        )
+    reversal_entry = entry_reverse(
+        entry=payment.entry,
+        memo=f"M-Pesa {payment.receipt} reversed",
+        acting_user=acting_user,
+        idempotency_key=f"mpesa-reversal:{payment.receipt}",
+    )
+    payment.status = PaymentStatus.REVERSED
+    payment.save(update_fields=["status"])
+    return reversal_entry
+
+
+def _process_reversal_timeout(msg: InboxMessage) -> str:
+    result = parse_result_callback(msg.body)
+    reversal = _find_reversal(result.conversation_id, result.originator_conversation_id)
+    if reversal.state != ReversalState.REQUESTED:
+        return f"reversal {reversal.pk} already {reversal.state}; timeout ignored"
+    reversal.state = ReversalState.FAILED
+    reversal.result_code = result.result_code[:20]
+    reversal.result_desc = f"queue timeout: {result.result_desc}"[:255]
+    reversal.completed_at = timezone.now()
+    reversal.save(update_fields=["state", "result_code", "result_desc", "completed_at"])
+    return f"reversal {reversal.pk} timed out at Daraja; ask again if still wanted"

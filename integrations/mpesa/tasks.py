@@ -1,0 +1,63 @@
+"""The payments queue's tasks: thin wrappers that re-fetch by id and call one service.
+
+Names start with "payments." so celeryconf routes them to the `payments` queue.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from celery import shared_task
+from django.db import DatabaseError, InterfaceError, OperationalError
+
+from celeryconf.app import LIMITS
+from integrations.mpesa.errors import TransientProcessingError
+from integrations.mpesa.services import inbox_mark_failed, inbox_process, inbox_sweep, payment_requests_recover
+
+logger = logging.getLogger(__name__)
+
+# 60 s / 50 s, within the global limits (the visibility-timeout rule is checked against them).
+TIME_LIMIT = min(60, LIMITS.task_time_limit)
+SOFT_TIME_LIMIT = min(50, LIMITS.task_soft_time_limit, TIME_LIMIT - 1)
+TRANSIENT = (OperationalError, InterfaceError, TransientProcessingError)
+
+
+def _backoff(retries: int) -> int:
+    return int(min(LIMITS.max_countdown, 2 ** (retries + 1)))
+
+
+@shared_task(
+    name="payments.process_inbox",
+    bind=True,
+    acks_late=True,
+    max_retries=10,
+    time_limit=TIME_LIMIT,
+    soft_time_limit=SOFT_TIME_LIMIT,
+)
+def process_inbox(self: Any, inbox_id: int) -> str:
+    """Process inbox row `inbox_id` (see services.inbox_process). Safe to deliver any number of times.
+
+    Transient database trouble is retried with exponential backoff (capped by CELERY_MAX_COUNTDOWN);
+    when retries run out the row stays "failed" and the sweeper sends it again later.
+    """
+    try:
+        return inbox_process(inbox_id=inbox_id)
+    except TRANSIENT as exc:
+        try:
+            inbox_mark_failed(inbox_id=inbox_id, error=repr(exc))
+        except DatabaseError:
+            logger.warning("could not mark inbox %s failed", inbox_id)
+        raise self.retry(exc=exc, countdown=_backoff(self.request.retries)) from exc
+
+
+@shared_task(name="payments.sweep_inbox", time_limit=TIME_LIMIT, soft_time_limit=SOFT_TIME_LIMIT)
+def sweep_inbox(min_age_seconds: int | None = None, batch_size: int = 500) -> int:
+    """Re-enqueue inbox rows left unprocessed (beat: every minute). Safe to run at any time."""
+    return inbox_sweep(min_age_seconds=min_age_seconds, batch_size=batch_size)
+
+
+@shared_task(name="payments.recover_requests", time_limit=TIME_LIMIT, soft_time_limit=SOFT_TIME_LIMIT)
+def recover_requests(older_than_seconds: int = 180, batch_size: int = 50) -> dict[str, int]:
+    """Ask Daraja about STK requests whose callback never came (beat: every 2 minutes)."""
+    return payment_requests_recover(older_than_seconds=older_than_seconds, batch_size=batch_size)

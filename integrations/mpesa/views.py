@@ -1,0 +1,223 @@
+"""Daraja's callbacks: authenticate by the till's token, store the raw body, enqueue, answer at once.
+
+Nothing else happens in the request (DESIGN.md, "The payment path"): one query finds the till, one
+INSERT ... ON CONFLICT DO NOTHING stores the body (a duplicate is a no-op), and a new row's id is
+handed to a background publisher for the payments queue (services._Publisher): the answer never
+waits for Redis, and whatever Redis does not get, the sweeper sends later. Parsing goes
+no further than the Daraja id, except for C2B validation, whose answer depends on the payment.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import logging
+import time
+from decimal import Decimal
+from typing import Any
+
+from django.http import Http404, HttpRequest, HttpResponse
+from django.views.decorators.csrf import csrf_exempt
+from django.views.decorators.http import require_POST
+
+from integrations.mpesa import conf
+from integrations.mpesa.matching import resolve_reference
+from integrations.mpesa.models import InboxKind, InboxState, Till
+from integrations.mpesa.payloads import (
+    PayloadError,
+    c2b_validation_accept,
+    c2b_validation_reject,
+    callback_ack,
+    callback_unique_id,
+    parse_c2b_validation,
+)
+from integrations.mpesa.services import PAYLOAD_KIND, inbox_enqueue_soon, inbox_store, malformed_id
+
+logger = logging.getLogger(__name__)
+
+ACK = json.dumps(callback_ack()).encode()
+ACCEPTED = json.dumps({"ResultCode": 0, "ResultDesc": "Accepted"}).encode()
+VALIDATION_ACCEPT = json.dumps(c2b_validation_accept()).encode()
+RESULT_KINDS = {"status": "status", "reversal": "reversal", "balance": "balance"}
+# Headers worth keeping with the body (no cookies or credentials are expected from Daraja).
+_SKIP_HEADERS = {"cookie", "authorization"}
+
+
+def _json(body: bytes) -> HttpResponse:
+    return HttpResponse(body, content_type="application/json")
+
+
+# token -> (expires at, till): saves a query per callback. A till deactivated or whose allowlist
+# or limits change is seen within TILL_CACHE_SECONDS by every web process.
+TILL_CACHE_SECONDS = 30.0
+_till_cache: dict[str, tuple[float, Till | None]] = {}
+
+
+def _till(token: str) -> Till:
+    now = time.monotonic()
+    cached = _till_cache.get(token)
+    if cached is not None and cached[0] > now:
+        till = cached[1]
+    else:
+        till = (
+            Till.objects.filter(callback_token=token, is_active=True)
+            .only("id", "business_id", "allowed_ips", "min_amount", "max_amount", "validate_account_reference")
+            .first()
+        )
+        if len(_till_cache) > 1000:  # unknown tokens must not grow it without bound
+            _till_cache.clear()
+        _till_cache[token] = (now + TILL_CACHE_SECONDS, till)
+    if till is None:
+        raise Http404("unknown callback URL")
+    return till
+
+
+def source_ip(request: HttpRequest) -> str | None:
+    """REMOTE_ADDR, or the first X-Forwarded-For hop when the proxy in front is trusted."""
+    if conf.trust_x_forwarded_for():
+        forwarded = request.META.get("HTTP_X_FORWARDED_FOR", "")
+        first = forwarded.split(",")[0].strip()
+        if first:
+            try:
+                return str(ipaddress.ip_address(first))
+            except ValueError:
+                pass
+    remote = request.META.get("REMOTE_ADDR") or None
+    try:
+        return str(ipaddress.ip_address(remote)) if remote else None
+    except ValueError:
+        return None
+
+
+def ip_allowed(allowed: str, ip: str | None) -> bool:
+    """Whether `ip` is in the till's allowlist (empty list: every address)."""
+    entries = [item.strip() for item in allowed.replace("\n", ",").split(",") if item.strip()]
+    if not entries:
+        return True
+    if ip is None:
+        return False
+    address = ipaddress.ip_address(ip)
+    for entry in entries:
+        try:
+            if address in ipaddress.ip_network(entry, strict=False):
+                return True
+        except ValueError:
+            logger.warning("ignoring invalid allowlist entry %r", entry)
+    return False
+
+
+def _headers(request: HttpRequest) -> dict[str, str]:
+    return {k: v for k, v in request.headers.items() if k.lower() not in _SKIP_HEADERS}
+
+
+def _receive(request: HttpRequest, token: str, kind: str) -> tuple[Till, int | None, str]:
+    """Store the callback; (till, new row id or None for a duplicate, state it was stored in)."""
+    till = _till(token)
+    raw = request.body
+    ip = source_ip(request)
+    state, error = InboxState.RECEIVED, ""
+    try:
+        daraja_id = callback_unique_id(PAYLOAD_KIND[kind], raw)
+    except PayloadError as exc:
+        daraja_id = malformed_id(raw)
+        state, error = InboxState.NEEDS_ATTENTION, f"malformed body: {exc}"
+        logger.warning("malformed %s callback on till %s stored as %s: %s", kind, till.pk, daraja_id, exc)
+    if not ip_allowed(till.allowed_ips, ip):
+        state, error = InboxState.NEEDS_ATTENTION, f"source address {ip} is not in the till's allowlist"
+        logger.warning("%s callback for till %s from unknown address %s: stored, not processed", kind, till.pk, ip)
+    inbox_id = inbox_store(
+        till_id=till.pk,
+        kind=kind,
+        daraja_id=daraja_id,
+        body=raw,
+        headers=_headers(request),
+        remote_addr=ip,
+        state=state,
+        error=error,
+    )
+    if inbox_id is not None and state == InboxState.RECEIVED:
+        inbox_enqueue_soon(inbox_id)
+    return till, inbox_id, state
+
+
+@csrf_exempt
+@require_POST
+def stk_callback(request: HttpRequest, token: str) -> HttpResponse:
+    _receive(request, token, InboxKind.STK_CALLBACK)
+    return _json(ACK)
+
+
+@csrf_exempt
+@require_POST
+def c2b_confirmation(request: HttpRequest, token: str) -> HttpResponse:
+    _receive(request, token, InboxKind.C2B_CONFIRMATION)
+    return _json(ACK)
+
+
+@csrf_exempt
+@require_POST
+def result_callback(request: HttpRequest, token: str, kind: str) -> HttpResponse:
+    if kind not in RESULT_KINDS:
+        raise Http404("unknown result kind")
+    _receive(request, token, f"result_{kind}")
+    return _json(ACCEPTED)
+
+
+@csrf_exempt
+@require_POST
+def timeout_callback(request: HttpRequest, token: str, kind: str) -> HttpResponse:
+    if kind not in RESULT_KINDS:
+        raise Http404("unknown timeout kind")
+    _receive(request, token, f"timeout_{kind}")
+    return _json(ACCEPTED)
+
+
+def validation_decision(till: Till, body: bytes) -> tuple[dict[str, Any], str]:
+    """(answer, why) for a C2B validation request, by the till's rules.
+
+    C2B00013 when the amount is outside the till's limits; C2B00012 when the till asks for a known
+    account reference and none matches. A body we cannot read is accepted (and flagged): refusing
+    would block customers' payments because of our parser.
+    """
+    try:
+        tx = parse_c2b_validation(body)
+    except PayloadError as exc:
+        return c2b_validation_accept(), f"accepted unread: {exc}"
+    amount: Decimal = tx.amount
+    if not till.min_amount <= amount <= till.max_amount:
+        return c2b_validation_reject(
+            "C2B00013"
+        ), f"rejected C2B00013: {amount} outside {till.min_amount}-{till.max_amount}"
+    if till.validate_account_reference and resolve_reference(till.business, tx.bill_ref_number) is None:
+        return c2b_validation_reject("C2B00012"), f"rejected C2B00012: unknown account {tx.bill_ref_number!r}"
+    return c2b_validation_accept(), "accepted"
+
+
+@csrf_exempt
+@require_POST
+def c2b_validation(request: HttpRequest, token: str) -> HttpResponse:
+    """Answer with the decision; the row is stored already processed (there is nothing to post)."""
+    till = _till(token)
+    raw = request.body
+    ip = source_ip(request)
+    answer, why = validation_decision(till, raw)
+    state, error = InboxState.PROCESSED, ""
+    try:
+        daraja_id = callback_unique_id("c2b_validation", raw)
+    except PayloadError as exc:
+        daraja_id, state, error = malformed_id(raw), InboxState.NEEDS_ATTENTION, f"malformed body: {exc}"
+    if not ip_allowed(till.allowed_ips, ip):
+        state, error = InboxState.NEEDS_ATTENTION, f"source address {ip} is not in the till's allowlist"
+        logger.warning("C2B validation for till %s from unknown address %s", till.pk, ip)
+    inbox_store(
+        till_id=till.pk,
+        kind=InboxKind.C2B_VALIDATION,
+        daraja_id=daraja_id,
+        body=raw,
+        headers=_headers(request),
+        remote_addr=ip,
+        state=state,
+        error=error,
+        outcome=why,
+    )
+    return _json(json.dumps(answer).encode())

@@ -1,0 +1,29 @@
+"""Fixtures of the M-Pesa tests: businesses with their books and a till each."""
+
+from __future__ import annotations
+
+import pytest
+
+from accounts.services import chart_ensure_default
+from integrations.mpesa.models import Till
+from operations.models import Business
+from tests.integrations.mpesa.factories import TillFactory
+
+
+@pytest.fixture
+def books(water: Business) -> Business:
+    chart_ensure_default(business=water)
+    return water
+
+
+@pytest.fixture
+def till(books: Business) -> Till:
+    return TillFactory.create(business=books, shortcode="600966", name="Water paybill")
+
+
+@pytest.fixture(autouse=True)
+def _fresh_till_cache() -> None:
+    """The callback views cache tills for a few seconds; each test starts without."""
+    from integrations.mpesa import views
+
+    views._till_cache.clear()
