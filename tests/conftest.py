@@ -12,6 +12,10 @@ from tests.celery_support import WorkerProcess
 from tests.factories import PASSWORD, BusinessFactory, MembershipFactory, OwnerFactory, UserFactory
 
 
+# Tests create many users: a fast hasher instead of PBKDF2's deliberate slowness (test-only).
+settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
 @pytest.fixture(autouse=True)
 def _no_login_lockouts(settings: pytest.FixtureRequest) -> None:
     """Tests log in a lot from one address; only the throttling tests turn axes on."""
