@@ -11,10 +11,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.core.exceptions import ValidationError
 from django.db import models
 from django.db.models import QuerySet
 from django.forms import ModelChoiceField
-from django.core.exceptions import ValidationError
 from django.http import HttpRequest
 from import_export import resources
 from unfold.admin import ModelAdmin

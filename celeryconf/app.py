@@ -49,7 +49,7 @@ app.autodiscover_tasks()
 @app.on_after_finalize.connect
 def _check_task_limits(sender: Celery, **_: Any) -> None:
     """Every task's own time limit must fit the visibility timeout too."""
-    per_task = {name: int(task.time_limit or 0) for name, task in sender.tasks.items() if getattr(task, "time_limit", None)}
+    per_task = {name: int(t.time_limit or 0) for name, t in sender.tasks.items() if getattr(t, "time_limit", None)}
     check_reliability(LIMITS, per_task)
 
 

@@ -35,6 +35,8 @@ export FLOWER_BASIC_AUTH="${FLOWER_BASIC_AUTH:-owner:${DEMO_OWNER_PASSWORD}}"
 
 python manage.py migrate --noinput >/dev/null
 python manage.py setup_demo
+# A week of demo activity on the first start only (skipped once there is data).
+python manage.py seed_demo --days 7 --if-empty
 
 cat <<INFO
 

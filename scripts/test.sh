@@ -36,4 +36,6 @@ DJANGO_DEBUG=0 DJANGO_SECRET_KEY="$(python -c 'import secrets; print(secrets.tok
   DJANGO_ALLOWED_HOSTS=backoffice.example.com python manage.py check --deploy --fail-level WARNING
 if [ "${1:-}" = "--lint-only" ]; then exit 0; fi
 echo "== pytest"
-python -m pytest -p no:cacheprovider --create-db "$@"
+# Three processes: most tests wait on real workers, Redis and PostgreSQL rather than on the CPU.
+# Each gets its own test database and Redis database (tests/envdefaults.py).
+python -m pytest -p no:cacheprovider --create-db -n "${PYTEST_PROCESSES:-3}" "$@"

@@ -11,7 +11,6 @@ from operations.models import Business, BusinessKind
 from tests.celery_support import WorkerProcess
 from tests.factories import PASSWORD, BusinessFactory, MembershipFactory, OwnerFactory, UserFactory
 
-
 # Tests create many users: a fast hasher instead of PBKDF2's deliberate slowness (test-only).
 settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 

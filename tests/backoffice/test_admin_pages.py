@@ -91,3 +91,48 @@ def test_sidebar_groups_links_by_area(owner_client: Client) -> None:
     for group in ("Overview", "Businesses and people", "Scheduling", "Security"):
         assert group in body
     assert reverse("admin:celeryconf_job_changelist") in body
+
+
+def test_dashboard_takings_come_from_the_ledger(demo: None, owner_client: Client) -> None:
+    from django.utils import timezone
+
+    from accounts.models import SourceType
+    from accounts.selectors import account_for_role
+    from accounts.services import LineSpec, entry_post
+
+    water = Business.objects.get(name="Maji Safi Water")
+    today = timezone.localdate()
+
+    def role(name: str) -> object:
+        return account_for_role(business=water, role=name)
+
+    entry_post(
+        business=water,
+        entry_date=today,
+        memo="refills",
+        source_type=SourceType.SALE,
+        idempotency_key="dash-sale-1",
+        lines=[
+            LineSpec(role("cash"), debit=Decimal("1160.00")),  # type: ignore[arg-type]
+            LineSpec(role("sales_refill"), credit=Decimal("1000.00")),  # type: ignore[arg-type]
+            LineSpec(role("vat_output"), credit=Decimal("160.00")),  # type: ignore[arg-type]
+        ],
+    )
+    entry_post(
+        business=water,
+        entry_date=today,
+        memo="M-Pesa QWE123",
+        source_type=SourceType.MPESA,
+        idempotency_key="dash-mpesa-1",
+        lines=[
+            LineSpec(role("mpesa_clearing"), debit=Decimal("500.00")),  # type: ignore[arg-type]
+            LineSpec(role("receivables"), credit=Decimal("500.00")),  # type: ignore[arg-type]
+        ],
+    )
+    page = owner_client.get(reverse("admin:index"))
+    rows = {row["business"].name: row for row in page.context["business_rows"]}
+    takings = rows["Maji Safi Water"]["takings"]
+    assert (takings.cash, takings.mpesa, takings.total) == (Decimal("1160.00"), Decimal("500.00"), Decimal("1660.00"))
+    assert rows["Fresh Fold Laundry"]["takings"].total == Decimal("0.00")
+    assert page.context["all_businesses"]["takings"] == Decimal("1660.00")
+    assert b"1,660.00" in page.content

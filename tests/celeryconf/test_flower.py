@@ -41,8 +41,12 @@ def test_flower_asks_for_the_password_and_keeps_a_bounded_history(clean_broker: 
     assert expanded[:3] == ["celery", "-A", "celeryconf"]
     log = Path(tempfile.mkstemp(prefix="flower-", suffix=".log")[1])
     with log.open("ab") as out:
-        proc = subprocess.Popen(  # noqa: S603
-            [sys.executable, "-m", *expanded], cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
+        proc = subprocess.Popen(
+            [sys.executable, "-m", *expanded],
+            cwd=ROOT,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
             start_new_session=True,
         )
     url = f"http://127.0.0.1:{port}/"

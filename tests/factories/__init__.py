@@ -7,7 +7,7 @@ from django.contrib.auth.models import Permission, User
 
 from operations.models import Business, BusinessKind, Membership, MembershipRole
 
-PASSWORD = "correct-horse-battery-staple"  # noqa: S105 - test users only
+PASSWORD = "correct-horse-battery-staple"
 
 
 class UserFactory(factory.django.DjangoModelFactory[User]):
