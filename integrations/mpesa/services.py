@@ -20,11 +20,13 @@ import json
 import logging
 import os
 import queue
+import socket
 import threading
 import time
 from collections.abc import Mapping
 from decimal import Decimal
 from typing import Any
+from urllib.parse import urlsplit
 
 from celery import current_app
 from django.db import connection, transaction
@@ -184,7 +186,8 @@ class _Publisher:
     must get its answer within milliseconds whatever Redis does, so the view only puts the id in
     this bounded in-memory queue. What is lost here (queue full, broker down, the process killed
     before publishing) is still in the inbox as "received" and the sweeper sends it.
-    After a failed publish, ids are dropped for PAUSE seconds instead of each waiting for Redis.
+    After a failed publish, for PAUSE seconds an id is published only if a quick TCP connect to the
+    broker succeeds (else it is left to the sweeper), instead of each waiting for Redis.
     """
 
     MAX_PENDING = 10_000
@@ -227,7 +230,7 @@ class _Publisher:
         while True:
             inbox_id = pending.get()
             try:
-                if time.monotonic() < self._paused_until:
+                if time.monotonic() < self._paused_until and not _broker_reachable():
                     logger.warning("broker recently down: inbox %s left to the sweeper", inbox_id)
                 elif not inbox_enqueue(inbox_id):
                     self._paused_until = time.monotonic() + self.PAUSE
@@ -235,6 +238,17 @@ class _Publisher:
                 logger.exception("enqueue of inbox %s failed", inbox_id)
             finally:
                 pending.task_done()
+
+
+def _broker_reachable(timeout: float = 0.25) -> bool:
+    """Whether the broker accepts a TCP connection right now (a cheap probe while it was down)."""
+    url = conf.broker_url_override() or str(current_app.conf.broker_url or "")
+    parts = urlsplit(url)
+    try:
+        with socket.create_connection((parts.hostname or "127.0.0.1", parts.port or 6379), timeout=timeout):
+            return True
+    except OSError:
+        return False
 
 
 publisher = _Publisher()

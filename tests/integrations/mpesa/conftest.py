@@ -27,3 +27,11 @@ def _fresh_till_cache() -> None:
     from integrations.mpesa import views
 
     views._till_cache.clear()
+
+
+@pytest.fixture(autouse=True)
+def _publisher_not_paused() -> None:
+    """A test that killed the broker must not make the next one skip its publishes."""
+    from integrations.mpesa.services import publisher
+
+    publisher._paused_until = 0.0

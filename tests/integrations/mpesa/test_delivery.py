@@ -75,7 +75,11 @@ def test_the_same_callback_ten_times_at_once_posts_once(worker: WorkerProcess, l
     assert [a.status_code for a in answers] == [200] * 10
     assert all(a.json() == {"ResultCode": 0, "ResultDesc": "Success"} for a in answers)
     assert InboxMessage.objects.filter(daraja_id="ws_CO_DUP10").count() == 1
-    wait_for(lambda: posted("TKD0000001"), 30, "the payment to be posted")
+    try:
+        wait_for(lambda: posted("TKD0000001"), 30, "the payment to be posted")
+    except AssertionError as exc:
+        rows = list(InboxMessage.objects.values_list("state", "attempts", "error"))
+        raise AssertionError(f"{exc}; inbox {rows}; worker log:\n{worker.output()[-3000:]}") from exc
     wait_for(lambda: InboxMessage.objects.get(daraja_id="ws_CO_DUP10").state == InboxState.PROCESSED, 10, "done")
     time.sleep(1)  # room for a (wrong) second posting to show
     assert Payment.objects.count() == 1 and entries("TKD0000001") == 1

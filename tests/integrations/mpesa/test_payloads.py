@@ -81,9 +81,7 @@ ACK_SAMPLES: dict[str, Callable[[], object]] = {
     "07_c2b_validation_response_reject_doc.json": partial(c2b_validation_reject, "C2B00011"),
     "07_c2b_validation_result_codes.json": lambda: dict(C2B_VALIDATION_RESULT_CODES),
 }
-# Org-portal statements are not Daraja payloads: test_reconciliation.py parses them.
-STATEMENT_SAMPLES = {"mpesa_org_portal_statement_ILLUSTRATIVE_rows.csv", "mpesa_statement_header_verbatim.csv"}
-NOT_SAMPLES = {"README.md", *STATEMENT_SAMPLES}
+NOT_SAMPLES = {"README.md"}
 
 
 def raw(name: str) -> bytes:

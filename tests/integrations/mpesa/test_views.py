@@ -227,3 +227,16 @@ def test_two_tills_are_kept_apart(till: Till, clean_broker: redis.Redis) -> None
     post(Client(), other, "stk/", body)
     # Same Daraja id on two tills is the same callback misrouted: stored once.
     assert InboxMessage.objects.count() == 1
+
+
+def test_a_broker_back_from_an_outage_gets_the_next_callback_at_once(
+    till: Till, clean_broker: redis.Redis, settings: pytest.FixtureRequest
+) -> None:
+    settings.MPESA_BROKER_URL = "redis://127.0.0.1:1/0"  # type: ignore[attr-defined]
+    post(Client(), till, "stk/", sample_bytes("03_stk_callback_success_doc.json"))
+    assert publisher._paused_until > time.monotonic()  # the outage was noticed
+
+    settings.MPESA_BROKER_URL = ""  # type: ignore[attr-defined]  # Redis is back
+    post(Client(), till, "c2b/confirm/", sample_bytes("06_c2b_confirmation_v2_masked_msisdn_doc.json"))
+
+    assert clean_broker.llen("payments") == 1  # sent at once, not left to the sweeper
