@@ -162,7 +162,9 @@ class JournalEntry(models.Model):
 class JournalLine(models.Model):
     """One side of an entry: a positive debit or a positive credit, never both, never zero."""
 
-    entry = models.ForeignKey(JournalEntry, on_delete=models.PROTECT, related_name="lines")
+    # Indexed with the id (below): an entry's lines come in posting order, which the seal hashes in
+    # (PostgreSQL 16+ then skips sorting them).
+    entry = models.ForeignKey(JournalEntry, on_delete=models.PROTECT, related_name="lines", db_index=False)
     account = models.ForeignKey(Account, on_delete=models.PROTECT, related_name="lines")
     debit = MoneyField(default=0)
     credit = MoneyField(default=0)
@@ -171,6 +173,7 @@ class JournalLine(models.Model):
     class Meta:
         verbose_name = "journal line"
         ordering = ["-id"]
+        indexes = [models.Index(fields=["entry", "id"], name="line_entry_id_idx")]
         constraints = [
             models.CheckConstraint(
                 condition=Q(debit__gt=0, credit=0) | Q(debit=0, credit__gt=0), name="line_one_positive_side"

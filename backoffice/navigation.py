@@ -73,6 +73,40 @@ def sidebar_navigation(request: HttpRequest) -> list[dict[str, Any]]:
             ],
         },
         {
+            "title": "Ledger",
+            "collapsible": True,
+            "items": [
+                model_link("Journal entries", "receipt", "accounts.journalentry"),
+                model_link("Journal lines", "format_list_bulleted", "accounts.journalline"),
+                model_link("Chart of accounts", "account_tree", "accounts.account"),
+                model_link("Books and period close", "lock", "accounts.books"),
+                {
+                    "title": "Trial balance",
+                    "icon": "balance",
+                    "link": reverse_lazy("admin:accounts_report_trial_balance"),
+                    "permission": _can_view("accounts.view_reports"),
+                },
+                {
+                    "title": "Profit and loss",
+                    "icon": "trending_up",
+                    "link": reverse_lazy("admin:accounts_report_profit_and_loss"),
+                    "permission": _can_view("accounts.view_reports"),
+                },
+                {
+                    "title": "Balance sheet",
+                    "icon": "account_balance",
+                    "link": reverse_lazy("admin:accounts_report_balance_sheet"),
+                    "permission": _can_view("accounts.view_reports"),
+                },
+                {
+                    "title": "Cash flow",
+                    "icon": "savings",
+                    "link": reverse_lazy("admin:accounts_report_cash_flow"),
+                    "permission": _can_view("accounts.view_reports"),
+                },
+            ],
+        },
+        {
             "title": "Businesses and people",
             "collapsible": True,
             "items": [

@@ -47,7 +47,8 @@ def test_every_kind_gets_a_complete_chart(db, kind):
     assert Books.objects.filter(business=business, last_number=0, lock_date=None).exists()
     # Group accounts total their children; the children share their type
     for child in Account.objects.filter(business=business, parent__isnull=False).select_related("parent"):
-        assert child.parent.type == child.type and child.parent.business_id == business.pk
+        parent = child.parent
+        assert parent is not None and parent.type == child.type and parent.business_id == business.pk
     assert account_for_role(business=business, role="cash").type == AccountType.ASSET
 
 

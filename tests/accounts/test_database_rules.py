@@ -296,3 +296,46 @@ def test_account_rules_parent_of_the_same_business_and_type(water, laundry):
     sale(water)
     with pytest.raises(DatabaseError, match="has postings"):
         Account.objects.filter(pk=cash.pk).update(type="expense")
+
+
+def reversal_sql(business, reverses_id: int, key: str) -> None:
+    """A reversal entry written by hand (sides of a sale swapped), committed."""
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute(
+            "INSERT INTO accounts_journalentry (business_id, entry_date, memo, source_type, source_ref,"
+            " idempotency_key, currency, reverses_id) VALUES (%s, %s, 'rev', 'reversal', '', %s, 'KES', %s)"
+            " RETURNING id",
+            [business.pk, dt.date.today(), key, reverses_id],
+        )
+        entry_id = cursor.fetchone()[0]
+        raw_line(cursor, entry_id, acct(business, "cash"), credit="1.00")
+        raw_line(cursor, entry_id, acct(business, "suspense"), debit="1.00")
+
+
+def test_an_entry_has_at_most_one_reversal_of_its_own_business(water, laundry):
+    entry = sale(water)
+    reversal_sql(water, entry.pk, key="rev-1")
+    with pytest.raises(IntegrityError, match="reverses_id"):
+        reversal_sql(water, entry.pk, key="rev-2")
+    with pytest.raises(IntegrityError, match="of another business"):
+        reversal_sql(laundry, entry.pk, key="rev-3")
+    with pytest.raises(IntegrityError, match="entry_reversal_has_original"):
+        orm_reversal(water)
+    assert JournalEntry.objects.filter(reverses=entry).count() == 1
+
+
+def orm_reversal(business) -> None:
+    """A 'reversal' that reverses nothing: refused by a CHECK constraint."""
+    JournalEntry.objects.create(
+        business=business, entry_date=dt.date.today(), source_type="reversal", idempotency_key="orphan"
+    )
+
+
+def test_a_business_without_books_cannot_post(db):
+    from operations.models import Business
+
+    bare = Business.objects.create(name="No books yet", kind="water")
+    with pytest.raises(IntegrityError, match="no books row"):
+        JournalEntry.objects.create(
+            business=bare, entry_date=dt.date.today(), source_type="manual", idempotency_key="x"
+        )

@@ -48,11 +48,11 @@ def canonical(entry: JournalEntry, prev_hash: str) -> str:
     return hashlib.sha256(f"{prev_hash}\n{header}\n{lines}".encode()).hexdigest()
 
 
-def run_verify() -> str:
+def run_verify(*args: str) -> str:
     from io import StringIO
 
     out = StringIO()
-    call_command("verify_ledger", stdout=out)
+    call_command("verify_ledger", *args, stdout=out)
     return out.getvalue()
 
 
@@ -80,7 +80,7 @@ def test_an_intact_ledger_verifies(water, laundry):
         sale(laundry)
     output = run_verify()
     assert "Ledger verified: 6 entries" in output
-    report = ledger_verify(workers=2)
+    report = ledger_verify(workers=2, check_totals=True)
     assert report.ok and report.entries == 6
 
 
@@ -118,7 +118,7 @@ def test_an_unbalancing_tamper_is_named_as_unbalanced(water):
             "UPDATE accounts_journalline SET credit = credit + 1 WHERE entry_id = %s AND credit > 0", [entries[1].pk]
         )
         cursor.execute("ALTER TABLE accounts_journalline ENABLE TRIGGER ALL")
-    report = ledger_verify()
+    report = ledger_verify(check_totals=True)
     assert not report.ok
     first = report.first_broken
     assert first is not None and first.entry_id == entries[1].pk and "differ" in first.problem
@@ -162,3 +162,17 @@ def test_verify_checks_businesses_in_chunks_across_workers(water, laundry, monke
     report = ledger_verify(workers=2, business_ids=[entries[6].business_id])
     assert report.first_broken is not None and report.first_broken.entry_id == entries[6].pk
     assert len(report.businesses) == 1
+
+
+def test_daily_totals_out_of_step_with_the_lines_are_found_with_totals(water):
+    # Given a daily total changed behind the ledger's back (its guard trigger disabled)
+    sale(water, "116.00")
+    with connection.cursor() as cursor:
+        cursor.execute("ALTER TABLE accounts_accountdaytotal DISABLE TRIGGER ALL")
+        cursor.execute("UPDATE accounts_accountdaytotal SET debit = debit + 50 WHERE debit > 0")
+        cursor.execute("ALTER TABLE accounts_accountdaytotal ENABLE TRIGGER ALL")
+    # Then the chain still verifies, but the totals check names the account and day
+    assert "Ledger verified" in run_verify()
+    with pytest.raises(CommandError, match="daily total of account") as excinfo:
+        run_verify("--totals")
+    assert excinfo.value.returncode == 1
