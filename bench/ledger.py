@@ -36,9 +36,10 @@ from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
+
+from bench.scratch import drop_database, recreate_database
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRATCH_DB = "bench_ledger"
@@ -58,18 +59,9 @@ SALES_ROLES = {
 }
 
 
-def _with_db(url: str, name: str) -> str:
-    parts = urlsplit(url)
-    return urlunsplit((parts.scheme, parts.netloc, f"/{name}", parts.query, parts.fragment))
-
-
 def run(database_url: str) -> dict[str, float]:
     """Create the scratch database, measure in a child process, drop the database, return figures."""
-    admin_url = _with_db(database_url, "postgres")
-    scratch_url = _with_db(database_url, SCRATCH_DB)
-    with psycopg.connect(admin_url, autocommit=True) as conn:
-        conn.execute(f"DROP DATABASE IF EXISTS {SCRATCH_DB} WITH (FORCE)")
-        conn.execute(f"CREATE DATABASE {SCRATCH_DB}")
+    scratch_url = recreate_database(database_url, SCRATCH_DB)
     env = dict(os.environ, DATABASE_URL=scratch_url, DJANGO_DEBUG="1", PYTHONPATH=str(ROOT))
     env.setdefault("DJANGO_SETTINGS_MODULE", "backoffice.settings")
     try:
@@ -82,9 +74,7 @@ def run(database_url: str) -> dict[str, float]:
             check=True,
         )
     finally:
-        if not os.environ.get("BENCH_KEEP_DB"):
-            with psycopg.connect(admin_url, autocommit=True) as conn:
-                conn.execute(f"DROP DATABASE IF EXISTS {SCRATCH_DB} WITH (FORCE)")
+        drop_database(database_url, SCRATCH_DB)
     figures: dict[str, float] = json.loads(proc.stdout.strip().splitlines()[-1])
     return figures
 

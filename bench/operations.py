@@ -24,9 +24,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
-import psycopg
+from bench.scratch import drop_database, recreate_database
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRATCH_DB = "bench_ops"
@@ -34,18 +33,9 @@ DAYS = int(os.environ.get("BENCH_OPS_DAYS", "365"))  # smaller for a quick try
 SALES = 1_000
 
 
-def _with_db(url: str, name: str) -> str:
-    parts = urlsplit(url)
-    return urlunsplit((parts.scheme, parts.netloc, f"/{name}", parts.query, parts.fragment))
-
-
 def run(database_url: str) -> dict[str, float]:
     """Create the scratch database, seed and measure in child processes, drop it, return figures."""
-    admin_url = _with_db(database_url, "postgres")
-    scratch_url = _with_db(database_url, SCRATCH_DB)
-    with psycopg.connect(admin_url, autocommit=True) as conn:
-        conn.execute(f"DROP DATABASE IF EXISTS {SCRATCH_DB} WITH (FORCE)")
-        conn.execute(f"CREATE DATABASE {SCRATCH_DB}")
+    scratch_url = recreate_database(database_url, SCRATCH_DB)
     env = dict(os.environ, DATABASE_URL=scratch_url, DJANGO_DEBUG="1", PYTHONPATH=str(ROOT))
     env.setdefault("DJANGO_SETTINGS_MODULE", "backoffice.settings")
     manage = [sys.executable, str(ROOT / "manage.py")]
@@ -65,9 +55,7 @@ def run(database_url: str) -> dict[str, float]:
             check=True,
         )
     finally:
-        if not os.environ.get("BENCH_KEEP_DB"):
-            with psycopg.connect(admin_url, autocommit=True) as conn:
-                conn.execute(f"DROP DATABASE IF EXISTS {SCRATCH_DB} WITH (FORCE)")
+        drop_database(database_url, SCRATCH_DB)
     figures: dict[str, float] = json.loads(proc.stdout)
     figures[f"ops.seed_{DAYS}_days_s"] = round(seed_s, 1)
     return figures
