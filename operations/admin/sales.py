@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.contrib import admin
+from django import forms
+from django.contrib import admin, messages
+from django.contrib.admin import helpers
 from django.db.models import QuerySet
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import render
@@ -12,10 +14,31 @@ from django.urls import URLPattern, path, reverse
 from django.utils.html import format_html
 from unfold.decorators import action
 
-from operations.admin.base import DocumentAdmin, DraftInline
+from integrations.mpesa.models import Payment, PaymentStatus
+from operations.admin.base import REFUSALS, DocumentAdmin, DraftInline
 from operations.exceptions import InvalidInput
 from operations.models import Sale, SaleLine
-from operations.services.sales import sale_post, sale_refund, sale_request_mpesa, sale_void
+from operations.services.sales import sale_post, sale_refund, sale_request_mpesa, sale_settle_mpesa, sale_void
+
+
+class PaymentChoiceField(forms.ModelChoiceField):  # type: ignore[type-arg]
+    def label_from_instance(self, obj: Payment) -> str:
+        return f"{obj.receipt} - KES {obj.amount} - {obj.paid_at:%d %b %H:%M} - {obj.payer_name or obj.msisdn or '?'}"
+
+
+class SettleMpesaForm(forms.Form):
+    payment = PaymentChoiceField(
+        queryset=Payment.objects.none(),
+        label="Received M-Pesa payment",
+        help_text="Payments of this business still in suspense (not matched to anyone).",
+    )
+
+    def __init__(self, *args: Any, sale: Sale, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        field = self.fields["payment"]
+        assert isinstance(field, PaymentChoiceField)
+        in_suspense = Payment.objects.filter(business_id=sale.business_id, status=PaymentStatus.UNALLOCATED)
+        field.queryset = in_suspense.order_by("-paid_at")
 
 
 class SaleLineInline(DraftInline):
@@ -70,7 +93,7 @@ class SaleAdmin(DocumentAdmin):
         "entry",
         "reversal_entry",
     ]
-    actions = ["post_sales", "void_sales", "refund_sales", "request_mpesa"]
+    actions = ["post_sales", "void_sales", "refund_sales", "request_mpesa", "settle_with_mpesa"]
 
     def get_search_results(self, request: HttpRequest, queryset: QuerySet[Any], search_term: str) -> Any:
         # "S0000123" (the receipt number) or "123" finds sale 123.
@@ -134,3 +157,30 @@ class SaleAdmin(DocumentAdmin):
             sale_request_mpesa(sale=sale, till=till, acting_user=request.user)
 
         self.run_service(request, queryset, push, "Payment requests sent")
+
+    @action(description="Settle with a received M-Pesa payment")
+    def settle_with_mpesa(self, request: HttpRequest, queryset: QuerySet[Sale]) -> HttpResponse | None:
+        """Pick one unallocated payment of the sale's business; sale_settle_mpesa does the rest."""
+        if queryset.count() != 1:
+            self.message_user(request, "Select exactly one sale to settle.", messages.WARNING)
+            return None
+        sale = queryset.get()
+        form = SettleMpesaForm(request.POST if "confirm" in request.POST else None, sale=sale)
+        if form.is_bound and form.is_valid():
+            try:
+                sale_settle_mpesa(sale=sale, payment=form.cleaned_data["payment"], acting_user=request.user)
+            except REFUSALS as exc:
+                self.message_user(request, f"{sale}: {exc}", messages.ERROR)
+            else:
+                self.message_user(request, f"Sale {sale.number} settled by M-Pesa.", messages.SUCCESS)
+            return None
+        context = {
+            **self.admin_site.each_context(request),
+            "title": f"Settle sale {sale.number} with M-Pesa",
+            "form": form,
+            "sale": sale,
+            "action": "settle_with_mpesa",
+            "opts": self.model._meta,
+            "action_checkbox_name": helpers.ACTION_CHECKBOX_NAME,
+        }
+        return render(request, "operations/settle_mpesa.html", context)

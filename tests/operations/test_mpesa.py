@@ -7,6 +7,8 @@ import datetime as dt
 from decimal import Decimal
 
 import pytest
+from django.test import Client
+from django.urls import reverse
 from django.utils import timezone
 
 from integrations.mpesa.models import Payment, Till
@@ -111,3 +113,27 @@ def test_a_laundry_deposit_paid_by_mpesa_quoting_the_tag(laundry: Business, toda
     assert customer_balance(customer=customer) == 0
     assert role_balance(laundry, "receivables") == 0
     assert role_balance(laundry, "customer_deposits") == Decimal("-300.00")
+
+
+def test_the_sales_admin_settles_a_sale_with_a_payment_from_suspense(
+    retail: Business, airtime: Item, today: dt.date, owner_client: Client
+) -> None:
+    sale = sale_create(
+        business=retail, sale_date=today, payment_method=PaymentMethod.MPESA, lines=[LineInput(airtime, Decimal("1"))]
+    )
+    payment = _pay(_till(retail), "QKADMIN001", Decimal("580.00"), "typo ref")
+    url = reverse("admin:operations_sale_changelist")
+    form_page = owner_client.post(url, {"action": "settle_with_mpesa", "_selected_action": [sale.pk]})
+    assert form_page.status_code == 200
+    assert b"QKADMIN001" in form_page.content  # offered in the list of payments in suspense
+
+    done = owner_client.post(
+        url,
+        {"action": "settle_with_mpesa", "_selected_action": [sale.pk], "confirm": "1", "payment": payment.pk},
+        follow=True,
+    )
+    assert f"Sale {sale.number} settled by M-Pesa".encode() in done.content
+    sale.refresh_from_db()
+    payment.refresh_from_db()
+    assert (sale.amount_paid, sale.mpesa_receipt, payment.status) == (Decimal("580.00"), "QKADMIN001", "allocated")
+    assert role_balance(retail, "suspense") == 0 and role_balance(retail, "receivables") == 0
