@@ -43,7 +43,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime
 from decimal import Decimal
-from typing import Literal, TypeVar
+from typing import Literal, Protocol, TypeVar
 from urllib.parse import urlsplit
 
 import redis
@@ -104,6 +104,22 @@ RETRYABLE_STATUSES = frozenset({429, 502, 503, 504})
 
 StkTransactionType = Literal["CustomerPayBillOnline", "CustomerBuyGoodsOnline"]
 T = TypeVar("T")
+
+
+class _Answer(Protocol):
+    """What every synchronous "request received" answer of Daraja carries."""
+
+    @property
+    def accepted(self) -> bool: ...
+
+    @property
+    def response_code(self) -> str: ...
+
+    @property
+    def response_description(self) -> str: ...
+
+
+A = TypeVar("A", bound=_Answer)
 
 # Compare-and-delete: drop a key only if it still holds the value we know (our lock, the stale token).
 _DELETE_IF_EQUAL = """
@@ -498,19 +514,31 @@ class DarajaClient:
             raise DarajaConfigError("passkey is required for M-Pesa Express (STK Push / Query)")
         return self._passkey
 
-    def _async_call(self, path: str, body: dict[str, object], *, idempotent: bool) -> RequestAccepted:
+    def _accepted_call(
+        self, path: str, body: dict[str, object], *, idempotent: bool, parse: Callable[[object], A], refused: str
+    ) -> A:
+        """POST, then insist on a 2xx and a ResponseCode "0"; `refused` starts the error otherwise."""
         response = self._post(path, body, idempotent=idempotent)
         if not 200 <= response.status_code < 300:
             raise self._request_error(response, path)
-        answer = self._parse_ok(response, path, parse_request_accepted)
+        answer = self._parse_ok(response, path, parse)
         if not answer.accepted:
             raise DarajaRequestError(
-                f"{path}: Daraja did not accept the request: {answer.response_code} {answer.response_description}",
+                f"{refused}: {answer.response_code} {answer.response_description}",
                 http_status=response.status_code,
                 error_code=answer.response_code,
                 error_message=answer.response_description,
             )
         return answer
+
+    def _async_call(self, path: str, body: dict[str, object], *, idempotent: bool) -> RequestAccepted:
+        return self._accepted_call(
+            path,
+            body,
+            idempotent=idempotent,
+            parse=parse_request_accepted,
+            refused=f"{path}: Daraja did not accept the request",
+        )
 
     # ------------------------------------------------------------------------------ APIs
 
@@ -558,18 +586,9 @@ class DarajaClient:
             "AccountReference": account_reference,
             "TransactionDesc": transaction_desc,
         }
-        response = self._post(STK_PUSH_PATH, body, idempotent=False)
-        if not 200 <= response.status_code < 300:
-            raise self._request_error(response, STK_PUSH_PATH)
-        answer = self._parse_ok(response, STK_PUSH_PATH, parse_stk_push_response)
-        if not answer.accepted:
-            raise DarajaRequestError(
-                f"STK push not accepted: {answer.response_code} {answer.response_description}",
-                http_status=response.status_code,
-                error_code=answer.response_code,
-                error_message=answer.response_description,
-            )
-        return answer
+        return self._accepted_call(
+            STK_PUSH_PATH, body, idempotent=False, parse=parse_stk_push_response, refused="STK push not accepted"
+        )
 
     def stk_query(self, *, checkout_request_id: str) -> StkQueryResult:
         """Ask how an STK Push ended; "pending" while the customer is still at the prompt.
@@ -618,18 +637,9 @@ class DarajaClient:
             "ConfirmationURL": self._callback(confirmation_url),
             "ValidationURL": self._callback(validation_url),
         }
-        response = self._post(path, body, idempotent=True)
-        if not 200 <= response.status_code < 300:
-            raise self._request_error(response, path)
-        answer = self._parse_ok(response, path, parse_c2b_register_response)
-        if not answer.accepted:
-            raise DarajaRequestError(
-                f"{path}: URLs not registered: {answer.response_code} {answer.response_description}",
-                http_status=response.status_code,
-                error_code=answer.response_code,
-                error_message=answer.response_description,
-            )
-        return answer
+        return self._accepted_call(
+            path, body, idempotent=True, parse=parse_c2b_register_response, refused=f"{path}: URLs not registered"
+        )
 
     def transaction_status(
         self,
