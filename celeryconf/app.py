@@ -46,11 +46,15 @@ app.conf.update(build_config(broker_url_from_env(), LIMITS))
 app.autodiscover_tasks()
 
 
+def task_time_limits(celery_app: Celery[Any]) -> dict[str, int]:
+    """The tasks that set their own hard time limit, by name."""
+    return {name: int(t.time_limit or 0) for name, t in celery_app.tasks.items() if getattr(t, "time_limit", None)}
+
+
 @app.on_after_finalize.connect
 def _check_task_limits(sender: Celery, **_: Any) -> None:
     """Every task's own time limit must fit the visibility timeout too."""
-    per_task = {name: int(t.time_limit or 0) for name, t in sender.tasks.items() if getattr(t, "time_limit", None)}
-    check_reliability(LIMITS, per_task)
+    check_reliability(LIMITS, task_time_limits(sender))
 
 
 # Heartbeats for /healthz: imported for its signal handlers.
