@@ -5,7 +5,8 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from celery import Celery, Task
+from celery import Celery, Task, signals
+from django.db import close_old_connections
 
 from celeryconf.config import Limits, ReliabilityError, build_config, check_reliability
 
@@ -55,6 +56,14 @@ def task_time_limits(celery_app: Celery[Any]) -> dict[str, int]:
 def _check_task_limits(sender: Celery, **_: Any) -> None:
     """Every task's own time limit must fit the visibility timeout too."""
     check_reliability(LIMITS, task_time_limits(sender))
+
+
+@signals.task_prerun.connect
+@signals.task_postrun.connect
+def _close_old_connections(**_: Any) -> None:
+    """Around each task, what Django does around each request: close database connections older
+    than CONN_MAX_AGE or left unusable by an error; the rest are reused (see build_config)."""
+    close_old_connections()
 
 
 # Heartbeats for /healthz: imported for its signal handlers.

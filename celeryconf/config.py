@@ -83,6 +83,10 @@ def check_reliability(limits: Limits, task_time_limits: dict[str, int] | None = 
         )
 
 
+# Tasks between the fix-up's own closes of every connection (see build_config): never, in practice.
+DB_REUSE_MAX = 10**9
+
+
 def build_config(broker_url: str, limits: Limits) -> dict[str, Any]:
     check_reliability(limits)
     exchange = Exchange("backoffice", type="direct")
@@ -120,15 +124,24 @@ def build_config(broker_url: str, limits: Limits) -> dict[str, Any]:
         "task_time_limit": limits.task_time_limit,
         "task_soft_time_limit": limits.task_soft_time_limit,
         "worker_cancel_long_running_tasks_on_connection_loss": True,
+        # Database connections: Celery's Django fix-up closes them before and after EVERY task unless
+        # this old-style setting is set, so each task paid for a new PostgreSQL backend (fork,
+        # authentication, cold catalog caches: most of an M-Pesa posting's cost). With it set this
+        # high the fix-up leaves them alone and celeryconf.app treats a task like Django treats a
+        # request: close_old_connections() before and after (CONN_MAX_AGE, CONN_HEALTH_CHECKS,
+        # and a connection that had an error is dropped).
+        "CELERY_DB_REUSE_MAX": DB_REUSE_MAX,
         # Keep each worker small: recycle a pool process after N tasks or once it grows past the limit.
-        "worker_max_tasks_per_child": _env_int("CELERY_MAX_TASKS_PER_CHILD", 200),
+        "worker_max_tasks_per_child": _env_int("CELERY_MAX_TASKS_PER_CHILD", 5000),
         "worker_max_memory_per_child": _env_int("CELERY_MAX_MEMORY_PER_CHILD_KB", 120_000),
         # Soft shutdown: on a warm stop, give running tasks this long to finish before requeueing.
         "worker_soft_shutdown_timeout": float(_env_int("CELERY_SOFT_SHUTDOWN_SECONDS", 30)),
         "worker_enable_soft_shutdown_on_idle": True,
-        # Events for Flower.
+        # Events for Flower: workers report received/started/succeeded/failed. No "sent" event from
+        # publishers: it doubled the Redis work of every publish in the web processes (one per M-Pesa
+        # callback); the queue lengths show what waits, and Job rows what was launched.
         "worker_send_task_events": True,
-        "task_send_sent_event": True,
+        "task_send_sent_event": False,
         "worker_hijack_root_logger": False,
         # Beat: schedules live in the database (django-celery-beat), editable from the admin.
         "beat_scheduler": "django_celery_beat.schedulers:DatabaseScheduler",
