@@ -9,6 +9,10 @@
   (tests that stop their own Redis; empty in production).
 - MPESA_SWEEP_AGE_SECONDS (30): how old an unprocessed inbox row must be before the sweeper
   re-enqueues it, and how long since it was last enqueued.
+- MPESA_LOCK_TIMEOUT_SECONDS (10): how long processing waits for a row, receipt or books lock
+  before giving up; the task retries later.
+- MPESA_BATCH_SECONDS (25): a task processing a batch of inbox rows starts no new row after this
+  long and sends the rest on in a new message (below the payments tasks' 50 s soft time limit).
 """
 
 from __future__ import annotations
@@ -47,3 +51,11 @@ def broker_url_override() -> str:
 
 def sweep_age_seconds() -> int:
     return int(_get("MPESA_SWEEP_AGE_SECONDS", "30"))
+
+
+def lock_timeout_seconds() -> float:
+    return float(_get("MPESA_LOCK_TIMEOUT_SECONDS", "10"))
+
+
+def batch_seconds() -> float:
+    return float(_get("MPESA_BATCH_SECONDS", "25"))

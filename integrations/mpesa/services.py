@@ -23,7 +23,8 @@ import queue
 import socket
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from contextlib import ExitStack
 from decimal import Decimal
 from typing import Any
 from urllib.parse import urlsplit
@@ -92,8 +93,6 @@ PAYLOAD_KIND: dict[str, CallbackKind] = {
     InboxKind.REVERSAL_TIMEOUT: "timeout",
     InboxKind.BALANCE_TIMEOUT: "timeout",
 }
-# Processing waits this long for a row or books lock before giving up and retrying later.
-LOCK_TIMEOUT = "10s"
 
 # ------------------------------------------------------------------------------------ the inbox
 
@@ -158,22 +157,34 @@ def inbox_store(
     return None if row is None else int(row[0])
 
 
-def inbox_enqueue(inbox_id: int) -> bool:
-    """Send "process inbox row N" to the payments queue, without retrying; False if the broker is down.
+# Inbox ids per message at most: a message is processed by one task, row after row, each in its own
+# transaction (tasks.process_inbox), so a batch only saves the per-message cost of Celery.
+BATCH_MAX = 50
 
-    Never raises: Redis is only a delivery mechanism here, the sweeper re-sends what did not go.
+
+def inbox_enqueue(inbox_ids: int | Sequence[int]) -> bool:
+    """Send "process these inbox rows" to the payments queue without retrying; False if the broker is down.
+
+    One message per BATCH_MAX ids. Never raises: Redis is only a delivery mechanism here, the
+    sweeper re-sends what did not go.
     """
     from integrations.mpesa.tasks import process_inbox
 
+    ids = [inbox_ids] if isinstance(inbox_ids, int) else list(inbox_ids)
     try:
-        broker = conf.broker_url_override()
-        if broker:
-            with current_app.connection_for_write(broker) as conn:
-                process_inbox.apply_async(args=(inbox_id,), retry=False, connection=conn)  # type: ignore[call-arg]
-        else:
-            process_inbox.apply_async(args=(inbox_id,), retry=False)
+        with ExitStack() as stack:
+            broker = conf.broker_url_override()
+            options: dict[str, Any]
+            if broker:
+                options = {"connection": stack.enter_context(current_app.connection_for_write(broker))}
+            else:  # the app's pooled producer (its connection is kept between calls)
+                options = {"producer": stack.enter_context(current_app.producer_or_acquire())}
+            for start in range(0, len(ids), BATCH_MAX):
+                chunk = ids[start : start + BATCH_MAX]
+                payload = chunk[0] if len(chunk) == 1 else chunk
+                process_inbox.apply_async(args=(payload,), retry=False, **options)
     except Exception as exc:  # a broker outage must not fail the caller
-        logger.warning("inbox %s stored but not enqueued (broker down?): %r; the sweeper will send it", inbox_id, exc)
+        logger.warning("inbox %s stored but not enqueued (broker down?): %r; the sweeper will send it", ids, exc)
         return False
     return True
 
@@ -186,12 +197,16 @@ class _Publisher:
     must get its answer within milliseconds whatever Redis does, so the view only puts the id in
     this bounded in-memory queue. What is lost here (queue full, broker down, the process killed
     before publishing) is still in the inbox as "received" and the sweeper sends it.
-    After a failed publish, for PAUSE seconds an id is published only if a quick TCP connect to the
-    broker succeeds (else it is left to the sweeper), instead of each waiting for Redis.
+    The thread waits up to LINGER seconds after an id for more to arrive and publishes them as
+    one message (up to BATCH_MAX): under load this divides the cost of Celery's messages (in
+    the web process and in the worker) by the batch size, for at most LINGER of extra delay.
+    After a failed publish, for PAUSE seconds a batch is published only if a quick TCP connect to
+    the broker succeeds (else it is left to the sweeper), instead of each waiting for Redis.
     """
 
     MAX_PENDING = 10_000
     PAUSE = 5.0
+    LINGER = 0.05
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -226,18 +241,31 @@ class _Publisher:
             threading.Thread(target=self._run, args=(self._queue,), name="mpesa-enqueue", daemon=True).start()
             self._pid = os.getpid()
 
+    def _take_batch(self, pending: queue.Queue[int]) -> list[int]:
+        """The next id (waiting for it), then whatever else arrives within LINGER, up to BATCH_MAX."""
+        batch = [pending.get()]
+        deadline = time.monotonic() + self.LINGER
+        while len(batch) < BATCH_MAX:
+            left = deadline - time.monotonic()
+            try:
+                batch.append(pending.get(timeout=left) if left > 0 else pending.get_nowait())
+            except queue.Empty:
+                break
+        return batch
+
     def _run(self, pending: queue.Queue[int]) -> None:
         while True:
-            inbox_id = pending.get()
+            batch = self._take_batch(pending)
             try:
                 if time.monotonic() < self._paused_until and not _broker_reachable():
-                    logger.warning("broker recently down: inbox %s left to the sweeper", inbox_id)
-                elif not inbox_enqueue(inbox_id):
+                    logger.warning("broker recently down: inbox %s left to the sweeper", batch)
+                elif not inbox_enqueue(batch):
                     self._paused_until = time.monotonic() + self.PAUSE
             except Exception:  # never let the thread die
-                logger.exception("enqueue of inbox %s failed", inbox_id)
+                logger.exception("enqueue of inbox %s failed", batch)
             finally:
-                pending.task_done()
+                for _ in batch:
+                    pending.task_done()
 
 
 def _broker_reachable(timeout: float = 0.25) -> bool:
@@ -301,10 +329,11 @@ def inbox_sweep(*, min_age_seconds: int | None = None, batch_size: int = 500) ->
         )
         InboxMessage.objects.filter(pk__in=ids).update(last_enqueued_at=timezone.now())
     sent = 0
-    for inbox_id in ids:
-        if not inbox_enqueue(inbox_id):
+    for start in range(0, len(ids), BATCH_MAX):
+        chunk = ids[start : start + BATCH_MAX]
+        if not inbox_enqueue(chunk):
             break  # the broker is down: the rest waits for the next sweep
-        sent += 1
+        sent += len(chunk)
     if ids:
         logger.info("sweeper re-enqueued %s of %s unprocessed inbox rows", sent, len(ids))
     return sent
@@ -315,33 +344,51 @@ def inbox_process(*, inbox_id: int) -> str:
 
     Returns the outcome. Safe to call any number of times (a processed row is left alone).
     Transient database errors (lock timeout, connection loss) propagate for the task to retry;
-    a payload or business problem puts the row in "needs attention" with the error.
+    a payload or business problem rolls the attempt back and puts the row in "needs attention"
+    with the error, in a transaction of its own.
     """
-    with transaction.atomic():
-        with connection.cursor() as cursor:
-            cursor.execute(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'")
-        msg = InboxMessage.objects.select_for_update().select_related("till__business").filter(pk=inbox_id).first()
-        if msg is None:
-            logger.warning("inbox row %s does not exist", inbox_id)
-            return "missing"
-        if msg.state in (InboxState.PROCESSED, InboxState.NEEDS_ATTENTION):
-            return f"already {msg.state}"
-        msg.attempts += 1
-        try:
-            with transaction.atomic():
-                outcome = _dispatch(msg)
-        except (PayloadError, NeedsAttention, LedgerError, SecretUnreadable) as exc:
-            msg.state = InboxState.NEEDS_ATTENTION
-            msg.error = f"{type(exc).__name__}: {exc}"[:2000]
-            msg.outcome = "needs a person"
-            logger.warning("inbox %s (%s %s) needs attention: %s", msg.pk, msg.kind, msg.daraja_id, exc)
-        else:
+    try:
+        with transaction.atomic():
+            msg = _inbox_lock(inbox_id)
+            if msg is None or msg.state in (InboxState.PROCESSED, InboxState.NEEDS_ATTENTION):
+                return "missing" if msg is None else f"already {msg.state}"
+            outcome = _dispatch(msg)
+            msg.attempts += 1
             msg.state = InboxState.PROCESSED
             msg.processed_at = timezone.now()
             msg.error = ""
             msg.outcome = outcome[:255]
-        msg.save(update_fields=["state", "attempts", "error", "outcome", "processed_at"])
+            msg.save(update_fields=["state", "attempts", "error", "outcome", "processed_at"])
+            return msg.outcome
+    except (PayloadError, NeedsAttention, LedgerError, SecretUnreadable) as exc:
+        problem = exc
+    with transaction.atomic():
+        msg = _inbox_lock(inbox_id)
+        if msg is None or msg.state in (InboxState.PROCESSED, InboxState.NEEDS_ATTENTION):
+            return "missing" if msg is None else f"already {msg.state}"
+        msg.attempts += 1
+        msg.state = InboxState.NEEDS_ATTENTION
+        msg.error = f"{type(problem).__name__}: {problem}"[:2000]
+        msg.outcome = "needs a person"
+        logger.warning("inbox %s (%s %s) needs attention: %s", msg.pk, msg.kind, msg.daraja_id, problem)
+        msg.save(update_fields=["state", "attempts", "error", "outcome"])
         return msg.outcome
+
+
+def _inbox_lock(inbox_id: int) -> InboxMessage | None:
+    """The inbox row, locked until the transaction ends. Any lock of this transaction is waited for
+    MPESA_LOCK_TIMEOUT_SECONDS at most (then OperationalError: the task retries later)."""
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT set_config('lock_timeout', %s, true)", [f"{int(conf.lock_timeout_seconds() * 1000)}ms"])
+    msg = (
+        InboxMessage.objects.select_for_update(of=("self",))
+        .select_related("till__business")
+        .filter(pk=inbox_id)
+        .first()
+    )
+    if msg is None:
+        logger.warning("inbox row %s does not exist", inbox_id)
+    return msg
 
 
 def _dispatch(msg: InboxMessage) -> str:
@@ -469,13 +516,14 @@ def _open_date(business_id: int, wanted: dt.date) -> dt.date:
 
 
 def _post_once(*, business: Business, wanted: dt.date, post: Any) -> JournalEntry:
-    """Post on `wanted` or the first open date; if the lock date moves meanwhile, once more."""
+    """Post on `wanted`, or, when PostgreSQL refuses that date as closed, on the first open date
+    (the refused attempt leaves the transaction usable: entry_post posts in a savepoint).
+    If the lock date moves again meanwhile, the caller retries later."""
     try:
-        return post(_open_date(business.pk, wanted))  # type: ignore[no-any-return]
+        return post(wanted)  # type: ignore[no-any-return]
     except PeriodLocked:
         try:
-            with transaction.atomic():
-                return post(_open_date(business.pk, wanted))  # type: ignore[no-any-return]
+            return post(_open_date(business.pk, wanted))  # type: ignore[no-any-return]
         except PeriodLocked as exc:
             raise TransientProcessingError(f"the books moved their lock date while posting: {exc}") from exc
 

@@ -6,14 +6,22 @@ Names start with "payments." so celeryconf routes them to the `payments` queue.
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 from celery import shared_task
 from django.db import DatabaseError, InterfaceError, OperationalError
 
 from celeryconf.app import LIMITS
+from integrations.mpesa import conf
 from integrations.mpesa.errors import TransientProcessingError
-from integrations.mpesa.services import inbox_mark_failed, inbox_process, inbox_sweep, payment_requests_recover
+from integrations.mpesa.services import (
+    inbox_enqueue,
+    inbox_mark_failed,
+    inbox_process,
+    inbox_sweep,
+    payment_requests_recover,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -35,20 +43,35 @@ def _backoff(retries: int) -> int:
     time_limit=TIME_LIMIT,
     soft_time_limit=SOFT_TIME_LIMIT,
 )
-def process_inbox(self: Any, inbox_id: int) -> str:
-    """Process inbox row `inbox_id` (see services.inbox_process). Safe to deliver any number of times.
+def process_inbox(self: Any, inbox_ids: int | list[int]) -> list[str]:
+    """Process inbox rows `inbox_ids` (one id or a batch), in order, each in its own transaction
+    (see services.inbox_process). Safe to deliver any number of times: processed rows are skipped.
 
-    Transient database trouble is retried with exponential backoff (capped by CELERY_MAX_COUNTDOWN);
-    when retries run out the row stays "failed" and the sweeper sends it again later.
+    Transient database trouble on a row marks it failed and retries the task, with exponential
+    backoff (capped by CELERY_MAX_COUNTDOWN), for that row and the ones after it; the rows before
+    it stay done. When retries run out the rows stay "failed" and the sweeper sends them again.
     """
-    try:
-        return inbox_process(inbox_id=inbox_id)
-    except TRANSIENT as exc:
+    ids = [inbox_ids] if isinstance(inbox_ids, int) else [int(i) for i in inbox_ids]
+    # Rows slowed by lock waits must not carry the batch to the soft time limit.
+    budget = min(conf.batch_seconds(), SOFT_TIME_LIMIT / 2)
+    started = time.monotonic()
+    outcomes: list[str] = []
+    for position, inbox_id in enumerate(ids):
+        if position and time.monotonic() - started > budget:
+            rest = ids[position:]
+            if not inbox_enqueue(rest):
+                logger.warning("inbox %s left to the sweeper: batch out of time and the broker is down", rest)
+            break
         try:
-            inbox_mark_failed(inbox_id=inbox_id, error=repr(exc))
-        except DatabaseError:
-            logger.warning("could not mark inbox %s failed", inbox_id)
-        raise self.retry(exc=exc, countdown=_backoff(self.request.retries)) from exc
+            outcomes.append(inbox_process(inbox_id=inbox_id))
+        except TRANSIENT as exc:
+            try:
+                inbox_mark_failed(inbox_id=inbox_id, error=repr(exc))
+            except DatabaseError:
+                logger.warning("could not mark inbox %s failed", inbox_id)
+            rest = ids[position:]
+            raise self.retry(args=(rest,), exc=exc, countdown=_backoff(self.request.retries)) from exc
+    return outcomes
 
 
 @shared_task(name="payments.sweep_inbox", time_limit=TIME_LIMIT, soft_time_limit=SOFT_TIME_LIMIT)

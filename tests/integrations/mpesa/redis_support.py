@@ -1,7 +1,10 @@
-"""A private redis-server for tests that stop, kill or restart Redis (never the shared one)."""
+"""A private redis-server for tests that stop, kill or restart Redis (never the shared one), and a
+reader of the payments queue's messages."""
 
 from __future__ import annotations
 
+import base64
+import json
 import shutil
 import signal
 import socket
@@ -106,3 +109,18 @@ def redis_server(directory: Path, *, aof: bool = False) -> Iterator[RedisServer]
         yield server
     finally:
         server.kill()
+
+
+def queued_inbox_ids(client: redis.Redis, queue: str = "payments") -> list[int]:
+    """The inbox ids carried by the messages waiting in `queue`, in queue order (one message may
+    carry a batch of them): read from kombu's Redis messages, Celery's protocol 2 body."""
+    ids: list[int] = []
+    for raw in reversed(client.lrange(queue, 0, -1)):  # type: ignore[union-attr]
+        message = json.loads(raw)
+        body = message["body"]
+        if message["properties"].get("body_encoding") == "base64":
+            body = base64.b64decode(body)
+        args, _kwargs, _embed = json.loads(body)
+        payload = args[0]
+        ids.extend([payload] if isinstance(payload, int) else payload)
+    return ids

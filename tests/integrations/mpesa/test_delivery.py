@@ -17,13 +17,13 @@ from celery import current_app
 from django.db import connection
 
 from accounts.models import JournalEntry
-from integrations.mpesa.models import InboxMessage, InboxState, Payment, Till
-from integrations.mpesa.services import publisher
+from integrations.mpesa.models import InboxKind, InboxMessage, InboxState, Payment, Till
+from integrations.mpesa.services import inbox_enqueue, inbox_store, publisher
 from integrations.mpesa.tasks import sweep_inbox
 from tests import celery_support
 from tests.celery_support import WorkerProcess, wait_for, worker_env
 from tests.integrations.mpesa.factories import c2b_confirmation, stk_success
-from tests.integrations.mpesa.redis_support import redis_server
+from tests.integrations.mpesa.redis_support import queued_inbox_ids, redis_server
 
 pytestmark = [pytest.mark.worker, pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 
@@ -196,13 +196,14 @@ def test_an_aof_redis_killed_with_payments_queued_loses_none(
             assert send(live, till, "c2b/confirm/", body).status_code == 200
         assert publisher.flush()
         client = server.client()
-        assert client.llen("payments") == len(receipts)
+        queued = queued_inbox_ids(client)
+        assert len(queued) == len(receipts)
         client.close()
 
         server.kill()
         server.start()
         client = server.client()
-        assert client.llen("payments") == len(receipts)  # every message survived the crash
+        assert queued_inbox_ids(client) == queued  # every message survived the crash
         client.close()
 
         worker = WorkerProcess("after-crash", queues="payments", env=worker_env(REDIS_URL=server.url)).start()
@@ -213,3 +214,79 @@ def test_an_aof_redis_killed_with_payments_queued_loses_none(
             assert set(Payment.objects.values_list("receipt", flat=True)) == set(receipts)
         finally:
             worker.stop()
+
+
+def _stored_confirmations(till: Till, receipts: list[str]) -> list[int]:
+    ids = []
+    for receipt in receipts:
+        inbox_id = inbox_store(
+            till_id=till.pk,
+            kind=InboxKind.C2B_CONFIRMATION,
+            daraja_id=receipt,
+            body=c2b_confirmation(trans_id=receipt, shortcode=till.shortcode, amount="30.00"),
+            headers={},
+            remote_addr=None,
+        )
+        assert inbox_id is not None
+        ids.append(inbox_id)
+    return ids
+
+
+def _state(inbox_id: int) -> str:
+    return str(InboxMessage.objects.get(pk=inbox_id).state)
+
+
+def test_a_batch_retries_from_the_row_that_met_a_held_lock(
+    transactional_db: None, clean_broker: redis.Redis, till: Till
+) -> None:
+    """One message carries three rows; the second one's receipt is locked by someone else. The
+    first is posted, the second waits MPESA_LOCK_TIMEOUT_SECONDS, is marked failed and retried
+    together with the third (never posted before it); once the lock is gone all three post once."""
+    receipts = ["TKB0000001", "TKB0000002", "TKB0000003"]
+    ids = _stored_confirmations(till, receipts)
+    holder = psycopg.connect(celery_support.test_database_url(), autocommit=True)
+    holder.execute("SELECT pg_advisory_lock(hashtextextended(%s, 0))", ["mpesa:TKB0000002"])
+    worker = WorkerProcess("batch-lock", queues="payments", env=worker_env(MPESA_LOCK_TIMEOUT_SECONDS="1", **FAST))
+    try:
+        worker.start()
+        assert inbox_enqueue(ids)
+        assert clean_broker.llen("payments") <= 1  # one message for the three
+        wait_for(lambda: _state(ids[1]) == InboxState.FAILED, 30, "the locked row to fail")
+        assert _state(ids[0]) == InboxState.PROCESSED and posted("TKB0000001")
+        time.sleep(2.5)  # at least one retry of [second, third] while the lock is still held
+        assert _state(ids[2]) == InboxState.RECEIVED and not posted("TKB0000003")
+        assert "lock timeout" in InboxMessage.objects.get(pk=ids[1]).error
+        holder.execute("SELECT pg_advisory_unlock(hashtextextended(%s, 0))", ["mpesa:TKB0000002"])
+        wait_for(
+            lambda: InboxMessage.objects.filter(pk__in=ids, state=InboxState.PROCESSED).count() == 3,
+            30,
+            "all three processed",
+        )
+        assert Payment.objects.count() == 3
+        assert [entries(r) for r in receipts] == [1, 1, 1]
+        assert InboxMessage.objects.get(pk=ids[0]).attempts == 1
+    finally:
+        holder.close()
+        worker.stop()
+
+
+def test_a_batch_out_of_time_sends_the_rest_on(transactional_db: None, clean_broker: redis.Redis, till: Till) -> None:
+    """With no time left after a row (MPESA_BATCH_SECONDS=0), each row goes on in a message of its
+    own, and every row is still posted exactly once."""
+    receipts = ["TKB0000011", "TKB0000012", "TKB0000013"]
+    ids = _stored_confirmations(till, receipts)
+    worker = WorkerProcess("batch-time", queues="payments", env=worker_env(MPESA_BATCH_SECONDS="0"))
+    try:
+        worker.start()
+        assert inbox_enqueue(ids)
+        wait_for(
+            lambda: InboxMessage.objects.filter(pk__in=ids, state=InboxState.PROCESSED).count() == 3,
+            30,
+            "all three processed",
+        )
+        assert [entries(r) for r in receipts] == [1, 1, 1]
+        wait_for(lambda: worker.output().count("payments.process_inbox[") >= 3 * 2, 10, "the worker log")
+        received = worker.output().count("] received")
+        assert received == 3, worker.output()[-3000:]  # the batch, then [second, third], then [third]
+    finally:
+        worker.stop()

@@ -22,6 +22,7 @@ from tests.integrations.mpesa.fake_daraja import (
     fake_daraja_fixture,  # noqa: F401 - the fake_daraja fixture
     load_sample,
 )
+from tests.integrations.mpesa.redis_support import queued_inbox_ids
 from tests.integrations.mpesa.secrets_support import daraja_credentials
 
 pytestmark = pytest.mark.django_db
@@ -57,7 +58,8 @@ def test_the_sweeper_re_enqueues_only_rows_left_behind(till: Till, clean_broker:
 
     assert inbox_sweep(min_age_seconds=30) == 3
 
-    assert clean_broker.llen("payments") == 3
+    assert clean_broker.llen("payments") == 1  # one message carries the batch
+    assert sorted(queued_inbox_ids(clean_broker)) == sorted([lost, never_sent, failed])
     swept = InboxMessage.objects.filter(pk__in=[lost, never_sent, failed])
     assert all(
         row.last_enqueued_at and row.last_enqueued_at > timezone.now() - dt.timedelta(seconds=5) for row in swept

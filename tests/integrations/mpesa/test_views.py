@@ -12,7 +12,7 @@ import redis
 from django.test import Client
 
 from integrations.mpesa.models import InboxKind, InboxMessage, InboxState, Till
-from integrations.mpesa.services import publisher
+from integrations.mpesa.services import inbox_store, publisher
 from tests.integrations.mpesa.factories import (
     FIXTURES,
     TillFactory,
@@ -21,6 +21,7 @@ from tests.integrations.mpesa.factories import (
     sample_bytes,
     stk_success,
 )
+from tests.integrations.mpesa.redis_support import queued_inbox_ids
 from tests.operations.factories import CustomerFactory
 
 pytestmark = pytest.mark.django_db
@@ -72,6 +73,24 @@ def test_every_callback_sample_is_stored_once_and_acknowledged(
     assert rows[0].headers["Content-Type"] == "application/json"
     # One message for the payments queue: the duplicate is not enqueued again.
     assert clean_broker.llen("payments") == 1
+
+
+def test_ids_submitted_together_go_in_one_message(till: Till, clean_broker: redis.Redis) -> None:
+    """The publisher waits LINGER after an id for others and sends them as one batch, in order."""
+    ids = []
+    for n in range(5):
+        receipt = f"RCPTB0000{n}"
+        body = c2b_confirmation(trans_id=receipt, shortcode=till.shortcode)
+        inbox_id = inbox_store(
+            till_id=till.pk, kind=InboxKind.C2B_CONFIRMATION, daraja_id=receipt, body=body, headers={}, remote_addr=None
+        )
+        assert inbox_id is not None
+        ids.append(inbox_id)
+    for inbox_id in ids:  # well within LINGER of each other
+        assert publisher.submit(inbox_id)
+    assert publisher.flush()
+    assert clean_broker.llen("payments") == 1
+    assert queued_inbox_ids(clean_broker) == ids
 
 
 def test_the_daraja_id_is_the_checkout_request_id_or_the_receipt(till: Till, clean_broker: redis.Redis) -> None:
