@@ -241,6 +241,15 @@ def test_workers_consume_the_right_queues(services: dict[str, dict[str, Any]]) -
     assert option_values(default, "-n", "--hostname") == ["default@%h"]
 
 
+def test_reports_yield_the_cpu_to_web_and_payments(services: dict[str, dict[str, Any]]) -> None:
+    default = services["worker-default"]
+    assert as_argv(default["command"])[:3] == ["chrt", "--idle", "0"]
+    assert float(default["cpus"]) <= 1.0
+    assert int(default["cpu_shares"]) < 1024  # Docker's default weight, which every other service keeps
+    for name in ("web", "worker-payments", "postgres", "redis"):
+        assert "cpu_shares" not in services[name] and "chrt" not in command_text(services[name]), name
+
+
 def test_web_runs_gunicorn(services: dict[str, dict[str, Any]]) -> None:
     argv = as_argv(services["web"]["command"])
     assert argv[0] == "gunicorn"
