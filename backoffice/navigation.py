@@ -125,6 +125,7 @@ def sidebar_navigation(request: HttpRequest) -> list[dict[str, Any]]:
                 model_link("Payment requests (STK)", "phone_iphone", "integrations.paymentrequest"),
                 model_link("Callback inbox", "inbox", "integrations.inboxmessage"),
                 model_link("Reversals", "undo", "integrations.reversal"),
+                model_link("Receipt checks (status)", "travel_explore", "integrations.statusquery"),
                 model_link("Reconciliation", "fact_check", "integrations.reconciliationrun"),
                 model_link("Tills", "point_of_sale", "integrations.till"),
             ],

@@ -34,6 +34,8 @@ from integrations.mpesa.models import (
     ReconciliationLine,
     ReconciliationRun,
     Reversal,
+    StatusQuery,
+    StatusQueryState,
     Till,
     UnallocatedPayment,
 )
@@ -44,6 +46,7 @@ from integrations.mpesa.services import (
     payment_allocate,
     payment_requests_recover_one,
     reversal_request,
+    status_query_request,
     stk_push_request,
     till_callback_urls,
     till_register_urls,
@@ -360,6 +363,110 @@ class PaymentRequestAdmin(ScopedMpesaAdmin):
         for row in queryset.filter(state=PaymentRequestState.SENT).exclude(checkout_request_id=""):
             outcome = payment_requests_recover_one(request=row)
             self.message_user(request, f"Request {row.pk}: {outcome}.", messages.INFO)
+
+
+class StatusQueryForm(forms.ModelForm):  # type: ignore[type-arg]
+    """The "ask about a receipt" form: sends a Transaction Status query for it."""
+
+    class Meta:
+        model = StatusQuery
+        fields = ["till", "receipt", "account_reference"]
+        help_texts = {
+            "receipt": "The M-Pesa code from the customer's SMS, e.g. TJR4XK2Q1M",
+            "account_reference": "Optional: what the payment was for (a sale number, customer code...)",
+        }
+
+
+SQ_LABELS = {
+    StatusQueryState.SENT: "info",
+    StatusQueryState.CONFIRMED: "success",
+    StatusQueryState.NOT_COMPLETED: "warning",
+    StatusQueryState.TIMEOUT: "warning",
+    StatusQueryState.FAILED: "danger",
+    StatusQueryState.ERROR: "danger",
+}
+
+
+@admin.register(StatusQuery)
+class StatusQueryAdmin(ScopedMpesaAdmin):
+    """Transaction Status queries: asked here about a receipt a customer shows, or by the recovery
+    job; a "completed" answer for this till posts the payment (once per receipt)."""
+
+    list_display = [
+        "id",
+        "created_at",
+        "till",
+        "receipt",
+        "reason",
+        "state_display",
+        "transaction_status",
+        "amount",
+        "payment",
+    ]
+    list_filter = ["state", "reason"]
+    search_fields = ["receipt", "conversation_id", "account_reference"]
+    list_select_related = ["till", "payment"]
+    readonly_fields = [
+        "till",
+        "business",
+        "receipt",
+        "reason",
+        "account_reference",
+        "payment_request",
+        "state",
+        "conversation_id",
+        "originator_conversation_id",
+        "result_code",
+        "result_desc",
+        "transaction_status",
+        "amount",
+        "payment",
+        "requested_by",
+        "created_at",
+        "completed_at",
+    ]
+
+    def get_form(self, request: HttpRequest, obj: Any = None, change: bool = False, **kwargs: Any) -> Any:
+        if obj is None:
+            kwargs["form"] = StatusQueryForm
+        return super().get_form(request, obj, change=change, **kwargs)
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> Any:
+        return self.readonly_fields if obj is not None else []
+
+    def get_fields(self, request: HttpRequest, obj: Any = None) -> Any:
+        return StatusQueryForm.Meta.fields if obj is None else self.readonly_fields
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False if obj is not None else super().has_change_permission(request, obj)
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def save_model(self, request: HttpRequest, obj: StatusQuery, form: Any, change: bool) -> None:
+        """Adding a query sends it: the service creates the row and calls Daraja."""
+        data = form.cleaned_data
+        sent = status_query_request(
+            till=data["till"],
+            receipt=data["receipt"],
+            account_reference=data.get("account_reference") or "",
+            acting_user=request.user,
+        )
+        obj.pk = sent.pk
+        obj._state.adding = False
+        if sent.state == StatusQueryState.ERROR:
+            self.message_user(request, f"Daraja did not take the query: {sent.result_desc}", messages.ERROR)
+
+    def add_view(self, request: HttpRequest, form_url: str = "", extra_context: Any = None) -> HttpResponse:
+        try:
+            return super().add_view(request, form_url, extra_context)
+        except REFUSALS as exc:
+            self.message_user(request, str(exc), messages.ERROR)
+            return HttpResponseRedirect(request.get_full_path())
+
+    @display(description="State", label=SQ_LABELS)
+    def state_display(self, obj: StatusQuery) -> str:
+        return obj.state
 
 
 # ------------------------------------------------------------------------------------ payments

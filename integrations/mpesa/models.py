@@ -308,6 +308,68 @@ class Reversal(models.Model):
         return f"Reversal of {self.payment_id} ({self.get_state_display()})"
 
 
+class StatusQueryState(models.TextChoices):
+    SENT = "sent", "Sent (awaiting result)"
+    CONFIRMED = "confirmed", "Completed payment into this till"
+    NOT_COMPLETED = "not_completed", "Not a completed payment into this till"
+    FAILED = "failed", "Daraja could not tell"
+    TIMEOUT = "timeout", "No result from Daraja"
+    ERROR = "error", "Could not send"
+
+
+class StatusQueryReason(models.TextChoices):
+    MANUAL = "manual", "Asked by a person"
+    LOST_CONFIRMATION = "lost_confirmation", "Validated, confirmation never came"
+
+
+class StatusQuery(models.Model):
+    """A Transaction Status query about one M-Pesa receipt, and its answer.
+
+    Asked by a person (the receipt from the customer's SMS) or by the recovery job (a C2B payment
+    that was validated but whose confirmation never came). A result saying the receipt is a
+    completed payment into this till records and posts it like a callback would (once per receipt).
+    """
+
+    business = models.ForeignKey(Business, on_delete=models.PROTECT, related_name="mpesa_status_queries")
+    till = models.ForeignKey(Till, on_delete=models.PROTECT, related_name="status_queries")
+    receipt = models.CharField(max_length=20, db_index=True, help_text="M-Pesa receipt / TransID")
+    reason = models.CharField(max_length=20, choices=StatusQueryReason.choices, default=StatusQueryReason.MANUAL)
+    payment_request = models.ForeignKey(
+        PaymentRequest, on_delete=models.SET_NULL, null=True, blank=True, related_name="status_queries"
+    )
+    account_reference = models.CharField(max_length=40, blank=True, default="")
+    state = models.CharField(max_length=14, choices=StatusQueryState.choices, default=StatusQueryState.SENT)
+    conversation_id = models.CharField(max_length=120, blank=True, default="")
+    originator_conversation_id = models.CharField(max_length=120, blank=True, default="")
+    result_code = models.CharField(max_length=20, blank=True, default="")
+    result_desc = models.CharField(max_length=255, blank=True, default="")
+    transaction_status = models.CharField(max_length=40, blank=True, default="")
+    amount = MoneyField(null=True, blank=True)
+    payment = models.ForeignKey(Payment, on_delete=models.PROTECT, null=True, blank=True, related_name="+")
+    requested_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    completed_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        verbose_name = "transaction status query"
+        verbose_name_plural = "transaction status queries"
+        constraints = [
+            models.UniqueConstraint(
+                fields=["conversation_id"], condition=~Q(conversation_id=""), name="status_query_conversation_uniq"
+            ),
+            # The recovery job asks about a lost confirmation once, even if two runs overlap.
+            models.UniqueConstraint(
+                fields=["receipt"], condition=Q(reason="lost_confirmation"), name="status_query_lost_once"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"Status of {self.receipt} ({self.get_state_display()})"
+
+
 class ReconciliationState(models.TextChoices):
     UPLOADED = "uploaded", "Uploaded"
     QUEUED = "queued", "Queued"

@@ -20,6 +20,7 @@ import json
 import logging
 import os
 import queue
+import re
 import socket
 import threading
 import time
@@ -30,7 +31,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from celery import current_app
-from django.db import connection, transaction
+from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
 from accounts.exceptions import InvalidAccount, LedgerError, PeriodLocked
@@ -59,6 +60,9 @@ from integrations.mpesa.models import (
     PaymentStatus,
     Reversal,
     ReversalState,
+    StatusQuery,
+    StatusQueryReason,
+    StatusQueryState,
     Till,
     TillKind,
 )
@@ -407,16 +411,14 @@ def _dispatch(msg: InboxMessage) -> str:
     if kind == InboxKind.REVERSAL_TIMEOUT:
         return _process_reversal_timeout(msg)
     if kind == InboxKind.STATUS_RESULT:
-        status = parse_transaction_status_result(msg.body)
-        return (
-            f"transaction status {status.result_code} {status.result_desc}: receipt {status.receipt_no or '-'} "
-            f"{status.transaction_status or ''} {status.amount or ''}"
-        )
+        return _process_status_result(msg)
+    if kind == InboxKind.STATUS_TIMEOUT:
+        return _process_status_timeout(msg)
     if kind == InboxKind.BALANCE_RESULT:
         balance = parse_account_balance_result(msg.body)
         parts = [f"{a.name} {a.currency} {a.current}" for a in balance.accounts]
         return f"balance {balance.result_code}: " + "; ".join(parts)
-    if kind in (InboxKind.STATUS_TIMEOUT, InboxKind.BALANCE_TIMEOUT):
+    if kind == InboxKind.BALANCE_TIMEOUT:
         result = parse_result_callback(msg.body)
         return f"queue timeout {result.result_code} {result.result_desc}"
     raise NeedsAttention(f"unknown inbox kind {kind!r}")
@@ -1121,3 +1123,201 @@ def _process_reversal_timeout(msg: InboxMessage) -> str:
     reversal.completed_at = timezone.now()
     reversal.save(update_fields=["state", "result_code", "result_desc", "completed_at"])
     return f"reversal {reversal.pk} timed out at Daraja; ask again if still wanted"
+
+
+# ------------------------------------------------------------------------------------ transaction status
+
+RECEIPT_PATTERN = re.compile(r"[A-Z0-9]{10}")
+
+
+def status_query_request(
+    *,
+    till: Till,
+    receipt: str,
+    acting_user: Any,
+    reason: str = StatusQueryReason.MANUAL,
+    payment_request: PaymentRequest | None = None,
+    account_reference: str = "",
+) -> StatusQuery:
+    """Ask Daraja (Transaction Status) about M-Pesa `receipt` on `till`; the answer comes to the
+    till's status result URL and is processed like any callback (see _process_status_result).
+
+    The StatusQuery row is committed first, then Daraja is called outside any transaction. Raises
+    InvalidRequest for a malformed receipt or an inactive till (nothing stored), and IntegrityError
+    when the recovery job already asked about this receipt. Daraja's refusal leaves the row "error".
+    """
+    receipt = (receipt or "").strip().upper()
+    if not RECEIPT_PATTERN.fullmatch(receipt):
+        raise InvalidRequest(f"{receipt!r} is not an M-Pesa receipt (10 letters and digits, e.g. TJR4XK2Q1M)")
+    if not till.is_active:
+        raise InvalidRequest(f"till {till} is not active")
+    with transaction.atomic():
+        query = StatusQuery.objects.create(
+            business_id=till.business_id,
+            till=till,
+            receipt=receipt,
+            reason=reason,
+            payment_request=payment_request,
+            account_reference=(account_reference or "")[:40],
+            requested_by=acting_user if getattr(acting_user, "pk", None) else None,
+        )
+    try:
+        urls = till_callback_urls(till)
+        client = daraja_client_for(till)
+        try:
+            answer = client.transaction_status(
+                transaction_id=receipt,
+                result_url=urls["result_status"],
+                timeout_url=urls["timeout_status"],
+                remarks="Payment check",
+                identifier_type="2" if till.kind == TillKind.TILL and not till.store_number else "4",
+            )
+        finally:
+            client.close()
+    except (DarajaError, DarajaUnavailable, InvalidRequest, SecretUnreadable, ValueError) as exc:
+        StatusQuery.objects.filter(pk=query.pk).update(
+            state=StatusQueryState.ERROR, result_desc=str(exc)[:255], completed_at=timezone.now()
+        )
+        query.refresh_from_db()
+        return query
+    StatusQuery.objects.filter(pk=query.pk).update(
+        conversation_id=answer.conversation_id,
+        originator_conversation_id=answer.originator_conversation_id,
+        result_desc=answer.response_description[:255],
+    )
+    query.refresh_from_db()
+    return query
+
+
+def _find_status_query(conversation_id: str, originator: str) -> StatusQuery | None:
+    query = StatusQuery.objects.select_for_update(of=("self",)).select_related("payment_request")
+    found = query.filter(conversation_id=conversation_id).first() if conversation_id else None
+    if found is None and originator:
+        found = query.filter(originator_conversation_id=originator).first()
+    return found
+
+
+def _party(text: str | None) -> tuple[str, str]:
+    """("254708374149", "John Doe") from Daraja's "254708374149 - John Doe"; ("", "") if absent."""
+    number, _, name = (text or "").partition(" - ")
+    return number.strip(), name.strip()
+
+
+def _process_status_result(msg: InboxMessage) -> str:
+    status = parse_transaction_status_result(msg.body)
+    summary = (
+        f"transaction status {status.result_code} {status.result_desc}: receipt {status.receipt_no or '-'} "
+        f"{status.transaction_status or ''} {status.amount or ''}"
+    )
+    query = _find_status_query(status.conversation_id, status.originator_conversation_id)
+    if query is None:
+        return f"{summary} (not a query of ours)"
+    if query.till_id != msg.till_id:
+        raise NeedsAttention(f"status query {query.pk} belongs to another till than the result URL's")
+    if query.state != StatusQueryState.SENT:
+        return f"status query {query.pk} already {query.state}"
+    if status.receipt_no and status.receipt_no != query.receipt:
+        raise NeedsAttention(
+            f"status query {query.pk} asked about {query.receipt}, the result is about {status.receipt_no}"
+        )
+    query.result_code = status.result_code[:20]
+    query.result_desc = status.result_desc[:255]
+    query.transaction_status = (status.transaction_status or "")[:40]
+    query.amount = status.amount
+    query.completed_at = timezone.now()
+    fields = ["state", "result_code", "result_desc", "transaction_status", "amount", "completed_at"]
+    till = msg.till
+    receiver, _ = _party(status.credit_party_name)
+    if not status.succeeded:
+        query.state = StatusQueryState.FAILED
+    elif (
+        (status.transaction_status or "").lower() != "completed"
+        or status.amount is None
+        or receiver not in {till.shortcode, till.store_number} - {""}
+    ):
+        # Not money into this till (failed, reversed, or paid elsewhere): nothing to post.
+        query.state = StatusQueryState.NOT_COMPLETED
+    else:
+        phone, name = _party(status.debit_party_name)
+        request = query.payment_request
+        payment, created = payment_record(
+            till=till,
+            receipt=query.receipt,
+            amount=status.amount,
+            paid_at=status.finalised_time or status.initiated_time or timezone.now(),
+            msisdn=phone,
+            payer_name=name,
+            account_reference=query.account_reference or (request.account_reference if request else ""),
+            payment_request=request,
+        )
+        if request is not None:
+            PaymentRequest.objects.filter(pk=request.pk).exclude(state=PaymentRequestState.PAID).update(
+                state=PaymentRequestState.PAID, receipt=query.receipt, completed_at=timezone.now()
+            )
+        query.state = StatusQueryState.CONFIRMED
+        query.payment = payment
+        fields.append("payment")
+        query.save(update_fields=fields)
+        return f"status query {query.pk}: {_payment_outcome(payment, created)}"[:255]
+    query.save(update_fields=fields)
+    return f"status query {query.pk} {query.state}: {summary}"[:255]
+
+
+def _process_status_timeout(msg: InboxMessage) -> str:
+    result = parse_result_callback(msg.body)
+    query = _find_status_query(result.conversation_id, result.originator_conversation_id)
+    if query is None:
+        return f"queue timeout {result.result_code} {result.result_desc}"
+    if query.state != StatusQueryState.SENT:
+        return f"status query {query.pk} already {query.state}; timeout ignored"
+    query.state = StatusQueryState.TIMEOUT
+    query.result_code = result.result_code[:20]
+    query.result_desc = f"queue timeout: {result.result_desc}"[:255]
+    query.completed_at = timezone.now()
+    query.save(update_fields=["state", "result_code", "result_desc", "completed_at"])
+    return f"status query {query.pk} timed out at Daraja; ask again if still wanted"
+
+
+def lost_confirmations_recover(
+    *, older_than_seconds: int = 600, within_days: int = 3, batch_size: int = 20
+) -> dict[str, int]:
+    """Ask Daraja (Transaction Status) about C2B payments we accepted at validation more than
+    `older_than_seconds` ago (and within `within_days`) whose confirmation never came: no Payment
+    has their receipt. Each receipt is asked about once (a database constraint); a "completed"
+    answer records and posts the payment. Returns counts by the query's state.
+    """
+    now = timezone.now()
+    candidates = (
+        InboxMessage.objects.filter(
+            kind=InboxKind.C2B_VALIDATION,
+            state=InboxState.PROCESSED,
+            outcome="accepted",
+            received_at__lte=now - dt.timedelta(seconds=older_than_seconds),
+            received_at__gte=now - dt.timedelta(days=within_days),
+        )
+        .exclude(daraja_id__in=Payment.objects.values("receipt"))
+        .exclude(daraja_id__in=StatusQuery.objects.filter(reason=StatusQueryReason.LOST_CONFIRMATION).values("receipt"))
+        .select_related("till")
+        .order_by("received_at")[:batch_size]
+    )
+    counts: dict[str, int] = {}
+    for row in candidates:
+        try:
+            reference = parse_c2b_validation(row.body).bill_ref_number
+        except PayloadError:
+            reference = ""
+        try:
+            query = status_query_request(
+                till=row.till,
+                receipt=row.daraja_id,
+                acting_user=None,
+                reason=StatusQueryReason.LOST_CONFIRMATION,
+                account_reference=reference,
+            )
+        except IntegrityError:
+            continue  # another run asked meanwhile
+        except InvalidRequest as exc:
+            logger.warning("not asking about validated payment %s: %s", row.daraja_id, exc)
+            continue
+        counts[query.state] = counts.get(query.state, 0) + 1
+    return counts

@@ -20,6 +20,7 @@ from integrations.mpesa.services import (
     inbox_mark_failed,
     inbox_process,
     inbox_sweep,
+    lost_confirmations_recover,
     payment_requests_recover,
 )
 
@@ -81,6 +82,12 @@ def sweep_inbox(min_age_seconds: int | None = None, batch_size: int = 500) -> in
 
 
 @shared_task(name="payments.recover_requests", time_limit=TIME_LIMIT, soft_time_limit=SOFT_TIME_LIMIT)
-def recover_requests(older_than_seconds: int = 180, batch_size: int = 50) -> dict[str, int]:
-    """Ask Daraja about STK requests whose callback never came (beat: every 2 minutes)."""
-    return payment_requests_recover(older_than_seconds=older_than_seconds, batch_size=batch_size)
+def recover_requests(
+    older_than_seconds: int = 180, batch_size: int = 50, confirmation_age_seconds: int = 600
+) -> dict[str, int]:
+    """Ask Daraja about what never got its callback (beat: every 2 minutes): STK requests (STK
+    Query), and C2B payments validated but never confirmed (Transaction Status)."""
+    counts = payment_requests_recover(older_than_seconds=older_than_seconds, batch_size=batch_size)
+    for state, n in lost_confirmations_recover(older_than_seconds=confirmation_age_seconds).items():
+        counts[f"status_query_{state}"] = n
+    return counts

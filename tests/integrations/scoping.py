@@ -19,6 +19,7 @@ from integrations.mpesa.models import (
     ReconciliationLine,
     ReconciliationRun,
     Reversal,
+    StatusQuery,
     Till,
     UnallocatedPayment,
 )
@@ -82,6 +83,10 @@ def _line(business: Business) -> ReconciliationLine:
     )
 
 
+def _status_query(business: Business) -> StatusQuery:
+    return StatusQuery.objects.create(business=business, till=_till(business), receipt=f"SCOPESQ{next(_numbers):03d}")
+
+
 ROW_MAKERS: dict[type[Model], Callable[[Business], Model]] = {
     Till: _till,
     InboxMessage: _inbox,
@@ -91,4 +96,5 @@ ROW_MAKERS: dict[type[Model], Callable[[Business], Model]] = {
     Reversal: _reversal,
     ReconciliationRun: _run,
     ReconciliationLine: _line,
+    StatusQuery: _status_query,
 }
