@@ -14,6 +14,7 @@ How a payment is posted exactly once (docs/mpesa.md):
 
 from __future__ import annotations
 
+import atexit
 import datetime as dt
 import hashlib
 import json
@@ -211,6 +212,7 @@ class _Publisher:
     MAX_PENDING = 10_000
     PAUSE = 5.0
     LINGER = 0.05
+    EXIT_FLUSH_SECONDS = 2.0
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -243,6 +245,9 @@ class _Publisher:
             # A new process (gunicorn forks after import): start afresh, the parent's thread is not here.
             self._queue = queue.Queue(self.MAX_PENDING)
             threading.Thread(target=self._run, args=(self._queue,), name="mpesa-enqueue", daemon=True).start()
+            # A process ending normally (gunicorn recycling a worker after max-requests, a stop)
+            # publishes what it holds first, rather than leaving it to the sweeper.
+            atexit.register(self.flush, self.EXIT_FLUSH_SECONDS)
             self._pid = os.getpid()
 
     def _take_batch(self, pending: queue.Queue[int]) -> list[int]:

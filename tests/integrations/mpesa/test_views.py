@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -13,6 +15,7 @@ from django.test import Client
 
 from integrations.mpesa.models import InboxKind, InboxMessage, InboxState, Till
 from integrations.mpesa.services import inbox_store, publisher
+from tests.celery_support import ROOT, worker_env
 from tests.integrations.mpesa.factories import (
     FIXTURES,
     TillFactory,
@@ -91,6 +94,19 @@ def test_ids_submitted_together_go_in_one_message(till: Till, clean_broker: redi
     assert publisher.flush()
     assert clean_broker.llen("payments") == 1
     assert queued_inbox_ids(clean_broker) == ids
+
+
+def test_a_process_ending_normally_publishes_what_it_holds(clean_broker: redis.Redis) -> None:
+    """Ids still lingering in the publisher when a web process exits (gunicorn recycling a worker)
+    are published on the way out, not left to the sweeper."""
+    code = (
+        "import django; django.setup()\n"
+        "from integrations.mpesa.services import publisher\n"
+        "for inbox_id in (101, 102, 103):\n"
+        "    publisher.submit(inbox_id)\n"
+    )
+    subprocess.run([sys.executable, "-c", code], env=worker_env(), cwd=ROOT, check=True, timeout=60)
+    assert queued_inbox_ids(clean_broker) == [101, 102, 103]
 
 
 def test_the_daraja_id_is_the_checkout_request_id_or_the_receipt(till: Till, clean_broker: redis.Redis) -> None:
