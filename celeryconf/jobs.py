@@ -80,6 +80,7 @@ class JobContext:
 
     def __init__(self, job: Job) -> None:
         self.job = job
+        self.last_message = ""
 
     @property
     def params(self) -> dict[str, Any]:
@@ -88,6 +89,7 @@ class JobContext:
     def progress(self, percent: int, message: str = "") -> None:
         """Record progress (0-100) where the admin shows it; committed at once."""
         percent = max(0, min(100, int(percent)))
+        self.last_message = message
         Job.objects.filter(pk=self.job.pk).update(progress=percent, message=message[:255], updated_at=timezone.now())
 
     def save_result(self, filename: str, content: bytes) -> None:
@@ -182,8 +184,9 @@ def job_run(*, job_id: int, retry: Callable[[int, BaseException], Exception]) ->
         job.message = "Running" if job.attempts == 1 else f"Running (attempt {job.attempts})"
         job.save()
 
+    context = JobContext(job)
     try:
-        kind.handler(JobContext(job))
+        kind.handler(context)
     except JobFailed as exc:
         _finish(job, JobState.FAILED, message=str(exc)[:255], error=str(exc), tb=traceback.format_exc())
     except kind.retry_on as exc:
@@ -209,7 +212,8 @@ def job_run(*, job_id: int, retry: Callable[[int, BaseException], Exception]) ->
         _finish(job, JobState.FAILED, message=f"Failed: {exc}"[:255], error=repr(exc), tb=traceback.format_exc())
         logger.exception("job %s failed", job.pk)
     else:
-        _finish(job, JobState.SUCCEEDED, message="Done")
+        # The handler's last word stays visible ("Done: 3 matched, 1 not in the books...").
+        _finish(job, JobState.SUCCEEDED, message=f"Done: {context.last_message}" if context.last_message else "Done")
 
 
 def _max_countdown() -> int:
