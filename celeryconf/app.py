@@ -11,6 +11,11 @@ from django.db import close_old_connections
 from celeryconf.config import Limits, ReliabilityError, build_config, check_reliability
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "backoffice.settings")
+# Celery's Django fix-up runs Django's system checks at every worker and beat start and throws the
+# result away; running them loads the whole URLconf (every view, the admin's URLs) into each worker
+# for nothing (~1.6 MiB per process, docs/worker-memory.md). `manage.py migrate` and `check` run
+# them at deploy. Set CELERY_SKIP_CHECKS= (empty) to run them in a worker anyway.
+os.environ.setdefault("CELERY_SKIP_CHECKS", "1")
 
 LIMITS = Limits.from_env()
 

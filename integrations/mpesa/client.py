@@ -43,12 +43,10 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime
 from decimal import Decimal
-from typing import Literal, Protocol, TypeVar
+from typing import TYPE_CHECKING, Literal, Protocol, TypeVar
 from urllib.parse import urlsplit
 
 import redis
-import requests
-from urllib3.exceptions import MaxRetryError, NewConnectionError
 
 from integrations.mpesa.exceptions import (
     DarajaAuthError,
@@ -72,6 +70,9 @@ from integrations.mpesa.payloads import (
     parse_stk_query_response,
 )
 from integrations.mpesa.phones import normalise_msisdn
+
+if TYPE_CHECKING:
+    import requests
 
 logger = logging.getLogger(__name__)
 
@@ -207,6 +208,9 @@ def _whole_shillings(amount: Decimal, name: str, *, minimum: int, maximum: int |
 
 def _never_sent(exc: requests.RequestException) -> bool:
     """True when the connection itself failed, so Daraja cannot have received anything."""
+    import requests
+    from urllib3.exceptions import MaxRetryError, NewConnectionError
+
     if isinstance(exc, requests.exceptions.ConnectTimeout):
         return True
     if isinstance(exc, requests.exceptions.ConnectionError) and exc.args:
@@ -268,7 +272,14 @@ class DarajaClient:
         self.timeout = (float(timeout[0]), float(timeout[1]))
         self.max_retries = max_retries
         self.backoff = backoff
-        self.session = session or requests.Session()
+        if session is None:
+            # requests (with urllib3, charset_normalizer, idna: ~10 MiB) is imported here, not at module
+            # level: every Celery worker imports this module at start (through services), and only the
+            # tasks that call Daraja need it (docs/worker-memory.md).
+            import requests
+
+            session = requests.Session()
+        self.session = session
         self._consumer_key = consumer_key
         self._consumer_secret = consumer_secret
         self._passkey = passkey
@@ -379,6 +390,8 @@ class DarajaClient:
         token: str | None = None,
     ) -> requests.Response:
         """One logical request with the retries its policy allows (see the module docstring)."""
+        import requests  # imported by __init__ already; see there
+
         url = self.base_url + path
         headers = {"Accept": "application/json"}
         if token is not None:

@@ -17,12 +17,11 @@ import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from cryptography.fernet import Fernet, InvalidToken
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from django.conf import settings
 
 if TYPE_CHECKING:
+    from cryptography.fernet import Fernet
+
     from integrations.mpesa.models import Till
 
 _HKDF_INFO = b"backoffice mpesa till credentials v1"
@@ -33,6 +32,13 @@ class SecretUnreadable(Exception):  # noqa: N818 - reads as the condition it rep
 
 
 def _fernet() -> Fernet:
+    # cryptography (its Rust bindings: ~8 MiB) is imported on first use, not at module level: every
+    # Celery worker imports this module at start (through services), and only the tasks that call
+    # Daraja read a credential (docs/worker-memory.md).
+    from cryptography.fernet import Fernet
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
     configured = getattr(settings, "MPESA_ENCRYPTION_KEY", "") or ""
     if configured:
         return Fernet(configured.encode() if isinstance(configured, str) else configured)
@@ -52,6 +58,8 @@ def encrypt(plaintext: str) -> str:
 def decrypt(ciphertext: str) -> str:
     if not ciphertext:
         return ""
+    from cryptography.fernet import InvalidToken  # see _fernet
+
     try:
         return _fernet().decrypt(ciphertext.encode()).decode()
     except InvalidToken as exc:

@@ -1,0 +1,191 @@
+#!/usr/bin/env python3
+"""Measure a Celery worker's memory: RSS and PSS of its main and pool processes, idle and after work.
+
+Starts `celery -A celeryconf worker -Q QUEUES -c N` with the caller's environment (DATABASE_URL,
+REDIS_URL, DJANGO_DEBUG...), waits for its heartbeat key, lets it settle, reads /proc/PID/status
+(VmRSS) and /proc/PID/smaps_rollup (Pss, Private_*) of each process, then sends it work through
+`manage.py shell` and reads them again, and stops it. See docs/worker-memory.md.
+
+    python scripts/worker_memory.py --queues payments --concurrency 2 --callbacks 400
+    python scripts/worker_memory.py --queues default,reports --concurrency 2 --jobs 20
+
+Use a scratch database (the workload creates a business, a till, callbacks and jobs in it).
+Figures are KiB; a process's RSS counts pages it shares with the others after fork, PSS splits them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# Run by `manage.py shell -c` against the worker's database and broker.
+SETUP = """
+from accounts.services import chart_ensure_default
+from integrations.mpesa.models import Till
+from operations.models import Business
+b, created = Business.objects.get_or_create(name="Memory Water", defaults={"kind": "water"})
+if created:
+    chart_ensure_default(business=b)
+t = Till.objects.filter(business=b).first() or Till.objects.create(
+    business=b, name="Memory paybill", shortcode="600977", kind="paybill", callback_base_url="http://127.0.0.1:8000")
+print("TILL", t.callback_token, t.shortcode, b.pk)
+"""
+
+PAYMENTS = """
+import random, time
+from django.test import Client
+from integrations.mpesa.models import InboxMessage, InboxState
+from integrations.mpesa.services import inbox_enqueue, publisher
+from integrations.mpesa.simulate import scenario
+token, shortcode, n = {token!r}, {shortcode!r}, {n}
+rng = random.Random(time.time_ns())
+client = Client(HTTP_HOST="localhost")
+sent = 0
+while sent < n:
+    for call in scenario(rng, shortcode):
+        client.post(f"/daraja/{{token}}/{{call.path}}", data=call.body, content_type="application/json")
+        sent += 1
+publisher.flush()
+deadline = time.monotonic() + 120
+while time.monotonic() < deadline:
+    left = list(InboxMessage.objects.filter(state=InboxState.RECEIVED).values_list("pk", flat=True))
+    if not left:
+        break
+    time.sleep(1)
+print("LEFT", len(left))
+"""
+
+JOBS = """
+import datetime as dt, time
+from django.utils import timezone
+from celeryconf.jobs import job_launch
+from celeryconf.models import Job, JobState
+from operations.jobs import CLOSING, EXPORT_BUSINESSES
+from operations.models import Business
+b = Business.objects.get(pk={business})
+ids = []
+for i in range({n}):
+    if i % 2:
+        day = (timezone.localdate() - dt.timedelta(days=1)).isoformat()  # again: idempotent
+        ids.append(job_launch(kind=CLOSING, acting_user=None, business=b, params={{"day": day}}).pk)
+    else:
+        ids.append(job_launch(kind=EXPORT_BUSINESSES, acting_user=None).pk)
+deadline = time.monotonic() + 180
+active = ["queued", "running", "retrying"]
+while time.monotonic() < deadline and Job.objects.filter(pk__in=ids, state__in=active).exists():
+    time.sleep(1)
+print("STATES", sorted(Job.objects.filter(pk__in=ids).values_list("state", flat=True)))
+"""
+
+
+CELERY = [sys.executable, "-m", "celery", "-A", "celeryconf", "worker"]
+
+
+def read_memory(pid: int) -> dict[str, int]:
+    """VmRSS, Pss and private KiB of one process."""
+    figures: dict[str, int] = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            figures["rss"] = int(line.split()[1])
+    rollup: dict[str, int] = {}
+    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()[1:]:
+        name, value, *_ = line.split()
+        rollup[name.rstrip(":")] = int(value)
+    figures["pss"] = rollup["Pss"]
+    figures["private"] = rollup["Private_Clean"] + rollup["Private_Dirty"]
+    return figures
+
+
+def children(pid: int) -> list[int]:
+    found: list[int] = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        text = (task / "children").read_text().split()
+        found.extend(int(p) for p in text)
+    return sorted(found)
+
+
+def sample(main_pid: int) -> dict[str, object]:
+    return {
+        "main": read_memory(main_pid),
+        "pool": [read_memory(pid) for pid in children(main_pid)],
+    }
+
+
+def shell(code: str, env: dict[str, str]) -> str:
+    return subprocess.run(
+        [sys.executable, "manage.py", "shell", "-c", code],
+        cwd=ROOT,
+        env=env,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--queues", default="payments")
+    parser.add_argument("--concurrency", type=int, default=2)
+    parser.add_argument("--callbacks", type=int, default=0, help="M-Pesa callbacks to post (payments queue)")
+    parser.add_argument("--jobs", type=int, default=0, help="jobs to launch (exports and closings)")
+    parser.add_argument("--settle", type=float, default=5.0, help="seconds to wait before each reading")
+    args = parser.parse_args()
+
+    import redis
+
+    env = dict(os.environ)
+    redis_url = env.get("REDIS_URL", "redis://127.0.0.1:6379/0")
+    hostname = f"memtest-{os.getpid()}@{socket.gethostname()}"
+    setup_out = shell(SETUP, env)
+    _, token, shortcode, business = next(line for line in setup_out.splitlines() if line.startswith("TILL")).split()
+
+    worker = subprocess.Popen(
+        [*CELERY, "-Q", args.queues, "-c", str(args.concurrency), "-n", hostname, "-l", "WARNING"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    broker = redis.Redis.from_url(redis_url)
+    result: dict[str, object] = {"queues": args.queues, "concurrency": args.concurrency}
+    try:
+        key = f"backoffice:heartbeat:queue:{args.queues.split(',')[0]}:{hostname}"
+        deadline = time.monotonic() + 60
+        while not broker.exists(key):
+            if time.monotonic() > deadline or worker.poll() is not None:
+                raise RuntimeError("the worker did not start")
+            time.sleep(0.2)
+        time.sleep(args.settle)
+        result["idle"] = sample(worker.pid)
+        if args.callbacks or args.jobs:
+            if args.callbacks:
+                out = shell(PAYMENTS.format(token=token, shortcode=shortcode, n=args.callbacks), env)
+                result["workload"] = out.strip().splitlines()[-1]
+            if args.jobs:
+                out = shell(JOBS.format(business=business, n=args.jobs), env)
+                result["workload"] = out.strip().splitlines()[-1]
+            time.sleep(args.settle)
+            result["after_tasks"] = sample(worker.pid)
+    finally:
+        os.killpg(worker.pid, signal.SIGTERM)
+        try:
+            worker.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(worker.pid, signal.SIGKILL)
+            worker.wait()
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
