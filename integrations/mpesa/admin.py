@@ -75,6 +75,34 @@ class ScopedMpesaAdmin(BusinessScopedAdmin):
             self.message_user(request, f"{done}: {succeeded}.", messages.SUCCESS)
 
 
+class SentOnAddAdmin(ScopedMpesaAdmin):
+    """A page whose "add" form asks Daraja for something (save_model calls the service) and whose
+    rows are then read-only records of the answer."""
+
+    add_form: type[forms.ModelForm]  # type: ignore[type-arg]
+
+    def get_form(self, request: HttpRequest, obj: Any = None, change: bool = False, **kwargs: Any) -> Any:
+        if obj is None:
+            kwargs["form"] = self.add_form
+        return super().get_form(request, obj, change=change, **kwargs)
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> Any:
+        return self.readonly_fields if obj is not None else []
+
+    def get_fields(self, request: HttpRequest, obj: Any = None) -> Any:
+        return self.add_form._meta.fields if obj is None else self.readonly_fields
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False if obj is not None else super().has_change_permission(request, obj)
+
+    def add_view(self, request: HttpRequest, form_url: str = "", extra_context: Any = None) -> HttpResponse:
+        try:
+            return super().add_view(request, form_url, extra_context)
+        except REFUSALS as exc:
+            self.message_user(request, str(exc), messages.ERROR)
+            return HttpResponseRedirect(request.get_full_path())
+
+
 # ------------------------------------------------------------------------------------ tills
 
 
@@ -289,7 +317,8 @@ PR_LABELS = {
 
 
 @admin.register(PaymentRequest)
-class PaymentRequestAdmin(ScopedMpesaAdmin):
+class PaymentRequestAdmin(SentOnAddAdmin):
+    add_form = RequestPaymentForm
     list_display = ["id", "created_at", "till", "phone", "amount", "account_reference", "state_display", "receipt"]
     list_filter = ["state"]
     search_fields = ["phone", "account_reference", "receipt", "checkout_request_id"]
@@ -315,22 +344,6 @@ class PaymentRequestAdmin(ScopedMpesaAdmin):
         "completed_at",
     ]
 
-    def get_form(self, request: HttpRequest, obj: Any = None, change: bool = False, **kwargs: Any) -> Any:
-        if obj is None:
-            kwargs["form"] = RequestPaymentForm
-        return super().get_form(request, obj, change=change, **kwargs)
-
-    def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> Any:
-        return self.readonly_fields if obj is not None else []
-
-    def get_fields(self, request: HttpRequest, obj: Any = None) -> Any:
-        if obj is None:
-            return RequestPaymentForm.Meta.fields
-        return self.readonly_fields
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False if obj is not None else super().has_change_permission(request, obj)
-
     def save_model(self, request: HttpRequest, obj: PaymentRequest, form: Any, change: bool) -> None:
         """Adding a request sends it: the service creates the row and calls Daraja."""
         data = form.cleaned_data
@@ -346,13 +359,6 @@ class PaymentRequestAdmin(ScopedMpesaAdmin):
         obj._state.adding = False
         if sent.state == PaymentRequestState.ERROR:
             self.message_user(request, f"Daraja did not take the request: {sent.result_desc}", messages.ERROR)
-
-    def add_view(self, request: HttpRequest, form_url: str = "", extra_context: Any = None) -> HttpResponse:
-        try:
-            return super().add_view(request, form_url, extra_context)
-        except REFUSALS as exc:
-            self.message_user(request, str(exc), messages.ERROR)
-            return HttpResponseRedirect(request.get_full_path())
 
     @display(description="State", label=PR_LABELS)
     def state_display(self, obj: PaymentRequest) -> str:
@@ -388,9 +394,11 @@ SQ_LABELS = {
 
 
 @admin.register(StatusQuery)
-class StatusQueryAdmin(ScopedMpesaAdmin):
+class StatusQueryAdmin(SentOnAddAdmin):
     """Transaction Status queries: asked here about a receipt a customer shows, or by the recovery
     job; a "completed" answer for this till posts the payment (once per receipt)."""
+
+    add_form = StatusQueryForm
 
     list_display = [
         "id",
@@ -426,20 +434,6 @@ class StatusQueryAdmin(ScopedMpesaAdmin):
         "completed_at",
     ]
 
-    def get_form(self, request: HttpRequest, obj: Any = None, change: bool = False, **kwargs: Any) -> Any:
-        if obj is None:
-            kwargs["form"] = StatusQueryForm
-        return super().get_form(request, obj, change=change, **kwargs)
-
-    def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> Any:
-        return self.readonly_fields if obj is not None else []
-
-    def get_fields(self, request: HttpRequest, obj: Any = None) -> Any:
-        return StatusQueryForm.Meta.fields if obj is None else self.readonly_fields
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False if obj is not None else super().has_change_permission(request, obj)
-
     def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
 
@@ -456,13 +450,6 @@ class StatusQueryAdmin(ScopedMpesaAdmin):
         obj._state.adding = False
         if sent.state == StatusQueryState.ERROR:
             self.message_user(request, f"Daraja did not take the query: {sent.result_desc}", messages.ERROR)
-
-    def add_view(self, request: HttpRequest, form_url: str = "", extra_context: Any = None) -> HttpResponse:
-        try:
-            return super().add_view(request, form_url, extra_context)
-        except REFUSALS as exc:
-            self.message_user(request, str(exc), messages.ERROR)
-            return HttpResponseRedirect(request.get_full_path())
 
     @display(description="State", label=SQ_LABELS)
     def state_display(self, obj: StatusQuery) -> str:
