@@ -42,7 +42,7 @@ from integrations.mpesa.models import (
     ReconciliationState,
 )
 from integrations.mpesa.payloads import NAIROBI
-from integrations.mpesa.services import _post_once, payment_record
+from integrations.mpesa.services import _post_once, payment_record, split_party
 
 RECONCILE_JOB = "payments.reconcile"
 HEADER_FIRST_CELL = "receipt no"
@@ -307,14 +307,14 @@ def reconciliation_post_missing(*, line: ReconciliationLine, acting_user: Any) -
         locked = ReconciliationLine.objects.select_for_update().select_related("run__till").get(pk=line.pk)
         if locked.status != LineStatus.MISSING_IN_BOOKS or locked.statement_amount is None:
             raise InvalidRequest(f"{locked.receipt} is not a payment missing from the books")
-        party, _, name = locked.other_party.partition(" - ")
+        party, name = split_party(locked.other_party)
         payment, _created = payment_record(
             till=locked.run.till,
             receipt=locked.receipt,
             amount=locked.statement_amount,
             paid_at=locked.completed_at or timezone.now(),
-            msisdn=party.strip(),
-            payer_name=name.strip(),
+            msisdn=party,
+            payer_name=name,
             account_reference=locked.account_number,
             payment_request=None,
             acting_user=acting_user,

@@ -28,11 +28,12 @@ import time
 from collections.abc import Mapping, Sequence
 from contextlib import ExitStack
 from decimal import Decimal
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 from celery import current_app
-from django.db import IntegrityError, connection, transaction
+from django.db import IntegrityError, connection, models, transaction
+from django.db.models import QuerySet
 from django.utils import timezone
 
 from accounts.exceptions import InvalidAccount, LedgerError, PeriodLocked
@@ -85,6 +86,8 @@ from integrations.mpesa.secrets import SecretUnreadable, encrypt, till_credentia
 from operations.models import Business, Customer
 
 logger = logging.getLogger(__name__)
+
+M = TypeVar("M", bound=models.Model)
 
 # The payloads module's name for each inbox kind (what callback_unique_id / parse_callback expect).
 PAYLOAD_KIND: dict[str, CallbackKind] = {
@@ -167,8 +170,9 @@ def inbox_store(
 BATCH_MAX = 50
 
 
-def inbox_enqueue(inbox_ids: int | Sequence[int]) -> bool:
-    """Send "process these inbox rows" to the payments queue without retrying; False if the broker is down.
+def inbox_enqueue(inbox_ids: int | Sequence[int]) -> int:
+    """Send "process these inbox rows" to the payments queue without retrying; how many ids went
+    (fewer than given when the broker is down: the rest were not sent).
 
     One message per BATCH_MAX ids. Never raises: Redis is only a delivery mechanism here, the
     sweeper re-sends what did not go.
@@ -176,6 +180,9 @@ def inbox_enqueue(inbox_ids: int | Sequence[int]) -> bool:
     from integrations.mpesa.tasks import process_inbox
 
     ids = [inbox_ids] if isinstance(inbox_ids, int) else list(inbox_ids)
+    sent = 0
+    if not ids:
+        return sent
     try:
         with ExitStack() as stack:
             broker = conf.broker_url_override()
@@ -188,10 +195,10 @@ def inbox_enqueue(inbox_ids: int | Sequence[int]) -> bool:
                 chunk = ids[start : start + BATCH_MAX]
                 payload = chunk[0] if len(chunk) == 1 else chunk
                 process_inbox.apply_async(args=(payload,), retry=False, **options)
+                sent += len(chunk)
     except Exception as exc:  # a broker outage must not fail the caller
-        logger.warning("inbox %s stored but not enqueued (broker down?): %r; the sweeper will send it", ids, exc)
-        return False
-    return True
+        logger.warning("inbox %s stored but not enqueued (broker down?): %r; the sweeper will send it", ids[sent:], exc)
+    return sent
 
 
 class _Publisher:
@@ -268,7 +275,7 @@ class _Publisher:
             try:
                 if time.monotonic() < self._paused_until and not _broker_reachable():
                     logger.warning("broker recently down: inbox %s left to the sweeper", batch)
-                elif not inbox_enqueue(batch):
+                elif inbox_enqueue(batch) < len(batch):
                     self._paused_until = time.monotonic() + self.PAUSE
             except Exception:  # never let the thread die
                 logger.exception("enqueue of inbox %s failed", batch)
@@ -337,12 +344,7 @@ def inbox_sweep(*, min_age_seconds: int | None = None, batch_size: int = 500) ->
             .values_list("id", flat=True)[:batch_size]
         )
         InboxMessage.objects.filter(pk__in=ids).update(last_enqueued_at=timezone.now())
-    sent = 0
-    for start in range(0, len(ids), BATCH_MAX):
-        chunk = ids[start : start + BATCH_MAX]
-        if not inbox_enqueue(chunk):
-            break  # the broker is down: the rest waits for the next sweep
-        sent += len(chunk)
+    sent = inbox_enqueue(ids)  # fewer when the broker is down: the rest waits for the next sweep
     if ids:
         logger.info("sweeper re-enqueued %s of %s unprocessed inbox rows", sent, len(ids))
     return sent
@@ -1067,11 +1069,17 @@ def reversal_request(*, payment: Payment, reason: str, acting_user: Any) -> Reve
     return reversal
 
 
-def _find_reversal(conversation_id: str, originator: str) -> Reversal:
-    query = Reversal.objects.select_for_update()
+def _by_conversation(query: QuerySet[M], conversation_id: str, originator: str) -> M | None:
+    """The row a result callback answers: by Daraja's ConversationID, else by the
+    OriginatorConversationID it gave when accepting the request."""
     found = query.filter(conversation_id=conversation_id).first() if conversation_id else None
     if found is None and originator:
         found = query.filter(originator_conversation_id=originator).first()
+    return found
+
+
+def _find_reversal(conversation_id: str, originator: str) -> Reversal:
+    found = _by_conversation(Reversal.objects.select_for_update(), conversation_id, originator)
     if found is None:
         raise NeedsAttention(f"no reversal request with ConversationID {conversation_id or originator}")
     return found
@@ -1196,14 +1204,12 @@ def status_query_request(
 
 def _find_status_query(conversation_id: str, originator: str) -> StatusQuery | None:
     query = StatusQuery.objects.select_for_update(of=("self",)).select_related("payment_request")
-    found = query.filter(conversation_id=conversation_id).first() if conversation_id else None
-    if found is None and originator:
-        found = query.filter(originator_conversation_id=originator).first()
-    return found
+    return _by_conversation(query, conversation_id, originator)
 
 
-def _party(text: str | None) -> tuple[str, str]:
-    """("254708374149", "John Doe") from Daraja's "254708374149 - John Doe"; ("", "") if absent."""
+def split_party(text: str | None) -> tuple[str, str]:
+    """("254708374149", "John Doe") from "254708374149 - John Doe", as Daraja's results and the
+    org-portal statement name a party; ("", "") if absent."""
     number, _, name = (text or "").partition(" - ")
     return number.strip(), name.strip()
 
@@ -1232,7 +1238,7 @@ def _process_status_result(msg: InboxMessage) -> str:
     query.completed_at = timezone.now()
     fields = ["state", "result_code", "result_desc", "transaction_status", "amount", "completed_at"]
     till = msg.till
-    receiver, _ = _party(status.credit_party_name)
+    receiver, _ = split_party(status.credit_party_name)
     if not status.succeeded:
         query.state = StatusQueryState.FAILED
     elif (
@@ -1243,7 +1249,7 @@ def _process_status_result(msg: InboxMessage) -> str:
         # Not money into this till (failed, reversed, or paid elsewhere): nothing to post.
         query.state = StatusQueryState.NOT_COMPLETED
     else:
-        phone, name = _party(status.debit_party_name)
+        phone, name = split_party(status.debit_party_name)
         request = query.payment_request
         payment, created = payment_record(
             till=till,

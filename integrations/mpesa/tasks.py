@@ -60,7 +60,7 @@ def process_inbox(self: Any, inbox_ids: int | list[int]) -> list[str]:
     for position, inbox_id in enumerate(ids):
         if position and time.monotonic() - started > budget:
             rest = ids[position:]
-            if not inbox_enqueue(rest):
+            if inbox_enqueue(rest) < len(rest):
                 logger.warning("inbox %s left to the sweeper: batch out of time and the broker is down", rest)
             break
         try:
