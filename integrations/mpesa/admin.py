@@ -390,6 +390,8 @@ SQ_LABELS = {
     StatusQueryState.TIMEOUT: "warning",
     StatusQueryState.FAILED: "danger",
     StatusQueryState.ERROR: "danger",
+    StatusQueryState.RETRY: "warning",
+    StatusQueryState.NEEDS_ATTENTION: "danger",
 }
 
 
@@ -407,6 +409,7 @@ class StatusQueryAdmin(SentOnAddAdmin):
         "receipt",
         "reason",
         "state_display",
+        "attempts",
         "transaction_status",
         "amount",
         "payment",
@@ -432,6 +435,8 @@ class StatusQueryAdmin(SentOnAddAdmin):
         "requested_by",
         "created_at",
         "completed_at",
+        "attempts",
+        "next_attempt_at",
     ]
 
     def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
