@@ -12,6 +12,7 @@ from typing import Any
 from django import forms
 from django.contrib import admin, messages
 from django.contrib.admin import helpers
+from django.core.exceptions import PermissionDenied
 from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import render
@@ -76,10 +77,20 @@ class ScopedMpesaAdmin(BusinessScopedAdmin):
 
 
 class SentOnAddAdmin(ScopedMpesaAdmin):
-    """A page whose "add" form asks Daraja for something (save_model calls the service) and whose
-    rows are then read-only records of the answer."""
+    """A page whose "add" form asks Daraja for something (`send` calls the service) and whose
+    rows are then read-only records of the answer.
+
+    ModelAdmin saves inside `transaction.atomic`: a service called from save_model would call
+    Daraja before its row is committed (a callback arriving meanwhile would not find it, and a
+    crash would lose the record of what was asked). So a valid add form is sent here, outside any
+    transaction; the service commits its row, then calls Daraja.
+    """
 
     add_form: type[forms.ModelForm]  # type: ignore[type-arg]
+
+    def send(self, request: HttpRequest, form: Any) -> Any:
+        """Call the service with the form's data; the row it created."""
+        raise NotImplementedError
 
     def get_form(self, request: HttpRequest, obj: Any = None, change: bool = False, **kwargs: Any) -> Any:
         if obj is None:
@@ -97,10 +108,21 @@ class SentOnAddAdmin(ScopedMpesaAdmin):
 
     def add_view(self, request: HttpRequest, form_url: str = "", extra_context: Any = None) -> HttpResponse:
         try:
+            if request.method == "POST" and self.has_add_permission(request):
+                form = self.get_form(request)(request.POST, request.FILES)
+                if form.is_valid():
+                    obj = self.send(request, form)
+                    self.log_addition(request, obj, [{"added": {}}])
+                    return self.response_add(request, obj)
+            # A GET, an invalid form (shown with its errors) or no permission (refused there).
             return super().add_view(request, form_url, extra_context)
         except REFUSALS as exc:
             self.message_user(request, str(exc), messages.ERROR)
             return HttpResponseRedirect(request.get_full_path())
+
+    def save_model(self, request: HttpRequest, obj: Any, form: Any, change: bool) -> None:
+        # Never inside the admin's transaction: add_view sends valid forms itself.
+        raise PermissionDenied("these rows are created by asking Daraja, from the add form")
 
 
 # ------------------------------------------------------------------------------------ tills
@@ -344,8 +366,8 @@ class PaymentRequestAdmin(SentOnAddAdmin):
         "completed_at",
     ]
 
-    def save_model(self, request: HttpRequest, obj: PaymentRequest, form: Any, change: bool) -> None:
-        """Adding a request sends it: the service creates the row and calls Daraja."""
+    def send(self, request: HttpRequest, form: Any) -> PaymentRequest:
+        """Adding a request sends it: the service commits the row, then calls Daraja."""
         data = form.cleaned_data
         sent = stk_push_request(
             till=data["till"],
@@ -355,10 +377,9 @@ class PaymentRequestAdmin(SentOnAddAdmin):
             description=data["description"],
             acting_user=request.user,
         )
-        obj.pk = sent.pk
-        obj._state.adding = False
         if sent.state == PaymentRequestState.ERROR:
             self.message_user(request, f"Daraja did not take the request: {sent.result_desc}", messages.ERROR)
+        return sent
 
     @display(description="State", label=PR_LABELS)
     def state_display(self, obj: PaymentRequest) -> str:
@@ -442,8 +463,8 @@ class StatusQueryAdmin(SentOnAddAdmin):
     def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
 
-    def save_model(self, request: HttpRequest, obj: StatusQuery, form: Any, change: bool) -> None:
-        """Adding a query sends it: the service creates the row and calls Daraja."""
+    def send(self, request: HttpRequest, form: Any) -> StatusQuery:
+        """Adding a query sends it: the service commits the row, then calls Daraja."""
         data = form.cleaned_data
         sent = status_query_request(
             till=data["till"],
@@ -451,10 +472,9 @@ class StatusQueryAdmin(SentOnAddAdmin):
             account_reference=data.get("account_reference") or "",
             acting_user=request.user,
         )
-        obj.pk = sent.pk
-        obj._state.adding = False
         if sent.state == StatusQueryState.ERROR:
             self.message_user(request, f"Daraja did not take the query: {sent.result_desc}", messages.ERROR)
+        return sent
 
     @display(description="State", label=SQ_LABELS)
     def state_display(self, obj: StatusQuery) -> str:
