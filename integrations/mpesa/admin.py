@@ -168,6 +168,20 @@ class TillForm(forms.ModelForm):  # type: ignore[type-arg]
             "is_active",
         ]
 
+    def clean(self) -> dict[str, Any]:
+        """A store number may not be another till's shortcode, nor a shortcode another till's store
+        number: C2B confirmations are accepted on a till by either, so those tills would take each
+        other's money. (The same store number twice is refused by a database constraint.)"""
+        data = super().clean()
+        store = (data.get("store_number") or "").strip()
+        shortcode = (data.get("shortcode") or "").strip()
+        others = Till.objects.filter(environment=data.get("environment")).exclude(pk=self.instance.pk)
+        if store and others.filter(shortcode=store).exists():
+            self.add_error("store_number", "Another till has this number as its shortcode.")
+        if shortcode and others.filter(store_number=shortcode).exists():
+            self.add_error("shortcode", "Another till has this number as its store number.")
+        return data
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         till = self.instance
