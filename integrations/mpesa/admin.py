@@ -634,6 +634,7 @@ class ReconciliationRunAdmin(ScopedMpesaAdmin):
         "missing_in_statement_count",
         "mismatch_count",
         "charges_count",
+        "balance_difference",
         "differences",
     ]
     list_filter = ["state"]
@@ -649,6 +650,13 @@ class ReconciliationRunAdmin(ScopedMpesaAdmin):
         "missing_in_statement_count",
         "mismatch_count",
         "charges_count",
+        "statement_shortcode",
+        "statement_organisation",
+        "opening_balance",
+        "closing_balance",
+        "books_movement",
+        "balance_difference",
+        "notes",
         "error",
         "uploaded_by",
         "created_at",

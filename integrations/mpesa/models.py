@@ -425,7 +425,8 @@ class ReconciliationRun(models.Model):
     closing_balance = MoneyField(null=True, blank=True)
     books_movement = MoneyField(null=True, blank=True)
     balance_difference = MoneyField(null=True, blank=True)
-    balance_note = models.CharField(max_length=255, blank=True, default="")
+    # What the run could not check (no shortcode in the statement, no balances...).
+    notes = models.CharField(max_length=255, blank=True, default="")
     error = models.TextField(blank=True, default="")
     uploaded_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
