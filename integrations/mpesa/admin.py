@@ -172,7 +172,7 @@ class TillForm(forms.ModelForm):  # type: ignore[type-arg]
         """A store number may not be another till's shortcode, nor a shortcode another till's store
         number: C2B confirmations are accepted on a till by either, so those tills would take each
         other's money. (The same store number twice is refused by a database constraint.)"""
-        data = super().clean()
+        data = super().clean() or {}
         store = (data.get("store_number") or "").strip()
         shortcode = (data.get("shortcode") or "").strip()
         others = Till.objects.filter(environment=data.get("environment")).exclude(pk=self.instance.pk)

@@ -94,7 +94,7 @@ class StatementError(ValueError):
     """The file is not an org-portal statement we can read; the message says where."""
 
 
-class StatementOfAnotherTill(StatementError):
+class StatementOfAnotherTillError(StatementError):
     """The statement names a shortcode that is not the run's till's."""
 
 
@@ -229,12 +229,12 @@ def parse_statement_header(content: bytes, filename: str = "statement.csv") -> S
         elif "closing balance" in key:
             closing = _balance(value)
         elif _SHORTCODE_KEY.search(key) and not shortcode:
-            number = _NUMBER.search(value)
-            shortcode = number.group() if number else ""
+            found = _NUMBER.search(value)
+            shortcode = found.group() if found else ""
         elif _ORGANISATION_KEY.search(key) and not organisation:
-            number, name = split_party(value)  # "600966 - Maji Safi" or just "Maji Safi"
-            if name and _NUMBER.fullmatch(number):
-                shortcode = shortcode or number
+            party, name = split_party(value)  # "600966 - Maji Safi" or just "Maji Safi"
+            if name and _NUMBER.fullmatch(party):
+                shortcode = shortcode or party
                 organisation = name
             else:
                 organisation = value
@@ -305,7 +305,7 @@ def _check_till(run: ReconciliationRun, header: StatementHeader) -> list[str]:
         return ["the statement names no shortcode: not checked against the till"]
     if header.shortcode not in {till.shortcode, till.store_number} - {""}:
         who = f" ({header.organisation})" if header.organisation else ""
-        raise StatementOfAnotherTill(
+        raise StatementOfAnotherTillError(
             f"this statement is of shortcode {header.shortcode}{who}, not of till {till}: "
             "upload it on the reconciliation of that till"
         )
@@ -344,7 +344,7 @@ def _books_movement(run: ReconciliationRun, lines: list[ReconciliationLine]) -> 
 def reconciliation_run(*, run_id: int) -> ReconciliationRun:
     """Parse the run's statement and (re)compute its lines; post its charges. Safe to run again.
 
-    Raises StatementOfAnotherTill (nothing posted, the run failed with the reason) when the
+    Raises StatementOfAnotherTillError (nothing posted, the run failed with the reason) when the
     statement names another shortcode, StatementError when it cannot be read.
     """
     run = ReconciliationRun.objects.select_related("till", "business").get(pk=run_id)
@@ -354,7 +354,7 @@ def reconciliation_run(*, run_id: int) -> ReconciliationRun:
     rows = parse_statement(content, run.statement.name)
     try:
         notes = _check_till(run, header)
-    except StatementOfAnotherTill as exc:
+    except StatementOfAnotherTillError as exc:
         with transaction.atomic():
             run.lines.all().delete()
             ReconciliationRun.objects.filter(pk=run.pk).update(
@@ -373,7 +373,9 @@ def reconciliation_run(*, run_id: int) -> ReconciliationRun:
                 charge_entries[row.receipt] = _post_charge(run, row)
     # The lines: reads and writes of the run's own rows only, nothing posted.
     with transaction.atomic():
-        run = ReconciliationRun.objects.select_for_update(of=("self",)).select_related("till", "business").get(pk=run_id)
+        run = (
+            ReconciliationRun.objects.select_for_update(of=("self",)).select_related("till", "business").get(pk=run_id)
+        )
         run.lines.all().delete()
         lines: list[ReconciliationLine] = []
         seen: set[str] = set()
@@ -527,7 +529,7 @@ def reconcile_job(ctx: JobContext) -> None:
     ctx.progress(10, "Reading the statement")
     try:
         run = reconciliation_run(run_id=run_id)
-    except StatementOfAnotherTill as exc:
+    except StatementOfAnotherTillError as exc:
         raise JobFailed(f"The statement is of another till: {exc}") from exc
     except StatementError as exc:
         ReconciliationRun.objects.filter(pk=run_id).update(state=ReconciliationState.FAILED, error=str(exc))
