@@ -1326,7 +1326,13 @@ def _find_status_query(
     if found is None and ids:
         found = query.filter(earlier_conversation_ids__overlap=ids).order_by("-id").first()
     if found is None and till_id is not None and receipt:
-        found = query.filter(till_id=till_id, receipt=receipt).exclude(state__in=STATUS_SETTLED).order_by("-id").first()
+        # Only a query whose latest try got no ids from Daraja: others are answered by their ids.
+        found = (
+            query.filter(till_id=till_id, receipt=receipt, conversation_id="", originator_conversation_id="")
+            .exclude(state__in=STATUS_SETTLED)
+            .order_by("-id")
+            .first()
+        )
     return found
 
 
