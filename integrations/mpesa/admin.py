@@ -12,6 +12,7 @@ from typing import Any
 from django import forms
 from django.contrib import admin, messages
 from django.contrib.admin import helpers
+from django.core.exceptions import PermissionDenied
 from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import render
@@ -76,10 +77,20 @@ class ScopedMpesaAdmin(BusinessScopedAdmin):
 
 
 class SentOnAddAdmin(ScopedMpesaAdmin):
-    """A page whose "add" form asks Daraja for something (save_model calls the service) and whose
-    rows are then read-only records of the answer."""
+    """A page whose "add" form asks Daraja for something (`send` calls the service) and whose
+    rows are then read-only records of the answer.
+
+    ModelAdmin saves inside `transaction.atomic`: a service called from save_model would call
+    Daraja before its row is committed (a callback arriving meanwhile would not find it, and a
+    crash would lose the record of what was asked). So a valid add form is sent here, outside any
+    transaction; the service commits its row, then calls Daraja.
+    """
 
     add_form: type[forms.ModelForm]  # type: ignore[type-arg]
+
+    def send(self, request: HttpRequest, form: Any) -> Any:
+        """Call the service with the form's data; the row it created."""
+        raise NotImplementedError
 
     def get_form(self, request: HttpRequest, obj: Any = None, change: bool = False, **kwargs: Any) -> Any:
         if obj is None:
@@ -97,10 +108,21 @@ class SentOnAddAdmin(ScopedMpesaAdmin):
 
     def add_view(self, request: HttpRequest, form_url: str = "", extra_context: Any = None) -> HttpResponse:
         try:
+            if request.method == "POST" and self.has_add_permission(request):
+                form = self.get_form(request)(request.POST, request.FILES)
+                if form.is_valid():
+                    obj = self.send(request, form)
+                    self.log_addition(request, obj, [{"added": {}}])
+                    return self.response_add(request, obj)
+            # A GET, an invalid form (shown with its errors) or no permission (refused there).
             return super().add_view(request, form_url, extra_context)
         except REFUSALS as exc:
             self.message_user(request, str(exc), messages.ERROR)
             return HttpResponseRedirect(request.get_full_path())
+
+    def save_model(self, request: HttpRequest, obj: Any, form: Any, change: bool) -> None:
+        # Never inside the admin's transaction: add_view sends valid forms itself.
+        raise PermissionDenied("these rows are created by asking Daraja, from the add form")
 
 
 # ------------------------------------------------------------------------------------ tills
@@ -145,6 +167,20 @@ class TillForm(forms.ModelForm):  # type: ignore[type-arg]
             "max_amount",
             "is_active",
         ]
+
+    def clean(self) -> dict[str, Any]:
+        """A store number may not be another till's shortcode, nor a shortcode another till's store
+        number: C2B confirmations are accepted on a till by either, so those tills would take each
+        other's money. (The same store number twice is refused by a database constraint.)"""
+        data = super().clean() or {}
+        store = (data.get("store_number") or "").strip()
+        shortcode = (data.get("shortcode") or "").strip()
+        others = Till.objects.filter(environment=data.get("environment")).exclude(pk=self.instance.pk)
+        if store and others.filter(shortcode=store).exists():
+            self.add_error("store_number", "Another till has this number as its shortcode.")
+        if shortcode and others.filter(store_number=shortcode).exists():
+            self.add_error("shortcode", "Another till has this number as its store number.")
+        return data
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -344,8 +380,8 @@ class PaymentRequestAdmin(SentOnAddAdmin):
         "completed_at",
     ]
 
-    def save_model(self, request: HttpRequest, obj: PaymentRequest, form: Any, change: bool) -> None:
-        """Adding a request sends it: the service creates the row and calls Daraja."""
+    def send(self, request: HttpRequest, form: Any) -> PaymentRequest:
+        """Adding a request sends it: the service commits the row, then calls Daraja."""
         data = form.cleaned_data
         sent = stk_push_request(
             till=data["till"],
@@ -355,10 +391,9 @@ class PaymentRequestAdmin(SentOnAddAdmin):
             description=data["description"],
             acting_user=request.user,
         )
-        obj.pk = sent.pk
-        obj._state.adding = False
         if sent.state == PaymentRequestState.ERROR:
             self.message_user(request, f"Daraja did not take the request: {sent.result_desc}", messages.ERROR)
+        return sent
 
     @display(description="State", label=PR_LABELS)
     def state_display(self, obj: PaymentRequest) -> str:
@@ -390,6 +425,8 @@ SQ_LABELS = {
     StatusQueryState.TIMEOUT: "warning",
     StatusQueryState.FAILED: "danger",
     StatusQueryState.ERROR: "danger",
+    StatusQueryState.RETRY: "warning",
+    StatusQueryState.NEEDS_ATTENTION: "danger",
 }
 
 
@@ -407,6 +444,7 @@ class StatusQueryAdmin(SentOnAddAdmin):
         "receipt",
         "reason",
         "state_display",
+        "attempts",
         "transaction_status",
         "amount",
         "payment",
@@ -432,13 +470,15 @@ class StatusQueryAdmin(SentOnAddAdmin):
         "requested_by",
         "created_at",
         "completed_at",
+        "attempts",
+        "next_attempt_at",
     ]
 
     def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
 
-    def save_model(self, request: HttpRequest, obj: StatusQuery, form: Any, change: bool) -> None:
-        """Adding a query sends it: the service creates the row and calls Daraja."""
+    def send(self, request: HttpRequest, form: Any) -> StatusQuery:
+        """Adding a query sends it: the service commits the row, then calls Daraja."""
         data = form.cleaned_data
         sent = status_query_request(
             till=data["till"],
@@ -446,10 +486,9 @@ class StatusQueryAdmin(SentOnAddAdmin):
             account_reference=data.get("account_reference") or "",
             acting_user=request.user,
         )
-        obj.pk = sent.pk
-        obj._state.adding = False
         if sent.state == StatusQueryState.ERROR:
             self.message_user(request, f"Daraja did not take the query: {sent.result_desc}", messages.ERROR)
+        return sent
 
     @display(description="State", label=SQ_LABELS)
     def state_display(self, obj: StatusQuery) -> str:
@@ -595,6 +634,7 @@ class ReconciliationRunAdmin(ScopedMpesaAdmin):
         "missing_in_statement_count",
         "mismatch_count",
         "charges_count",
+        "balance_difference",
         "differences",
     ]
     list_filter = ["state"]
@@ -610,6 +650,13 @@ class ReconciliationRunAdmin(ScopedMpesaAdmin):
         "missing_in_statement_count",
         "mismatch_count",
         "charges_count",
+        "statement_shortcode",
+        "statement_organisation",
+        "opening_balance",
+        "closing_balance",
+        "books_movement",
+        "balance_difference",
+        "notes",
         "error",
         "uploaded_by",
         "created_at",

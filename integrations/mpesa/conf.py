@@ -13,6 +13,10 @@
   before giving up; the task retries later.
 - MPESA_BATCH_SECONDS (25): a task processing a batch of inbox rows starts no new row after this
   long and sends the rest on in a new message (below the payments tasks' 50 s soft time limit).
+- MPESA_STATUS_MAX_ATTEMPTS (6): how many times the recovery job asks Transaction Status about a
+  lost confirmation without a definite answer before it leaves the query to a person.
+- MPESA_STATUS_RESULT_WAIT_SECONDS (600): how long a query Daraja took (or may have taken) waits
+  for its result callback before the recovery job asks again.
 """
 
 from __future__ import annotations
@@ -59,3 +63,11 @@ def lock_timeout_seconds() -> float:
 
 def batch_seconds() -> float:
     return float(_get("MPESA_BATCH_SECONDS", "25"))
+
+
+def status_max_attempts() -> int:
+    return max(1, int(_get("MPESA_STATUS_MAX_ATTEMPTS", "6")))
+
+
+def status_result_wait_seconds() -> int:
+    return int(_get("MPESA_STATUS_RESULT_WAIT_SECONDS", "600"))

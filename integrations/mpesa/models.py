@@ -11,6 +11,7 @@ from __future__ import annotations
 import secrets
 
 from django.conf import settings
+from django.contrib.postgres.fields import ArrayField
 from django.db import models
 from django.db.models import Q
 
@@ -89,6 +90,15 @@ class Till(models.Model):
         ordering = ["business__name", "name"]
         constraints = [
             models.UniqueConstraint(fields=["shortcode", "environment"], name="till_shortcode_env_uniq"),
+            # C2B confirmations are accepted on a till's URL for its shortcode or its store number, and
+            # URL registration for a Buy Goods till goes by the store number: two tills sharing one
+            # would receive (and post) each other's money, across businesses too.
+            models.UniqueConstraint(
+                fields=["store_number", "environment"],
+                condition=~Q(store_number=""),
+                name="till_store_number_env_uniq",
+                violation_error_message="Another till already uses this store number.",
+            ),
             models.CheckConstraint(
                 condition=Q(min_amount__gt=0) & Q(max_amount__gte=models.F("min_amount")),
                 name="till_amount_limits_valid",
@@ -315,6 +325,8 @@ class StatusQueryState(models.TextChoices):
     FAILED = "failed", "Daraja could not tell"
     TIMEOUT = "timeout", "No result from Daraja"
     ERROR = "error", "Could not send"
+    RETRY = "retry", "No definite answer yet (asked again later)"
+    NEEDS_ATTENTION = "attention", "Needs a person (no definite answer)"
 
 
 class StatusQueryReason(models.TextChoices):
@@ -351,6 +363,11 @@ class StatusQuery(models.Model):
     )
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
     completed_at = models.DateTimeField(null=True, blank=True)
+    # Lost confirmations are asked again until a definite answer (recovery job): how many times
+    # Daraja was asked, when to ask next, and the ids of earlier tries, whose late results still apply.
+    attempts = models.PositiveSmallIntegerField(default=1)
+    next_attempt_at = models.DateTimeField(null=True, blank=True)
+    earlier_conversation_ids = ArrayField(models.CharField(max_length=120), default=list, blank=True)
 
     class Meta:
         ordering = ["-created_at", "-id"]
@@ -363,6 +380,14 @@ class StatusQuery(models.Model):
             # The recovery job asks about a lost confirmation once, even if two runs overlap.
             models.UniqueConstraint(
                 fields=["receipt"], condition=Q(reason="lost_confirmation"), name="status_query_lost_once"
+            ),
+        ]
+        indexes = [
+            # The recovery job's query: lost confirmations to ask again.
+            models.Index(
+                fields=["next_attempt_at"],
+                condition=Q(reason="lost_confirmation", state__in=["sent", "retry"]),
+                name="status_query_due_idx",
             ),
         ]
 
@@ -391,6 +416,17 @@ class ReconciliationRun(models.Model):
     missing_in_statement_count = models.PositiveIntegerField(default=0)
     mismatch_count = models.PositiveIntegerField(default=0)
     charges_count = models.PositiveIntegerField(default=0)
+    # From the statement's description lines (blank when it carries none).
+    statement_shortcode = models.CharField(max_length=20, blank=True, default="")
+    statement_organisation = models.CharField(max_length=120, blank=True, default="")
+    # Balance check: the statement's closing - opening balance against the books' movement of the
+    # till's money over the period; a difference is money moved outside the back office (or missing).
+    opening_balance = MoneyField(null=True, blank=True)
+    closing_balance = MoneyField(null=True, blank=True)
+    books_movement = MoneyField(null=True, blank=True)
+    balance_difference = MoneyField(null=True, blank=True)
+    # What the run could not check (no shortcode in the statement, no balances...).
+    notes = models.CharField(max_length=255, blank=True, default="")
     error = models.TextField(blank=True, default="")
     uploaded_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
@@ -412,6 +448,7 @@ class LineStatus(models.TextChoices):
     AMOUNT_MISMATCH = "amount_mismatch", "Amount mismatch"
     CHARGE = "charge", "Charge"
     OTHER = "other", "Not a payment (ignored)"
+    BALANCE_DIFFERENCE = "balance_difference", "Balance difference (money moved outside the books?)"
 
 
 class ReconciliationLine(models.Model):

@@ -14,6 +14,14 @@ MpesaReceiptNumber, so each completed payment row meets its Payment row on the r
 
 A run is a job ("payments.reconcile", reports queue), launched from the admin; running it again
 recomputes its lines (charges are idempotent in the ledger).
+
+The description lines above the header name the organisation and its shortcode: a statement of
+another till is refused (its receipts would be posted into the wrong till and books). When they
+carry the opening and closing balances, the statement's movement is compared with the books' and
+the difference recorded on the run: money that left the till outside the back office (a
+settlement to the bank, a withdrawal) shows there. Charges are posted each in a short transaction
+of its own and the lines are written in one that posts nothing, so a run never holds the books
+(whose row lock every M-Pesa posting of the business takes) for long.
 """
 
 from __future__ import annotations
@@ -27,9 +35,10 @@ from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from django.db import transaction
+from django.db.models import Sum
 from django.utils import timezone
 
-from accounts.models import JournalEntry, SourceType
+from accounts.models import JournalEntry, JournalLine, SourceType
 from accounts.selectors import account_for_role
 from accounts.services import LineSpec, entry_post
 from celeryconf.jobs import JobContext, JobFailed, job_kind
@@ -40,6 +49,7 @@ from integrations.mpesa.models import (
     ReconciliationLine,
     ReconciliationRun,
     ReconciliationState,
+    Till,
 )
 from integrations.mpesa.payloads import NAIROBI
 from integrations.mpesa.services import _post_once, payment_record, split_party
@@ -82,6 +92,25 @@ _COLUMNS = {
 
 class StatementError(ValueError):
     """The file is not an org-portal statement we can read; the message says where."""
+
+
+class StatementOfAnotherTillError(StatementError):
+    """The statement names a shortcode that is not the run's till's."""
+
+
+@dataclass(frozen=True)
+class StatementHeader:
+    """What the description lines above the column header say (blank / None when absent)."""
+
+    shortcode: str = ""
+    organisation: str = ""
+    opening_balance: Decimal | None = None
+    closing_balance: Decimal | None = None
+
+
+_SHORTCODE_KEY = re.compile(r"short ?code|till (number|no)|pay ?bill|store (number|no)|business (number|no)")
+_ORGANISATION_KEY = re.compile(r"organi[sz]ation|account holder|account name|business name")
+_NUMBER = re.compile(r"\b[0-9]{5,8}\b")
 
 
 @dataclass(frozen=True)
@@ -154,9 +183,7 @@ def _rows_of(content: bytes, filename: str) -> list[list[Any]]:
     return list(csv.reader(io.StringIO(text)))
 
 
-def parse_statement(content: bytes, filename: str = "statement.csv") -> list[StatementRow]:
-    """Rows of an org-portal statement (CSV or XLSX), skipping the description lines above the header."""
-    rows = _rows_of(content, filename)
+def _header_at(rows: list[list[Any]]) -> int:
     header_at = next(
         (
             n
@@ -167,6 +194,57 @@ def parse_statement(content: bytes, filename: str = "statement.csv") -> list[Sta
     )
     if header_at is None:
         raise StatementError("no header row starting with 'Receipt No.' was found")
+    return header_at
+
+
+def _key_value(row: list[Any]) -> tuple[str, str]:
+    """("short code", "600966") from ["Short Code:", "600966"] or ["Short Code: 600966"]."""
+    cells = [str(cell).strip() for cell in row if cell not in (None, "") and str(cell).strip()]
+    if not cells:
+        return "", ""
+    key, _, rest = cells[0].partition(":")
+    value = rest.strip() or (cells[1] if len(cells) > 1 else "")
+    return key.strip().lower().rstrip("."), value
+
+
+def _balance(value: str) -> Decimal | None:
+    text = value.replace(",", "").replace("KES", "").replace("Ksh", "").strip()
+    try:
+        return Decimal(text).quantize(Decimal("0.01"))
+    except InvalidOperation:
+        return None
+
+
+def parse_statement_header(content: bytes, filename: str = "statement.csv") -> StatementHeader:
+    """The organisation, shortcode and opening / closing balances named above the column header."""
+    rows = _rows_of(content, filename)
+    shortcode = organisation = ""
+    opening = closing = None
+    for row in rows[: _header_at(rows)]:
+        key, value = _key_value(row)
+        if not key or not value:
+            continue
+        if "opening balance" in key:
+            opening = _balance(value)
+        elif "closing balance" in key:
+            closing = _balance(value)
+        elif _SHORTCODE_KEY.search(key) and not shortcode:
+            found = _NUMBER.search(value)
+            shortcode = found.group() if found else ""
+        elif _ORGANISATION_KEY.search(key) and not organisation:
+            party, name = split_party(value)  # "600966 - Maji Safi" or just "Maji Safi"
+            if name and _NUMBER.fullmatch(party):
+                shortcode = shortcode or party
+                organisation = name
+            else:
+                organisation = value
+    return StatementHeader(shortcode, organisation[:120], opening, closing)
+
+
+def parse_statement(content: bytes, filename: str = "statement.csv") -> list[StatementRow]:
+    """Rows of an org-portal statement (CSV or XLSX), skipping the description lines above the header."""
+    rows = _rows_of(content, filename)
+    header_at = _header_at(rows)
     names = [_COLUMNS.get(str(cell or "").strip().lower(), "") for cell in rows[header_at]]
     labels = {"receipt": "Receipt No.", "completed": "Completion Time", "paid_in": "Paid In", "withdrawn": "Withdrawn"}
     for needed, label in labels.items():
@@ -220,14 +298,84 @@ def _post_charge(run: ReconciliationRun, row: StatementRow) -> JournalEntry:
     return _post_once(business=business, wanted=wanted, post=post)
 
 
+def _check_till(run: ReconciliationRun, header: StatementHeader) -> list[str]:
+    """Refuse a statement of another till; what could not be checked, as notes."""
+    till: Till = run.till
+    if not header.shortcode:
+        return ["the statement names no shortcode: not checked against the till"]
+    if header.shortcode not in {till.shortcode, till.store_number} - {""}:
+        who = f" ({header.organisation})" if header.organisation else ""
+        raise StatementOfAnotherTillError(
+            f"this statement is of shortcode {header.shortcode}{who}, not of till {till}: "
+            "upload it on the reconciliation of that till"
+        )
+    return []
+
+
+def _books_movement(run: ReconciliationRun, lines: list[ReconciliationLine]) -> tuple[Decimal, str]:
+    """How much the books say the till's money moved over the run's period, and how that was counted.
+
+    The business's M-Pesa clearing account when this is its only till (so whatever was posted
+    there - a bank settlement entered by hand too - counts); else the till's own payments and the
+    statement's charges as in the books."""
+    if not Till.objects.filter(business_id=run.business_id).exclude(pk=run.till_id).exists():
+        totals = JournalLine.objects.filter(
+            account__business_id=run.business_id,
+            account__role="mpesa_clearing",
+            entry__entry_date__gte=run.period_start,
+            entry__entry_date__lte=run.period_end,
+        ).aggregate(debit=Sum("debit"), credit=Sum("credit"))
+        movement = (totals["debit"] or Decimal("0")) - (totals["credit"] or Decimal("0"))
+        return movement.quantize(Decimal("0.01")), "M-Pesa clearing account"
+    received = sum(
+        (
+            line.books_amount
+            for line in lines
+            if line.books_amount is not None and line.status != LineStatus.BALANCE_DIFFERENCE
+        ),
+        Decimal("0.00"),
+    )
+    charges = sum(
+        (line.statement_amount or Decimal("0") for line in lines if line.status == LineStatus.CHARGE), Decimal("0.00")
+    )
+    return received - charges, "this till's payments and charges in the books"
+
+
 def reconciliation_run(*, run_id: int) -> ReconciliationRun:
-    """Parse the run's statement and (re)compute its lines; post its charges. Safe to run again."""
+    """Parse the run's statement and (re)compute its lines; post its charges. Safe to run again.
+
+    Raises StatementOfAnotherTillError (nothing posted, the run failed with the reason) when the
+    statement names another shortcode, StatementError when it cannot be read.
+    """
     run = ReconciliationRun.objects.select_related("till", "business").get(pk=run_id)
     with run.statement.open("rb") as handle:
         content = handle.read()
+    header = parse_statement_header(content, run.statement.name)
     rows = parse_statement(content, run.statement.name)
+    try:
+        notes = _check_till(run, header)
+    except StatementOfAnotherTillError as exc:
+        with transaction.atomic():
+            run.lines.all().delete()
+            ReconciliationRun.objects.filter(pk=run.pk).update(
+                state=ReconciliationState.FAILED,
+                error=str(exc),
+                statement_shortcode=header.shortcode,
+                statement_organisation=header.organisation,
+                finished_at=timezone.now(),
+            )
+        raise
+    # Each charge in a short transaction of its own (idempotent): the books are locked per posting.
+    charge_entries: dict[str, JournalEntry] = {}
+    for row in rows:
+        if row.completed and row.is_charge and row.withdrawn > 0 and row.receipt not in charge_entries:
+            with transaction.atomic():
+                charge_entries[row.receipt] = _post_charge(run, row)
+    # The lines: reads and writes of the run's own rows only, nothing posted.
     with transaction.atomic():
-        run = ReconciliationRun.objects.select_for_update().select_related("till", "business").get(pk=run_id)
+        run = (
+            ReconciliationRun.objects.select_for_update(of=("self",)).select_related("till", "business").get(pk=run_id)
+        )
         run.lines.all().delete()
         lines: list[ReconciliationLine] = []
         seen: set[str] = set()
@@ -252,7 +400,7 @@ def reconciliation_run(*, run_id: int) -> ReconciliationRun:
             elif row.is_charge and row.withdrawn > 0:
                 line.status = LineStatus.CHARGE
                 line.statement_amount = row.withdrawn
-                line.entry = _post_charge(run, row)
+                line.entry = charge_entries[row.receipt]
             elif row.paid_in > 0:
                 line.statement_amount = row.paid_in
                 payment = payments.get(row.receipt)
@@ -286,6 +434,34 @@ def reconciliation_run(*, run_id: int) -> ReconciliationRun:
                         details="In the books, not in the statement",
                     )
                 )
+        run.statement_shortcode = header.shortcode
+        run.statement_organisation = header.organisation
+        run.opening_balance, run.closing_balance = header.opening_balance, header.closing_balance
+        run.books_movement = run.balance_difference = None
+        if header.opening_balance is None or header.closing_balance is None or not times:
+            notes.append("the statement carries no opening and closing balance: balances not compared")
+        else:
+            statement_movement = header.closing_balance - header.opening_balance
+            books, basis = _books_movement(run, lines)
+            run.books_movement = books
+            run.balance_difference = statement_movement - books
+            if run.balance_difference:
+                lines.append(
+                    ReconciliationLine(
+                        run=run,
+                        business=run.business,
+                        receipt="BALANCE",
+                        status=LineStatus.BALANCE_DIFFERENCE,
+                        statement_amount=statement_movement,
+                        books_amount=books,
+                        details=(
+                            f"The statement's balance moved {statement_movement} (from {header.opening_balance} to "
+                            f"{header.closing_balance}), the books {books} ({basis}): {run.balance_difference} "
+                            "unexplained (money moved outside the back office?)"
+                        )[:255],
+                    )
+                )
+        run.notes = "; ".join(notes)[:255]
         ReconciliationLine.objects.bulk_create(lines)
         counts = {status: sum(1 for line in lines if line.status == status) for status in LineStatus.values}
         run.matched_count = counts[LineStatus.MATCHED]
@@ -304,9 +480,15 @@ def reconciliation_post_missing(*, line: ReconciliationLine, acting_user: Any) -
     """Record a payment that is in the statement but not in the books, through the normal posting
     service (same Payment row, same "mpesa:<receipt>" entry: posting it twice is impossible)."""
     with transaction.atomic():
-        locked = ReconciliationLine.objects.select_for_update().select_related("run__till").get(pk=line.pk)
+        locked = ReconciliationLine.objects.select_for_update(of=("self",)).select_related("run__till").get(pk=line.pk)
         if locked.status != LineStatus.MISSING_IN_BOOKS or locked.statement_amount is None:
             raise InvalidRequest(f"{locked.receipt} is not a payment missing from the books")
+        till = locked.run.till
+        shortcode = locked.run.statement_shortcode
+        if locked.run.state != ReconciliationState.DONE or (
+            shortcode and shortcode not in {till.shortcode, till.store_number} - {""}
+        ):
+            raise InvalidRequest(f"run {locked.run_id} is not a finished reconciliation of till {till}")
         party, name = split_party(locked.other_party)
         payment, _created = payment_record(
             till=locked.run.till,
@@ -347,6 +529,8 @@ def reconcile_job(ctx: JobContext) -> None:
     ctx.progress(10, "Reading the statement")
     try:
         run = reconciliation_run(run_id=run_id)
+    except StatementOfAnotherTillError as exc:
+        raise JobFailed(f"The statement is of another till: {exc}") from exc
     except StatementError as exc:
         ReconciliationRun.objects.filter(pk=run_id).update(state=ReconciliationState.FAILED, error=str(exc))
         raise JobFailed(f"The statement cannot be read: {exc}") from exc

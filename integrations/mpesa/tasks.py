@@ -86,7 +86,9 @@ def recover_requests(
     older_than_seconds: int = 180, batch_size: int = 50, confirmation_age_seconds: int = 600
 ) -> dict[str, int]:
     """Ask Daraja about what never got its callback (beat: every 2 minutes): STK requests (STK
-    Query), and C2B payments validated but never confirmed (Transaction Status)."""
+    Query), and C2B payments validated but never confirmed (Transaction Status, asked again with
+    backoff until a definite answer). A run cut short by the time limit leaves nothing stuck: its
+    rows are due again later."""
     counts = payment_requests_recover(older_than_seconds=older_than_seconds, batch_size=batch_size)
     for state, n in lost_confirmations_recover(older_than_seconds=confirmation_age_seconds).items():
         counts[f"status_query_{state}"] = n
