@@ -13,6 +13,8 @@
   before giving up; the task retries later.
 - MPESA_BATCH_SECONDS (25): a task processing a batch of inbox rows starts no new row after this
   long and sends the rest on in a new message (below the payments tasks' 50 s soft time limit).
+- MPESA_MAX_ATTEMPTS (5): failed processing attempts of one inbox row (unexpected errors and
+  transient ones alike) before it is parked as "needs a person" instead of being tried again.
 """
 
 from __future__ import annotations
@@ -59,3 +61,7 @@ def lock_timeout_seconds() -> float:
 
 def batch_seconds() -> float:
     return float(_get("MPESA_BATCH_SECONDS", "25"))
+
+
+def max_attempts() -> int:
+    return max(1, int(_get("MPESA_MAX_ATTEMPTS", "5")))
