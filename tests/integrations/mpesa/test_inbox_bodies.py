@@ -106,6 +106,7 @@ def test_a_second_body_keeps_the_views_own_flag(till: Till) -> None:
         state=InboxState.NEEDS_ATTENTION,
         error="source address 10.9.9.9 is not in the till's allowlist",
     )
+    assert inbox_id is not None
     row = InboxMessage.objects.get(pk=inbox_id)
     assert row.state == InboxState.NEEDS_ATTENTION
     assert row.error.startswith("source address 10.9.9.9") and "another body" in row.error
