@@ -8,6 +8,7 @@ from typing import Any
 from django.conf import settings
 from django.db.models import Count, Q
 from django.http import HttpRequest
+from django.urls import reverse
 from django.utils import timezone
 
 from backoffice.tenancy import sees_all_businesses, visible_businesses
@@ -19,8 +20,10 @@ def environment_callback(request: HttpRequest) -> list[str]:
 
 
 def business_figures(user: Any) -> list[dict[str, Any]]:
-    """One row per business the user may see: today's takings, pending and failed jobs."""
+    """One row per business the user may see: today's takings, pending and failed jobs, and M-Pesa
+    callbacks waiting for a person (inbox "needs a person")."""
     from accounts.selectors import takings_by_business
+    from integrations.mpesa.models import InboxMessage, InboxState
 
     today = timezone.localdate()
     businesses = list(
@@ -32,12 +35,20 @@ def business_figures(user: Any) -> list[dict[str, Any]]:
         )
     )
     takings = takings_by_business(business_ids=[b.pk for b in businesses], day=today)
+    # A query of its own: a second Count through tills -> inbox would multiply the jobs' join.
+    waiting = dict(
+        InboxMessage.objects.filter(state=InboxState.NEEDS_ATTENTION, till__business__in=[b.pk for b in businesses])
+        .values("till__business")
+        .annotate(n=Count("id"))
+        .values_list("till__business", "n")
+    )
     return [
         {
             "business": b,
             "takings": takings[b.pk],
             "pending_jobs": b.pending_jobs,
             "failed_jobs": b.failed_jobs,
+            "payments_waiting": waiting.get(b.pk, 0),
         }
         for b in businesses
     ]
@@ -47,11 +58,17 @@ def dashboard_callback(request: HttpRequest, context: dict[str, Any]) -> dict[st
     rows = business_figures(request.user)
     context["business_rows"] = rows
     context["today"] = timezone.localdate()
+    context["inbox_url"] = (
+        reverse("admin:integrations_inboxmessage_changelist")
+        if request.user.has_perm("integrations.view_inboxmessage")
+        else ""
+    )
     if sees_all_businesses(request.user):
         global_jobs = Job.objects.filter(business__isnull=True)
         context["all_businesses"] = {
             "takings": sum((r["takings"].total for r in rows), Decimal("0.00")),
             "pending_jobs": sum(r["pending_jobs"] for r in rows) + global_jobs.filter(state__in=ACTIVE_STATES).count(),
             "failed_jobs": sum(r["failed_jobs"] for r in rows) + global_jobs.filter(state=JobState.FAILED).count(),
+            "payments_waiting": sum(r["payments_waiting"] for r in rows),
         }
     return context

@@ -27,6 +27,16 @@ def _database() -> dict[str, Any]:
         return {"ok": False, "error": str(exc)[:200]}
 
 
+def _waiting_for_person() -> int | None:
+    """M-Pesa callbacks parked for a person (inbox "needs a person"); None when the database is down."""
+    from integrations.mpesa.models import InboxMessage, InboxState
+
+    try:
+        return InboxMessage.objects.filter(state=InboxState.NEEDS_ATTENTION).count()
+    except Exception:  # the database entry already says why
+        return None
+
+
 def _heartbeats(client: redis.Redis) -> tuple[dict[str, Any], dict[str, Any]]:
     queues: dict[str, Any] = {}
     for queue in QUEUES:
@@ -47,6 +57,10 @@ def _heartbeats(client: redis.Redis) -> tuple[dict[str, Any], dict[str, Any]]:
 @require_GET
 def healthz(request: HttpRequest) -> JsonResponse:
     body: dict[str, Any] = {"database": _database()}
+    # Shown, but not part of "ok": parked payments are work for a person, not an outage. A 503 would
+    # make probes restart or unroute a healthy web process and hide real outages behind a business
+    # backlog; alert on this number instead (a person must look when it is above zero).
+    body["payments_waiting_for_person"] = _waiting_for_person() if body["database"]["ok"] else None
     client = redis_client()
     try:
         client.ping()

@@ -286,14 +286,16 @@ class InboxMessageAdmin(ScopedMpesaAdmin):
         "attempts",
         "outcome",
         "error",
+        "traceback_pretty",
         "received_at",
         "last_enqueued_at",
         "processed_at",
         "remote_addr",
+        "body_sha256",
         "body_pretty",
         "headers",
     ]
-    exclude = ["body"]
+    exclude = ["body", "traceback"]
     actions = ["reprocess"]
 
     def has_add_permission(self, request: HttpRequest) -> bool:
@@ -315,6 +317,10 @@ class InboxMessageAdmin(ScopedMpesaAdmin):
         except ValueError:
             text = obj.body
         return format_html('<pre style="white-space:pre-wrap">{}</pre>', text)
+
+    @display(description="Traceback of the last failure")
+    def traceback_pretty(self, obj: InboxMessage) -> str:
+        return format_html('<pre style="white-space:pre-wrap">{}</pre>', obj.traceback) if obj.traceback else "-"
 
     @action(description="Reprocess selected rows")
     def reprocess(self, request: HttpRequest, queryset: QuerySet[InboxMessage]) -> None:

@@ -17,6 +17,8 @@
   lost confirmation without a definite answer before it leaves the query to a person.
 - MPESA_STATUS_RESULT_WAIT_SECONDS (600): how long a query Daraja took (or may have taken) waits
   for its result callback before the recovery job asks again.
+- MPESA_MAX_ATTEMPTS (5): failed processing attempts of one inbox row (unexpected errors and
+  transient ones alike) before it is parked as "needs a person" instead of being tried again.
 """
 
 from __future__ import annotations
@@ -71,3 +73,7 @@ def status_max_attempts() -> int:
 
 def status_result_wait_seconds() -> int:
     return int(_get("MPESA_STATUS_RESULT_WAIT_SECONDS", "600"))
+
+
+def max_attempts() -> int:
+    return max(1, int(_get("MPESA_MAX_ATTEMPTS", "5")))

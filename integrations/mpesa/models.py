@@ -16,6 +16,7 @@ from django.db import models
 from django.db.models import Q
 
 from accounts.fields import MoneyField
+from integrations.mpesa.payloads import RECEIPT_MAX_LENGTH
 from operations.models import Business
 
 # Daraja refuses callback URLs containing these words anywhere, so a token must not contain one.
@@ -129,13 +130,17 @@ class InboxState(models.TextChoices):
 
 
 class InboxMessage(models.Model):
-    """One callback exactly as Daraja sent it. Unique on (kind, daraja_id): a duplicate is a no-op."""
+    """One callback exactly as Daraja sent it. Unique on (kind, daraja_id, body_sha256): a
+    byte-identical duplicate is a no-op; another body for a known (kind, daraja_id) is a new row,
+    flagged for a person (services.inbox_store)."""
 
     till = models.ForeignKey(Till, on_delete=models.PROTECT, related_name="inbox")
     kind = models.CharField(max_length=20, choices=InboxKind.choices)
     # The Daraja id (CheckoutRequestID, TransID, ConversationID...), or "malformed:<sha256>".
     daraja_id = models.CharField(max_length=120)
     body = models.TextField()
+    # Hex SHA-256 of `body` as stored (UTF-8), i.e. encode(sha256(convert_to(body, 'UTF8')), 'hex').
+    body_sha256 = models.CharField(max_length=64, blank=True, default="")
     headers = models.JSONField(default=dict)
     remote_addr = models.GenericIPAddressField(null=True, blank=True)
     received_at = models.DateTimeField(auto_now_add=True, db_index=True)
@@ -143,14 +148,17 @@ class InboxMessage(models.Model):
     attempts = models.PositiveIntegerField(default=0)
     last_enqueued_at = models.DateTimeField(null=True, blank=True)
     processed_at = models.DateTimeField(null=True, blank=True)
+    # One line: what went wrong last (the traceback field has the whole story).
     error = models.TextField(blank=True, default="")
+    # The Python traceback of the last failed attempt, for whoever must fix the cause.
+    traceback = models.TextField(blank=True, default="")
     # What the processing decided, for people reading the inbox (e.g. "posted entry 42").
     outcome = models.CharField(max_length=255, blank=True, default="")
 
     class Meta:
         ordering = ["-received_at", "-id"]
         constraints = [
-            models.UniqueConstraint(fields=["kind", "daraja_id"], name="inbox_kind_daraja_id_uniq"),
+            models.UniqueConstraint(fields=["kind", "daraja_id", "body_sha256"], name="inbox_kind_daraja_id_body_uniq"),
         ]
         indexes = [
             # The sweeper's query: rows not yet processed, oldest first.
@@ -188,7 +196,7 @@ class PaymentRequest(models.Model):
     state = models.CharField(max_length=12, choices=PaymentRequestState.choices, default=PaymentRequestState.SENT)
     result_code = models.IntegerField(null=True, blank=True)
     result_desc = models.CharField(max_length=255, blank=True, default="")
-    receipt = models.CharField(max_length=20, blank=True, default="")
+    receipt = models.CharField(max_length=RECEIPT_MAX_LENGTH, blank=True, default="")
     requested_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
     )
@@ -223,7 +231,7 @@ class Payment(models.Model):
 
     business = models.ForeignKey(Business, on_delete=models.PROTECT, related_name="mpesa_payments")
     till = models.ForeignKey(Till, on_delete=models.PROTECT, related_name="payments")
-    receipt = models.CharField(max_length=20, unique=True, help_text="M-Pesa receipt / TransID")
+    receipt = models.CharField(max_length=RECEIPT_MAX_LENGTH, unique=True, help_text="M-Pesa receipt / TransID")
     amount = MoneyField()
     paid_at = models.DateTimeField()
     msisdn = models.CharField(max_length=80, blank=True, default="", help_text="As Daraja sent it")
@@ -344,7 +352,7 @@ class StatusQuery(models.Model):
 
     business = models.ForeignKey(Business, on_delete=models.PROTECT, related_name="mpesa_status_queries")
     till = models.ForeignKey(Till, on_delete=models.PROTECT, related_name="status_queries")
-    receipt = models.CharField(max_length=20, db_index=True, help_text="M-Pesa receipt / TransID")
+    receipt = models.CharField(max_length=RECEIPT_MAX_LENGTH, db_index=True, help_text="M-Pesa receipt / TransID")
     reason = models.CharField(max_length=20, choices=StatusQueryReason.choices, default=StatusQueryReason.MANUAL)
     payment_request = models.ForeignKey(
         PaymentRequest, on_delete=models.SET_NULL, null=True, blank=True, related_name="status_queries"

@@ -34,6 +34,9 @@ NAIROBI = ZoneInfo("Africa/Nairobi")
 CENT = Decimal("0.01")
 # Far above any M-Pesa balance: a bigger number means a broken payload, not money.
 MAX_AMOUNT = Decimal("999999999999.99")
+# The longest receipt / TransID we accept, and the width of every column that holds one (models.py).
+# M-Pesa receipts are 10 characters today; the margin is for a longer format, not for garbage.
+RECEIPT_MAX_LENGTH = 20
 
 StkCategory: TypeAlias = Literal["success", "cancelled", "wrong_pin", "timeout", "insufficient_funds", "failed"]
 StkQueryStatus: TypeAlias = Literal[
@@ -171,14 +174,19 @@ def _to_ident(value: object, where: str) -> str:
     raise PayloadError(f"{where} must be an identifier (string), got {_typename(value)}")
 
 
-_RECEIPT = re.compile(r"[A-Za-z0-9]{1,32}")
+_RECEIPT = re.compile(r"[A-Za-z0-9]+")
 
 
 def _to_receipt(value: object, where: str) -> str:
-    """An M-Pesa receipt / TransID ("NLJ7RT61SV"): the ledger's idempotency key, so letters and digits only."""
+    """An M-Pesa receipt / TransID ("NLJ7RT61SV"): the ledger's idempotency key, so letters and digits
+    only, and at most RECEIPT_MAX_LENGTH of them (a longer one would not fit the columns that hold it)."""
     text = _to_ident(value, where)
     if not _RECEIPT.fullmatch(text):
         raise PayloadError(f"{where} is not an M-Pesa receipt number: {_short(text)}")
+    if len(text) > RECEIPT_MAX_LENGTH:
+        raise PayloadError(
+            f"{where} is too long for an M-Pesa receipt ({len(text)} characters, at most {RECEIPT_MAX_LENGTH})"
+        )
     return text
 
 

@@ -51,7 +51,7 @@ from integrations.mpesa.models import (
     ReconciliationState,
     Till,
 )
-from integrations.mpesa.payloads import NAIROBI
+from integrations.mpesa.payloads import NAIROBI, RECEIPT_MAX_LENGTH
 from integrations.mpesa.services import _post_once, payment_record, split_party
 
 RECONCILE_JOB = "payments.reconcile"
@@ -256,7 +256,8 @@ def parse_statement(content: bytes, filename: str = "statement.csv") -> list[Sta
         receipt = str(values.get("receipt") or "").strip()
         if not receipt:
             continue
-        if not re.fullmatch(r"[A-Za-z0-9]{6,32}", receipt):
+        # Not longer than the parser's receipts: a line may become a Payment (receipt column).
+        if not re.fullmatch(rf"[A-Za-z0-9]{{6,{RECEIPT_MAX_LENGTH}}}", receipt):
             raise StatementError(f"line {number}: {receipt!r} is not a receipt number")
         try:
             parsed.append(

@@ -25,6 +25,7 @@ import re
 import socket
 import threading
 import time
+import traceback
 from collections.abc import Mapping, Sequence
 from contextlib import ExitStack
 from decimal import Decimal
@@ -32,7 +33,8 @@ from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 from celery import current_app
-from django.db import IntegrityError, connection, models, transaction
+from celery.exceptions import SoftTimeLimitExceeded
+from django.db import IntegrityError, InterfaceError, OperationalError, connection, models, transaction
 from django.db.models import QuerySet
 from django.utils import timezone
 
@@ -107,13 +109,24 @@ PAYLOAD_KIND: dict[str, CallbackKind] = {
 
 _INSERT_SQL = """
 INSERT INTO integrations_inboxmessage
-    (till_id, kind, daraja_id, body, headers, remote_addr, received_at, state, attempts,
-     last_enqueued_at, processed_at, error, outcome)
-VALUES (%s, %s, %s, %s, %s::jsonb, %s, now(), %s, 0, CASE WHEN %s THEN now() END,
-        CASE WHEN %s = 'processed' THEN now() END, %s, %s)
-ON CONFLICT (kind, daraja_id) DO NOTHING
+    (till_id, kind, daraja_id, body, body_sha256, headers, remote_addr, received_at, state, attempts,
+     last_enqueued_at, processed_at, error, traceback, outcome)
+VALUES (%s, %s, %s, %s, %s, %s::jsonb, %s, now(), %s, 0, CASE WHEN %s THEN now() END,
+        CASE WHEN %s = 'processed' THEN now() END, %s, '', %s)
+ON CONFLICT (kind, daraja_id, body_sha256) DO NOTHING
 RETURNING id
 """
+
+# The first row already stored for this (kind, daraja_id) with another body, if any.
+_EARLIER_SQL = """
+SELECT id, state FROM integrations_inboxmessage
+WHERE kind = %s AND daraja_id = %s AND body_sha256 <> %s
+ORDER BY id LIMIT 1
+"""
+
+# Errors that may go away by themselves (lock timeout, deadlock, connection lost, the books' lock
+# date moving): the task retries the row with backoff. Anything else is not retried at once.
+TRANSIENT_ERRORS: tuple[type[Exception], ...] = (OperationalError, InterfaceError, TransientProcessingError)
 
 
 def body_text(raw: bytes) -> str:
@@ -123,6 +136,17 @@ def body_text(raw: bytes) -> str:
 
 def malformed_id(raw: bytes) -> str:
     return "malformed:" + hashlib.sha256(raw).hexdigest()
+
+
+def body_sha256(text: str) -> str:
+    """SHA-256 of a stored body, as PostgreSQL computes it: encode(sha256(convert_to(body, 'UTF8')), 'hex')."""
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def error_summary(exc: BaseException) -> str:
+    """One line for the inbox's error column: the class and the first line of the message."""
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0] if lines else ''}".strip()[:500]
 
 
 def inbox_store(
@@ -137,25 +161,44 @@ def inbox_store(
     error: str = "",
     outcome: str = "",
 ) -> int | None:
-    """Store one callback; its new id, or None when (kind, daraja_id) is already stored.
+    """Store one callback; its new id, or None when the same body is already stored for (kind, daraja_id).
 
-    One statement (INSERT ... ON CONFLICT DO NOTHING RETURNING id) in autocommit: a duplicate is
-    a no-op however many arrive at once. A RECEIVED row gets last_enqueued_at = now() because the
-    caller enqueues it next; if that enqueue fails the sweeper still finds it (state received).
+    A byte-identical duplicate is a no-op however many arrive at once (INSERT ... ON CONFLICT DO
+    NOTHING on (kind, daraja_id, body_sha256)). Another body for a (kind, daraja_id) already stored
+    (an STK failure, then a success for the same CheckoutRequestID) is stored as a new row in
+    "needs a person", naming the earlier row: Daraja told two stories about one request and a
+    person decides (Reprocess) - it is never dropped silently, nor posted without a look.
+    A transaction-scoped advisory lock on (kind, daraja_id) makes "is there an earlier row?" and
+    the insert one step even when two different bodies arrive at once.
+    A RECEIVED row gets last_enqueued_at = now() because the caller enqueues it next; if that
+    enqueue fails the sweeper still finds it (state received).
     """
-    enqueued = state == InboxState.RECEIVED
-    with connection.cursor() as cursor:
+    daraja_id = daraja_id[:120]
+    text = body_text(body)
+    digest = body_sha256(text)
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", [f"inbox:{kind}:{daraja_id}"])
+        cursor.execute(_EARLIER_SQL, [kind, daraja_id, digest])
+        earlier = cursor.fetchone()
+        if earlier is not None:
+            note = (
+                f"another body for this {kind} id was stored earlier as inbox row {earlier[0]} ({earlier[1]}); "
+                "not processed: compare the two and Reprocess this row if it is genuine"
+            )
+            state, error, outcome = InboxState.NEEDS_ATTENTION, f"{error}; {note}" if error else note, "needs a person"
+            logger.warning("inbox %s %s: a different body after row %s; held for a person", kind, daraja_id, earlier[0])
         cursor.execute(
             _INSERT_SQL,
             [
                 till_id,
                 kind,
-                daraja_id[:120],
-                body_text(body),
+                daraja_id,
+                text,
+                digest,
                 json.dumps(dict(headers)),
                 remote_addr,
                 state,
-                enqueued,
+                state == InboxState.RECEIVED,
                 state,
                 error,
                 outcome[:255],
@@ -303,11 +346,30 @@ def inbox_enqueue_soon(inbox_id: int) -> bool:
     return publisher.submit(inbox_id)
 
 
-def inbox_mark_failed(*, inbox_id: int, error: str) -> None:
-    """Record a transient failure (the task retries it; the sweeper catches it if retries run out)."""
-    InboxMessage.objects.filter(pk=inbox_id, state__in=[InboxState.RECEIVED, InboxState.FAILED]).update(
-        state=InboxState.FAILED, error=error[:2000]
-    )
+def inbox_mark_failed(*, inbox_id: int, error: str, trace: str = "") -> str:
+    """Record a failed attempt whose transaction was rolled back, in a transaction of its own: one
+    attempt more, `error` (one line) and `trace` (the traceback). The row is "failed" (the task's
+    retry or the sweeper tries it again) until it has failed MPESA_MAX_ATTEMPTS times; then it is
+    parked in "needs a person", so that no row is tried for ever. Returns the row's state after.
+    """
+    with transaction.atomic():
+        msg = _inbox_lock(inbox_id)
+        if msg is None:
+            return "missing"
+        if msg.state not in (InboxState.RECEIVED, InboxState.FAILED):
+            return str(msg.state)  # processed or parked meanwhile (another delivery of the same id)
+        msg.attempts += 1
+        msg.error = (error.strip().splitlines() or [""])[0][:2000]
+        msg.traceback = trace[-20000:]
+        limit = conf.max_attempts()
+        if msg.attempts >= limit:
+            msg.state = InboxState.NEEDS_ATTENTION
+            msg.outcome = f"needs a person: failed {msg.attempts} times"
+            logger.error("inbox %s (%s %s) parked after %s attempts: %s", msg.pk, msg.kind, msg.daraja_id, limit, error)
+        else:
+            msg.state = InboxState.FAILED
+        msg.save(update_fields=["state", "attempts", "error", "traceback", "outcome"])
+        return str(msg.state)
 
 
 def inbox_reprocess(*, inbox: InboxMessage, acting_user: Any) -> bool:
@@ -354,9 +416,13 @@ def inbox_process(*, inbox_id: int) -> str:
     """Process one inbox row: parse, match, post, mark processed - all in one transaction.
 
     Returns the outcome. Safe to call any number of times (a processed row is left alone).
-    Transient database errors (lock timeout, connection loss) propagate for the task to retry;
-    a payload or business problem rolls the attempt back and puts the row in "needs attention"
-    with the error, in a transaction of its own.
+    Whatever goes wrong rolls this row's attempt back (and only it); then, in a transaction of its own:
+    - transient errors (TRANSIENT_ERRORS: lock timeout, connection loss) propagate for the task to
+      record (inbox_mark_failed) and retry;
+    - a payload or business problem puts the row in "needs attention" with the error at once;
+    - any other exception (a DataError, an IntegrityError, a bug in a payment listener) is recorded
+      with its traceback as a failed attempt (parked after MPESA_MAX_ATTEMPTS) and the outcome is
+      returned, so the task goes on with the next row; the sweeper tries this one again later.
     """
     try:
         with transaction.atomic():
@@ -367,12 +433,23 @@ def inbox_process(*, inbox_id: int) -> str:
             msg.attempts += 1
             msg.state = InboxState.PROCESSED
             msg.processed_at = timezone.now()
-            msg.error = ""
+            msg.error = msg.traceback = ""
             msg.outcome = outcome[:255]
-            msg.save(update_fields=["state", "attempts", "error", "outcome", "processed_at"])
+            msg.save(update_fields=["state", "attempts", "error", "traceback", "outcome", "processed_at"])
             return msg.outcome
+    except TRANSIENT_ERRORS:
+        raise
     except (PayloadError, NeedsAttention, LedgerError, SecretUnreadable) as exc:
-        problem = exc
+        problem, trace = exc, traceback.format_exc()
+    except Exception as exc:
+        # Unexpected: the atomic block above has rolled this row back, so the connection is usable
+        # again even if the error aborted the transaction; record it in a transaction of its own.
+        trace, summary = traceback.format_exc(), error_summary(exc)
+        logger.exception("inbox %s failed unexpectedly", inbox_id)
+        state = inbox_mark_failed(inbox_id=inbox_id, error=summary, trace=trace)
+        if isinstance(exc, SoftTimeLimitExceeded):
+            raise  # counted; the task itself must stop now
+        return f"{state}: {summary}"[:255]
     with transaction.atomic():
         msg = _inbox_lock(inbox_id)
         if msg is None or msg.state in (InboxState.PROCESSED, InboxState.NEEDS_ATTENTION):
@@ -380,9 +457,10 @@ def inbox_process(*, inbox_id: int) -> str:
         msg.attempts += 1
         msg.state = InboxState.NEEDS_ATTENTION
         msg.error = f"{type(problem).__name__}: {problem}"[:2000]
+        msg.traceback = trace[-20000:]
         msg.outcome = "needs a person"
         logger.warning("inbox %s (%s %s) needs attention: %s", msg.pk, msg.kind, msg.daraja_id, problem)
-        msg.save(update_fields=["state", "attempts", "error", "outcome"])
+        msg.save(update_fields=["state", "attempts", "error", "traceback", "outcome"])
         return msg.outcome
 
 

@@ -7,15 +7,18 @@ from __future__ import annotations
 
 import logging
 import time
+import traceback
 from typing import Any
 
 from celery import shared_task
-from django.db import DatabaseError, InterfaceError, OperationalError
+from django.db import DatabaseError
 
 from celeryconf.app import LIMITS
 from integrations.mpesa import conf
-from integrations.mpesa.errors import TransientProcessingError
+from integrations.mpesa.models import InboxState
 from integrations.mpesa.services import (
+    TRANSIENT_ERRORS,
+    error_summary,
     inbox_enqueue,
     inbox_mark_failed,
     inbox_process,
@@ -29,7 +32,7 @@ logger = logging.getLogger(__name__)
 # 60 s / 50 s, within the global limits (the visibility-timeout rule is checked against them).
 TIME_LIMIT = min(60, LIMITS.task_time_limit)
 SOFT_TIME_LIMIT = min(50, LIMITS.task_soft_time_limit, TIME_LIMIT - 1)
-TRANSIENT = (OperationalError, InterfaceError, TransientProcessingError)
+TRANSIENT = TRANSIENT_ERRORS
 
 
 def _backoff(retries: int) -> int:
@@ -48,9 +51,11 @@ def process_inbox(self: Any, inbox_ids: int | list[int]) -> list[str]:
     """Process inbox rows `inbox_ids` (one id or a batch), in order, each in its own transaction
     (see services.inbox_process). Safe to deliver any number of times: processed rows are skipped.
 
-    Transient database trouble on a row marks it failed and retries the task, with exponential
-    backoff (capped by CELERY_MAX_COUNTDOWN), for that row and the ones after it; the rows before
-    it stay done. When retries run out the rows stay "failed" and the sweeper sends them again.
+    Transient database trouble on a row counts a failed attempt and retries the task, with
+    exponential backoff (capped by CELERY_MAX_COUNTDOWN), for that row and the ones after it; the
+    rows before it stay done. A row that has failed MPESA_MAX_ATTEMPTS times is parked for a person
+    and the batch goes on without it. When retries run out the rows stay "failed" and the sweeper
+    sends them again. Any other error is recorded on its row by inbox_process, and the batch goes on.
     """
     ids = [inbox_ids] if isinstance(inbox_ids, int) else [int(i) for i in inbox_ids]
     # Rows slowed by lock waits must not carry the batch to the soft time limit.
@@ -67,9 +72,13 @@ def process_inbox(self: Any, inbox_ids: int | list[int]) -> list[str]:
             outcomes.append(inbox_process(inbox_id=inbox_id))
         except TRANSIENT as exc:
             try:
-                inbox_mark_failed(inbox_id=inbox_id, error=repr(exc))
+                state = inbox_mark_failed(inbox_id=inbox_id, error=error_summary(exc), trace=traceback.format_exc())
             except DatabaseError:
                 logger.warning("could not mark inbox %s failed", inbox_id)
+                state = InboxState.FAILED
+            if state != InboxState.FAILED:  # parked (or settled meanwhile): nothing to retry for it
+                outcomes.append(f"{state}: {error_summary(exc)}"[:255])
+                continue
             rest = ids[position:]
             raise self.retry(args=(rest,), exc=exc, countdown=_backoff(self.request.retries)) from exc
     return outcomes

@@ -1,0 +1,82 @@
+"""M-Pesa callbacks parked for a person (inbox "needs a person") are counted on /healthz and on
+the admin dashboard, with a link to the inbox filtered on them."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import redis
+from django.test import Client
+from django.urls import reverse
+
+from backoffice import health
+from celeryconf.config import QUEUES
+from integrations.mpesa.models import InboxKind, InboxMessage, InboxState, Till
+from operations.models import Business
+from tests.conftest import login, staff_with_perms
+from tests.integrations.mpesa.factories import TillFactory
+
+pytestmark = pytest.mark.django_db
+
+
+def inbox_row(till: Till, daraja_id: str, state: str) -> InboxMessage:
+    return InboxMessage.objects.create(till=till, kind=InboxKind.C2B_CONFIRMATION, daraja_id=daraja_id, state=state)
+
+
+def test_healthz_counts_payments_waiting_for_a_person_without_failing(
+    water: Business, clean_broker: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def all_up(client: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+        return {q: {"ok": True, "workers": [f"{q}@test"]} for q in QUEUES}, {"ok": True, "seconds_ago": 1.0}
+
+    monkeypatch.setattr(health, "_heartbeats", all_up)
+    till = TillFactory.create(business=water)
+    inbox_row(till, "TKH0000001", InboxState.PROCESSED)
+    inbox_row(till, "TKH0000002", InboxState.FAILED)
+    assert Client().get("/healthz").json()["payments_waiting_for_person"] == 0
+
+    inbox_row(till, "TKH0000003", InboxState.NEEDS_ATTENTION)
+    inbox_row(till, "TKH0000004", InboxState.NEEDS_ATTENTION)
+    response = Client().get("/healthz")
+
+    body = response.json()
+    assert body["payments_waiting_for_person"] == 2
+    assert response.status_code == 200 and body["status"] == "ok"  # work for a person, not an outage
+
+
+def test_the_dashboard_shows_payments_waiting_per_business_with_a_link(
+    water: Business, laundry: Business, owner_client: Client
+) -> None:
+    water_till, laundry_till = TillFactory.create(business=water), TillFactory.create(business=laundry)
+    parked = inbox_row(water_till, "TKH0000005", InboxState.NEEDS_ATTENTION)
+    inbox_row(water_till, "TKH0000006", InboxState.PROCESSED)
+    inbox_row(laundry_till, "TKH0000007", InboxState.RECEIVED)
+
+    page = owner_client.get(reverse("admin:index"))
+
+    rows = {row["business"].pk: row for row in page.context["business_rows"]}
+    assert rows[water.pk]["payments_waiting"] == 1 and rows[laundry.pk]["payments_waiting"] == 0
+    assert page.context["all_businesses"]["payments_waiting"] == 1
+    body = page.content.decode()
+    assert "1 M-Pesa callback waiting for a person" in body
+    inbox = reverse("admin:integrations_inboxmessage_changelist")
+    link = f"{inbox}?till__business__id__exact={water.pk}&state__exact=attention"
+    assert f'href="{link}"' in body
+    # The link leads to the parked row (the filter is accepted, not refused with ?e=1).
+    listing = owner_client.get(link)
+    assert listing.status_code == 200
+    assert [row.pk for row in listing.context["cl"].result_list] == [parked.pk]
+
+
+def test_staff_see_only_their_business_count_and_no_link_without_the_inbox(water: Business, laundry: Business) -> None:
+    inbox_row(TillFactory.create(business=water), "TKH0000008", InboxState.NEEDS_ATTENTION)
+    inbox_row(TillFactory.create(business=laundry), "TKH0000009", InboxState.NEEDS_ATTENTION)
+    inbox_row(TillFactory.create(business=laundry), "TKH0000010", InboxState.NEEDS_ATTENTION)
+    staff = staff_with_perms(water, ["operations.view_business"], username="wanjiru")
+
+    page = login(staff).get(reverse("admin:index"))
+
+    assert [row["payments_waiting"] for row in page.context["business_rows"]] == [1]
+    assert "1 M-Pesa callback waiting for a person" in page.content.decode()
+    assert reverse("admin:integrations_inboxmessage_changelist") not in page.content.decode()
