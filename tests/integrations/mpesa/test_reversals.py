@@ -66,7 +66,12 @@ def test_a_confirmed_reversal_reverses_the_receipt_and_its_allocation(
     msg = deliver(
         daraja_till,
         InboxKind.REVERSAL_RESULT,
-        reversal_result(conversation_id=reversal.conversation_id, original="TKREV00001"),
+        reversal_result(
+            conversation_id=reversal.conversation_id,
+            original="TKREV00001",
+            amount=Decimal("80.00"),
+            till_shortcode=daraja_till.shortcode,
+        ),
         reversal.conversation_id,
     )
 
