@@ -1210,7 +1210,9 @@ def _reversal_differences(reversal: Reversal, payment: Payment, msg: InboxMessag
     if debit_party not in ours:
         problems.append(f"the money left party {debit_party or '(none given)'}, not till {till.shortcode}")
     if result.original_transaction_id != payment.receipt:
-        problems.append(f"it reverses receipt {result.original_transaction_id or '(none given)'}, not {payment.receipt}")
+        problems.append(
+            f"it reverses receipt {result.original_transaction_id or '(none given)'}, not {payment.receipt}"
+        )
     if result.amount != reversal.amount:
         problems.append(f"it reverses KES {result.amount}, not KES {reversal.amount}")
     return problems

@@ -63,7 +63,8 @@ class Sale(models.Model):
         # Money over a sale's total is the customer's credit or waits in suspense, never the sale's.
         constraints = [
             models.CheckConstraint(
-                condition=Q(amount_paid__lte=models.F("total")) & (Q(amount_paid__gte=0) | Q(amount_paid=models.F("total"))),
+                condition=Q(amount_paid__lte=models.F("total"))
+                & (Q(amount_paid__gte=0) | Q(amount_paid=models.F("total"))),
                 name="sale_paid_within_total",
             )
         ]

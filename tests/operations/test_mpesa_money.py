@@ -93,7 +93,14 @@ def _kinds(customer: Customer) -> list[tuple[str, Decimal]]:
     ids=["exact", "partial"],
 )
 def test_exact_and_partial_payments_are_applied_whole(
-    retail: Business, airtime: Item, till: Till, chebet: Customer, today: dt.date, paid: str, amount_paid: str, balance: str
+    retail: Business,
+    airtime: Item,
+    till: Till,
+    chebet: Customer,
+    today: dt.date,
+    paid: str,
+    amount_paid: str,
+    balance: str,
 ) -> None:
     sale = _sale(retail, today, PaymentMethod.MPESA, chebet)
     payment = _pay(till, "QKEX000001", paid, sale.number)
@@ -174,7 +181,9 @@ def test_an_overpaid_anonymous_sale_leaves_the_excess_in_suspense_for_a_person(
         "suspense": (0, Decimal("420.00")),
     }
     # The person gives the 420 to the customer who paid it: their credit.
-    payment_allocate(payment=payment, customer=chebet, reference_kind="customer", reference_id=chebet.pk, acting_user=None)
+    payment_allocate(
+        payment=payment, customer=chebet, reference_kind="customer", reference_id=chebet.pk, acting_user=None
+    )
     payment.refresh_from_db()
     assert (payment.status, payment.unallocated_amount) == (PaymentStatus.ALLOCATED, 0)
     assert lines_by_role(payment.allocation_entry) == {
@@ -202,7 +211,9 @@ def test_allocating_suspense_to_a_customer_reduces_what_they_owe(
     payment = _pay(till, "QKALLOC001", "500.00", "typo")
     assert payment.status == PaymentStatus.UNALLOCATED
 
-    payment_allocate(payment=payment, customer=chebet, reference_kind="customer", reference_id=chebet.pk, acting_user=None)
+    payment_allocate(
+        payment=payment, customer=chebet, reference_kind="customer", reference_id=chebet.pk, acting_user=None
+    )
 
     statement = customer_statement(customer=chebet, date_from=today, date_to=today)
     assert statement.closing == Decimal("80.00")
