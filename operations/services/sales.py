@@ -330,10 +330,9 @@ def sale_mpesa_paid(
             raise InvalidState(f"Sale {sale.number} is not open for payment.")
         if receipt == sale.mpesa_receipt or CustomerTransaction.objects.filter(sale=sale, reference=receipt).exists():
             return sale
-        if amount <= 0 or amount > sale.total - sale.amount_paid:
-            raise InvalidState(
-                f"Sale {sale.number} owes KES {sale.total - sale.amount_paid:,.2f}: KES {amount:,.2f} cannot be applied."
-            )
+        owed = sale.total - sale.amount_paid
+        if amount <= 0 or amount > owed:
+            raise InvalidState(f"Sale {sale.number} owes KES {owed:,.2f}: KES {amount:,.2f} cannot be applied.")
         sale.amount_paid += amount
         sale.mpesa_receipt = sale.mpesa_receipt or receipt[:20]
         sale.save(update_fields=["amount_paid", "mpesa_receipt"])
