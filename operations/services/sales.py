@@ -375,6 +375,8 @@ def sale_settle_mpesa(*, sale: Sale, payment: Any, acting_user: Any = None) -> S
     from integrations.mpesa.services import payment_allocate
 
     with transaction.atomic():
+        # The payment before the sale, as every M-Pesa placing locks them (no deadlock with "Allocate").
+        type(payment).objects.select_for_update().filter(pk=payment.pk).values_list("pk", flat=True).first()
         sale = Sale.objects.select_for_update().get(pk=sale.pk)
         if sale.status != SaleStatus.POSTED or sale.payment_method == PaymentMethod.CASH:
             raise InvalidState(f"Sale {sale.number} is not waiting for an M-Pesa payment.")
