@@ -28,7 +28,7 @@ from accounts.exceptions import LedgerError
 from accounts.forms import ClosePeriodForm, JournalLineFormSet, ManualJournalForm, postable_accounts
 from accounts.models import Account, Books, JournalEntry, JournalLine, PeriodClose, SourceType
 from accounts.report_views import report_urls
-from accounts.services import books_close_period, chart_ensure_default, entry_post, entry_reverse
+from accounts.services import books_close_period, chart_ensure_default, entry_post_manual, entry_reverse
 from backoffice.tenancy import BusinessScopedAdmin, sees_all_businesses, visible_businesses
 
 
@@ -322,7 +322,7 @@ class JournalEntryAdmin(BusinessScopedAdmin):
         )
 
     def add_view(self, request: HttpRequest, form_url: str = "", extra_context: Any = None) -> HttpResponse:
-        """The manual journal: an entry typed in by a person, posted through entry_post."""
+        """The manual journal: an entry typed in by a person, posted through entry_post_manual."""
         if not self.has_add_permission(request):
             raise PermissionDenied
         businesses = visible_businesses(request.user)
@@ -332,12 +332,11 @@ class JournalEntryAdmin(BusinessScopedAdmin):
         formset = JournalLineFormSet(data, accounts=accounts, prefix="lines")
         if data is not None and form.is_valid() and formset.is_valid():
             try:
-                entry = entry_post(
+                entry = entry_post_manual(
                     business=form.cleaned_data["business"],
                     entry_date=form.cleaned_data["entry_date"],
                     lines=formset.line_specs(),
                     memo=form.cleaned_data["memo"],
-                    source_type=SourceType.MANUAL,
                     idempotency_key=form.cleaned_data["idempotency_key"],
                     acting_user=request.user,
                 )

@@ -38,6 +38,10 @@ class IdempotencyConflict(LedgerError):  # noqa: N818
     """The idempotency key was already used for an entry with different content."""
 
 
+class ReservedIdempotencyKey(LedgerError):  # noqa: N818
+    """A person's entry used an idempotency key of the form the system's postings use ("mpesa:...")."""
+
+
 class AlreadyReversed(LedgerError):  # noqa: N818
     """The entry already has its (single) reversal."""
 

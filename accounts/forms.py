@@ -21,7 +21,7 @@ from unfold.widgets import (
 
 from accounts.fields import ZERO
 from accounts.models import Account
-from accounts.services import LineSpec
+from accounts.services import LineSpec, idempotency_key_reserved
 from operations.models import Business
 
 ALL_BUSINESSES = "all"
@@ -64,6 +64,17 @@ class ManualJournalForm(forms.Form):
         kwargs.setdefault("initial", {"entry_date": timezone.localdate(), "idempotency_key": f"manual:{uuid.uuid4()}"})
         super().__init__(*args, **kwargs)
         self.fields["business"].queryset = businesses.order_by("name")  # type: ignore[attr-defined]
+
+    def clean(self) -> dict[str, Any]:
+        data = super().clean() or {}
+        key = data.get("idempotency_key") or ""
+        if idempotency_key_reserved(key):
+            # A hidden field: said at the top of the form, with what to do.
+            raise forms.ValidationError(
+                f"This form carries the idempotency key {key.strip()!r}, which is reserved for the system's own "
+                "postings (M-Pesa, sales, purchases...). Reload the page to get a new form and enter the entry again."
+            )
+        return data
 
 
 class JournalLineForm(forms.Form):

@@ -28,6 +28,7 @@ from accounts.exceptions import (
     InvalidReversal,
     LedgerError,
     LockDateBackwards,
+    ReservedIdempotencyKey,
     UnbalancedEntry,
     database_error_sqlstate,
     ledger_error_from,
@@ -38,6 +39,42 @@ from operations.models import Business
 
 MAX_AMOUNT = Decimal("999999999999.99")
 MAX_LINES = 500
+
+# The idempotency keys the system's own postings use ("<prefix>:<id>"). A manual entry under one of
+# them would take the key first and make the real posting fail (or return the person's entry), so
+# people's entries may not use them (entry_post_manual, and entry_post for source "manual").
+RESERVED_KEY_PREFIXES = (
+    "closing",
+    "customer-payment",
+    "deposit-return",
+    "expense",
+    "laundry-cancel",
+    "laundry-collect",
+    "laundry-deposit",
+    "mpesa",  # and every "mpesa-..." key: receipts, allocations, reversals, charges
+    "opening-stock",
+    "purchase",
+    "reversal",
+    "sale",
+    "sale-refund",
+    "stock-count",
+    "supplier-payment",
+)
+
+
+def idempotency_key_reserved(key: str) -> bool:
+    """Whether `key` has the form of a system posting's key (case and spaces ignored)."""
+    head = key.strip().lower().partition(":")[0].strip()
+    return head in RESERVED_KEY_PREFIXES or head.startswith("mpesa")
+
+
+def reserved_key_check(key: str) -> None:
+    """Raise ReservedIdempotencyKey for a key that only the system's postings may use."""
+    if idempotency_key_reserved(key):
+        raise ReservedIdempotencyKey(
+            f"the idempotency key {key.strip()!r} is reserved for the system's own postings "
+            f"({key.strip().partition(':')[0]}:...); a manual entry needs another one, e.g. manual:<anything>"
+        )
 
 
 @dataclass(frozen=True)
@@ -274,6 +311,8 @@ def entry_post(
     """
     if source_type == SourceType.REVERSAL:
         raise LedgerError("reversals are posted with entry_reverse")
+    if source_type == SourceType.MANUAL:
+        reserved_key_check(idempotency_key)  # a person's entry: not under a system key
     entry, _created = _post(
         business=business,
         entry_date=entry_date,
@@ -285,6 +324,29 @@ def entry_post(
         acting_user=acting_user,
     )
     return entry
+
+
+def entry_post_manual(
+    *,
+    business: Business,
+    entry_date: dt.date,
+    lines: Sequence[LineSpec],
+    memo: str,
+    idempotency_key: str,
+    acting_user: Any,
+) -> JournalEntry:
+    """Post an entry a person typed in (the manual journal): entry_post with source "manual",
+    refusing an idempotency key reserved for the system's postings (ReservedIdempotencyKey)."""
+    reserved_key_check(idempotency_key)
+    return entry_post(
+        business=business,
+        entry_date=entry_date,
+        lines=lines,
+        memo=memo,
+        source_type=SourceType.MANUAL,
+        idempotency_key=idempotency_key,
+        acting_user=acting_user,
+    )
 
 
 def _first_open_date(business_id: int, wanted: dt.date) -> dt.date:

@@ -9,21 +9,30 @@ A received payment is matched in this order (services.payment_record):
    one customer whose number fits the mask (several fit: unmatched).
 Unmatched money goes to suspense and waits in the "unallocated payments" queue for a person.
 
+Before the money is placed, the registered claim resolvers say (under lock) what the matched
+reference still owes and whose it is: only that much is applied to it; what is over it goes to the
+customer's credit, or, with no customer, stays in suspense for a person (services._payment_place).
+
 Listeners run inside the posting transaction, after the Payment row and its ledger entry exist,
-only for matched payments; an exception in a listener rolls the whole posting back (and the inbox
-row is retried or flagged), so a listener must be idempotent and must not call out over the network.
+for each placing that credited receivables (fn(payment, placed)); reversal listeners undo one
+(fn(payment, application, reversal_entry)). An exception in a listener rolls the whole posting
+back (and the inbox row is retried or flagged), so a listener must be idempotent and must not
+call out over the network.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Callable
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import TYPE_CHECKING
 
 from operations.models import Business, Customer
 
 if TYPE_CHECKING:
-    from integrations.mpesa.models import Payment
+    from accounts.models import JournalEntry
+    from integrations.mpesa.models import Payment, PaymentApplication
 
 
 @dataclass(frozen=True)
@@ -34,11 +43,42 @@ class Match:
     description: str
 
 
+@dataclass(frozen=True)
+class Claim:
+    """What a matched reference can take, read under lock just before the money is placed.
+
+    `owed`: what it still owes (None: no limit, e.g. a customer's account); `customer_id`: whose
+    credit takes what is paid over `owed` (the reference's own customer, if any); `description`
+    says why in words (e.g. "sale S0000012 owes KES 0.00").
+    """
+
+    owed: Decimal | None
+    customer_id: int | None
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class Placed:
+    """One placing of (part of) a payment, as the listeners see it: `applied` settles the matched
+    reference, `credit` (over what it owed) goes to customer `match.customer_id`'s credit; both
+    are credited to receivables by `entry`."""
+
+    match: Match
+    applied: Decimal
+    credit: Decimal
+    entry: JournalEntry
+    paid_date: dt.date
+
+
 ReferenceResolver = Callable[[Business, str], "Match | None"]
-PaymentListener = Callable[["Payment", Match], None]
+ClaimResolver = Callable[[Business, Match], "Claim | None"]
+PaymentListener = Callable[["Payment", Placed], None]
+ReversalListener = Callable[["Payment", "PaymentApplication", "JournalEntry"], None]
 
 _resolvers: list[ReferenceResolver] = []
+_claims: list[ClaimResolver] = []
 _listeners: list[PaymentListener] = []
+_reversal_listeners: list[ReversalListener] = []
 
 
 def register_reference_resolver(fn: ReferenceResolver) -> ReferenceResolver:
@@ -48,10 +88,24 @@ def register_reference_resolver(fn: ReferenceResolver) -> ReferenceResolver:
     return fn
 
 
+def register_claim_resolver(fn: ClaimResolver) -> ClaimResolver:
+    """Add a resolver of what a matched reference owes (fn(business, match) -> Claim | None)."""
+    if fn not in _claims:
+        _claims.append(fn)
+    return fn
+
+
 def register_payment_listener(fn: PaymentListener) -> PaymentListener:
-    """Add a listener called as fn(payment, match) when a new payment is matched (inside the transaction)."""
+    """Add a listener called as fn(payment, placed) when money is placed on receivables (inside the transaction)."""
     if fn not in _listeners:
         _listeners.append(fn)
+    return fn
+
+
+def register_reversal_listener(fn: ReversalListener) -> ReversalListener:
+    """Add a listener called as fn(payment, application, reversal_entry) when a placing is reversed."""
+    if fn not in _reversal_listeners:
+        _reversal_listeners.append(fn)
     return fn
 
 
@@ -79,6 +133,20 @@ def resolve_reference(business: Business, reference: str) -> Match | None:
     return None
 
 
-def notify_listeners(payment: Payment, match: Match) -> None:
+def claim_for(business: Business, match: Match) -> Claim:
+    """What `match` can take: the first registered resolver that knows it, else no limit."""
+    for resolver in list(_claims):
+        found = resolver(business, match)
+        if found is not None:
+            return found
+    return Claim(None, match.customer_id)
+
+
+def notify_listeners(payment: Payment, placed: Placed) -> None:
     for listener in list(_listeners):
-        listener(payment, match)
+        listener(payment, placed)
+
+
+def notify_reversal_listeners(payment: Payment, application: PaymentApplication, reversal_entry: JournalEntry) -> None:
+    for listener in list(_reversal_listeners):
+        listener(payment, application, reversal_entry)

@@ -258,15 +258,63 @@ class Payment(models.Model):
         settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
     )
     allocated_at = models.DateTimeField(null=True, blank=True)
+    # What of the amount still sits in suspense, waiting for a person (all of it when unmatched;
+    # the part over what the matched sale owed when it has no customer to credit).
+    unallocated_amount = MoneyField(default=0, editable=False)
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
         ordering = ["-paid_at", "-id"]
-        constraints = [models.CheckConstraint(condition=Q(amount__gt=0), name="payment_amount_positive")]
+        constraints = [
+            models.CheckConstraint(condition=Q(amount__gt=0), name="payment_amount_positive"),
+            models.CheckConstraint(
+                condition=Q(unallocated_amount__gte=0, unallocated_amount__lte=models.F("amount")),
+                name="payment_unallocated_within_amount",
+            ),
+            # In the suspense queue exactly while some of it is in suspense.
+            models.CheckConstraint(
+                condition=Q(status="unallocated", unallocated_amount__gt=0)
+                | (~Q(status="unallocated") & Q(unallocated_amount=0)),
+                name="payment_unallocated_status",
+            ),
+        ]
         indexes = [models.Index(fields=["business", "status"], name="payment_business_status")]
 
     def __str__(self) -> str:
         return f"{self.receipt} KES {self.amount}"
+
+
+class PaymentApplication(models.Model):
+    """Where one posting put (part of) a payment: the receipt's own entry, then each allocation
+    from suspense. `applied` settled the reference, `credit` went to the customer's credit (both
+    on receivables), `unallocated` stayed in suspense. Reversals undo each row (see services)."""
+
+    payment = models.ForeignKey(Payment, on_delete=models.PROTECT, related_name="applications")
+    entry = models.OneToOneField("accounts.JournalEntry", on_delete=models.PROTECT, related_name="+")
+    credit_role = models.CharField(max_length=40, default="receivables")
+    customer = models.ForeignKey(
+        "operations.Customer", on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    reference_kind = models.CharField(max_length=30, blank=True, default="")
+    reference_id = models.BigIntegerField(null=True, blank=True)
+    applied = MoneyField(default=0)
+    credit = MoneyField(default=0)
+    unallocated = MoneyField(default=0)
+    reversal_entry = models.OneToOneField(
+        "accounts.JournalEntry", on_delete=models.PROTECT, null=True, blank=True, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["id"]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(applied__gte=0, credit__gte=0, unallocated__gte=0), name="paymentapplication_not_negative"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.payment_id}: {self.applied} applied, {self.credit} credit, {self.unallocated} in suspense"
 
 
 class UnallocatedPayment(Payment):

@@ -28,6 +28,7 @@ import time
 import traceback
 from collections.abc import Mapping, Sequence
 from contextlib import ExitStack
+from dataclasses import dataclass, replace
 from decimal import Decimal
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
@@ -40,7 +41,6 @@ from django.utils import timezone
 
 from accounts.exceptions import InvalidAccount, LedgerError, PeriodLocked
 from accounts.models import Account, Books, JournalEntry, SourceType
-from accounts.selectors import account_for_role
 from accounts.services import LineSpec, entry_post, entry_reverse
 from integrations.mpesa import conf
 from integrations.mpesa.client import PRODUCTION_BASE_URL, SANDBOX_BASE_URL, DarajaClient
@@ -52,13 +52,21 @@ from integrations.mpesa.errors import (
     TransientProcessingError,
 )
 from integrations.mpesa.exceptions import DarajaError, DarajaTransientError
-from integrations.mpesa.matching import Match, notify_listeners, resolve_reference
+from integrations.mpesa.matching import (
+    Match,
+    Placed,
+    claim_for,
+    notify_listeners,
+    notify_reversal_listeners,
+    resolve_reference,
+)
 from integrations.mpesa.models import (
     DarajaEnvironment,
     InboxKind,
     InboxMessage,
     InboxState,
     Payment,
+    PaymentApplication,
     PaymentRequest,
     PaymentRequestState,
     PaymentStatus,
@@ -75,6 +83,7 @@ from integrations.mpesa.payloads import (
     C2BRegisterResponse,
     CallbackKind,
     PayloadError,
+    ReversalResult,
     parse_account_balance_result,
     parse_c2b_confirmation,
     parse_c2b_validation,
@@ -676,11 +685,13 @@ def payment_record(
 ) -> tuple[Payment, bool]:
     """Record money received on `till` under M-Pesa `receipt`: (payment, created).
 
-    The first call for a receipt creates the Payment and posts Dr M-Pesa clearing / Cr
-    receivables (matched) or Cr suspense (unmatched), idempotency key "mpesa:<receipt>", dated the
-    payment's Nairobi date (or the first open day when that is closed; paid_at keeps the truth).
+    The first call for a receipt creates the Payment and posts, with idempotency key
+    "mpesa:<receipt>", Dr M-Pesa clearing / Cr receivables for what the matched reference owed
+    (and what is over it, when it has a customer to credit) / Cr suspense for the rest (all of it
+    when unmatched); see _payment_split. Dated the payment's Nairobi date (or the first open day
+    when that is closed; paid_at keeps the truth).
     Later calls (the STK callback after the C2B confirmation, a reconciliation) only fill in what
-    the Payment row lacks, and allocate it if it sat in suspense and can now be matched.
+    the Payment row lacks, and allocate what sits in suspense if it can now be matched.
     Runs in the caller's transaction (or its own); safe to retry.
     """
     # No savepoint of its own: inside inbox_process a failure rolls back to that savepoint anyway.
@@ -694,14 +705,20 @@ def payment_record(
         match, how = match_payment(
             business=business, account_reference=account_reference, request=payment_request, msisdn=msisdn
         )
-        clearing, credit = _accounts(business, "mpesa_clearing", "receivables" if match else "suspense")
+        split = _payment_split(business, match, amount, credit_role="receivables")
+        clearing, receivables, suspense = _accounts(business, "mpesa_clearing", "receivables", "suspense")
+        lines = [LineSpec(account=clearing, debit=amount)]
+        if split.moved:
+            lines.append(LineSpec(account=receivables, credit=split.moved))
+        if split.unallocated:
+            lines.append(LineSpec(account=suspense, credit=split.unallocated))
         local_day = paid_at.astimezone(NAIROBI).date()
 
         def post(day: dt.date) -> JournalEntry:
             return entry_post(
                 business=business,
                 entry_date=day,
-                lines=[LineSpec(account=clearing, debit=amount), LineSpec(account=credit, credit=amount)],
+                lines=lines,
                 memo=f"M-Pesa {receipt}",
                 source_type=SourceType.MPESA,
                 source_ref=receipt,
@@ -721,16 +738,11 @@ def payment_record(
             payer_name=payer_name[:120],
             account_reference=account_reference[:40],
             payment_request=payment_request,
-            customer_id=match.customer_id if match else None,
-            status=PaymentStatus.ALLOCATED if match else PaymentStatus.UNALLOCATED,
-            matched_by=how,
-            reference_kind=match.reference_kind if match else "",
-            reference_id=match.reference_id if match else None,
-            match_description=(match.description if match else "")[:255],
+            status=PaymentStatus.UNALLOCATED,
+            unallocated_amount=amount,
             entry=entry,
         )
-        if match is not None:
-            notify_listeners(payment, match)
+        _payment_placed(payment, split, entry=entry, how=how, credit_role="receivables", acting_user=None)
         return payment, True
 
 
@@ -773,8 +785,8 @@ def _payment_enrich(
             msisdn=payment.msisdn,
         )
         if match is not None:
-            _allocate(payment, credit_role="receivables", match=match, how=how, acting_user=None)
-            notify_listeners(payment, match)
+            # Nothing moves when the match takes nothing more (e.g. the sale it overpaid): it stays for a person.
+            _allocate(payment, credit_role="receivables", match=match, how=how, acting_user=None, refuse_nothing=False)
 
 
 def _accounts(business: Business, *roles: str) -> list[Account]:
@@ -786,46 +798,133 @@ def _accounts(business: Business, *roles: str) -> list[Account]:
     return [found[role] for role in roles]
 
 
-def _allocate(payment: Payment, *, credit_role: str, match: Match, how: str, acting_user: Any) -> JournalEntry:
+@dataclass(frozen=True)
+class _Split:
+    """Where an amount goes: `applied` to the matched reference, `credit` (over what it owed) to
+    customer `customer_id`'s credit, `unallocated` to suspense for a person; `description` says so."""
+
+    match: Match | None
+    customer_id: int | None
+    applied: Decimal
+    credit: Decimal
+    unallocated: Decimal
+    description: str
+
+    @property
+    def moved(self) -> Decimal:
+        """What is credited to the chosen account (receivables): applied + credit."""
+        return self.applied + self.credit
+
+
+def _payment_split(business: Business, match: Match | None, amount: Decimal, *, credit_role: str) -> _Split:
+    """Split `amount` by what `match` still owes (asked of the claim resolvers, under their lock).
+
+    Only what is owed is applied to the reference (a sale never gets more than its total); the
+    rest goes to the customer's credit when the reference (or the match) has a customer, else it
+    stays in suspense with the reason. Never silently: the description says where each part went.
+    Money allocated to another account than receivables (owner's money, an expense refund) is
+    not a customer's and is moved whole.
+    """
+    zero = Decimal("0.00")
+    if match is None:
+        return _Split(None, None, zero, zero, amount, "")
+    if credit_role != "receivables":
+        return _Split(match, match.customer_id, amount, zero, zero, match.description)
+    claim = claim_for(business, match)
+    if match.customer_id is not None and claim.customer_id not in (None, match.customer_id):
+        raise InvalidRequest(f"{match.description}: the reference belongs to another customer than the one chosen")
+    customer_id = claim.customer_id if claim.customer_id is not None else match.customer_id
+    applied = amount if claim.owed is None else max(min(amount, claim.owed), zero)
+    over = amount - applied
+    description = match.description
+    if not over:
+        return _Split(match, customer_id, applied, zero, zero, description)
+    why = claim.description or f"it owed KES {applied}"
+    part = f"KES {over} paid over it" if applied else f"the KES {over}"
+    if customer_id is not None:
+        text = f"{description}: {why}; {part} is the customer's credit"
+        return _Split(match, customer_id, applied, over, zero, text[:255])
+    text = f"{description}: {why}; {part} waits in suspense (no customer to credit)"
+    return _Split(match, None, applied, zero, over, text[:255])
+
+
+def _payment_placed(
+    payment: Payment, split: _Split, *, entry: JournalEntry, how: str, credit_role: str, acting_user: Any
+) -> None:
+    """After `entry` placed `split` of `payment`: the application row, the payment's state, and the
+    listeners (operations: the sale's amount paid, the customer's transactions). One place for the
+    receipt's own posting and every allocation, so both record the same things."""
+    PaymentApplication.objects.create(
+        payment=payment,
+        entry=entry,
+        credit_role=credit_role,
+        customer_id=split.customer_id,
+        reference_kind=split.match.reference_kind if split.match else "",
+        reference_id=split.match.reference_id if split.match else None,
+        applied=split.applied,
+        credit=split.credit,
+        unallocated=split.unallocated,
+    )
+    fields = ["status", "unallocated_amount"]
+    payment.unallocated_amount = split.unallocated
+    payment.status = PaymentStatus.UNALLOCATED if split.unallocated else PaymentStatus.ALLOCATED
+    match = split.match
+    if match is not None:
+        payment.customer_id = split.customer_id
+        payment.reference_kind = match.reference_kind
+        payment.reference_id = match.reference_id
+        payment.match_description = split.description[:255]
+        payment.matched_by = how
+        fields += ["customer", "reference_kind", "reference_id", "match_description", "matched_by"]
+    if entry.pk != payment.entry_id:
+        payment.allocation_entry = entry
+        payment.allocated_by = acting_user if getattr(acting_user, "pk", None) else None
+        payment.allocated_at = timezone.now()
+        fields += ["allocation_entry", "allocated_by", "allocated_at"]
+    payment.save(update_fields=fields)
+    if split.unallocated and match is not None:
+        logger.warning("M-Pesa %s: %s", payment.receipt, split.description)
+    if match is not None and credit_role == "receivables" and split.moved:
+        placed = Placed(
+            replace(match, customer_id=split.customer_id),
+            split.applied,
+            split.credit,
+            entry,
+            timezone.localdate(payment.paid_at),
+        )
+        notify_listeners(payment, placed)
+
+
+def _allocate(
+    payment: Payment, *, credit_role: str, match: Match, how: str, acting_user: Any, refuse_nothing: bool = True
+) -> JournalEntry | None:
+    """Move what of `payment` sits in suspense to `match` (see _payment_split): Dr suspense / Cr
+    `credit_role`, key "mpesa-allocate:<receipt>" (":<n>" for a later one). The payment is locked
+    by the caller. Nothing to move: InvalidRequest (or None when `refuse_nothing` is off)."""
     business = payment.business
-    suspense = account_for_role(business=business, role="suspense")
-    credit = account_for_role(business=business, role=credit_role)
+    split = _payment_split(business, match, payment.unallocated_amount, credit_role=credit_role)
+    if not split.moved:
+        if refuse_nothing:
+            raise InvalidRequest(f"{split.description or match.description}: nothing of it can be allocated there")
+        return None
+    suspense, credit = _accounts(business, "suspense", credit_role)
+    placings = PaymentApplication.objects.filter(payment=payment).count()
+    key = f"mpesa-allocate:{payment.receipt}" + (f":{placings}" if placings > 1 else "")
 
     def post(day: dt.date) -> JournalEntry:
         return entry_post(
             business=business,
             entry_date=day,
-            lines=[LineSpec(account=suspense, debit=payment.amount), LineSpec(account=credit, credit=payment.amount)],
+            lines=[LineSpec(account=suspense, debit=split.moved), LineSpec(account=credit, credit=split.moved)],
             memo=f"M-Pesa {payment.receipt} allocated: {match.description}"[:255],
             source_type=SourceType.MPESA,
             source_ref=payment.receipt,
-            idempotency_key=f"mpesa-allocate:{payment.receipt}",
+            idempotency_key=key,
             acting_user=acting_user,
         )
 
     entry = _post_once(business=business, wanted=timezone.localdate(), post=post)
-    payment.status = PaymentStatus.ALLOCATED
-    payment.customer_id = match.customer_id
-    payment.reference_kind = match.reference_kind
-    payment.reference_id = match.reference_id
-    payment.match_description = match.description[:255]
-    payment.matched_by = how
-    payment.allocation_entry = entry
-    payment.allocated_by = acting_user if getattr(acting_user, "pk", None) else None
-    payment.allocated_at = timezone.now()
-    payment.save(
-        update_fields=[
-            "status",
-            "customer",
-            "reference_kind",
-            "reference_id",
-            "match_description",
-            "matched_by",
-            "allocation_entry",
-            "allocated_by",
-            "allocated_at",
-        ]
-    )
+    _payment_placed(payment, split, entry=entry, how=how, credit_role=credit_role, acting_user=acting_user)
     return entry
 
 
@@ -838,11 +937,14 @@ def payment_allocate(
     reference_id: int | None,
     acting_user: Any,
 ) -> JournalEntry:
-    """Allocate a payment sitting in suspense: Dr suspense / Cr `credit_role`, key "mpesa-allocate:<receipt>".
+    """Allocate what of a payment sits in suspense: Dr suspense / Cr `credit_role`, key
+    "mpesa-allocate:<receipt>", and record it as the automatic match does (one path,
+    _payment_placed): on receivables, the sale's amount paid and the customer's transactions;
+    only what the reference owes is applied, the rest is the customer's credit or stays in suspense.
 
-    Locks the payment; raises NotUnallocated unless it is unallocated, InvalidRequest if the
-    customer belongs to another business. Marks it allocated (customer, reference, who, when) and
-    returns the allocation entry. Runs in the caller's transaction when there is one.
+    Locks the payment; raises NotUnallocated unless some of it is in suspense, InvalidRequest if the
+    customer belongs to another business or nothing can go there. Returns the allocation entry.
+    Runs in the caller's transaction when there is one.
     """
     with transaction.atomic():
         locked = Payment.objects.select_for_update().select_related("business").get(pk=payment.pk)
@@ -857,8 +959,18 @@ def payment_allocate(
         entry = _allocate(
             locked, credit_role=credit_role, match=match, how="allocated by hand", acting_user=acting_user
         )
+        assert entry is not None
         # The caller's object reflects the allocation too.
-        for name in ("status", "customer_id", "reference_kind", "reference_id", "allocation_entry_id", "allocated_at"):
+        for name in (
+            "status",
+            "customer_id",
+            "reference_kind",
+            "reference_id",
+            "match_description",
+            "allocation_entry_id",
+            "allocated_at",
+            "unallocated_amount",
+        ):
             setattr(payment, name, getattr(locked, name))
         return entry
 
@@ -1163,6 +1275,27 @@ def _find_reversal(conversation_id: str, originator: str) -> Reversal:
     return found
 
 
+def _reversal_differences(reversal: Reversal, payment: Payment, msg: InboxMessage, result: ReversalResult) -> list[str]:
+    """What a successful reversal result says that does not fit our Reversal row: the till (the
+    callback URL's, and the party the money left: Daraja's DebitPartyPublicName), the original
+    receipt and the amount. Empty when it fits."""
+    till = payment.till
+    ours = {till.shortcode, till.store_number} - {""}
+    problems = []
+    if msg.till_id != payment.till_id:
+        problems.append(f"the result came to the URL of till {msg.till_id}, the payment is on till {payment.till_id}")
+    debit_party, _ = split_party(result.debit_party_public_name)
+    if debit_party not in ours:
+        problems.append(f"the money left party {debit_party or '(none given)'}, not till {till.shortcode}")
+    if result.original_transaction_id != payment.receipt:
+        problems.append(
+            f"it reverses receipt {result.original_transaction_id or '(none given)'}, not {payment.receipt}"
+        )
+    if result.amount != reversal.amount:
+        problems.append(f"it reverses KES {result.amount}, not KES {reversal.amount}")
+    return problems
+
+
 def _process_reversal_result(msg: InboxMessage) -> str:
     result = parse_reversal_result(msg.body)
     reversal = _find_reversal(result.conversation_id, result.originator_conversation_id)
@@ -1175,7 +1308,11 @@ def _process_reversal_result(msg: InboxMessage) -> str:
         reversal.state = ReversalState.FAILED
         reversal.save(update_fields=["state", "result_code", "result_desc", "completed_at"])
         return f"reversal {reversal.pk} failed: {result.result_code} {result.result_desc}"
-    payment = Payment.objects.select_for_update().get(pk=reversal.payment_id)
+    payment = Payment.objects.select_for_update().select_related("till").get(pk=reversal.payment_id)
+    problems = _reversal_differences(reversal, payment, msg, result)
+    if problems:
+        # Rolled back with the attempt: nothing posted, the Reversal stays requested for a person.
+        raise NeedsAttention(f"reversal {reversal.pk} of {payment.receipt} not applied: " + "; ".join(problems))
     reversal.entry = payment_reverse_entries(payment=payment, acting_user=reversal.requested_by)
     reversal.state = ReversalState.COMPLETED
     reversal.reversal_receipt = result.transaction_id[:32]
@@ -1184,23 +1321,32 @@ def _process_reversal_result(msg: InboxMessage) -> str:
 
 
 def payment_reverse_entries(*, payment: Payment, acting_user: Any) -> JournalEntry:
-    """Post the ledger reversal of a payment (its allocation first, then the receipt). Idempotent."""
-    if payment.allocation_entry_id is not None:
-        entry_reverse(
-            entry=payment.allocation_entry,  # type: ignore[arg-type]
-            memo=f"M-Pesa {payment.receipt} reversed (allocation)",
-            acting_user=acting_user,
-            idempotency_key=f"mpesa-reversal-allocation:{payment.receipt}",
+    """Post the ledger reversal of a payment - each allocation, latest first, then the receipt - and
+    undo what each placing recorded (listeners: the sale's amount paid goes down, the customer gets
+    a reversing transaction; nothing is deleted). Returns the receipt's reversal. Idempotent."""
+    with transaction.atomic(savepoint=False):
+        placings = list(
+            PaymentApplication.objects.select_for_update()
+            .filter(payment=payment, reversal_entry__isnull=True)
+            .select_related("entry")
+            .order_by("-id")
         )
-    reversal_entry = entry_reverse(
-        entry=payment.entry,
-        memo=f"M-Pesa {payment.receipt} reversed",
-        acting_user=acting_user,
-        idempotency_key=f"mpesa-reversal:{payment.receipt}",
-    )
-    payment.status = PaymentStatus.REVERSED
-    payment.save(update_fields=["status"])
-    return reversal_entry
+        for placing in placings:
+            is_receipt = placing.entry_id == payment.entry_id
+            if is_receipt:
+                key, memo = f"mpesa-reversal:{payment.receipt}", f"M-Pesa {payment.receipt} reversed"
+            else:
+                suffix = placing.entry.idempotency_key.partition(":")[2]
+                key, memo = f"mpesa-reversal-allocation:{suffix}", f"M-Pesa {payment.receipt} reversed (allocation)"
+            reversed_by = entry_reverse(entry=placing.entry, memo=memo, acting_user=acting_user, idempotency_key=key)
+            placing.reversal_entry = reversed_by
+            placing.save(update_fields=["reversal_entry"])
+            if placing.credit_role == "receivables" and (placing.applied or placing.credit):
+                notify_reversal_listeners(payment, placing, reversed_by)
+        payment.status = PaymentStatus.REVERSED
+        payment.unallocated_amount = Decimal("0.00")
+        payment.save(update_fields=["status", "unallocated_amount"])
+        return JournalEntry.objects.get(reverses_id=payment.entry_id)
 
 
 def _process_reversal_timeout(msg: InboxMessage) -> str:

@@ -60,6 +60,14 @@ class Sale(models.Model):
     class Meta:
         ordering = ["-sale_date", "-id"]
         indexes = [models.Index(fields=["business", "sale_date"], name="sale_business_date")]
+        # Money over a sale's total is the customer's credit or waits in suspense, never the sale's.
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(amount_paid__lte=models.F("total"))
+                & (Q(amount_paid__gte=0) | Q(amount_paid=models.F("total"))),
+                name="sale_paid_within_total",
+            )
+        ]
 
     def __str__(self) -> str:
         return self.number
@@ -95,6 +103,8 @@ class CustomerTxKind(models.TextChoices):
     PAYMENT = "payment", "Payment"
     REFUND = "refund", "Refund / void"
     LAUNDRY = "laundry", "Laundry order collected on account"
+    CREDIT = "credit", "Paid over what was owed (credit)"
+    REVERSAL = "reversal", "Payment reversed"
 
 
 class CustomerTransaction(models.Model):

@@ -318,13 +318,21 @@ def sale_mpesa_paid(
     *, sale: Sale, receipt: str, amount: Decimal, entry: JournalEntry | None, paid_date: dt.date
 ) -> Sale:
     """Record that an M-Pesa payment (already posted to the ledger by the M-Pesa module, crediting
-    receivables) paid this sale. No ledger posting here. Idempotent per receipt."""
+    receivables) paid `amount` of this sale. No ledger posting here. Idempotent per receipt.
+
+    Called by the M-Pesa module's listener (operations.payments) with at most what the sale owes:
+    what is paid over it is the customer's credit or waits in suspense, never the sale's. More than
+    it owes is refused (and the database refuses amount_paid over the total whatever the path).
+    """
     with transaction.atomic():
         sale = Sale.objects.select_for_update(of=("self",)).select_related("customer").get(pk=sale.pk)
         if sale.status != SaleStatus.POSTED:
             raise InvalidState(f"Sale {sale.number} is not open for payment.")
         if receipt == sale.mpesa_receipt or CustomerTransaction.objects.filter(sale=sale, reference=receipt).exists():
             return sale
+        owed = sale.total - sale.amount_paid
+        if amount <= 0 or amount > owed:
+            raise InvalidState(f"Sale {sale.number} owes KES {owed:,.2f}: KES {amount:,.2f} cannot be applied.")
         sale.amount_paid += amount
         sale.mpesa_receipt = sale.mpesa_receipt or receipt[:20]
         sale.save(update_fields=["amount_paid", "mpesa_receipt"])
@@ -342,19 +350,41 @@ def sale_mpesa_paid(
     return sale
 
 
+def sale_mpesa_reversed(*, sale_id: int, business_id: int, receipt: str, amount: Decimal) -> Sale | None:
+    """An M-Pesa payment that paid `amount` of the sale was reversed: the sale owes it again.
+
+    Called by the M-Pesa module's reversal listener (operations.payments), which also writes the
+    customer's reversing transaction. None if the sale is not there.
+    """
+    with transaction.atomic():
+        sale = Sale.objects.select_for_update(of=("self",)).filter(pk=sale_id, business_id=business_id).first()
+        if sale is None:
+            return None
+        sale.amount_paid = max(sale.amount_paid - amount, ZERO)
+        if sale.mpesa_receipt == receipt[:20]:
+            sale.mpesa_receipt = ""
+        sale.save(update_fields=["amount_paid", "mpesa_receipt"])
+    return sale
+
+
 def sale_settle_mpesa(*, sale: Sale, payment: Any, acting_user: Any = None) -> Sale:
     """Settle an M-Pesa sale with a received payment that sits in suspense (unallocated): the
-    M-Pesa module's payment_allocate posts Dr suspense / Cr receivables and marks the payment
-    allocated, in this same transaction."""
+    M-Pesa module's payment_allocate posts Dr suspense / Cr receivables and records it as any
+    matched payment (the sale's amount paid, the customer's transactions; what is over what the
+    sale owes is the customer's credit or stays in suspense), in this same transaction."""
     from integrations.mpesa.services import payment_allocate
 
     with transaction.atomic():
+        # The payment before the sale, as every M-Pesa placing locks them (no deadlock with "Allocate").
+        type(payment).objects.select_for_update().filter(pk=payment.pk).values_list("pk", flat=True).first()
         sale = Sale.objects.select_for_update().get(pk=sale.pk)
         if sale.status != SaleStatus.POSTED or sale.payment_method == PaymentMethod.CASH:
             raise InvalidState(f"Sale {sale.number} is not waiting for an M-Pesa payment.")
+        if sale.total - sale.amount_paid <= 0:
+            raise InvalidState(f"Sale {sale.number} is paid already.")
         if payment.business_id != sale.business_id:
             raise InvalidInput("That M-Pesa payment was received by another business.")
-        entry = payment_allocate(
+        payment_allocate(
             payment=payment,
             credit_role="receivables",
             customer=sale.customer,
@@ -362,13 +392,8 @@ def sale_settle_mpesa(*, sale: Sale, payment: Any, acting_user: Any = None) -> S
             reference_id=sale.pk,
             acting_user=acting_user,
         )
-        return sale_mpesa_paid(
-            sale=sale,
-            receipt=payment.receipt,
-            amount=payment.amount,
-            entry=entry,
-            paid_date=timezone.localdate(payment.paid_at),
-        )
+        sale.refresh_from_db()
+        return sale
 
 
 def sale_request_mpesa(*, sale: Sale, till: Any, phone: str = "", acting_user: Any = None) -> Any:

@@ -341,3 +341,51 @@ def test_the_sidebar_links_the_ledger_pages_by_permission(owner_client, water):
     body = login(clerk).get(reverse("admin:index")).content.decode()
     assert url("accounts_journalentry_changelist") in body
     assert url("accounts_report_trial_balance") not in body
+
+
+@pytest.mark.parametrize("key", ["mpesa:QKA1B2C3D4", "MPESA-ALLOCATE:QKA1B2C3D4", " sale:12", "closing:1:2026-01-01"])
+def test_the_manual_journal_refuses_a_key_reserved_for_the_system(owner_client, water, today, key):
+    data = {
+        "business": water.pk,
+        "entry_date": today.isoformat(),
+        "memo": "takes the receipt's key first",
+        "idempotency_key": key,
+        **line_form([(acct(water, "bank"), "10.00", ""), (acct(water, "owner_equity"), "", "10.00")]),
+    }
+    response = owner_client.post(url("accounts_journalentry_add"), data)
+    assert response.status_code == 200
+    assert "reserved for the system" in response.content.decode()
+    assert not JournalEntry.objects.exists()
+
+
+def test_the_manual_journal_service_refuses_reserved_keys_even_without_the_form(owner, water, today):
+    from accounts.exceptions import ReservedIdempotencyKey
+    from accounts.services import LineSpec, entry_post, entry_post_manual
+
+    lines = [
+        LineSpec(acct(water, "bank"), debit=Decimal(10)),
+        LineSpec(acct(water, "owner_equity"), credit=Decimal(10)),
+    ]
+    with pytest.raises(ReservedIdempotencyKey, match="reserved for the system"):
+        entry_post_manual(
+            business=water, entry_date=today, lines=lines, memo="x", idempotency_key="mpesa:QKX", acting_user=owner
+        )
+    with pytest.raises(ReservedIdempotencyKey):
+        entry_post(
+            business=water,
+            entry_date=today,
+            lines=lines,
+            memo="x",
+            source_type="manual",
+            idempotency_key="mpesa:QKX",
+            acting_user=owner,
+        )
+    assert not JournalEntry.objects.exists()
+    # The system's own postings keep their keys, and a person's other keys are fine.
+    entry_post(
+        business=water, entry_date=today, lines=lines, memo="x", source_type="mpesa", idempotency_key="mpesa:QKX"
+    )
+    entry_post_manual(
+        business=water, entry_date=today, lines=lines, memo="y", idempotency_key="manual:QKX", acting_user=owner
+    )
+    assert JournalEntry.objects.count() == 2

@@ -122,7 +122,17 @@ def c2b_validation(*, trans_id: str, shortcode: str, amount: str = "10", bill_re
     return json.dumps(body).encode()
 
 
-def reversal_result(*, conversation_id: str, success: bool = True, original: str = "SKC82PACB8") -> bytes:
+def reversal_result(
+    *,
+    conversation_id: str,
+    success: bool = True,
+    original: str = "SKC82PACB8",
+    amount: Decimal | float | None = None,
+    till_shortcode: str | None = None,
+) -> bytes:
+    """Daraja's reversal result sample for `conversation_id`: reversing receipt `original` of
+    `amount` (the sample's 1.0 if not given) out of till `till_shortcode` (the DebitParty; the
+    sample's 600992 if not given)."""
     name = "09_reversal_result_success.json" if success else "09_reversal_result_failure_R000002.json"
     body = sample(name)
     body["Result"]["ConversationID"] = conversation_id
@@ -130,6 +140,10 @@ def reversal_result(*, conversation_id: str, success: bool = True, original: str
         for item in body["Result"]["ResultParameters"]["ResultParameter"]:
             if item["Key"] == "OriginalTransactionID":
                 item["Value"] = original
+            elif item["Key"] == "Amount" and amount is not None:
+                item["Value"] = float(amount)
+            elif item["Key"] == "DebitPartyPublicName" and till_shortcode is not None:
+                item["Value"] = f"{till_shortcode} - Safaricom Daraja 992"
     return json.dumps(body).encode()
 
 

@@ -13,7 +13,7 @@ from accounts.models import JournalEntry, JournalLine
 from accounts.services import books_close_period
 from integrations.mpesa import matching
 from integrations.mpesa.errors import NotUnallocated
-from integrations.mpesa.matching import Match
+from integrations.mpesa.matching import Match, Placed
 from integrations.mpesa.models import (
     InboxKind,
     InboxMessage,
@@ -202,10 +202,10 @@ def sale_resolver(till: Till) -> Iterator[list[tuple[Payment, Match]]]:
     seen: list[tuple[Payment, Match]] = []
 
     def resolver(business: object, reference: str) -> Match | None:
-        return Match(None, "sale", 42, "sale S-42") if reference == "S-42" else None
+        return Match(None, "invoice", 42, "invoice S-42") if reference == "S-42" else None
 
-    def listener(payment: Payment, match: Match) -> None:
-        seen.append((payment, match))
+    def listener(payment: Payment, placed: Placed) -> None:
+        seen.append((payment, placed.match))
 
     matching.register_reference_resolver(resolver)
     matching.register_payment_listener(listener)
@@ -218,7 +218,7 @@ def test_registered_resolvers_and_listeners_take_part(till: Till, sale_resolver:
     body = c2b_confirmation(trans_id="TKA1000009", shortcode=till.shortcode, bill_ref="S-42")
     process(store(till, InboxKind.C2B_CONFIRMATION, body, "TKA1000009"))
     payment = Payment.objects.get()
-    assert (payment.reference_kind, payment.reference_id, payment.status) == ("sale", 42, PaymentStatus.ALLOCATED)
+    assert (payment.reference_kind, payment.reference_id, payment.status) == ("invoice", 42, PaymentStatus.ALLOCATED)
     assert [(p.pk, m.reference_id) for p, m in sale_resolver] == [(payment.pk, 42)]
 
 
