@@ -62,11 +62,11 @@ def listener_fails_for(monkeypatch: pytest.MonkeyPatch) -> Callable[..., None]:
         real = list(matching._listeners)
         assert real, "operations registers its payment listener"
 
-        def listener(payment: Payment, match: matching.Match) -> None:
+        def listener(payment: Payment, placed: matching.Placed) -> None:
             if payment.receipt == receipt:
                 fail()
             for fn in real:
-                fn(payment, match)
+                fn(payment, placed)
 
         monkeypatch.setattr(matching, "_listeners", [listener])
 

@@ -46,7 +46,7 @@ class Migration(migrations.Migration):
 
     dependencies = [
         ('accounts', '0003_line_entry_index'),
-        ('integrations', '0003_status_queries'),
+        ('integrations', '0005_inbox_hardening'),
         ('operations', '0004_supplier_payments'),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
