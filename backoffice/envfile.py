@@ -72,3 +72,18 @@ def load_env_file(environ: MutableMapping[str, str] | None = None) -> Path | Non
     for key, value in parse_env_file(path.read_text(encoding="utf-8"), source=str(path)).items():
         environ.setdefault(key, value)
     return path
+
+
+def shell_exports(environ: MutableMapping[str, str] | None = None) -> str:
+    """`export KEY='value'` lines for the file's values that `environ` does not set (scripts/run.sh)."""
+    import shlex
+
+    environ = dict(os.environ if environ is None else environ)
+    before = set(environ)
+    load_env_file(environ)
+    return "".join(f"export {key}={shlex.quote(environ[key])}\n" for key in environ if key not in before)
+
+
+if __name__ == "__main__":
+    # `eval "$(python -m backoffice.envfile)"`: the shell gets what settings.py would read.
+    print(shell_exports(), end="")  # noqa: T201 - the output is the point

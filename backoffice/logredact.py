@@ -5,7 +5,7 @@ integrations/urls.py): whoever knows it can post callbacks that are stored and p
 logged in three places - gunicorn's access log (backoffice/gunicorn_conf.py), Caddy's
 (deploy/Caddyfile, the same pattern as a log filter) and Django's own "Not Found: /daraja/..."
 warnings (the filter below, on the console handler of settings.LOGGING) - so each replaces the
-token with `***` before writing.
+token with `***` before writing. The same goes for /healthz's `?token=` (HEALTHZ_TOKEN).
 """
 
 from __future__ import annotations
@@ -14,14 +14,21 @@ import logging
 import re
 
 # The path segment after /daraja/ (tokens are URL-safe base64; anything up to the next / ? # space
-# or quote is treated as one, percent-escapes included).
-CALLBACK_TOKEN = re.compile(r"(/daraja/)[^/?#\s\"']+")
-REDACTED = r"\1***"
+# or quote is treated as one, percent-escapes included), and the value of a `token` query parameter
+# (/healthz?token=..., HEALTHZ_TOKEN).
+SECRET_IN_URL = re.compile(r"(/daraja/)[^/?#\s\"']+|((?:^|[?&])token=)[^&#\s\"']*")
+MASK = "***"
+
+
+def _mask(match: re.Match[str]) -> str:
+    return (match.group(1) or match.group(2)) + MASK
 
 
 def redact(text: str) -> str:
-    """`text` with every callback token replaced by ***."""
-    return CALLBACK_TOKEN.sub(REDACTED, text) if "/daraja/" in text else text
+    """`text` with every callback token (and ?token= value) replaced by ***."""
+    if "/daraja/" not in text and "token=" not in text:
+        return text
+    return SECRET_IN_URL.sub(_mask, text)
 
 
 class RedactCallbackTokens(logging.Filter):
@@ -29,7 +36,8 @@ class RedactCallbackTokens(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
-        if "/daraja/" in message:
-            record.msg = redact(message)
+        redacted = redact(message)
+        if redacted != message:
+            record.msg = redacted
             record.args = None
         return True

@@ -249,6 +249,10 @@ LOGGING: dict[str, Any] = {
 
 # Celery is configured in celeryconf/config.py, from the same environment (CELERY_BROKER_URL or REDIS_URL).
 
+# /healthz gives its details (per part, with error text) to the owner or to a monitor sending this token
+# (`Authorization: Bearer <token>` or `?token=`); everyone else sees only {"status": ...}. Empty: owner only.
+HEALTHZ_TOKEN = env_str("HEALTHZ_TOKEN")
+
 # Flower (runs as its own process; the admin links to it).
 FLOWER_URL = env_str("FLOWER_URL", "http://127.0.0.1:5555/")
 
