@@ -15,11 +15,16 @@ from django.core.management import CommandError, call_command
 
 from integrations.mpesa import secrets
 from integrations.mpesa.models import Till
-from integrations.mpesa.secrets import SecretUnreadable, decrypt, derived_key, encrypt
-from integrations.mpesa.services import ENCRYPTED_CREDENTIAL_FIELDS
+from integrations.mpesa.secrets import SecretUnreadable, decrypt, encrypt
 from tests.integrations.mpesa.factories import TillFactory
 
 ROOT = Path(__file__).resolve().parents[3]
+ENCRYPTED_CREDENTIAL_FIELDS = (
+    "consumer_key_encrypted",
+    "consumer_secret_encrypted",
+    "passkey_encrypted",
+    "security_credential_encrypted",
+)
 
 
 def new_key() -> str:
@@ -117,6 +122,8 @@ def test_rotating_the_secret_key_no_longer_breaks_decryption(settings: Any) -> N
 
 
 def test_without_a_key_development_derives_one_from_the_secret_key(settings: Any) -> None:
+    from integrations.mpesa.secrets import derived_key
+
     settings.MPESA_ENCRYPTION_KEYS = []
     assert readable_with(derived_key().decode(), encrypt("dev")) == "dev"
 
