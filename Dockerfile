@@ -26,10 +26,11 @@ RUN pip install --no-cache-dir -r requirements.txt
 COPY . .
 
 # Static files are collected into the image (served by WhiteNoise). Settings refuse to import without a
-# secret key and a DATABASE_URL, but nothing connects at import: these throwaway values exist only for
-# this build step and are not kept in the image's environment. MEDIA_ROOT is the only place the app
-# writes (uploads, job exports; a named volume in production), so it is the only directory it owns.
+# secret key, an M-Pesa encryption key and a DATABASE_URL, but nothing connects at import: these throwaway
+# values exist only for this build step and are not kept in the image's environment. MEDIA_ROOT is the only
+# place the app writes (uploads, job exports; a named volume in production), so it is the only directory it owns.
 RUN DJANGO_SECRET_KEY=collectstatic-build-only-not-a-secret \
+    MPESA_ENCRYPTION_KEY=Y29sbGVjdHN0YXRpYy1idWlsZC1vbmx5LXVudXNlZCE= \
     DATABASE_URL=postgresql://build:build@127.0.0.1:5432/build \
     python manage.py collectstatic --noinput \
     && python -m compileall -q -j 0 /app \
@@ -44,7 +45,10 @@ EXPOSE 8000
 # --worker-tmp-dir /dev/shm: gunicorn's worker heartbeat files stay in RAM, not on the overlay filesystem.
 # --forwarded-allow-ips '*': only the proxy can reach port 8000 (it is not published), so trust its
 # X-Forwarded-* headers.
+# --config python:backoffice.gunicorn_conf: the access and error logs show callback tokens as *** (the
+# token is the secret of each Daraja callback URL).
 CMD ["gunicorn", "backoffice.wsgi", \
+     "--config", "python:backoffice.gunicorn_conf", \
      "--bind", "0.0.0.0:8000", \
      "--workers", "3", \
      "--worker-class", "sync", \

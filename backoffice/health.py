@@ -1,14 +1,21 @@
-"""/healthz: is every part of the back office up? JSON for people and probes; 503 when not."""
+"""/healthz: is every part of the back office up? JSON for people and probes; 503 when not.
+
+Anyone gets only {"status": "ok"|"down"} (with 200/503): the details - which worker is missing,
+database and broker error text - are for the owner (logged in as a superuser or holder of
+operations.view_all_businesses) or a monitor presenting HEALTHZ_TOKEN (`Authorization: Bearer ...`,
+or `?token=...` for probes that cannot set headers; the logs show it as ***).
+"""
 
 from __future__ import annotations
 
+import hmac
 import json
 import time
 from typing import Any
 
 import redis
 from django.conf import settings
-from django.db import connection
+from django.db import DatabaseError, connection
 from django.http import HttpRequest, JsonResponse
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
@@ -53,6 +60,25 @@ def _heartbeats(client: redis.Redis) -> tuple[dict[str, Any], dict[str, Any]]:
     return queues, beat
 
 
+def may_see_details(request: HttpRequest) -> bool:
+    """The owner, or a request carrying HEALTHZ_TOKEN (compared in constant time)."""
+    token = getattr(settings, "HEALTHZ_TOKEN", "")
+    if token:
+        header = request.headers.get("Authorization", "")
+        given = header[len("Bearer ") :].strip() if header.startswith("Bearer ") else request.GET.get("token", "")
+        if given and hmac.compare_digest(given.encode(), token.encode()):
+            return True
+    try:
+        user = request.user
+        return bool(
+            user.is_authenticated
+            and user.is_active
+            and (user.is_superuser or user.has_perm("operations.view_all_businesses"))
+        )
+    except DatabaseError:  # the session and user live in the database; down, the answer stays short
+        return False
+
+
 @never_cache
 @require_GET
 def healthz(request: HttpRequest) -> JsonResponse:
@@ -81,4 +107,6 @@ def healthz(request: HttpRequest) -> JsonResponse:
     )
     body["status"] = "ok" if ok else "down"
     body["version"] = getattr(settings, "APP_VERSION", "")
+    if not may_see_details(request):
+        body = {"status": body["status"]}
     return JsonResponse(body, status=200 if ok else 503)

@@ -2,11 +2,14 @@
 
 One module for every environment. Development defaults are safe to run locally; production
 (`DJANGO_DEBUG=0`, the default) turns on every `check --deploy` protection and refuses to start
-without a real secret key. See README.md for the variables.
+without a real secret key and M-Pesa encryption key. See README.md for the variables; in
+development a `.env` file written by `make run` fills in the ones not exported (backoffice/envfile.py).
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import os
 from pathlib import Path
 from typing import Any
@@ -17,10 +20,18 @@ from django.core.exceptions import ImproperlyConfigured
 from django.templatetags.static import static
 from django.urls import reverse_lazy
 
+from backoffice.envfile import EnvFileError, load_env_file
+
 # Lets admin and form classes be subscripted with their model types (for mypy) at run time.
 django_stubs_ext.monkeypatch()
 
 BASE_DIR = Path(__file__).resolve().parent.parent
+
+# Development: `.env` (written by `make run`) fills in what the environment does not set.
+try:
+    load_env_file()
+except EnvFileError as exc:
+    raise ImproperlyConfigured(str(exc)) from exc
 
 
 def env_str(name: str, default: str = "") -> str:
@@ -50,6 +61,34 @@ if not SECRET_KEY:
     if not DEBUG:
         raise ImproperlyConfigured("DJANGO_SECRET_KEY must be set when DJANGO_DEBUG is off.")
     SECRET_KEY = "dev-only-insecure-key-never-used-in-production"  # noqa: S105
+
+
+def fernet_keys(name: str) -> list[str]:
+    """Comma-separated Fernet keys (urlsafe base64 of 32 bytes), checked here so a mistyped key stops
+    the start instead of the first Daraja call. (cryptography itself is imported only on first use.)"""
+    keys = env_list(name)
+    for position, key in enumerate(keys, 1):
+        try:
+            valid = len(base64.urlsafe_b64decode(key.encode())) == 32
+        except (binascii.Error, ValueError):
+            valid = False
+        if not valid:
+            raise ImproperlyConfigured(
+                f"{name}: key {position} is not a Fernet key (generate one with "
+                "`python -c 'from cryptography.fernet import Fernet; print(Fernet.generate_key().decode())'`)."
+            )
+    return keys
+
+
+# Till credentials at rest (integrations/mpesa/secrets.py): the first key encrypts, every key decrypts,
+# so a new key is put first and the old one kept until `manage.py mpesa_reencrypt` has run. Independent
+# of SECRET_KEY, which can then be rotated freely. Development without one uses a key derived from
+# SECRET_KEY.
+MPESA_ENCRYPTION_KEYS = fernet_keys("MPESA_ENCRYPTION_KEY")
+if not MPESA_ENCRYPTION_KEYS and not DEBUG:
+    raise ImproperlyConfigured(
+        "MPESA_ENCRYPTION_KEY must be set when DJANGO_DEBUG is off (see docs/deploy.md, 'Secrets and key rotation')."
+    )
 
 ALLOWED_HOSTS = env_list("DJANGO_ALLOWED_HOSTS", "127.0.0.1,localhost" if DEBUG else "")
 CSRF_TRUSTED_ORIGINS = env_list("DJANGO_CSRF_TRUSTED_ORIGINS")
@@ -173,6 +212,8 @@ WHITENOISE_USE_FINDERS = DEBUG
 WHITENOISE_AUTOREFRESH = DEBUG
 
 LOGIN_URL = "admin:login"
+# A login without ?next= (the admin's login page posts none) lands on the dashboard, not /accounts/profile/.
+LOGIN_REDIRECT_URL = "admin:index"
 
 # Security. Production defaults are strict; behind the TLS proxy the scheme comes from X-Forwarded-Proto.
 SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
@@ -195,12 +236,22 @@ LOGGING: dict[str, Any] = {
     "version": 1,
     "disable_existing_loggers": False,
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    # Django logs request paths ("Not Found: /daraja/<token>/..."): callback tokens are secrets.
+    "filters": {"redact_callback_tokens": {"()": "backoffice.logredact.RedactCallbackTokens"}},
+    "handlers": {
+        "console": {"class": "logging.StreamHandler", "formatter": "plain", "filters": ["redact_callback_tokens"]}
+    },
     "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},
-    "loggers": {"axes": {"level": "WARNING"}},
+    # "django" without handlers of its own: Django's default console handler (DEBUG only) would print
+    # every request warning a second time, unfiltered; it propagates to the root's console instead.
+    "loggers": {"axes": {"level": "WARNING"}, "django": {"handlers": [], "level": "INFO", "propagate": True}},
 }
 
 # Celery is configured in celeryconf/config.py, from the same environment (CELERY_BROKER_URL or REDIS_URL).
+
+# /healthz gives its details (per part, with error text) to the owner or to a monitor sending this token
+# (`Authorization: Bearer <token>` or `?token=`); everyone else sees only {"status": ...}. Empty: owner only.
+HEALTHZ_TOKEN = env_str("HEALTHZ_TOKEN")
 
 # Flower (runs as its own process; the admin links to it).
 FLOWER_URL = env_str("FLOWER_URL", "http://127.0.0.1:5555/")

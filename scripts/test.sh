@@ -5,6 +5,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$PWD/.venv/bin:$PATH"
+# A developer's .env (written by `make run`) is not read: the checks and tests run on this environment only.
+export DJANGO_ENV_FILE=
 
 started_local=0
 cleanup() {
@@ -33,6 +35,7 @@ echo "== makemigrations --check"
 DJANGO_DEBUG=1 python manage.py makemigrations --check --dry-run
 echo "== check --deploy (production settings)"
 DJANGO_DEBUG=0 DJANGO_SECRET_KEY="$(python -c 'import secrets; print(secrets.token_urlsafe(50))')" \
+  MPESA_ENCRYPTION_KEY="$(python -c 'from cryptography.fernet import Fernet; print(Fernet.generate_key().decode())')" \
   DJANGO_ALLOWED_HOSTS=backoffice.example.com python manage.py check --deploy --fail-level WARNING
 if [ "${1:-}" = "--lint-only" ]; then exit 0; fi
 echo "== pytest"

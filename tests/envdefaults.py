@@ -2,6 +2,7 @@
 
 - DJANGO_DEBUG=1: development settings (no HTTPS redirect for the test client); pytest-django
   still runs tests with DEBUG off.
+- DJANGO_ENV_FILE empty: no `.env` file is read (a developer's, from `make run`, stays out of the tests).
 - Redis: the tests (and the Celery workers they start) use database TEST_REDIS_DB (15 unless
   set) of the Redis in REDIS_URL, so a test run never touches the queues of a running back office.
 """
@@ -12,6 +13,9 @@ import os
 from urllib.parse import urlsplit, urlunsplit
 
 os.environ.setdefault("DJANGO_DEBUG", "1")
+# A developer's .env (written by `make run`) never reaches the test run, nor the processes it starts:
+# settings read no file when DJANGO_ENV_FILE is empty (backoffice/envfile.py).
+os.environ["DJANGO_ENV_FILE"] = ""
 
 
 def _with_db(url: str, db: str) -> str:

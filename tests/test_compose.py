@@ -338,3 +338,44 @@ def test_dockerfile_installs_requirements_and_drops_root() -> None:
     assert users[-1] not in {"root", "0", "0:0"}
     assert "collectstatic --noinput" in text
     assert any(line.upper().startswith("CMD") and "gunicorn" in line for line in instructions)
+
+
+def test_app_services_get_the_mpesa_encryption_key(
+    compose: dict[str, Any], services: dict[str, dict[str, Any]]
+) -> None:
+    """Settings refuse to start in production without it; compose stops with a message when it is missing."""
+    for name in APP_SERVICES:
+        env = services[name].get("environment") or {}
+        assert str(env.get("MPESA_ENCRYPTION_KEY", "")).startswith("${MPESA_ENCRYPTION_KEY:?"), name
+    migrate = command_text(services["migrate"])
+    assert "manage.py migrate --noinput && python manage.py mpesa_reencrypt" in migrate
+    example = (ROOT / "deploy" / "env.prod.example").read_text()
+    assert re.search(r"^MPESA_ENCRYPTION_KEY=", example, re.MULTILINE)
+    assert re.search(r"^#?\s*HEALTHZ_TOKEN=", example, re.MULTILINE)
+    assert "MPESA_ENCRYPTION_KEY" in (ROOT / "Dockerfile").read_text()  # collectstatic's throwaway key
+
+
+def test_gunicorn_runs_with_the_redacting_config(services: dict[str, dict[str, Any]]) -> None:
+    """backoffice/gunicorn_conf.py keeps callback tokens out of the access log, in every way web starts."""
+    config = "python:backoffice.gunicorn_conf"
+    assert option_values(as_argv(services["web"]["command"]), "--config", "-c") == [config]
+    cmd = next(line for line in DOCKERFILE.read_text().splitlines() if line.startswith("CMD"))
+    assert '"--config", "python:backoffice.gunicorn_conf"' in DOCKERFILE.read_text() and "gunicorn" in cmd
+    procfile = dict(line.split(":", 1) for line in (ROOT / "Procfile").read_text().splitlines() if ":" in line)
+    assert option_values(shlex.split(procfile["web"]), "--config", "-c") == [config]
+
+
+def test_caddy_redacts_callback_tokens_in_its_logs() -> None:
+    """The access log and Caddy's default log (its error lines carry the request) share one filter."""
+    caddyfile = (ROOT / "deploy" / "Caddyfile").read_text()
+    snippet = re.search(r"^\(redact_callback_tokens\) \{\n(.*?)^\}", caddyfile, re.MULTILINE | re.DOTALL)
+    assert snippet, "no (redact_callback_tokens) snippet"
+    body = snippet.group(1)
+    assert "format filter {" in body and "wrap json" in body
+    pattern = r'"^(/daraja/)[^/?#]+|([?&]token=)[^&#]*" "${1}${2}***"'
+    assert f"request>uri regexp {pattern}" in body
+    # Both logs import it: the site's access log and the global default logger.
+    assert re.search(r"^\tlog default \{\n(?:\t\t.*\n)*?\t\timport redact_callback_tokens\n", caddyfile, re.MULTILINE)
+    site_log = re.search(r"^\tlog \{\n((?:\t\t.*\n)*?)\t\}", caddyfile, re.MULTILINE)
+    assert site_log and "import redact_callback_tokens" in site_log.group(1)
+    assert "format json" not in caddyfile  # an unfiltered encoder would log the token

@@ -4,7 +4,8 @@
   from the first X-Forwarded-For hop instead of REMOTE_ADDR.
 - MPESA_BASE_URL: override Daraja's base URL for every till (tests, demos: the fake Daraja).
 - MPESA_CALLBACK_BASE_URL: public HTTPS base for callback URLs when a till has none.
-- MPESA_ENCRYPTION_KEY: Fernet key for stored credentials (see secrets.py).
+- MPESA_ENCRYPTION_KEY: Fernet key(s) for stored credentials, read by settings.py into
+  MPESA_ENCRYPTION_KEYS (see secrets.py).
 - MPESA_BROKER_URL: send the views' processing tasks to this broker instead of Celery's own
   (tests that stop their own Redis; empty in production).
 - MPESA_SWEEP_AGE_SECONDS (30): how old an unprocessed inbox row must be before the sweeper

@@ -1,10 +1,14 @@
 """Till credentials at rest: Fernet encryption (AES-128-CBC + HMAC-SHA256, from `cryptography`).
 
-The key is settings.MPESA_ENCRYPTION_KEY (a Fernet key: `Fernet.generate_key()`, from the
-environment). When it is not set, a key is derived from SECRET_KEY with HKDF-SHA256. That keeps a
-fresh install working with no extra variable, at a cost: rotating SECRET_KEY makes the stored
-credentials unreadable, and they must be entered again in the till form. Production should set
-MPESA_ENCRYPTION_KEY (and may then rotate SECRET_KEY freely).
+The keys are settings.MPESA_ENCRYPTION_KEYS, from MPESA_ENCRYPTION_KEY in the environment: Fernet
+keys (`Fernet.generate_key()`), comma-separated. The first encrypts; every one decrypts (MultiFernet),
+so a key is rotated by putting a new one first, running `manage.py mpesa_reencrypt`, then dropping the
+old one (docs/deploy.md). Production refuses to start without a key (settings.py); they are
+independent of SECRET_KEY, which can be rotated freely.
+
+Development without a key (and the test run) uses a key derived from SECRET_KEY with HKDF-SHA256 -
+the only key before MPESA_ENCRYPTION_KEY was read. `mpesa_reencrypt` also reads ciphertext made with
+that derived key, so an install that had none moves to its new key with one command.
 
 Alternatively a till reads its credentials from environment variables (Till.credentials_env_prefix)
 and nothing secret is stored in the database at all.
@@ -20,7 +24,7 @@ from typing import TYPE_CHECKING
 from django.conf import settings
 
 if TYPE_CHECKING:
-    from cryptography.fernet import Fernet
+    from cryptography.fernet import Fernet, MultiFernet
 
     from integrations.mpesa.models import Till
 
@@ -31,21 +35,41 @@ class SecretUnreadable(Exception):  # noqa: N818 - reads as the condition it rep
     """A stored credential cannot be decrypted (the key changed): enter it again."""
 
 
-def _fernet() -> Fernet:
+def configured_keys() -> list[str]:
+    """settings.MPESA_ENCRYPTION_KEYS (a list, or a comma-separated string where a test sets one)."""
+    keys = getattr(settings, "MPESA_ENCRYPTION_KEYS", None) or []
+    if isinstance(keys, str):
+        keys = keys.split(",")
+    return [key.strip() for key in keys if key and key.strip()]
+
+
+def derived_key() -> bytes:
+    """The Fernet key derived from SECRET_KEY: development's key, and the one installs used before."""
     # cryptography (its Rust bindings: ~8 MiB) is imported on first use, not at module level: every
     # Celery worker imports this module at start (through services), and only the tasks that call
     # Daraja read a credential (docs/worker-memory.md).
-    from cryptography.fernet import Fernet
     from cryptography.hazmat.primitives import hashes
     from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-    configured = getattr(settings, "MPESA_ENCRYPTION_KEY", "") or ""
-    if configured:
-        return Fernet(configured.encode() if isinstance(configured, str) else configured)
     derived = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=_HKDF_INFO).derive(
         settings.SECRET_KEY.encode()
     )
-    return Fernet(base64.urlsafe_b64encode(derived))
+    return base64.urlsafe_b64encode(derived)
+
+
+def _keys(*, with_derived: bool = False) -> list[Fernet]:
+    from cryptography.fernet import Fernet  # see derived_key
+
+    keys = [Fernet(key.encode()) for key in configured_keys()]
+    if not keys or with_derived:
+        keys.append(Fernet(derived_key()))
+    return keys
+
+
+def _fernet() -> MultiFernet:
+    from cryptography.fernet import MultiFernet  # see derived_key
+
+    return MultiFernet(_keys())
 
 
 def encrypt(plaintext: str) -> str:
@@ -64,9 +88,32 @@ def decrypt(ciphertext: str) -> str:
         return _fernet().decrypt(ciphertext.encode()).decode()
     except InvalidToken as exc:
         raise SecretUnreadable(
-            "a stored M-Pesa credential cannot be decrypted (MPESA_ENCRYPTION_KEY or SECRET_KEY changed); "
-            "enter the till's credentials again"
+            "a stored M-Pesa credential cannot be decrypted with any MPESA_ENCRYPTION_KEY (was its key removed "
+            "before `manage.py mpesa_reencrypt` ran?); enter the till's credentials again"
         ) from exc
+
+
+def reencrypt(ciphertext: str) -> str | None:
+    """`ciphertext` encrypted with the first key, or None when it already is (nothing to write).
+
+    Reads ciphertext made with any configured key or with the key derived from SECRET_KEY (installs
+    from before MPESA_ENCRYPTION_KEY was read). Raises SecretUnreadable when none decrypts it.
+    """
+    if not ciphertext:
+        return None
+    from cryptography.fernet import InvalidToken, MultiFernet  # see derived_key
+
+    keys = _keys(with_derived=True)
+    try:
+        keys[0].decrypt(ciphertext.encode())
+        return None
+    except InvalidToken:
+        pass
+    try:
+        # rotate(): decrypt with any key, encrypt with the first (keeps the original timestamp).
+        return MultiFernet(keys).rotate(ciphertext.encode()).decode()
+    except InvalidToken as exc:
+        raise SecretUnreadable("a stored M-Pesa credential cannot be decrypted with any key") from exc
 
 
 @dataclass(frozen=True)

@@ -93,7 +93,7 @@ from integrations.mpesa.payloads import (
     parse_transaction_status_result,
 )
 from integrations.mpesa.phones import classify_msisdn, mask_matches, normalise_msisdn
-from integrations.mpesa.secrets import SecretUnreadable, encrypt, till_credentials
+from integrations.mpesa.secrets import SecretUnreadable, encrypt, reencrypt, till_credentials
 from operations.models import Business, Customer
 
 logger = logging.getLogger(__name__)
@@ -1197,6 +1197,45 @@ def till_set_credentials(
             setattr(till, f"{name}_encrypted", encrypt(value.strip()))
             changed.append(f"{name}_encrypted")
     return changed
+
+
+ENCRYPTED_CREDENTIAL_FIELDS = (
+    "consumer_key_encrypted",
+    "consumer_secret_encrypted",
+    "passkey_encrypted",
+    "security_credential_encrypted",
+)
+
+
+def till_credentials_reencrypt() -> tuple[int, list[tuple[int, str]]]:
+    """Encrypt every stored till credential with the first MPESA_ENCRYPTION_KEY (key rotation).
+
+    Returns (credentials rewritten, [(till id, field) that no key can read]). One transaction with the
+    tills locked, so a crash leaves every credential as it was (still readable: the old keys stay
+    configured until this has run). Idempotent: a credential already under the first key is not
+    rewritten, so a second run reports 0. An unreadable credential is left as it is and reported
+    (enter it again in the till's form); the others are still moved.
+    """
+    rewritten = 0
+    unreadable: list[tuple[int, str]] = []
+    with transaction.atomic():
+        for till in Till.objects.select_for_update().order_by("pk"):
+            changed = []
+            for field in ENCRYPTED_CREDENTIAL_FIELDS:
+                try:
+                    fresh = reencrypt(getattr(till, field))
+                except SecretUnreadable:
+                    unreadable.append((till.pk, field))
+                    continue
+                if fresh is not None:
+                    setattr(till, field, fresh)
+                    changed.append(field)
+            if changed:
+                till.save(update_fields=changed)
+                rewritten += len(changed)
+    if rewritten or unreadable:
+        logger.info("till credentials re-encrypted: %s rewritten, %s unreadable", rewritten, len(unreadable))
+    return rewritten, unreadable
 
 
 # ------------------------------------------------------------------------------------ reversals
