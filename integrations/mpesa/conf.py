@@ -13,6 +13,8 @@
   before giving up; the task retries later.
 - MPESA_BATCH_SECONDS (25): a task processing a batch of inbox rows starts no new row after this
   long and sends the rest on in a new message (below the payments tasks' 50 s soft time limit).
+- MPESA_SPOOL_DIR (var/mpesa-spool under the project): where callbacks go while PostgreSQL refuses
+  them (spool.py); shared by the web processes and the payments worker (a volume in production).
 """
 
 from __future__ import annotations
@@ -59,3 +61,7 @@ def lock_timeout_seconds() -> float:
 
 def batch_seconds() -> float:
     return float(_get("MPESA_BATCH_SECONDS", "25"))
+
+
+def spool_dir() -> str:
+    return _get("MPESA_SPOOL_DIR", str(settings.BASE_DIR / "var" / "mpesa-spool"))
