@@ -13,9 +13,11 @@ import argparse
 import importlib.util
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -99,7 +101,10 @@ class Stack:
 
 @pytest.fixture
 def stack(tmp_path: Path) -> Iterator[Stack]:
-    base = tmp_path / "local"
+    # Not under tmp_path: as root, PostgreSQL runs as another user who must traverse every parent, and
+    # any pytest session starting meanwhile resets /tmp/pytest-of-<user> to 0700.
+    services_dir = Path(tempfile.mkdtemp(prefix="backoffice-spool-test-"))
+    base = services_dir / "local"
     pg_port, redis_port = free_port(), free_port()
     clean = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL") and not k.startswith("PG")}
     command = [sys.executable, str(SCRIPT), "start", "--dir", str(base)]
@@ -122,6 +127,7 @@ def stack(tmp_path: Path) -> Iterator[Stack]:
         subprocess.run(
             [sys.executable, str(SCRIPT), "stop", "--dir", str(base)], capture_output=True, timeout=120, env=clean
         )
+        shutil.rmtree(services_dir, ignore_errors=True)
 
 
 @pytest.fixture
