@@ -211,6 +211,17 @@ def test_data_lives_in_named_volumes(compose: dict[str, Any], name: str, mount_p
     assert sources[0] in declared, f"{name}: {sources[0]!r} is not a named volume declared at top level"
 
 
+def test_the_callback_spool_is_one_volume_shared_by_web_and_the_payments_worker(compose: dict[str, Any]) -> None:
+    """Web writes the callbacks PostgreSQL refused; the payments worker's sweeper imports them
+    (docs/mpesa.md, "When PostgreSQL is down"): both must see the same directory, and it must survive."""
+    spool_dir = compose["x-app-environment"]["MPESA_SPOOL_DIR"]
+    assert f"MPESA_SPOOL_DIR={spool_dir}" in DOCKERFILE.read_text()
+    for name in ("web", "worker-payments"):
+        mounts = [str(v) for v in compose["services"][name].get("volumes", [])]
+        assert f"mpesa_spool:{spool_dir}" in mounts, f"{name} does not mount the spool volume at {spool_dir}"
+    assert "mpesa_spool" in (compose.get("volumes") or {})
+
+
 def test_beat_runs_once_with_the_database_scheduler(services: dict[str, dict[str, Any]]) -> None:
     beat = services["beat"]
     replicas = (beat.get("deploy") or {}).get("replicas", 1)

@@ -20,6 +20,8 @@
   for its result callback before the recovery job asks again.
 - MPESA_MAX_ATTEMPTS (5): failed processing attempts of one inbox row (unexpected errors and
   transient ones alike) before it is parked as "needs a person" instead of being tried again.
+- MPESA_SPOOL_DIR (var/mpesa-spool under the project): where callbacks go while PostgreSQL refuses
+  them (spool.py); shared by the web processes and the payments worker (a volume in production).
 """
 
 from __future__ import annotations
@@ -78,3 +80,7 @@ def status_result_wait_seconds() -> int:
 
 def max_attempts() -> int:
     return max(1, int(_get("MPESA_MAX_ATTEMPTS", "5")))
+
+
+def spool_dir() -> str:
+    return _get("MPESA_SPOOL_DIR", str(settings.BASE_DIR / "var" / "mpesa-spool"))

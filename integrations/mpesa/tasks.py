@@ -26,6 +26,7 @@ from integrations.mpesa.services import (
     lost_confirmations_recover,
     payment_requests_recover,
 )
+from integrations.mpesa.spool import spool_import
 
 logger = logging.getLogger(__name__)
 
@@ -86,7 +87,12 @@ def process_inbox(self: Any, inbox_ids: int | list[int]) -> list[str]:
 
 @shared_task(name="payments.sweep_inbox", time_limit=TIME_LIMIT, soft_time_limit=SOFT_TIME_LIMIT)
 def sweep_inbox(min_age_seconds: int | None = None, batch_size: int = 500) -> int:
-    """Re-enqueue inbox rows left unprocessed (beat: every minute). Safe to run at any time."""
+    """Import callbacks spooled while the database was down, then re-enqueue inbox rows left
+    unprocessed (beat: every minute). Safe to run at any time."""
+    try:
+        spool_import()
+    except Exception:  # the spool's trouble must not stop the sweep (a database still down stops both)
+        logger.exception("spool import failed; the files wait for the next sweep")
     return inbox_sweep(min_age_seconds=min_age_seconds, batch_size=batch_size)
 
 

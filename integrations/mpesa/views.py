@@ -5,6 +5,8 @@ INSERT ... ON CONFLICT DO NOTHING stores the body (a duplicate is a no-op), and 
 handed to a background publisher for the payments queue (services._Publisher): the answer never
 waits for Redis, and whatever Redis does not get, the sweeper sends later. Parsing goes
 no further than the Daraja id, except for C2B validation, whose answer depends on the payment.
+When PostgreSQL refuses the till lookup or the INSERT, the raw request is written to the local
+spool (spool.py) and Daraja gets its usual answer: it never resends a callback answered with an error.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import ipaddress
 import json
 import logging
 import time
+from collections.abc import Mapping
 from decimal import Decimal
 from typing import Any
 
@@ -32,6 +35,7 @@ from integrations.mpesa.payloads import (
     parse_c2b_validation,
 )
 from integrations.mpesa.services import PAYLOAD_KIND, inbox_enqueue_soon, inbox_store, malformed_id
+from integrations.mpesa.spool import DB_DOWN, SpoolError, import_after_recovery, spool_write
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +45,7 @@ VALIDATION_ACCEPT = json.dumps(c2b_validation_accept()).encode()
 RESULT_KINDS = {"status": "status", "reversal": "reversal", "balance": "balance"}
 # Headers worth keeping with the body (no cookies or credentials are expected from Daraja).
 _SKIP_HEADERS = {"cookie", "authorization"}
+TOKEN_MAX_LENGTH = Till._meta.get_field("callback_token").max_length or 64
 
 
 def _json(body: bytes) -> HttpResponse:
@@ -110,34 +115,77 @@ def _headers(request: HttpRequest) -> dict[str, str]:
     return {k: v for k, v in request.headers.items() if k.lower() not in _SKIP_HEADERS}
 
 
-def _receive(request: HttpRequest, token: str, kind: str) -> tuple[Till, int | None, str]:
-    """Store the callback; (till, new row id or None for a duplicate, state it was stored in)."""
-    till = _till(token)
-    raw = request.body
-    ip = source_ip(request)
-    state, error = InboxState.RECEIVED, ""
+def callback_store(
+    *, till: Till, kind: str, body: bytes, headers: Mapping[str, str], remote_addr: str | None, outcome: str = ""
+) -> tuple[int | None, str]:
+    """Store one callback of `till`; (new row id or None for a duplicate, state it was stored in).
+
+    The view's rules, shared with the spool import: Daraja's id (or `malformed:<sha256>` and "needs a
+    person"), the allowlist, and C2B validations stored already processed with their decision.
+    """
+    validation = kind == InboxKind.C2B_VALIDATION
+    state, error = (InboxState.PROCESSED if validation else InboxState.RECEIVED), ""
     try:
-        daraja_id = callback_unique_id(PAYLOAD_KIND[kind], raw)
+        daraja_id = callback_unique_id(PAYLOAD_KIND[kind], body)
     except PayloadError as exc:
-        daraja_id = malformed_id(raw)
+        daraja_id = malformed_id(body)
         state, error = InboxState.NEEDS_ATTENTION, f"malformed body: {exc}"
         logger.warning("malformed %s callback on till %s stored as %s: %s", kind, till.pk, daraja_id, exc)
-    if not ip_allowed(till.allowed_ips, ip):
-        state, error = InboxState.NEEDS_ATTENTION, f"source address {ip} is not in the till's allowlist"
-        logger.warning("%s callback for till %s from unknown address %s: stored, not processed", kind, till.pk, ip)
+    if not ip_allowed(till.allowed_ips, remote_addr):
+        state, error = InboxState.NEEDS_ATTENTION, f"source address {remote_addr} is not in the till's allowlist"
+        logger.warning(
+            "%s callback for till %s from unknown address %s: stored, not processed", kind, till.pk, remote_addr
+        )
     inbox_id = inbox_store(
         till_id=till.pk,
         kind=kind,
         daraja_id=daraja_id,
-        body=raw,
-        headers=_headers(request),
-        remote_addr=ip,
+        body=body,
+        headers=headers,
+        remote_addr=remote_addr,
         state=state,
         error=error,
+        outcome=outcome,
     )
+    return inbox_id, state
+
+
+def _spool(request: HttpRequest, token: str, kind: str, failure: Exception, outcome: str = "") -> None:
+    """Keep a callback the database refused in the local spool (spool.py); re-raise if even that fails."""
+    if len(token) > TOKEN_MAX_LENGTH:
+        raise Http404("unknown callback URL")  # no till has such a token: not worth a file
+    try:
+        path = spool_write(
+            token=token,
+            kind=kind,
+            body=request.body,
+            headers=_headers(request),
+            remote_addr=source_ip(request),
+            outcome=outcome,
+        )
+    except SpoolError as exc:
+        logger.error("%s callback lost: the database refused it (%r) and the spool too (%s)", kind, failure, exc)
+        raise failure from exc
+    logger.warning("database unavailable (%r): %s callback spooled as %s", failure, kind, path.name)
+
+
+def _receive(request: HttpRequest, token: str, kind: str) -> None:
+    """Store the callback and enqueue it; spool it if the database is down."""
+    try:
+        till = _till(token)
+        inbox_id, state = callback_store(
+            till=till,
+            kind=kind,
+            body=request.body,
+            headers=_headers(request),
+            remote_addr=source_ip(request),
+        )
+    except DB_DOWN as exc:
+        _spool(request, token, kind, exc)
+        return
     if inbox_id is not None and state == InboxState.RECEIVED:
         inbox_enqueue_soon(inbox_id)
-    return till, inbox_id, state
+    import_after_recovery()
 
 
 @csrf_exempt
@@ -196,28 +244,27 @@ def validation_decision(till: Till, body: bytes) -> tuple[dict[str, Any], str]:
 @csrf_exempt
 @require_POST
 def c2b_validation(request: HttpRequest, token: str) -> HttpResponse:
-    """Answer with the decision; the row is stored already processed (there is nothing to post)."""
-    till = _till(token)
-    raw = request.body
-    ip = source_ip(request)
-    answer, why = validation_decision(till, raw)
-    state, error = InboxState.PROCESSED, ""
+    """Answer with the decision; the row is stored already processed (there is nothing to post).
+
+    With the database down the till's rules cannot be read, and the payment is accepted: the
+    confirmation that follows is spooled too and reaches the books once the database is back
+    (an amount outside the limits or an unknown account then lands in suspense for a person, and
+    can be reversed), whereas a refusal or no answer would turn a customer's payment away.
+    """
+    answer, why = c2b_validation_accept(), "accepted unchecked: the database was unavailable"
     try:
-        daraja_id = callback_unique_id("c2b_validation", raw)
-    except PayloadError as exc:
-        daraja_id, state, error = malformed_id(raw), InboxState.NEEDS_ATTENTION, f"malformed body: {exc}"
-    if not ip_allowed(till.allowed_ips, ip):
-        state, error = InboxState.NEEDS_ATTENTION, f"source address {ip} is not in the till's allowlist"
-        logger.warning("C2B validation for till %s from unknown address %s", till.pk, ip)
-    inbox_store(
-        till_id=till.pk,
-        kind=InboxKind.C2B_VALIDATION,
-        daraja_id=daraja_id,
-        body=raw,
-        headers=_headers(request),
-        remote_addr=ip,
-        state=state,
-        error=error,
-        outcome=why,
-    )
+        till = _till(token)
+        answer, why = validation_decision(till, request.body)
+        callback_store(
+            till=till,
+            kind=InboxKind.C2B_VALIDATION,
+            body=request.body,
+            headers=_headers(request),
+            remote_addr=source_ip(request),
+            outcome=why,
+        )
+    except DB_DOWN as exc:
+        _spool(request, token, InboxKind.C2B_VALIDATION, exc, outcome=why)
+    else:
+        import_after_recovery()
     return _json(json.dumps(answer).encode())

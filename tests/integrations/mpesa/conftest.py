@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 import pytest
 
 from accounts.services import chart_ensure_default
@@ -35,3 +38,13 @@ def _publisher_not_paused() -> None:
     from integrations.mpesa.services import publisher
 
     publisher._paused_until = 0.0
+
+
+@pytest.fixture(autouse=True)
+def _spool_dir(settings: Any, tmp_path: Path) -> Path:
+    """Each test spools into its own directory, and starts as a process that never spooled."""
+    from integrations.mpesa import spool
+
+    spool._spooled_here = False
+    settings.MPESA_SPOOL_DIR = tmp_path / "spool"
+    return Path(settings.MPESA_SPOOL_DIR)
