@@ -1,5 +1,6 @@
 """Third-party admin pages (users, groups, schedules, login attempts) re-registered through Unfold,
-so every page of the back office has the same theme."""
+so every page of the back office has the same theme. Their actions name the permission they need
+(the packages declare none, so anyone who can open the list would be offered them)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ from django.contrib import admin
 from django.contrib.auth.admin import GroupAdmin as BaseGroupAdmin
 from django.contrib.auth.admin import UserAdmin as BaseUserAdmin
 from django.contrib.auth.models import Group, User
+from django.db.models import QuerySet
+from django.http import HttpRequest
 from django_celery_beat import admin as beat_admin
 from django_celery_beat.models import (
     ClockedSchedule,
@@ -20,6 +23,7 @@ from django_celery_beat.models import (
     SolarSchedule,
 )
 from unfold.admin import ModelAdmin, TabularInline
+from unfold.decorators import action
 from unfold.forms import AdminPasswordChangeForm, UserChangeForm, UserCreationForm
 from unfold.widgets import UnfoldAdminSelectWidget, UnfoldAdminTextInputWidget
 
@@ -76,6 +80,22 @@ class UnfoldPeriodicTaskForm(beat_admin.PeriodicTaskForm):  # type: ignore[misc]
 class PeriodicTaskAdmin(beat_admin.PeriodicTaskAdmin, ModelAdmin):  # type: ignore[misc]
     form = UnfoldPeriodicTaskForm
 
+    @action(description="Enable selected tasks", permissions=["change"])
+    def enable_tasks(self, request: HttpRequest, queryset: QuerySet[PeriodicTask]) -> None:
+        super().enable_tasks(request, queryset)
+
+    @action(description="Disable selected tasks", permissions=["change"])
+    def disable_tasks(self, request: HttpRequest, queryset: QuerySet[PeriodicTask]) -> None:
+        super().disable_tasks(request, queryset)
+
+    @action(description="Toggle activity of selected tasks", permissions=["change"])
+    def toggle_tasks(self, request: HttpRequest, queryset: QuerySet[PeriodicTask]) -> None:
+        super().toggle_tasks(request, queryset)
+
+    @action(description="Run selected tasks", permissions=["change"])
+    def run_tasks(self, request: HttpRequest, queryset: QuerySet[PeriodicTask]) -> None:
+        super().run_tasks(request, queryset)
+
 
 class ScheduleInline(TabularInline):  # type: ignore[type-arg]
     model = PeriodicTask
@@ -111,7 +131,9 @@ class ClockedScheduleAdmin(beat_admin.ClockedScheduleAdmin, ModelAdmin):  # type
 
 @admin.register(AccessAttempt)
 class AccessAttemptAdmin(BaseAccessAttemptAdmin, ModelAdmin):  # type: ignore[misc]
-    pass
+    @action(description="Clean up expired attempts", permissions=["delete"])
+    def cleanup_expired_attempts(self, request: HttpRequest, queryset: QuerySet[AccessAttempt]) -> None:
+        super().cleanup_expired_attempts(request, queryset)
 
 
 @admin.register(AccessLog)
