@@ -179,10 +179,19 @@ def _a_strings(rows: dict[Business, dict[type[Model], Model]], a: Business, b: B
     return distinctive | {a.name}
 
 
+def filter_labels(spec: Any, changelist: Any) -> list[str]:
+    """What one list filter offers: its links, and the options of a dropdown (Unfold's dropdowns
+    yield a form, not links, so their lookup choices are read too)."""
+    labels = [str(choice["display"]) for choice in spec.choices(changelist) if "display" in choice]
+    for choice in getattr(spec, "lookup_choices", None) or ():
+        labels.append(str(choice[1] if isinstance(choice, (list, tuple)) else choice))
+    return labels
+
+
 def _filter_choices(model_admin: Any, request: Any) -> list[str]:
     """Every choice every list filter of this changelist offers (the dropdowns, opened)."""
     changelist = model_admin.get_changelist_instance(request)
-    return [str(choice.get("display", "")) for spec in changelist.filter_specs for choice in spec.choices(changelist)]
+    return [label for spec in changelist.filter_specs for label in filter_labels(spec, changelist)]
 
 
 def test_a_staff_member_of_business_b_sees_nothing_of_business_a(
