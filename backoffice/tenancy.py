@@ -79,14 +79,12 @@ class ScopedRelatedChoices(RelatedFieldListFilter):
     (Django's RelatedOnlyFieldListFilter rule, for staff): never a run, till, customer or person
     of a business he does not see. The owner gets the full list."""
 
-    def field_choices(self, field: Any, request: HttpRequest, model_admin: Any) -> list[tuple[Any, str]]:
+    def field_choices(self, field: Any, request: HttpRequest, model_admin: Any) -> Any:
         if sees_all_businesses(request.user):
-            return super().field_choices(field, request, model_admin)  # type: ignore[no-any-return]
+            return super().field_choices(field, request, model_admin)
         used = model_admin.get_queryset(request).order_by().values(f"{self.field_path}__pk")
         ordering = self.field_admin_ordering(field, request, model_admin)
-        return field.get_choices(  # type: ignore[no-any-return]
-            include_blank=False, limit_choices_to={"pk__in": used}, ordering=ordering
-        )
+        return field.get_choices(include_blank=False, limit_choices_to={"pk__in": used}, ordering=ordering)
 
 
 class ScopedAllValues(AllValuesFieldListFilter):

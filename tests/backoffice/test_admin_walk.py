@@ -107,7 +107,8 @@ def test_a_view_only_staff_member_is_offered_and_can_run_no_action_that_changes_
     viewer = _view_only_staff(water, "viewer")
 
     offered_wrongly = []
-    for model, model_admin in admin.site._registry.items():
+    registry: dict[type[Model], Any] = dict(admin.site._registry)  # Any: private admin API below
+    for model, model_admin in registry.items():
         request = _request(viewer, model)
         for func, name, _ in model_admin.get_actions(request).values():
             declared = _declared_permissions(func)
@@ -123,7 +124,7 @@ def test_a_view_only_staff_member_is_offered_and_can_run_no_action_that_changes_
     client.force_login(viewer)
     before = _snapshot()
     ran = []
-    for model, model_admin in admin.site._registry.items():
+    for model, model_admin in registry.items():
         request = _request(viewer, model)
         offered = set(model_admin.get_actions(request))
         selected = list(model_admin.get_queryset(request).values_list("pk", flat=True)[:10])
