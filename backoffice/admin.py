@@ -12,7 +12,7 @@ from django.contrib import admin
 from django.contrib.auth.admin import GroupAdmin as BaseGroupAdmin
 from django.contrib.auth.admin import UserAdmin as BaseUserAdmin
 from django.contrib.auth.models import Group, User
-from django.db.models import QuerySet
+from django.db.models import Q, QuerySet
 from django.http import HttpRequest
 from django_celery_beat import admin as beat_admin
 from django_celery_beat.models import (
@@ -27,6 +27,7 @@ from unfold.decorators import action
 from unfold.forms import AdminPasswordChangeForm, UserChangeForm, UserCreationForm
 from unfold.widgets import UnfoldAdminSelectWidget, UnfoldAdminTextInputWidget
 
+from backoffice.tenancy import sees_all_businesses, visible_business_ids
 from operations.models import Membership
 
 for model in (
@@ -58,6 +59,15 @@ class UserAdmin(BaseUserAdmin, ModelAdmin):  # type: ignore[type-arg]
     change_password_form = AdminPasswordChangeForm
     inlines = [MembershipInline]
     list_display = ["username", "first_name", "last_name", "is_staff", "is_superuser", "is_active", "last_login"]
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[User]:
+        """Someone other than the owner who may read users (and the user autocomplete) sees only
+        the people of his own businesses, never another business's staff."""
+        qs = super().get_queryset(request)
+        if sees_all_businesses(request.user):
+            return qs
+        mine = Q(memberships__business__in=visible_business_ids(request.user)) | Q(pk=request.user.pk)
+        return qs.filter(pk__in=User.objects.filter(mine).values("pk"))
 
 
 @admin.register(Group)

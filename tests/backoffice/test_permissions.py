@@ -248,3 +248,20 @@ def test_a_new_admins_related_filters_are_scoped_too(water: Business, laundry: B
         assert line.run.till.name not in offered and str(line.run.till) not in offered
     assert str(theirs[0].payment) not in offered
     assert not any(laundry.name in c for c in offered)
+
+
+def test_users_and_the_user_autocomplete_show_only_people_of_his_businesses(water: Business, laundry: Business) -> None:
+    from tests.factories import MembershipFactory, UserFactory
+
+    colleague = MembershipFactory.create(business=water, user=UserFactory.create(username="colleague_wanjiku")).user
+    stranger = MembershipFactory.create(business=laundry, user=UserFactory.create(username="stranger_otieno")).user
+    staff = staff_with_perms(water, ["auth.view_user", "operations.view_membership", "operations.add_membership"])
+    client = login(staff)
+    body = client.get(reverse("admin:auth_user_changelist")).content.decode()
+    assert colleague.username in body and stranger.username not in body
+    found = client.get(
+        reverse("admin:autocomplete"),
+        {"app_label": "operations", "model_name": "membership", "field_name": "user", "term": "o"},
+    ).json()
+    names = {row["text"] for row in found["results"]}
+    assert colleague.username in names and stranger.username not in names
