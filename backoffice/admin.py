@@ -1,5 +1,6 @@
 """Third-party admin pages (users, groups, schedules, login attempts) re-registered through Unfold,
-so every page of the back office has the same theme."""
+so every page of the back office has the same theme. Their actions name the permission they need
+(the packages declare none, so anyone who can open the list would be offered them)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ from django.contrib import admin
 from django.contrib.auth.admin import GroupAdmin as BaseGroupAdmin
 from django.contrib.auth.admin import UserAdmin as BaseUserAdmin
 from django.contrib.auth.models import Group, User
+from django.db.models import Q, QuerySet
+from django.http import HttpRequest
 from django_celery_beat import admin as beat_admin
 from django_celery_beat.models import (
     ClockedSchedule,
@@ -20,9 +23,11 @@ from django_celery_beat.models import (
     SolarSchedule,
 )
 from unfold.admin import ModelAdmin, TabularInline
+from unfold.decorators import action
 from unfold.forms import AdminPasswordChangeForm, UserChangeForm, UserCreationForm
 from unfold.widgets import UnfoldAdminSelectWidget, UnfoldAdminTextInputWidget
 
+from backoffice.tenancy import sees_all_businesses, visible_business_ids
 from operations.models import Membership
 
 for model in (
@@ -55,6 +60,15 @@ class UserAdmin(BaseUserAdmin, ModelAdmin):  # type: ignore[type-arg]
     inlines = [MembershipInline]
     list_display = ["username", "first_name", "last_name", "is_staff", "is_superuser", "is_active", "last_login"]
 
+    def get_queryset(self, request: HttpRequest) -> QuerySet[User]:
+        """Someone other than the owner who may read users (and the user autocomplete) sees only
+        the people of his own businesses, never another business's staff."""
+        qs = super().get_queryset(request)
+        if sees_all_businesses(request.user):
+            return qs
+        mine = Q(memberships__business__in=visible_business_ids(request.user)) | Q(pk=request.user.pk)
+        return qs.filter(pk__in=User.objects.filter(mine).values("pk"))
+
 
 @admin.register(Group)
 class GroupAdmin(BaseGroupAdmin, ModelAdmin):  # type: ignore[type-arg]
@@ -75,6 +89,22 @@ class UnfoldPeriodicTaskForm(beat_admin.PeriodicTaskForm):  # type: ignore[misc]
 @admin.register(PeriodicTask)
 class PeriodicTaskAdmin(beat_admin.PeriodicTaskAdmin, ModelAdmin):  # type: ignore[misc]
     form = UnfoldPeriodicTaskForm
+
+    @action(description="Enable selected tasks", permissions=["change"])
+    def enable_tasks(self, request: HttpRequest, queryset: QuerySet[PeriodicTask]) -> None:
+        super().enable_tasks(request, queryset)
+
+    @action(description="Disable selected tasks", permissions=["change"])
+    def disable_tasks(self, request: HttpRequest, queryset: QuerySet[PeriodicTask]) -> None:
+        super().disable_tasks(request, queryset)
+
+    @action(description="Toggle activity of selected tasks", permissions=["change"])
+    def toggle_tasks(self, request: HttpRequest, queryset: QuerySet[PeriodicTask]) -> None:
+        super().toggle_tasks(request, queryset)
+
+    @action(description="Run selected tasks", permissions=["change"])
+    def run_tasks(self, request: HttpRequest, queryset: QuerySet[PeriodicTask]) -> None:
+        super().run_tasks(request, queryset)
 
 
 class ScheduleInline(TabularInline):  # type: ignore[type-arg]
@@ -111,7 +141,9 @@ class ClockedScheduleAdmin(beat_admin.ClockedScheduleAdmin, ModelAdmin):  # type
 
 @admin.register(AccessAttempt)
 class AccessAttemptAdmin(BaseAccessAttemptAdmin, ModelAdmin):  # type: ignore[misc]
-    pass
+    @action(description="Clean up expired attempts", permissions=["delete"])
+    def cleanup_expired_attempts(self, request: HttpRequest, queryset: QuerySet[AccessAttempt]) -> None:
+        super().cleanup_expired_attempts(request, queryset)
 
 
 @admin.register(AccessLog)

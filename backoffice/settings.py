@@ -235,6 +235,11 @@ SESSION_COOKIE_AGE = env_int("DJANGO_SESSION_SECONDS", 12 * 3600)
 EMAIL_BACKEND = env_str("EMAIL_BACKEND", "django.core.mail.backends.console.EmailBackend")
 DEFAULT_FROM_EMAIL = env_str("DEFAULT_FROM_EMAIL", "backoffice@localhost")
 
+# django-import-export: importing needs the model's change right (scoped admins also ask for add),
+# exporting its view right; without these every staff user could import (docs/permissions.md).
+IMPORT_EXPORT_IMPORT_PERMISSION_CODE = "change"
+IMPORT_EXPORT_EXPORT_PERMISSION_CODE = "view"
+
 LOGGING: dict[str, Any] = {
     "version": 1,
     "disable_existing_loggers": False,

@@ -11,7 +11,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.core.exceptions import ValidationError
+from django.contrib.admin import (
+    AllValuesFieldListFilter,
+    FieldListFilter,
+    ListFilter,
+    RelatedFieldListFilter,
+    SimpleListFilter,
+)
+from django.contrib.admin.utils import get_fields_from_path
+from django.core.exceptions import FieldDoesNotExist, ValidationError
 from django.db import models
 from django.db.models import QuerySet
 from django.forms import ModelChoiceField
@@ -60,8 +68,81 @@ def _business_id_of(obj: models.Model, lookup: str) -> int | None:
 class BusinessFilter(RelatedDropdownFilter):
     """The business switcher on every scoped list: offers only the businesses the user may see."""
 
+    business_scoped = True
+
     def field_choices(self, field: Any, request: HttpRequest, model_admin: Any) -> list[tuple[Any, str]]:
         return [(b.pk, b.name) for b in visible_businesses(request.user).order_by("name")]
+
+
+class ScopedRelatedChoices(RelatedFieldListFilter):
+    """A related-field filter that offers only the related rows the user's own rows point to
+    (Django's RelatedOnlyFieldListFilter rule, for staff): never a run, till, customer or person
+    of a business he does not see. The owner gets the full list."""
+
+    def field_choices(self, field: Any, request: HttpRequest, model_admin: Any) -> Any:
+        if sees_all_businesses(request.user):
+            return super().field_choices(field, request, model_admin)
+        used = model_admin.get_queryset(request).order_by().values(f"{self.field_path}__pk")
+        ordering = self.field_admin_ordering(field, request, model_admin)
+        return field.get_choices(include_blank=False, limit_choices_to={"pk__in": used}, ordering=ordering)
+
+
+class ScopedAllValues(AllValuesFieldListFilter):
+    """The values of a field across a relation ("run__till__name"), taken from the user's own rows
+    instead of every row of the related table."""
+
+    def __init__(
+        self, field: Any, request: HttpRequest, params: Any, model: Any, model_admin: Any, field_path: str
+    ) -> None:
+        super().__init__(field, request, params, model, model_admin, field_path)
+        if not sees_all_businesses(request.user):
+            rows = model_admin.get_queryset(request).order_by(field_path).distinct()
+            self.lookup_choices = rows.values_list(field_path, flat=True)
+
+
+_scoped_filter_classes: dict[type[Any], type[Any]] = {}
+
+
+def _scoped_filter_class(cls: type[Any], field_path: str) -> type[Any] | None:
+    """The business-scoped variant of a field list filter class, or None if it needs none."""
+    if getattr(cls, "business_scoped", False):
+        return None
+    if issubclass(cls, RelatedFieldListFilter):
+        base: type[Any] = ScopedRelatedChoices
+    elif issubclass(cls, AllValuesFieldListFilter) and "__" in field_path:
+        base = ScopedAllValues
+    else:
+        return None
+    if cls not in _scoped_filter_classes:
+        attrs = {"business_scoped": True, "__module__": __name__}
+        _scoped_filter_classes[cls] = type(f"Scoped{cls.__name__}", (base, cls), attrs)
+    return _scoped_filter_classes[cls]
+
+
+def _default_filter_class(model: type[models.Model], field_path: str) -> type[Any] | None:
+    """The FieldListFilter class Django would pick for `field_path` (same rules, same order)."""
+    try:
+        field = get_fields_from_path(model, field_path)[-1]
+    except (FieldDoesNotExist, LookupError):
+        return None
+    for test, cls in FieldListFilter._field_list_filters:  # type: ignore[attr-defined]
+        if test(field):
+            return cls  # type: ignore[no-any-return]
+    return None
+
+
+def scope_list_filter(model: type[models.Model], item: Any) -> Any:
+    """`item` of a list_filter with any related-field choices limited to the user's businesses."""
+    if isinstance(item, str):
+        cls = _default_filter_class(model, item)
+        scoped = _scoped_filter_class(cls, item) if cls is not None else None
+        return (item, scoped) if scoped is not None else item
+    if isinstance(item, (list, tuple)) and len(item) == 2 and isinstance(item[1], type):
+        path, cls = item
+        if issubclass(cls, ListFilter) and not issubclass(cls, SimpleListFilter):
+            scoped = _scoped_filter_class(cls, path)
+            return (path, scoped) if scoped is not None else item
+    return item
 
 
 class BusinessScopedAdmin(ModelAdmin):
@@ -82,10 +163,18 @@ class BusinessScopedAdmin(ModelAdmin):
         return qs.filter(**{f"{self.business_lookup}__in": visible_business_ids(request.user)})
 
     def get_list_filter(self, request: HttpRequest) -> Any:
-        filters = list(super().get_list_filter(request))
-        if self.business_lookup != "pk" and self.business_lookup not in filters:
+        """The business switcher first, and every related-field filter limited to the user's
+        businesses (a plain "run" or "till" would list every business's rows)."""
+        declared = list(super().get_list_filter(request))
+        filters = [scope_list_filter(self.model, item) for item in declared]
+        if self.business_lookup != "pk" and self.business_lookup not in declared:
             filters.insert(0, (self.business_lookup, BusinessFilter))
         return filters
+
+    def has_import_permission(self, request: HttpRequest) -> bool:
+        """An import creates and overwrites rows: it needs both the add and the change right
+        (django-import-export alone asks for one code, and by default for nothing)."""
+        return self.has_add_permission(request) and self.has_change_permission(request)
 
     def formfield_for_foreignkey(self, db_field: Any, request: HttpRequest, **kwargs: Any) -> ModelChoiceField | None:
         field = super().formfield_for_foreignkey(db_field, request, **kwargs)

@@ -111,7 +111,11 @@ class JobAdmin(BusinessScopedAdmin):
         url = reverse("admin:celeryconf_job_download", args=[obj.pk])
         return format_html('<a href="{}" class="text-primary-600">Download</a>', url)
 
-    @action(description="Retry selected failed jobs")
+    def has_retry_permission(self, request: HttpRequest) -> bool:
+        """Retrying runs a job again (postings, exports): the "change job" right, which staff do not have."""
+        return bool(request.user.has_perm("celeryconf.change_job"))
+
+    @action(description="Retry selected failed jobs", permissions=["retry"])
     def retry_failed(self, request: HttpRequest, queryset: QuerySet[Job]) -> None:
         retried, refused = [], []
         for job in queryset.order_by("pk"):

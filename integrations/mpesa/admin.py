@@ -40,6 +40,13 @@ from integrations.mpesa.models import (
     Till,
     UnallocatedPayment,
 )
+from integrations.mpesa.permissions import (
+    ALLOCATE_PAYMENT,
+    POST_MISSING_RECEIPT,
+    REPROCESS_CALLBACK,
+    REQUEST_STK_PAYMENT,
+    REVERSE_PAYMENT,
+)
 from integrations.mpesa.reconciliation import reconciliation_launch, reconciliation_post_missing
 from integrations.mpesa.secrets import SecretUnreadable
 from integrations.mpesa.services import (
@@ -250,7 +257,7 @@ class TillAdmin(ScopedMpesaAdmin):
         till_set_credentials(till=obj, **{name: form.cleaned_data.get(name) or "" for name in SECRET_FIELDS})
         super().save_model(request, obj, form, change)
 
-    @action(description="Register C2B URLs with Daraja")
+    @action(description="Register C2B URLs with Daraja", permissions=["change"])
     def register_urls(self, request: HttpRequest, queryset: QuerySet[Till]) -> None:
         self.run_each(
             request,
@@ -322,7 +329,10 @@ class InboxMessageAdmin(ScopedMpesaAdmin):
     def traceback_pretty(self, obj: InboxMessage) -> str:
         return format_html('<pre style="white-space:pre-wrap">{}</pre>', obj.traceback) if obj.traceback else "-"
 
-    @action(description="Reprocess selected rows")
+    def has_reprocess_permission(self, request: HttpRequest) -> bool:
+        return bool(request.user.has_perm(REPROCESS_CALLBACK))
+
+    @action(description="Reprocess selected rows", permissions=["reprocess"])
     def reprocess(self, request: HttpRequest, queryset: QuerySet[InboxMessage]) -> None:
         sent = sum(1 for row in queryset.order_by("pk") if inbox_reprocess(inbox=row, acting_user=request.user))
         skipped = queryset.count() - sent
@@ -386,6 +396,12 @@ class PaymentRequestAdmin(SentOnAddAdmin):
         "completed_at",
     ]
 
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return self.has_request_stk_permission(request)  # adding a request sends an STK Push
+
+    def has_request_stk_permission(self, request: HttpRequest) -> bool:
+        return bool(request.user.has_perm(REQUEST_STK_PAYMENT))
+
     def send(self, request: HttpRequest, form: Any) -> PaymentRequest:
         """Adding a request sends it: the service commits the row, then calls Daraja."""
         data = form.cleaned_data
@@ -405,7 +421,7 @@ class PaymentRequestAdmin(SentOnAddAdmin):
     def state_display(self, obj: PaymentRequest) -> str:
         return obj.state
 
-    @action(description="Ask Daraja now (STK Query)")
+    @action(description="Ask Daraja now (STK Query)", permissions=["request_stk"])
     def query_status(self, request: HttpRequest, queryset: QuerySet[PaymentRequest]) -> None:
         for row in queryset.filter(state=PaymentRequestState.SENT).exclude(checkout_request_id=""):
             outcome = payment_requests_recover_one(request=row)
@@ -525,7 +541,10 @@ class PaymentReadOnly(ScopedMpesaAdmin):
 class PaymentAdmin(PaymentReadOnly):
     actions = ["request_reversal"]
 
-    @action(description="Reverse selected payments (ask Daraja)")
+    def has_reverse_permission(self, request: HttpRequest) -> bool:
+        return bool(request.user.has_perm(REVERSE_PAYMENT))
+
+    @action(description="Reverse selected payments (ask Daraja)", permissions=["reverse"])
     def request_reversal(self, request: HttpRequest, queryset: QuerySet[Payment]) -> None:
         self.run_each(
             request,
@@ -562,7 +581,10 @@ class UnallocatedPaymentAdmin(PaymentReadOnly):
     def get_queryset(self, request: HttpRequest) -> QuerySet[Any]:
         return super().get_queryset(request).filter(status=PaymentStatus.UNALLOCATED)
 
-    @action(description="Allocate selected payments")
+    def has_allocate_permission(self, request: HttpRequest) -> bool:
+        return bool(request.user.has_perm(ALLOCATE_PAYMENT))
+
+    @action(description="Allocate selected payments", permissions=["allocate"])
     def allocate(self, request: HttpRequest, queryset: QuerySet[UnallocatedPayment]) -> HttpResponse | None:
         businesses = set(queryset.values_list("business_id", flat=True))
         customers = Customer.objects.filter(business_id__in=businesses, is_active=True).order_by("name")
@@ -688,7 +710,7 @@ class ReconciliationRunAdmin(ScopedMpesaAdmin):
         link = reverse("admin:integrations_reconciliationline_changelist") + f"?run__id__exact={obj.pk}"
         return format_html('<a href="{}" class="text-primary-600">See the lines</a>', link)
 
-    @action(description="Reconcile (run as a background job)")
+    @action(description="Reconcile (run as a background job)", permissions=["change"])
     def reconcile(self, request: HttpRequest, queryset: QuerySet[ReconciliationRun]) -> None:
         for run in queryset.order_by("pk"):
             job = reconciliation_launch(run=run, acting_user=request.user)
@@ -712,7 +734,10 @@ class ReconciliationLineAdmin(ScopedMpesaAdmin):
     def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
 
-    @action(description="Post selected statement receipts missing from the books")
+    def has_post_missing_permission(self, request: HttpRequest) -> bool:
+        return bool(request.user.has_perm(POST_MISSING_RECEIPT))
+
+    @action(description="Post selected statement receipts missing from the books", permissions=["post_missing"])
     def post_missing(self, request: HttpRequest, queryset: QuerySet[ReconciliationLine]) -> None:
         self.run_each(
             request,

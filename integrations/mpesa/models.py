@@ -157,6 +157,7 @@ class InboxMessage(models.Model):
 
     class Meta:
         ordering = ["-received_at", "-id"]
+        permissions = [("reprocess_inboxmessage", "Can send a held M-Pesa callback for processing again")]
         constraints = [
             models.UniqueConstraint(fields=["kind", "daraja_id", "body_sha256"], name="inbox_kind_daraja_id_body_uniq"),
         ]
@@ -207,6 +208,7 @@ class PaymentRequest(models.Model):
 
     class Meta:
         ordering = ["-created_at", "-id"]
+        permissions = [("request_stk_payment", "Can send an STK Push payment request to a customer's phone")]
         constraints = [
             models.UniqueConstraint(
                 fields=["checkout_request_id"],
@@ -265,6 +267,10 @@ class Payment(models.Model):
 
     class Meta:
         ordering = ["-paid_at", "-id"]
+        permissions = [
+            ("reverse_payment", "Can ask Daraja to reverse an M-Pesa payment"),
+            ("allocate_payment", "Can allocate an M-Pesa payment in suspense (or settle a sale with it)"),
+        ]
         constraints = [
             models.CheckConstraint(condition=Q(amount__gt=0), name="payment_amount_positive"),
             models.CheckConstraint(
@@ -526,6 +532,7 @@ class ReconciliationLine(models.Model):
 
     class Meta:
         ordering = ["run", "id"]
+        permissions = [("post_missing_receipt", "Can post a statement receipt that is missing from the books")]
         constraints = [models.UniqueConstraint(fields=["run", "receipt"], name="recon_line_run_receipt_uniq")]
 
     def __str__(self) -> str:

@@ -3,6 +3,7 @@ from __future__ import annotations
 from typing import Any
 
 from django.contrib import admin, messages
+from django.core.exceptions import ValidationError
 from django.db.models import QuerySet
 from django.http import HttpRequest
 from import_export import resources
@@ -18,6 +19,14 @@ from operations.models import Business, Membership
 
 
 class BusinessResource(resources.ModelResource):
+    """Businesses themselves: only the owner may import them (a staff member could otherwise rename
+    or deactivate another business by uploading a file). Exports are scoped by the admin's queryset."""
+
+    def before_save_instance(self, instance: Business, row: Any, **kwargs: Any) -> None:
+        user = kwargs.get("user")
+        if user is not None and not sees_all_businesses(user):
+            raise ValidationError("Only the owner may import businesses.")
+
     class Meta:
         model = Business
         fields = ("id", "name", "kind", "currency", "timezone", "is_active")
@@ -44,11 +53,14 @@ class BusinessAdmin(BusinessScopedAdmin, ImportExportModelAdmin):  # type: ignor
     inlines = [MembershipInline]
     actions = ["export_to_excel"]
 
+    def has_import_permission(self, request: HttpRequest) -> bool:
+        return sees_all_businesses(request.user) and super().has_import_permission(request)
+
     @admin.display(description="Staff")
     def staff_count(self, obj: Business) -> int:
         return obj.memberships.count()
 
-    @action(description="Export businesses and staff to Excel (background job)")
+    @action(description="Export businesses and staff to Excel (background job)", permissions=["export"])
     def export_to_excel(self, request: HttpRequest, queryset: QuerySet[Business]) -> None:
         """One job per selected business for staff; one job for everything when the owner picks all."""
         if sees_all_businesses(request.user) and queryset.count() == Business.objects.count():

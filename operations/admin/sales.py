@@ -15,6 +15,7 @@ from django.utils.html import format_html
 from unfold.decorators import action
 
 from integrations.mpesa.models import Payment, PaymentStatus
+from integrations.mpesa.permissions import ALLOCATE_PAYMENT, REQUEST_STK_PAYMENT
 from operations.admin.base import REFUSALS, DocumentAdmin, DraftInline
 from operations.exceptions import InvalidInput
 from operations.models import Sale, SaleLine
@@ -124,6 +125,14 @@ class SaleAdmin(DocumentAdmin):
         lines = sale.lines.select_related("item").order_by("id")
         return render(request, "operations/receipt.html", {"sale": sale, "lines": lines})
 
+    def has_request_mpesa_permission(self, request: HttpRequest) -> bool:
+        """An STK Push asks a customer for money: the sale's change right and the STK right."""
+        return self.has_change_permission(request) and bool(request.user.has_perm(REQUEST_STK_PAYMENT))
+
+    def has_settle_mpesa_permission(self, request: HttpRequest) -> bool:
+        """Settling takes a payment out of suspense: the sale's change right and the allocation right."""
+        return self.has_change_permission(request) and bool(request.user.has_perm(ALLOCATE_PAYMENT))
+
     @action(description="Post selected draft sales", permissions=["change"])
     def post_sales(self, request: HttpRequest, queryset: QuerySet[Sale]) -> None:
         self.run_service(request, queryset, lambda s: sale_post(sale=s, acting_user=request.user), "Sales posted")
@@ -146,7 +155,7 @@ class SaleAdmin(DocumentAdmin):
             "Sales refunded",
         )
 
-    @action(description="Ask for M-Pesa payment (STK Push to the customer's phone)", permissions=["change"])
+    @action(description="Ask for M-Pesa payment (STK Push to the customer's phone)", permissions=["request_mpesa"])
     def request_mpesa(self, request: HttpRequest, queryset: QuerySet[Sale]) -> None:
         from integrations.mpesa.models import Till
 
@@ -158,7 +167,7 @@ class SaleAdmin(DocumentAdmin):
 
         self.run_service(request, queryset, push, "Payment requests sent")
 
-    @action(description="Settle with a received M-Pesa payment")
+    @action(description="Settle with a received M-Pesa payment", permissions=["settle_mpesa"])
     def settle_with_mpesa(self, request: HttpRequest, queryset: QuerySet[Sale]) -> HttpResponse | None:
         """Pick one unallocated payment of the sale's business; sale_settle_mpesa does the rest."""
         if queryset.count() != 1:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 from collections.abc import Callable
 from decimal import Decimal
 
@@ -30,19 +31,20 @@ from operations.models import (
 from tests.operations.factories import CustomerFactory, ItemFactory, SupplierFactory
 
 DAY = dt.date(2026, 1, 15)
+_numbers = itertools.count(1)  # several rows of one business need their own item or customer
 
 
 def _item(b: Business) -> Item:
-    return ItemFactory.create(business=b, name=f"Item of {b.name}")
+    return ItemFactory.create(business=b, name=f"Item of {b.name} {next(_numbers)}")
 
 
 def _customer(b: Business) -> Customer:
-    return CustomerFactory.create(business=b, name=f"Customer of {b.name}")
+    return CustomerFactory.create(business=b, name=f"Customer of {b.name} {next(_numbers)}")
 
 
 ROW_MAKERS: dict[type[Model], Callable[[Business], Model]] = {
     Customer: _customer,
-    Supplier: lambda b: SupplierFactory.create(business=b, name=f"Supplier of {b.name}"),
+    Supplier: lambda b: SupplierFactory.create(business=b, name=f"Supplier of {b.name} {next(_numbers)}"),
     Item: _item,
     StockLevel: lambda b: StockLevel.objects.create(business=b, item=_item(b), quantity=Decimal(3)),
     StockMovement: lambda b: StockMovement.objects.create(
@@ -66,7 +68,9 @@ ROW_MAKERS: dict[type[Model], Callable[[Business], Model]] = {
         business=b, customer=_customer(b), tx_date=DAY, kind="sale", amount=Decimal(5), reference=f"ref {b.name}"
     ),
     Purchase: lambda b: Purchase.objects.create(
-        business=b, supplier=SupplierFactory.create(business=b, name=f"Supplier of {b.name}"), purchase_date=DAY
+        business=b,
+        supplier=SupplierFactory.create(business=b, name=f"Supplier of {b.name} {next(_numbers)}"),
+        purchase_date=DAY,
     ),
     Expense: lambda b: Expense.objects.create(
         business=b, expense_date=DAY, category="expense_rent", amount=Decimal(100), description=f"rent {b.name}"
@@ -81,7 +85,7 @@ ROW_MAKERS: dict[type[Model], Callable[[Business], Model]] = {
     DayClosing: lambda b: DayClosing.objects.create(business=b, day=DAY),
     SupplierPayment: lambda b: SupplierPayment.objects.create(
         business=b,
-        supplier=SupplierFactory.create(business=b, name=f"Supplier of {b.name}"),
+        supplier=SupplierFactory.create(business=b, name=f"Supplier of {b.name} {next(_numbers)}"),
         payment_date=DAY,
         amount=Decimal(50),
         reference=f"ref {b.name}",
