@@ -12,6 +12,7 @@ import importlib
 import json
 import os
 import subprocess
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from io import StringIO
@@ -371,3 +372,36 @@ def test_the_backup_script_without_history_or_key(water, settings, tmp_path):
     with pytest.raises(subprocess.CalledProcessError) as excinfo:
         backup_anchors(settings, tmp_path / "nokey.jsonl")
     assert b"LEDGER_ANCHOR_KEY must be set" in excinfo.value.stderr
+
+
+# The key: required in production, like DJANGO_SECRET_KEY.
+
+
+def settings_in_a_new_process(**env: str) -> subprocess.CompletedProcess[str]:
+    environ = {k: v for k, v in os.environ.items() if k not in {"LEDGER_ANCHOR_KEY", "MPESA_ENCRYPTION_KEY"}}
+    environ.update({"DJANGO_SETTINGS_MODULE": "backoffice.settings", "DJANGO_ENV_FILE": "", **env})
+    code = "import django; django.setup(); from django.conf import settings; print(settings.LEDGER_ANCHOR_KEYS)"
+    return subprocess.run(
+        [sys.executable, "-c", code], cwd=SCRIPT.parents[1], env=environ, capture_output=True, text=True, timeout=60
+    )
+
+
+@pytest.mark.django_db(transaction=False)
+def test_production_refuses_to_start_without_an_anchor_key():
+    production = {
+        "DJANGO_DEBUG": "0",
+        "DJANGO_SECRET_KEY": "a-production-secret-key-for-this-test",
+        "MPESA_ENCRYPTION_KEY": "Y29sbGVjdHN0YXRpYy1idWlsZC1vbmx5LXVudXNlZCE=",
+    }
+    result = settings_in_a_new_process(**production)
+    assert result.returncode != 0 and "LEDGER_ANCHOR_KEY must be set" in result.stderr
+    result = settings_in_a_new_process(**production, LEDGER_ANCHOR_KEY="too-short")
+    assert result.returncode != 0 and "at least 32 characters" in result.stderr
+    assert "too-short" not in result.stderr
+    key = "k" * 32
+    result = settings_in_a_new_process(**production, LEDGER_ANCHOR_KEY=f" {key} , {'o' * 40} ")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == str([key, "o" * 40])
+    # development derives one from the secret key
+    result = settings_in_a_new_process(DJANGO_DEBUG="1")
+    assert result.returncode == 0 and "dev-" in result.stdout
