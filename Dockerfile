@@ -10,7 +10,8 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     DJANGO_SETTINGS_MODULE=backoffice.settings \
     STATIC_ROOT=/app/staticfiles \
     MEDIA_ROOT=/app/media \
-    MPESA_SPOOL_DIR=/app/var/mpesa-spool
+    MPESA_SPOOL_DIR=/app/var/mpesa-spool \
+    LEDGER_ANCHOR_DIR=/app/var/ledger-anchors
 
 # An unprivileged user with a fixed uid/gid, so volume ownership is stable across rebuilds.
 RUN groupadd --system --gid 10001 app \
@@ -27,18 +28,20 @@ RUN pip install --no-cache-dir -r requirements.txt
 COPY . .
 
 # Static files are collected into the image (served by WhiteNoise). Settings refuse to import without a
-# secret key, an M-Pesa encryption key and a DATABASE_URL, but nothing connects at import: these throwaway
+# secret key, an M-Pesa encryption key, a ledger anchor key and a DATABASE_URL, but nothing connects at import: these throwaway
 # values exist only for this build step and are not kept in the image's environment. MEDIA_ROOT (uploads, job
-# exports) and MPESA_SPOOL_DIR (callbacks kept while PostgreSQL is down) are the only places the app writes (named
-# volumes in production, which take this ownership when first mounted), so they are the only directories it owns.
+# exports), MPESA_SPOOL_DIR (callbacks kept while PostgreSQL is down) and LEDGER_ANCHOR_DIR (the ledger's anchors)
+# are the only places the app writes (named volumes in production, which take this ownership when first mounted),
+# so they are the only directories it owns.
 RUN DJANGO_SECRET_KEY=collectstatic-build-only-not-a-secret \
     MPESA_ENCRYPTION_KEY=Y29sbGVjdHN0YXRpYy1idWlsZC1vbmx5LXVudXNlZCE= \
+    LEDGER_ANCHOR_KEY=collectstatic-build-only-not-a-secret-key \
     DATABASE_URL=postgresql://build:build@127.0.0.1:5432/build \
     python manage.py collectstatic --noinput \
     && python -m compileall -q -j 0 /app \
-    && mkdir -p "$MEDIA_ROOT" "$MPESA_SPOOL_DIR" \
-    && chown app:app "$MEDIA_ROOT" "$MPESA_SPOOL_DIR" \
-    && chmod 0700 "$MPESA_SPOOL_DIR"
+    && mkdir -p "$MEDIA_ROOT" "$MPESA_SPOOL_DIR" "$LEDGER_ANCHOR_DIR" \
+    && chown app:app "$MEDIA_ROOT" "$MPESA_SPOOL_DIR" "$LEDGER_ANCHOR_DIR" \
+    && chmod 0700 "$MPESA_SPOOL_DIR" "$LEDGER_ANCHOR_DIR"
 
 USER app
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
+import hmac
 import os
 from pathlib import Path
 from typing import Any
@@ -89,6 +91,27 @@ if not MPESA_ENCRYPTION_KEYS and not DEBUG:
     raise ImproperlyConfigured(
         "MPESA_ENCRYPTION_KEY must be set when DJANGO_DEBUG is off (see docs/deploy.md, 'Secrets and key rotation')."
     )
+
+# The ledger's hash-chain heads are anchored outside the database (accounts/anchors.py, docs/ledger.md):
+# each anchor line carries an HMAC-SHA256 with this key, which the database never sees, so a database
+# superuser can neither forge an anchor nor re-seal the chain unnoticed. Comma-separated: the first signs,
+# every one verifies (keep an old key while anchors signed with it are kept). Development without one uses
+# a key derived from SECRET_KEY.
+LEDGER_ANCHOR_KEYS = env_list("LEDGER_ANCHOR_KEY")
+if any(len(key) < 32 for key in LEDGER_ANCHOR_KEYS):
+    raise ImproperlyConfigured(
+        "LEDGER_ANCHOR_KEY: every key must be at least 32 characters "
+        "(generate one with `python3 -c 'import secrets; print(secrets.token_urlsafe(32))'`)."
+    )
+if not LEDGER_ANCHOR_KEYS:
+    if not DEBUG:
+        raise ImproperlyConfigured(
+            "LEDGER_ANCHOR_KEY must be set when DJANGO_DEBUG is off (see docs/deploy.md, 'Secrets and key rotation')."
+        )
+    LEDGER_ANCHOR_KEYS = ["dev-" + hmac.new(SECRET_KEY.encode(), b"ledger-anchor-key", hashlib.sha256).hexdigest()]
+# Where `manage.py ledger_anchor` and its hourly task append anchors.jsonl: a volume of its own in production,
+# never the database's, mounted into the worker that runs the task (docker-compose.prod.yml).
+LEDGER_ANCHOR_DIR = Path(env_str("LEDGER_ANCHOR_DIR", str(BASE_DIR / "var" / "ledger-anchors")))
 
 ALLOWED_HOSTS = env_list("DJANGO_ALLOWED_HOSTS", "127.0.0.1,localhost" if DEBUG else "")
 CSRF_TRUSTED_ORIGINS = env_list("DJANGO_CSRF_TRUSTED_ORIGINS")

@@ -115,6 +115,8 @@ def build_config(broker_url: str, limits: Limits) -> dict[str, Any]:
         "task_routes": {
             "payments.*": {"queue": QUEUE_PAYMENTS, "routing_key": QUEUE_PAYMENTS},
             "reports.*": {"queue": QUEUE_REPORTS, "routing_key": QUEUE_REPORTS},
+            # The anchor writer: worker-default mounts the anchors volume (docker-compose.prod.yml).
+            "ledger.*": {"queue": QUEUE_DEFAULT, "routing_key": QUEUE_DEFAULT},
         },
         # Reliability: acknowledge after the task ran; requeue if the worker process died.
         "task_acks_late": True,

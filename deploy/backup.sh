@@ -7,6 +7,12 @@
 # a good dump, so failing dumps never delete the last good ones. BACKUP_DIR/.last-success holds the
 # epoch seconds of the last good dump; the container healthcheck reads it.
 #
+# Ledger anchors: just before each dump, deploy/ledger-anchors.sh writes <db>-<UTC timestamp>.anchors.jsonl
+# beside it - the hourly anchors so far (LEDGER_ANCHORS_HISTORY, the ledger_anchors volume, read-only) and
+# a signed anchor of every business's current chain head. Every head in it is in the dump, so after a
+# restore `verify_ledger --anchors` that file checks the restored chains (docs/ledger.md). Copy both off
+# the server. A failure there is logged and the dump goes ahead: the dump matters more.
+#
 # Every step checks its own result (set -e does not apply inside a function called as a condition).
 # Connection: the standard libpq variables PGHOST, PGPORT, PGUSER, PGPASSWORD, PGDATABASE.
 # Restore: docs/deploy.md ("Backups and restore").
@@ -15,6 +21,8 @@ set -eu
 BACKUP_DIR=${BACKUP_DIR:-/backups}
 BACKUP_KEEP_DAYS=${BACKUP_KEEP_DAYS:-14}
 BACKUP_HOUR_UTC=${BACKUP_HOUR_UTC:-23}   # 23:00 UTC = 02:00 in Nairobi
+LEDGER_ANCHORS_SCRIPT=${LEDGER_ANCHORS_SCRIPT:-/usr/local/bin/ledger-anchors.sh}
+LEDGER_ANCHORS_HISTORY=${LEDGER_ANCHORS_HISTORY:-/ledger-anchors/anchors.jsonl}
 : "${PGDATABASE:?PGDATABASE must be set}"
 
 case $BACKUP_KEEP_DAYS in '' | *[!0-9]*) echo "backup: BACKUP_KEEP_DAYS must be a whole number of days" >&2; exit 2 ;; esac
@@ -40,26 +48,36 @@ backup_once() {
     stamp=$(date -u +%Y%m%dT%H%M%SZ)
     final="$BACKUP_DIR/$PGDATABASE-$stamp.dump"
     partial="$BACKUP_DIR/.$PGDATABASE-$stamp.dump.partial"   # hidden until complete and checked
+    anchors="$BACKUP_DIR/$PGDATABASE-$stamp.anchors.jsonl"
+    anchors_partial="$BACKUP_DIR/.$PGDATABASE-$stamp.anchors.jsonl.partial"
+    # Before the dump: the anchored heads are then all in it.
+    if ! sh "$LEDGER_ANCHORS_SCRIPT" "$anchors_partial" "$LEDGER_ANCHORS_HISTORY"; then
+        rm -f "$anchors_partial"
+        log "WARNING: could not write the ledger anchors; dumping without them"
+    fi
     log "dumping $PGDATABASE to $final"
     if ! pg_dump --format=custom --file="$partial" "$PGDATABASE"; then
-        rm -f "$partial"
+        rm -f "$partial" "$anchors_partial"
         log "FAILED: pg_dump exited non-zero; keeping the existing dumps"
         return 1
     fi
     if ! pg_restore --list "$partial" >/dev/null; then
-        rm -f "$partial"
+        rm -f "$partial" "$anchors_partial"
         log "FAILED: the new dump is not a readable archive; keeping the existing dumps"
         return 1
     fi
     mv "$partial" "$final" || return 1
+    if [ -f "$anchors_partial" ]; then
+        mv "$anchors_partial" "$anchors" && log "ok: $anchors"
+    fi
     date +%s >"$BACKUP_DIR/.last-success" || return 1
     log "ok: $final ($(du -k "$final" | cut -f1) KiB)"
 
     # Older than BACKUP_KEEP_DAYS days: -mtime +N matches files at least N+1 whole days old.
-    find "$BACKUP_DIR" -maxdepth 1 -type f -name "$PGDATABASE-*.dump" -mtime +"$((BACKUP_KEEP_DAYS - 1))" \
-        -print -exec rm -f {} \; | sed 's/^/backup: pruned /'
+    find "$BACKUP_DIR" -maxdepth 1 -type f \( -name "$PGDATABASE-*.dump" -o -name "$PGDATABASE-*.anchors.jsonl" \) \
+        -mtime +"$((BACKUP_KEEP_DAYS - 1))" -print -exec rm -f {} \; | sed 's/^/backup: pruned /'
     # Leftovers of a dump interrupted by a restart (a day old or more).
-    find "$BACKUP_DIR" -maxdepth 1 -type f -name ".*.dump.partial" -mtime +0 -exec rm -f {} \;
+    find "$BACKUP_DIR" -maxdepth 1 -type f -name ".*.partial" -mtime +0 -exec rm -f {} \;
     return 0
 }
 

@@ -36,6 +36,7 @@ DJANGO_DEBUG=1 python manage.py makemigrations --check --dry-run
 echo "== check --deploy (production settings)"
 DJANGO_DEBUG=0 DJANGO_SECRET_KEY="$(python -c 'import secrets; print(secrets.token_urlsafe(50))')" \
   MPESA_ENCRYPTION_KEY="$(python -c 'from cryptography.fernet import Fernet; print(Fernet.generate_key().decode())')" \
+  LEDGER_ANCHOR_KEY="$(python -c 'import secrets; print(secrets.token_urlsafe(32))')" \
   DJANGO_ALLOWED_HOSTS=backoffice.example.com python manage.py check --deploy --fail-level WARNING
 if [ "${1:-}" = "--lint-only" ]; then exit 0; fi
 echo "== pytest"

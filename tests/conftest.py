@@ -21,6 +21,12 @@ def _no_login_lockouts(settings: pytest.FixtureRequest) -> None:
     settings.AXES_ENABLED = False  # type: ignore[attr-defined]
 
 
+@pytest.fixture(autouse=True)
+def _ledger_anchors_in_tmp(settings: pytest.FixtureRequest, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """verify_ledger compares with LEDGER_ANCHOR_DIR's anchors: never a developer's var/ledger-anchors."""
+    settings.LEDGER_ANCHOR_DIR = tmp_path / "ledger-anchors"  # type: ignore[attr-defined]
+
+
 @pytest.fixture
 def water(db: None) -> Business:
     return BusinessFactory.create(name="Maji Safi Water", kind=BusinessKind.WATER)

@@ -390,3 +390,38 @@ def test_caddy_redacts_callback_tokens_in_its_logs() -> None:
     site_log = re.search(r"^\tlog \{\n((?:\t\t.*\n)*?)\t\}", caddyfile, re.MULTILINE)
     assert site_log and "import redact_callback_tokens" in site_log.group(1)
     assert "format json" not in caddyfile  # an unfiltered encoder would log the token
+
+
+def test_ledger_anchors_live_on_their_own_volume_written_by_the_default_worker(
+    compose: dict[str, Any], services: dict[str, dict[str, Any]]
+) -> None:
+    """The anchors must survive a database superuser: a named volume of their own (not pgdata), mounted
+    into worker-default (the ledger.anchor task's queue), read-only into backup (copied beside each dump)."""
+    anchor_dir = compose["x-app-environment"]["LEDGER_ANCHOR_DIR"]
+    assert f"LEDGER_ANCHOR_DIR={anchor_dir}" in DOCKERFILE.read_text()
+    assert "ledger_anchors" in (compose.get("volumes") or {})
+    worker = [str(v) for v in services["worker-default"].get("volumes", [])]
+    assert f"ledger_anchors:{anchor_dir}" in worker
+    assert "default" in option_values(as_argv(services["worker-default"]["command"]), "-Q")[0].split(",")
+    backup = [str(v) for v in services["backup"].get("volumes", [])]
+    assert "ledger_anchors:/ledger-anchors:ro" in backup
+    assert "./deploy/ledger-anchors.sh:/usr/local/bin/ledger-anchors.sh:ro" in backup
+    assert services["backup"]["environment"]["LEDGER_ANCHORS_HISTORY"] == "/ledger-anchors/anchors.jsonl"
+    for name, service in services.items():
+        mounts = [str(v) for v in service.get("volumes", [])]
+        assert not any(m.startswith("pgdata:") for m in mounts) or name == "postgres"
+        assert not any(m.startswith("ledger_anchors:") for m in mounts) or name in {"worker-default", "backup"}
+
+
+def test_the_app_and_the_backup_get_the_ledger_anchor_key(services: dict[str, dict[str, Any]]) -> None:
+    """Settings refuse to start in production without it; the backup signs the heads beside each dump."""
+    for name in (*APP_SERVICES, "backup"):
+        env = services[name].get("environment") or {}
+        assert str(env.get("LEDGER_ANCHOR_KEY", "")).startswith("${LEDGER_ANCHOR_KEY:?"), name
+    for name in ("postgres", "redis", "proxy"):
+        assert "LEDGER_ANCHOR_KEY" not in (services[name].get("environment") or {}), name
+    example = (ROOT / "deploy" / "env.prod.example").read_text()
+    assert re.search(r"^LEDGER_ANCHOR_KEY=", example, re.MULTILINE)
+    assert "LEDGER_ANCHOR_KEY" in DOCKERFILE.read_text()  # collectstatic's throwaway key
+    backup = (ROOT / "deploy" / "backup.sh").read_text()
+    assert backup.index('LEDGER_ANCHORS_SCRIPT" "$anchors_partial"') < backup.index("pg_dump --format=custom")

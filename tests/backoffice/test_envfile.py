@@ -105,6 +105,7 @@ def test_manage_py_runs_on_the_env_file_alone(tmp_path: Path) -> None:
         f"DATABASE_URL={os.environ['DATABASE_URL']}\n"
         f"REDIS_URL={settings.REDIS_URL}\n"
         f"MPESA_ENCRYPTION_KEY={key}\n"
+        "LEDGER_ANCHOR_KEY=a-ledger-anchor-key-for-this-test-0123456789\n"
     )
     without = _manage("check", cwd=tmp_path, DJANGO_ENV_FILE="")
     assert without.returncode != 0 and "DJANGO_SECRET_KEY must be set" in without.stderr  # the newcomer's error

@@ -61,6 +61,7 @@ def test_the_key_in_the_environment_encrypts() -> None:
         DJANGO_DEBUG="0",
         DJANGO_SECRET_KEY="a-production-secret-key-for-this-test",
         MPESA_ENCRYPTION_KEY=key,
+        LEDGER_ANCHOR_KEY="a-ledger-anchor-key-for-this-test-0123456789",
     )
     assert result.returncode == 0, result.stderr
     assert readable_with(key, result.stdout.strip()) == "the-consumer-secret"
