@@ -272,6 +272,33 @@ def spool_pending(directory: Path | None = None) -> int:
         return 0
 
 
+def spool_status(directory: Path | None = None) -> dict[str, int | float | None]:
+    """What waits in the spool, from the disk alone (it answers while the database is down):
+    callbacks pending, files in rejected/, and the age in seconds of the oldest pending one (a file
+    minutes old with the database up means the import is failing; the logs say why)."""
+    root = directory or spool_dir()
+    oldest: float | None = None
+    pending = 0
+    try:
+        entries = list(os.scandir(root))
+    except (FileNotFoundError, NotADirectoryError):
+        entries = []
+    for entry in entries:
+        if entry.name.endswith(SUFFIX) and not entry.name.startswith("."):
+            pending += 1
+            try:
+                mtime = entry.stat(follow_symlinks=False).st_mtime
+            except FileNotFoundError:
+                continue
+            oldest = mtime if oldest is None else min(oldest, mtime)
+    try:
+        rejected = sum(1 for e in os.scandir(root / REJECTED) if e.is_file(follow_symlinks=False))
+    except (FileNotFoundError, NotADirectoryError):
+        rejected = 0
+    age = None if oldest is None else round(max(0.0, time.time() - oldest), 1)
+    return {"pending": pending, "rejected": rejected, "oldest_pending_seconds": age}
+
+
 def spool_import(*, directory: Path | None = None) -> SpoolImport:
     """Store every spooled callback in the inbox (oldest first), deleting each file once stored.
 
