@@ -235,6 +235,8 @@ def foreign_rows_check(instance: models.Model, business_id: int | None) -> None:
         if related_id is None:
             continue
         related = field.related_model
+        if not isinstance(related, type):
+            continue  # resolved by the time an import runs; a lazy "self" or "app.Model" never is here
         path = business_path_of(related)
         if path is None:
             continue

@@ -68,7 +68,7 @@ def test_opening_stock_import_for_an_item_of_another_business_is_refused(
     MembershipFactory.create(user=staff, business=water)
     theirs = ItemFactory.create(business=laundry, name="Detergent 5 kg", kind=ItemKind.GOOD)
     before = _nothing_moved()
-    model_admin = admin.site._registry[OpeningStock]
+    model_admin: Any = admin.site._registry[OpeningStock]
     csv = f"id,business,item,stock_date,quantity,unit_cost\r\n,{water.pk},{theirs.pk},{today},5,10\r\n"
     client = login(staff)
 
