@@ -214,12 +214,18 @@ def known_tills_write(*, directory: Path | None = None) -> int:
         token_digest(t) for t in Till.objects.filter(is_active=True).values_list("callback_token", flat=True)
     )
     root = directory or spool_dir()
+    content = "".join(f"{d}\n" for d in digests)
+    try:
+        if (root / KNOWN_TILLS).read_text() == content:
+            return len(digests)  # unchanged: no write, no fsync (the sweeper calls this every minute)
+    except (FileNotFoundError, NotADirectoryError):
+        pass
     root.mkdir(mode=0o700, parents=True, exist_ok=True)
     temp = root / f"{TEMP_PREFIX}{KNOWN_TILLS}-{secrets.token_hex(6)}"
     try:
         fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as fh:
-            fh.write("".join(f"{d}\n" for d in digests))
+            fh.write(content)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(temp, root / KNOWN_TILLS)
