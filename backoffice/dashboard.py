@@ -20,9 +20,11 @@ def environment_callback(request: HttpRequest) -> list[str]:
 
 
 def business_figures(user: Any) -> list[dict[str, Any]]:
-    """One row per business the user may see: today's takings, pending and failed jobs, and M-Pesa
-    callbacks waiting for a person (inbox "needs a person")."""
+    """One row per business the user may see: today's takings, pending and failed jobs, M-Pesa
+    callbacks waiting for a person (inbox "needs a person") and Transaction Status queries left to
+    a person (a lost confirmation no retry could settle)."""
     from accounts.selectors import takings_by_business
+    from backoffice.health import status_queries_waiting
     from integrations.mpesa.models import InboxMessage, InboxState
 
     today = timezone.localdate()
@@ -42,6 +44,13 @@ def business_figures(user: Any) -> list[dict[str, Any]]:
         .annotate(n=Count("id"))
         .values_list("till__business", "n")
     )
+    queries = dict(
+        status_queries_waiting()
+        .filter(business__in=[b.pk for b in businesses])
+        .values("business")
+        .annotate(n=Count("id"))
+        .values_list("business", "n")
+    )
     return [
         {
             "business": b,
@@ -49,6 +58,7 @@ def business_figures(user: Any) -> list[dict[str, Any]]:
             "pending_jobs": b.pending_jobs,
             "failed_jobs": b.failed_jobs,
             "payments_waiting": waiting.get(b.pk, 0),
+            "status_queries_waiting": queries.get(b.pk, 0),
         }
         for b in businesses
     ]
@@ -63,6 +73,11 @@ def dashboard_callback(request: HttpRequest, context: dict[str, Any]) -> dict[st
         if request.user.has_perm("integrations.view_inboxmessage")
         else ""
     )
+    context["status_query_url"] = (
+        reverse("admin:integrations_statusquery_changelist")
+        if request.user.has_perm("integrations.view_statusquery")
+        else ""
+    )
     if sees_all_businesses(request.user):
         global_jobs = Job.objects.filter(business__isnull=True)
         context["all_businesses"] = {
@@ -70,5 +85,13 @@ def dashboard_callback(request: HttpRequest, context: dict[str, Any]) -> dict[st
             "pending_jobs": sum(r["pending_jobs"] for r in rows) + global_jobs.filter(state__in=ACTIVE_STATES).count(),
             "failed_jobs": sum(r["failed_jobs"] for r in rows) + global_jobs.filter(state=JobState.FAILED).count(),
             "payments_waiting": sum(r["payments_waiting"] for r in rows),
+            "status_queries_waiting": sum(r["status_queries_waiting"] for r in rows),
         }
+        # The spool is one directory for every business: the owner's alone.
+        from integrations.mpesa.spool import spool_status
+
+        try:
+            context["spool"] = spool_status()
+        except OSError:
+            context["spool"] = None
     return context

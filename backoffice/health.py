@@ -44,6 +44,33 @@ def _waiting_for_person() -> int | None:
         return None
 
 
+def status_queries_waiting() -> Any:
+    """Transaction Status queries left to a person (no definite answer after every retry: a payment
+    accepted at validation whose confirmation never came) and whose receipt is still not a payment."""
+    from integrations.mpesa.models import Payment, StatusQuery, StatusQueryState
+
+    return StatusQuery.objects.filter(state=StatusQueryState.NEEDS_ATTENTION).exclude(
+        receipt__in=Payment.objects.values("receipt")
+    )
+
+
+def _status_queries_waiting() -> int | None:
+    try:
+        return int(status_queries_waiting().count())
+    except Exception:  # the database entry already says why
+        return None
+
+
+def _spool() -> dict[str, Any]:
+    """The callback spool, from the disk: it answers while the database is down."""
+    from integrations.mpesa.spool import spool_status
+
+    try:
+        return dict(spool_status())
+    except OSError as exc:
+        return {"error": str(exc)[:200]}
+
+
 def _heartbeats(client: redis.Redis) -> tuple[dict[str, Any], dict[str, Any]]:
     queues: dict[str, Any] = {}
     for queue in QUEUES:
@@ -87,6 +114,11 @@ def healthz(request: HttpRequest) -> JsonResponse:
     # make probes restart or unroute a healthy web process and hide real outages behind a business
     # backlog; alert on this number instead (a person must look when it is above zero).
     body["payments_waiting_for_person"] = _waiting_for_person() if body["database"]["ok"] else None
+    body["status_queries_waiting_for_person"] = _status_queries_waiting() if body["database"]["ok"] else None
+    # Callbacks kept on disk while PostgreSQL was down: pending ones should be gone a minute after it
+    # is back (an old "oldest_pending_seconds" with the database up means the import fails);
+    # rejected ones wait for a person (docs/mpesa.md, "When PostgreSQL is down").
+    body["spool"] = _spool()
     client = redis_client()
     try:
         client.ping()

@@ -204,25 +204,74 @@ class BusinessScopedAdmin(ModelAdmin):
         return super().has_delete_permission(request, obj) and self._owns(request, obj)
 
 
+def business_path_of(model: type[models.Model]) -> str | None:
+    """The ORM path from `model` to its business: "pk" for Business itself, "business" for a row
+    with a business column, the `business_lookup` of its scoped admin otherwise; None for a model
+    that belongs to no business (a user, a content type)."""
+    if model is Business:
+        return "pk"
+    if any(f.name == "business" and f.is_relation for f in model._meta.get_fields()):
+        return "business"
+    from django.contrib import admin
+
+    model_admin = admin.site._registry.get(model)
+    if isinstance(model_admin, BusinessScopedAdmin):
+        return model_admin.business_lookup
+    return None
+
+
+def foreign_rows_check(instance: models.Model, business_id: int | None) -> None:
+    """Refuse `instance` if one of its foreign keys names a row of a business other than
+    `business_id` (an imported opening stock of business A for an item of business B).
+
+    The ids are resolved with the unscoped default manager, as an import does, so this is the
+    one place that keeps a row and what it points to in the same business.
+    """
+    errors: dict[str, str] = {}
+    for field in instance._meta.concrete_fields:
+        if not field.many_to_one and not field.one_to_one:
+            continue
+        related_id = getattr(instance, field.attname)
+        if related_id is None:
+            continue
+        related = field.related_model
+        if not isinstance(related, type):
+            continue  # resolved by the time an import runs; a lazy "self" or "app.Model" never is here
+        path = business_path_of(related)
+        if path is None:
+            continue
+        if path == "pk":
+            owner = related_id
+        else:
+            owner = related._default_manager.filter(pk=related_id).values_list(path, flat=True).first()
+        if owner != business_id:
+            errors[field.name] = f"{related._meta.verbose_name} {related_id} does not belong to business {business_id}."
+    if errors:
+        raise ValidationError(errors)
+
+
 class BusinessScopedResource(resources.ModelResource):
     """An import-export resource that lets a user import only into businesses he may see.
 
-    Existing rows of other businesses cannot be overwritten (even by id), and new or updated
-    rows cannot be put in another business. The row is refused with a validation error, which
-    the import preview shows against that row.
+    Existing rows of other businesses cannot be overwritten (even by id), new or updated rows
+    cannot be put in another business, and a row cannot point to a row of another business (an
+    item, a supplier, a customer: every foreign key to something that has a business). The row is
+    refused with a validation error, which the import preview shows against that row.
     """
 
     business_lookup: str = "business"
 
     def before_save_instance(self, instance: Any, row: Any, **kwargs: Any) -> None:
         user = kwargs.get("user")
-        if user is None or sees_all_businesses(user):
-            return
-        allowed = visible_business_ids(user)
         business_id = _business_id_of(instance, self.business_lookup)
-        if business_id not in allowed:
-            raise ValidationError(f"You may not import rows for business {business_id}.")
-        if instance.pk:
-            stored = type(instance)._default_manager.filter(pk=instance.pk).first()
-            if stored is not None and _business_id_of(stored, self.business_lookup) not in allowed:
-                raise ValidationError(f"Row {instance.pk} belongs to a business you cannot change.")
+        if user is not None and not sees_all_businesses(user):
+            allowed = visible_business_ids(user)
+            if business_id not in allowed:
+                raise ValidationError(f"You may not import rows for business {business_id}.")
+            if instance.pk:
+                stored = type(instance)._default_manager.filter(pk=instance.pk).first()
+                if stored is not None and _business_id_of(stored, self.business_lookup) not in allowed:
+                    raise ValidationError(f"Row {instance.pk} belongs to a business you cannot change.")
+        # For the owner too: a row pointing into another business corrupts both businesses' books.
+        if self.business_lookup != "pk":
+            foreign_rows_check(instance, business_id)

@@ -22,6 +22,10 @@
   transient ones alike) before it is parked as "needs a person" instead of being tried again.
 - MPESA_SPOOL_DIR (var/mpesa-spool under the project): where callbacks go while PostgreSQL refuses
   them (spool.py); shared by the web processes and the payments worker (a volume in production).
+- MPESA_SPOOL_MAX_FILES (5000) and MPESA_SPOOL_MAX_BYTES (209715200, 200 MiB): the spool takes no
+  more callbacks beyond these (the request fails as it would without a spool).
+- MPESA_SPOOL_REJECTED_MAX_FILES (1000) and MPESA_SPOOL_REJECTED_MAX_DAYS (30): each import deletes
+  files of the spool's rejected/ older than that many days, then the oldest beyond that many files.
 """
 
 from __future__ import annotations
@@ -84,3 +88,19 @@ def max_attempts() -> int:
 
 def spool_dir() -> str:
     return _get("MPESA_SPOOL_DIR", str(settings.BASE_DIR / "var" / "mpesa-spool"))
+
+
+def spool_max_files() -> int:
+    return max(1, int(_get("MPESA_SPOOL_MAX_FILES", "5000")))
+
+
+def spool_max_bytes() -> int:
+    return max(1, int(_get("MPESA_SPOOL_MAX_BYTES", str(200 * 1024 * 1024))))
+
+
+def spool_rejected_max_files() -> int:
+    return max(0, int(_get("MPESA_SPOOL_REJECTED_MAX_FILES", "1000")))
+
+
+def spool_rejected_max_days() -> float:
+    return max(0.0, float(_get("MPESA_SPOOL_REJECTED_MAX_DAYS", "30")))

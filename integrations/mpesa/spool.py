@@ -14,8 +14,13 @@ it again) import the files into the inbox.
   the lock of a crashed importer), check the name still points at the locked file, store it in the
   inbox like the view would (idempotent on (kind, Daraja id)), then delete it. A crash between the
   store and the delete imports the file again later, which stores nothing.
-- A file whose till token is unknown or inactive (the view answers those 404), or that cannot be
-  read, is moved to `rejected/` and logged, never deleted.
+- Only callbacks for a till token known to be good are spooled: one this process saw valid, or one
+  in KNOWN_TILLS, the SHA-256 of every active till's token, rewritten by each import (the sweeper's,
+  every minute) while the database answers. Junk sent to made-up tokens during an outage gets the
+  404 it gets with the database up. The spool itself is capped (conf.spool_max_files / _bytes).
+- A file whose till token is unknown or inactive at import (the view answers those 404), or that
+  cannot be read, is moved to `rejected/` and logged. Each import deletes rejected files older than
+  conf.spool_rejected_max_days, then the oldest beyond conf.spool_rejected_max_files.
 Nothing here runs on the happy path of a callback.
 """
 
@@ -24,6 +29,7 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import fcntl
+import hashlib
 import ipaddress
 import json
 import logging
@@ -45,6 +51,8 @@ VERSION = 1
 SUFFIX = ".json"
 TEMP_PREFIX = ".tmp-"
 REJECTED = "rejected"
+# SHA-256 (hex) of each active till's callback token, one a line: the tokens the view may spool for.
+KNOWN_TILLS = "known-tills"
 # A temporary file this old belongs to a writer that died (a request is killed after 30 s).
 TEMP_MAX_AGE = 60.0
 # Daraja's callbacks are a few KB. Bigger bodies, or a nearly full disk, are not spooled (the request
@@ -140,6 +148,7 @@ def spool_write(
         received_at=dt.datetime.now(dt.UTC),
         outcome=outcome,
     )
+    payload = record.to_json()
     name = f"{time.time_ns():020d}-{os.getpid()}-{secrets.token_hex(6)}"
     temp, final = root / f"{TEMP_PREFIX}{name}", root / f"{name}{SUFFIX}"
     try:
@@ -147,10 +156,15 @@ def spool_write(
         usage = os.statvfs(root)
         if usage.f_bavail * usage.f_frsize < MIN_FREE_BYTES:
             raise SpoolError(f"less than {MIN_FREE_BYTES // 2**20} MiB free in {root}")
+        count, size = spool_usage(root)
+        if count >= conf.spool_max_files():
+            raise SpoolError(f"the spool {root} holds {count} files already (MPESA_SPOOL_MAX_FILES)")
+        if size + len(payload) > conf.spool_max_bytes():
+            raise SpoolError(f"the spool {root} holds {size} bytes already (MPESA_SPOOL_MAX_BYTES)")
         fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
             with os.fdopen(fd, "wb") as fh:
-                fh.write(record.to_json())
+                fh.write(payload)
                 fh.flush()
                 os.fsync(fh.fileno())
             os.rename(temp, final)
@@ -164,6 +178,72 @@ def spool_write(
     return final
 
 
+def spool_usage(root: Path) -> tuple[int, int]:
+    """(files, bytes) of the callbacks in the spool, complete or being written (not rejected/).
+
+    Only called on the outage path; the file cap keeps the listing short.
+    """
+    count = size = 0
+    try:
+        entries = list(os.scandir(root))
+    except FileNotFoundError:
+        return 0, 0
+    for entry in entries:
+        if entry.name.endswith(SUFFIX) or entry.name.startswith(TEMP_PREFIX):
+            try:
+                size += entry.stat(follow_symlinks=False).st_size
+            except FileNotFoundError:
+                continue  # imported meanwhile
+            count += 1
+    return count, size
+
+
+def token_digest(token: str) -> str:
+    return hashlib.sha256(token.encode("utf-8", "surrogateescape")).hexdigest()
+
+
+def known_tills_write(*, directory: Path | None = None) -> int:
+    """Write KNOWN_TILLS: the digest of every active till's callback token (atomic replace).
+
+    Called by each import while the database answers, so the view can tell a real till's callback
+    from junk when the database is down. How many tokens were written.
+    """
+    from integrations.mpesa.models import Till
+
+    digests = sorted(
+        token_digest(t) for t in Till.objects.filter(is_active=True).values_list("callback_token", flat=True)
+    )
+    root = directory or spool_dir()
+    content = "".join(f"{d}\n" for d in digests)
+    try:
+        if (root / KNOWN_TILLS).read_text() == content:
+            return len(digests)  # unchanged: no write, no fsync (the sweeper calls this every minute)
+    except (FileNotFoundError, NotADirectoryError):
+        pass
+    root.mkdir(mode=0o700, parents=True, exist_ok=True)
+    temp = root / f"{TEMP_PREFIX}{KNOWN_TILLS}-{secrets.token_hex(6)}"
+    try:
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(content)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(temp, root / KNOWN_TILLS)
+    except BaseException:
+        temp.unlink(missing_ok=True)
+        raise
+    return len(digests)
+
+
+def token_known(token: str, *, directory: Path | None = None) -> bool:
+    """Whether `token` was an active till's when KNOWN_TILLS was last written (no database)."""
+    try:
+        known = ((directory or spool_dir()) / KNOWN_TILLS).read_text().split()
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+    return token_digest(token) in known
+
+
 @dataclass
 class SpoolImport:
     """What one import did, by file."""
@@ -174,6 +254,7 @@ class SpoolImport:
     busy: int = 0  # another importer holds it
     failed: int = 0  # left for the next import (logged)
     cleaned: int = 0  # stale temporary files deleted
+    pruned: int = 0  # rejected files deleted (too old, or too many)
     enqueued: list[int] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, int]:
@@ -184,6 +265,7 @@ class SpoolImport:
             "busy": self.busy,
             "failed": self.failed,
             "cleaned": self.cleaned,
+            "pruned": self.pruned,
         }
 
 
@@ -194,6 +276,33 @@ def spool_pending(directory: Path | None = None) -> int:
         return sum(1 for name in os.listdir(root) if name.endswith(SUFFIX) and not name.startswith("."))
     except FileNotFoundError:
         return 0
+
+
+def spool_status(directory: Path | None = None) -> dict[str, int | float | None]:
+    """What waits in the spool, from the disk alone (it answers while the database is down):
+    callbacks pending, files in rejected/, and the age in seconds of the oldest pending one (a file
+    minutes old with the database up means the import is failing; the logs say why)."""
+    root = directory or spool_dir()
+    oldest: float | None = None
+    pending = 0
+    try:
+        entries = list(os.scandir(root))
+    except (FileNotFoundError, NotADirectoryError):
+        entries = []
+    for entry in entries:
+        if entry.name.endswith(SUFFIX) and not entry.name.startswith("."):
+            pending += 1
+            try:
+                mtime = entry.stat(follow_symlinks=False).st_mtime
+            except FileNotFoundError:
+                continue
+            oldest = mtime if oldest is None else min(oldest, mtime)
+    try:
+        rejected = sum(1 for e in os.scandir(root / REJECTED) if e.is_file(follow_symlinks=False))
+    except (FileNotFoundError, NotADirectoryError):
+        rejected = 0
+    age = None if oldest is None else round(max(0.0, time.time() - oldest), 1)
+    return {"pending": pending, "rejected": rejected, "oldest_pending_seconds": age}
 
 
 def spool_import(*, directory: Path | None = None) -> SpoolImport:
@@ -207,10 +316,11 @@ def spool_import(*, directory: Path | None = None) -> SpoolImport:
 
     root = directory or spool_dir()
     result = SpoolImport()
+    result.pruned = _prune_rejected(root / REJECTED)
     try:
         names = sorted(os.listdir(root))
     except FileNotFoundError:
-        return result
+        names = []
     try:
         for name in names:
             path = root / name
@@ -222,9 +332,39 @@ def spool_import(*, directory: Path | None = None) -> SpoolImport:
     finally:
         if result.enqueued:
             inbox_enqueue(result.enqueued)  # what the broker does not take, the sweeper sends later
-    if result.imported or result.rejected or result.failed:
+    try:
+        known_tills_write(directory=root)
+    except OSError:
+        logger.exception("could not write %s: callbacks for tills added since are not spooled", root / KNOWN_TILLS)
+    if result.imported or result.rejected or result.failed or result.pruned:
         logger.info("spool import from %s: %s", root, result.as_dict())
     return result
+
+
+def _prune_rejected(rejected: Path) -> int:
+    """Delete rejected files older than the configured days, then the oldest beyond the file cap."""
+    try:
+        entries = [e for e in os.scandir(rejected) if e.is_file(follow_symlinks=False)]
+    except (FileNotFoundError, NotADirectoryError):
+        return 0
+    dated: list[tuple[float, Path]] = []
+    for entry in entries:
+        try:
+            dated.append((entry.stat(follow_symlinks=False).st_mtime, Path(entry.path)))
+        except FileNotFoundError:
+            continue
+    dated.sort()
+    oldest_kept = time.time() - conf.spool_rejected_max_days() * 86400
+    excess = max(0, len(dated) - conf.spool_rejected_max_files())
+    pruned = 0
+    for position, (mtime, path) in enumerate(dated):
+        if mtime >= oldest_kept and position >= excess:
+            break  # sorted oldest first: the rest are recent enough and within the cap
+        path.unlink(missing_ok=True)
+        pruned += 1
+    if pruned:
+        logger.warning("deleted %d rejected spool files from %s (too old or too many)", pruned, rejected)
+    return pruned
 
 
 def _clean_temp(path: Path) -> int:

@@ -35,7 +35,7 @@ from integrations.mpesa.payloads import (
     parse_c2b_validation,
 )
 from integrations.mpesa.services import PAYLOAD_KIND, inbox_enqueue_soon, inbox_store, malformed_id
-from integrations.mpesa.spool import DB_DOWN, SpoolError, import_after_recovery, spool_write
+from integrations.mpesa.spool import DB_DOWN, SpoolError, import_after_recovery, spool_write, token_known
 
 logger = logging.getLogger(__name__)
 
@@ -56,6 +56,10 @@ def _json(body: bytes) -> HttpResponse:
 # or limits change is seen within TILL_CACHE_SECONDS by every web process.
 TILL_CACHE_SECONDS = 30.0
 _till_cache: dict[str, tuple[float, Till | None]] = {}
+# Tokens this process found to be an active till's, until a lookup says otherwise: with the database
+# down, a callback is spooled only for these or those in the spool's KNOWN_TILLS list (spool.py).
+# Only real tills' tokens get in, so it holds at most as many tokens as there are tills.
+_known_tokens: set[str] = set()
 
 
 def _till(token: str) -> Till:
@@ -72,6 +76,10 @@ def _till(token: str) -> Till:
         if len(_till_cache) > 1000:  # unknown tokens must not grow it without bound
             _till_cache.clear()
         _till_cache[token] = (now + TILL_CACHE_SECONDS, till)
+        if till is None:
+            _known_tokens.discard(token)
+        else:
+            _known_tokens.add(token)
     if till is None:
         raise Http404("unknown callback URL")
     return till
@@ -154,6 +162,12 @@ def _spool(request: HttpRequest, token: str, kind: str, failure: Exception, outc
     """Keep a callback the database refused in the local spool (spool.py); re-raise if even that fails."""
     if len(token) > TOKEN_MAX_LENGTH:
         raise Http404("unknown callback URL")  # no till has such a token: not worth a file
+    if token not in _known_tokens and not token_known(token):
+        # What the view answers such a token with the database up; junk cannot fill the disk.
+        logger.warning(
+            "database unavailable (%r): %s callback for a token not known to be a till's, not kept", failure, kind
+        )
+        raise Http404("unknown callback URL")
     try:
         path = spool_write(
             token=token,

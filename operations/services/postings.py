@@ -175,9 +175,23 @@ def acting(user: Any) -> Any:
 
 
 def same_business(business: Business, rows: Iterable[Any], what: str) -> None:
+    """Refuse a related row (an item, a supplier, a till) of another business than the document's.
+
+    Every service that takes a document with related rows calls it before moving anything: the
+    admin, an import or raw SQL can put an item of one business on a document of another, and
+    posting it would move that business's stock against this one's books.
+    """
     for row in rows:
         if row is not None and row.business_id != business.pk:
             raise InvalidInput(f"{what} {row} belongs to another business")
+
+
+def same_business_items(business: Business, items: Iterable[Any]) -> None:
+    """`same_business` for catalogue items and the items they move (`stock_item`, `returns_item`)."""
+    for item in items:
+        same_business(business, [item], "Item")
+        linked = [item.stock_item if item.stock_item_id else None, item.returns_item if item.returns_item_id else None]
+        same_business(business, linked, f"The stock moved by {item},")
 
 
 def require_lines(lines: Sequence[Any], what: str) -> None:

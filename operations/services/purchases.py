@@ -33,7 +33,15 @@ from operations.models import (
     SupplierPayment,
     TaxRate,
 )
-from operations.services.postings import Journal, Roles, acting, day_open_check, vat_split
+from operations.services.postings import (
+    Journal,
+    Roles,
+    acting,
+    day_open_check,
+    same_business,
+    same_business_items,
+    vat_split,
+)
 from operations.services.stock import StockBook, stock_lock
 
 
@@ -52,6 +60,7 @@ def purchase_post(*, purchase: Purchase, acting_user: Any = None) -> Purchase:
         lines = list(purchase.lines.select_related("item", "item__returns_item"))
         if not lines:
             raise InvalidInput("A purchase needs at least one line.")
+        same_business_items(business, [line.item for line in lines])
         empties = [line.item.returns_item for line in lines if line.item.returns_item is not None]
         book = StockBook(
             stock_lock([*(line.item for line in lines), *empties]), day=purchase.purchase_date, reference=str(purchase)
@@ -60,8 +69,6 @@ def purchase_post(*, purchase: Purchase, acting_user: Any = None) -> Purchase:
         total = ZERO
         for line in lines:
             item = line.item
-            if item.business_id != business.pk:
-                raise InvalidInput(f"{item} belongs to another business")
             if not item.is_stocked:
                 raise InvalidInput(f"{item} is not a stocked item: record it as an expense")
             net, vat = line.amount, ZERO
@@ -122,9 +129,12 @@ def purchase_create(
 def expense_post(*, expense: Expense, acting_user: Any = None) -> Expense:
     """Post a draft expense: Dr its category's account / Cr where it was paid from. Idempotent."""
     with transaction.atomic():
-        expense = Expense.objects.select_for_update(of=("self",)).select_related("business").get(pk=expense.pk)
+        expense = (
+            Expense.objects.select_for_update(of=("self",)).select_related("business", "supplier").get(pk=expense.pk)
+        )
         if expense.status == DocumentStatus.POSTED:
             return expense
+        same_business(expense.business, [expense.supplier], "Supplier")
         day_open_check(expense.business, expense.expense_date)
         if expense.paid_from == PaidFrom.CREDIT:
             raise InvalidInput("Expenses are paid from cash, M-Pesa or the bank.")

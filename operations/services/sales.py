@@ -37,7 +37,17 @@ from operations.models import (
     SaleStatus,
     StockMovement,
 )
-from operations.services.postings import Journal, Roles, acting, day_open_check, money, sales_role_of, vat_split
+from operations.services.postings import (
+    Journal,
+    Roles,
+    acting,
+    day_open_check,
+    money,
+    sales_role_of,
+    same_business,
+    same_business_items,
+    vat_split,
+)
 from operations.services.stock import StockBook, stock_lock
 
 
@@ -125,6 +135,7 @@ def sale_post(*, sale: Sale, acting_user: Any = None) -> Sale:
         customer = sale.customer
         if customer is not None and customer.business_id != business.pk:
             raise InvalidInput(f"{customer} is a customer of another business")
+        same_business_items(business, [line.item for line in lines])
         if sale.payment_method == PaymentMethod.ACCOUNT and customer is None:
             raise InvalidInput("A sale on account needs a customer.")
 
@@ -132,8 +143,6 @@ def sale_post(*, sale: Sale, acting_user: Any = None) -> Sale:
         total = vat_total = cost_total = ZERO
         for line in lines:
             item = line.item
-            if item.business_id != business.pk:
-                raise InvalidInput(f"{item} belongs to another business")
             if item.kind == ItemKind.MATERIAL:
                 raise InvalidInput(f"{item} is stock only and not sold as such (sell the refill or product made of it)")
             price = item.price if line.unit_price is None else line.unit_price
@@ -402,6 +411,7 @@ def sale_request_mpesa(*, sale: Sale, till: Any, phone: str = "", acting_user: A
 
     if sale.status != SaleStatus.POSTED or sale.total - sale.amount_paid <= 0:
         raise InvalidState(f"Sale {sale.number} has nothing left to pay.")
+    same_business(sale.business, [till], "Till")
     number = phone or sale.mpesa_phone or (sale.customer.phone if sale.customer else "")
     if not number:
         raise InvalidInput("Enter the customer's M-Pesa phone number on the sale first.")
@@ -426,6 +436,7 @@ def deposit_return(
 ) -> JournalEntry:
     """A customer brings back a deposit bottle / cylinder: the deposit is paid back in cash,
     Dr <deposit liability> / Cr cash. `reference` makes it idempotent (e.g. the deposit slip)."""
+    same_business(business, [item], "Item")
     if item.kind != ItemKind.DEPOSIT or not item.sales_role:
         raise InvalidInput(f"{item} is not a deposit")
     if quantity <= 0:

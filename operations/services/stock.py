@@ -27,7 +27,7 @@ from operations.models import (
     StockLevel,
     StockMovement,
 )
-from operations.services.postings import Journal, Roles, acting, day_open_check, money
+from operations.services.postings import Journal, Roles, acting, day_open_check, money, same_business_items
 
 
 def stock_lock(items: Iterable[Item]) -> dict[int, StockLevel]:
@@ -126,6 +126,7 @@ def stock_opening_post(*, opening: OpeningStock, acting_user: Any = None) -> Ope
         )
         if opening.status == DocumentStatus.POSTED:
             return opening
+        same_business_items(opening.business, [opening.item])
         if not opening.item.is_stocked:
             raise InvalidInput(f"{opening.item} is not a stocked item")
         day_open_check(opening.business, opening.stock_date)
@@ -162,11 +163,10 @@ def stock_count_post(*, count: StockCount, acting_user: Any = None) -> StockCoun
         if not lines:
             raise InvalidInput("A stock count needs at least one line.")
         day_open_check(count.business, count.count_date)
+        same_business_items(count.business, [line.item for line in lines])
         book = StockBook(stock_lock(line.item for line in lines), day=count.count_date, reference=f"count #{count.pk}")
         journal = Journal(Roles(count.business))
         for line in lines:
-            if line.item.business_id != count.business_id:
-                raise InvalidInput(f"{line.item} belongs to another business")
             on_hand = book.levels[line.item.pk].quantity if line.item.pk in book.levels else None
             if on_hand is None:
                 raise InvalidInput(f"{line.item} is not a stocked item")

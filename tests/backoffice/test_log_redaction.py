@@ -37,10 +37,33 @@ TOKEN = "Zk3_q-Tok3nThatIsSecret0123456789abcd"
         ("token=abc", "token=***"),
         ("GET /admin/ HTTP/1.1", "GET /admin/ HTTP/1.1"),
         ("/healthz?notatoken=1", "/healthz?notatoken=1"),
+        ("GET /admin/?q=caf%C3%A9 HTTP/1.1", "GET /admin/?q=caf%C3%A9 HTTP/1.1"),  # no secret: as it came
+        # Percent-encoded forms Django routes like the plain ones: logged decoded, and redacted.
+        (f"POST /%64araja/{TOKEN}/c2b/confirm/ HTTP/1.1", "POST /daraja/***/c2b/confirm/ HTTP/1.1"),
+        (f"POST /daraja%2F{TOKEN}/stk/ HTTP/1.1", "POST /daraja/***/stk/ HTTP/1.1"),
+        (f"POST /daraja%2f{TOKEN}%2Fstk/", "POST /daraja/***/stk/"),
+        (f"/d%61r%61j%61/{TOKEN}/stk/", "/daraja/***/stk/"),
+        (f"/daraja/%{ord(TOKEN[0]):02X}{TOKEN[1:]}/stk/", "/daraja/***/stk/"),
+        (f"/healthz?%74oken={TOKEN}", "/healthz?token=***"),
+        (f"/healthz?x=1&%74%6F%6B%65%6E={TOKEN}", "/healthz?x=1&token=***"),
+        (f"/%2564araja/{TOKEN}/stk/", "/daraja/***/stk/"),  # encoded twice
+        (f"/DARAJA/{TOKEN}/stk/ ?TOKEN={TOKEN}", "/DARAJA/***/stk/ ?TOKEN=***"),
     ],
 )
 def test_redact(text: str, expected: str) -> None:
     assert redact(text) == expected
+    assert TOKEN not in redact(text)
+
+
+def test_a_percent_encoded_callback_url_reaches_the_view(client: Any, db: None) -> None:
+    """Why the encoded forms matter: Django decodes the path before routing, so /%64araja/<token>/
+    is the callback URL (here an unknown token: the view's 404, not the router's)."""
+    from django.urls import resolve
+
+    assert resolve("/daraja/x/stk/").func.__name__ == "stk_callback"
+    response = client.post("/%64araja/not-a-token/stk/", data=b"{}", content_type="application/json")
+    assert response.status_code == 404
+    assert response.resolver_match is not None and response.resolver_match.func.__name__ == "stk_callback"
 
 
 def _logger(tmp_path: Path) -> RedactingLogger:
@@ -102,6 +125,13 @@ def test_django_request_warnings_are_redacted() -> None:
     )
     assert RedactCallbackTokens().filter(record) is True
     assert record.getMessage() == "Not Found: /daraja/***/x/"
+
+
+def test_gunicorn_logs_redact_percent_encoded_callback_urls(tmp_path: Path) -> None:
+    resp, req, environ = _request(f"/%64araja/{TOKEN}/c2b/confirm/", f"%74oken={TOKEN}")
+    atoms = _logger(tmp_path).atoms(resp, req, environ, dt.timedelta(milliseconds=12))
+    assert atoms["r"] == "POST /daraja/***/c2b/confirm/?token=*** HTTP/1.1"
+    assert not [key for key, value in atoms.items() if TOKEN in str(value)]
 
 
 def test_the_console_handler_has_the_filter() -> None:

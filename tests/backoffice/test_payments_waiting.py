@@ -1,8 +1,10 @@
-"""M-Pesa callbacks parked for a person (inbox "needs a person") are counted on /healthz and on
-the admin dashboard, with a link to the inbox filtered on them."""
+"""What waits for a person is counted on /healthz and on the admin dashboard: M-Pesa callbacks
+parked in the inbox, lost confirmations no retry could settle (Transaction Status queries "needs a
+person"), and the callback spool's pending and rejected files (owner only: one spool for all)."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -10,12 +12,22 @@ import redis
 from django.test import Client
 from django.urls import reverse
 
+from accounts.services import chart_ensure_default
 from backoffice import health
 from celeryconf.config import QUEUES
-from integrations.mpesa.models import InboxKind, InboxMessage, InboxState, Till
+from integrations.mpesa.models import (
+    InboxKind,
+    InboxMessage,
+    InboxState,
+    StatusQuery,
+    StatusQueryReason,
+    StatusQueryState,
+    Till,
+)
+from integrations.mpesa.spool import REJECTED, spool_write
 from operations.models import Business
 from tests.conftest import login, staff_with_perms
-from tests.integrations.mpesa.factories import TillFactory
+from tests.integrations.mpesa.factories import TillFactory, unallocated_payment
 
 pytestmark = pytest.mark.django_db
 
@@ -84,3 +96,98 @@ def test_staff_see_only_their_business_count_and_no_link_without_the_inbox(water
     assert [row["payments_waiting"] for row in page.context["business_rows"]] == [1]
     assert "1 M-Pesa callback waiting for a person" in page.content.decode()
     assert reverse("admin:integrations_inboxmessage_changelist") not in page.content.decode()
+
+
+# ------------------------------------------- lost confirmations and the callback spool
+
+
+def parked_query(till: Till, receipt: str, state: str = StatusQueryState.NEEDS_ATTENTION) -> StatusQuery:
+    return StatusQuery.objects.create(
+        business=till.business, till=till, receipt=receipt, reason=StatusQueryReason.LOST_CONFIRMATION, state=state
+    )
+
+
+def spool_files(directory: Path, pending: int, rejected: int) -> None:
+    for _ in range(pending):
+        spool_write(
+            token="t", kind=InboxKind.STK_CALLBACK, body=b"{}", headers={}, remote_addr=None, directory=directory
+        )
+    (directory / REJECTED).mkdir(parents=True, exist_ok=True)
+    for n in range(rejected):
+        (directory / REJECTED / f"{n}.json").write_bytes(b"{}")
+
+
+def test_healthz_counts_lost_confirmations_and_the_spool_without_failing(
+    water: Business, clean_broker: redis.Redis, monkeypatch: pytest.MonkeyPatch, settings: Any, tmp_path: Path
+) -> None:
+    settings.HEALTHZ_TOKEN = "monitor-token"
+    settings.MPESA_SPOOL_DIR = tmp_path / "spool"
+    monitor = Client(headers={"Authorization": "Bearer monitor-token"})
+
+    def all_up(client: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+        return {q: {"ok": True, "workers": [f"{q}@test"]} for q in QUEUES}, {"ok": True, "seconds_ago": 1.0}
+
+    monkeypatch.setattr(health, "_heartbeats", all_up)
+    till = TillFactory.create(business=water)
+    parked_query(till, "TKQ0000001", StatusQueryState.RETRY)  # still being asked: not a person's yet
+    body = monitor.get("/healthz").json()
+    assert body["status_queries_waiting_for_person"] == 0
+    assert body["spool"] == {"pending": 0, "rejected": 0, "oldest_pending_seconds": None}
+
+    parked_query(till, "TKQ0000002")
+    parked_query(till, "TKQ0000003")
+    chart_ensure_default(business=water)
+    unallocated_payment(till, "TKQ0000003")  # a person recorded it meanwhile: settled
+    spool_files(tmp_path / "spool", pending=2, rejected=3)
+    response = monitor.get("/healthz")
+
+    body = response.json()
+    assert body["status_queries_waiting_for_person"] == 1
+    assert body["spool"]["pending"] == 2 and body["spool"]["rejected"] == 3
+    assert body["spool"]["oldest_pending_seconds"] >= 0
+    assert response.status_code == 200 and body["status"] == "ok"  # work for a person, not an outage
+    assert set(Client().get("/healthz").json()) == {"status"}  # not public
+
+
+def test_the_dashboard_shows_lost_confirmations_per_business_and_the_spool_to_the_owner(
+    water: Business, laundry: Business, owner_client: Client, settings: Any, tmp_path: Path
+) -> None:
+    settings.MPESA_SPOOL_DIR = tmp_path / "spool"
+    spool_files(tmp_path / "spool", pending=1, rejected=2)
+    water_till, laundry_till = TillFactory.create(business=water), TillFactory.create(business=laundry)
+    parked = parked_query(water_till, "TKQ0000004")
+    parked_query(laundry_till, "TKQ0000005", StatusQueryState.CONFIRMED)
+
+    page = owner_client.get(reverse("admin:index"))
+
+    rows = {row["business"].pk: row for row in page.context["business_rows"]}
+    assert rows[water.pk]["status_queries_waiting"] == 1 and rows[laundry.pk]["status_queries_waiting"] == 0
+    assert page.context["all_businesses"]["status_queries_waiting"] == 1
+    assert page.context["spool"]["pending"] == 1 and page.context["spool"]["rejected"] == 2
+    body = page.content.decode()
+    assert "1 lost confirmation waiting for a person" in body
+    assert "Callback spool: 1 waiting to import, 2 rejected" in body
+    queries = reverse("admin:integrations_statusquery_changelist")
+    link = f"{queries}?business__id__exact={water.pk}&state__exact=attention"
+    assert f'href="{link}"' in body
+    listing = owner_client.get(link)
+    assert listing.status_code == 200
+    assert [row.pk for row in listing.context["cl"].result_list] == [parked.pk]
+
+
+def test_staff_see_their_lost_confirmations_but_not_the_spool(
+    water: Business, laundry: Business, settings: Any, tmp_path: Path
+) -> None:
+    settings.MPESA_SPOOL_DIR = tmp_path / "spool"
+    spool_files(tmp_path / "spool", pending=1, rejected=1)
+    parked_query(TillFactory.create(business=water), "TKQ0000006")
+    parked_query(TillFactory.create(business=laundry), "TKQ0000007")
+    staff = staff_with_perms(water, ["operations.view_business"], username="wanjiru")
+
+    page = login(staff).get(reverse("admin:index"))
+
+    assert [row["status_queries_waiting"] for row in page.context["business_rows"]] == [1]
+    body = page.content.decode()
+    assert "1 lost confirmation waiting for a person" in body
+    assert "Callback spool" not in body and "spool" not in page.context
+    assert reverse("admin:integrations_statusquery_changelist") not in body

@@ -26,10 +26,11 @@ def till(books: Business) -> Till:
 
 @pytest.fixture(autouse=True)
 def _fresh_till_cache() -> None:
-    """The callback views cache tills for a few seconds; each test starts without."""
+    """The callback views cache tills for a few seconds and remember good tokens; each test starts without."""
     from integrations.mpesa import views
 
     views._till_cache.clear()
+    views._known_tokens.clear()
 
 
 @pytest.fixture(autouse=True)

@@ -27,7 +27,15 @@ from django.test import Client
 from integrations.mpesa import spool, views
 from integrations.mpesa.models import InboxKind, InboxMessage, InboxState, Till
 from integrations.mpesa.services import publisher
-from integrations.mpesa.spool import SpoolError, spool_import, spool_pending, spool_write
+from integrations.mpesa.spool import (
+    KNOWN_TILLS,
+    REJECTED,
+    SpoolError,
+    known_tills_write,
+    spool_import,
+    spool_pending,
+    spool_write,
+)
 from integrations.mpesa.tasks import sweep_inbox
 from tests.integrations.mpesa.factories import (
     TillFactory,
@@ -94,6 +102,8 @@ def test_a_callback_the_database_refuses_is_spooled_answered_and_imported_once(
 ) -> None:
     if fails_at == "inbox insert":
         views._till(till.callback_token)  # cached: only the INSERT meets the dead database
+    else:
+        known_tills_write()  # the sweeper's last run listed the till's token
     with database_down():
         response = post(till, suffix, body, HTTP_X_FORWARDED_FOR="196.201.214.200")
 
@@ -121,6 +131,7 @@ def test_a_callback_the_database_refuses_is_spooled_answered_and_imported_once(
 
 
 def test_validation_with_the_database_down_is_accepted_and_recorded(till: Till, spool_dir: Path) -> None:
+    known_tills_write()
     with database_down():
         response = post(till, "c2b/validate/", c2b_validation(trans_id="SPLVAL0001", shortcode="600966"))
 
@@ -143,24 +154,54 @@ def test_validation_decided_from_the_cached_till_keeps_its_decision(till: Till, 
     assert InboxMessage.objects.get().outcome.startswith("rejected C2B00013")
 
 
-def test_an_unknown_token_is_spooled_then_kept_in_rejected(till: Till, spool_dir: Path) -> None:
-    """With the database down the token cannot be checked; at import it is unknown, as the view's 404."""
+def test_an_unknown_token_is_not_spooled_while_the_database_is_down(till: Till, spool_dir: Path) -> None:
+    """Junk sent to made-up tokens during an outage gets the 404 it gets with the database up, and
+    no file: it could otherwise fill the disk and crowd out real callbacks."""
+    known_tills_write()
+    views._till(till.callback_token)
     with database_down():
-        assert (
-            post("not-a-till-token", "c2b/confirm/", c2b_confirmation(trans_id="SPL0000003", shortcode="1")).status_code
-            == 200
-        )
+        for n in range(5):
+            response = post(f"junk{n:04d}", "c2b/confirm/", b"x" * 60_000)
+            assert response.status_code == 404
+    assert files(spool_dir) == []
+
+
+def test_a_till_listed_by_the_last_import_is_spooled_by_a_process_that_never_saw_it(
+    till: Till, spool_dir: Path
+) -> None:
+    """A web worker started during the outage knows no token; the list on disk still lets its
+    callbacks through. A till deactivated before the list was written is not on it."""
     inactive = TillFactory.create(business=till.business, shortcode="600967", is_active=False)
+    assert spool_import().as_dict()["imported"] == 0  # the sweeper's run writes the list
+    assert (spool_dir / KNOWN_TILLS).stat().st_mode & 0o777 == 0o600
+    assert till.callback_token not in (spool_dir / KNOWN_TILLS).read_text()  # digests, not tokens
     with database_down():
-        assert post(inactive, "stk/", stk_success(checkout_id="ws_CO_SPOOL3", receipt="SPL0000004")).status_code == 200
+        assert post(till, "stk/", stk_success(checkout_id="ws_CO_SPOOL3", receipt="SPL0000004")).status_code == 200
+        assert post(inactive, "stk/", stk_success(checkout_id="ws_CO_SPOOL4", receipt="SPL0000044")).status_code == 404
+    assert len(files(spool_dir)) == 1
+
+
+def test_a_token_this_process_saw_valid_is_spooled_without_the_list(till: Till, spool_dir: Path) -> None:
+    views._till(till.callback_token)
+    views._till_cache.clear()  # long after the 30 s cache: the lookup itself meets the dead database
+    with database_down():
+        assert post(till, "stk/", stk_success(checkout_id="ws_CO_SPOOL7", receipt="SPL0000047")).status_code == 200
+    assert not (spool_dir / KNOWN_TILLS).exists()
+    assert len(files(spool_dir)) == 1
+
+
+def test_a_till_deactivated_after_the_list_was_written_is_kept_in_rejected(till: Till, spool_dir: Path) -> None:
+    known_tills_write()
+    Till.objects.filter(pk=till.pk).update(is_active=False)
+    with database_down():
+        assert post(till, "stk/", stk_success(checkout_id="ws_CO_SPOOL8", receipt="SPL0000048")).status_code == 200
 
     result = spool_import()
 
-    assert (result.imported, result.rejected) == (0, 2)
+    assert (result.imported, result.rejected) == (0, 1)
     assert InboxMessage.objects.count() == 0
-    assert files(spool_dir) == []
-    assert len(files(spool_dir / "rejected")) == 2
-    assert post(inactive, "stk/", b"{}").status_code == 404  # what the view answers with the database up
+    assert len(files(spool_dir / REJECTED)) == 1
+    assert post(till, "stk/", b"{}").status_code == 404  # what the view answers with the database up
 
 
 def test_a_token_no_till_can_have_is_not_spooled(spool_dir: Path) -> None:
@@ -173,6 +214,7 @@ def test_when_the_spool_cannot_be_written_the_error_stands(till: Till, settings:
     blocked = tmp_path / "a-file"
     blocked.write_text("")
     settings.MPESA_SPOOL_DIR = blocked / "spool"  # a directory that cannot be created
+    views._till(till.callback_token)
     with database_down(), pytest.raises(OperationalError):
         post(till, "stk/", stk_success(checkout_id="ws_CO_SPOOL5", receipt="SPL0000005"))
 
@@ -183,6 +225,53 @@ def test_a_body_too_big_for_the_spool_is_refused(spool_dir: Path) -> None:
             token="t", kind="stk_callback", body=b"x" * (spool.MAX_BODY_BYTES + 1), headers={}, remote_addr=None
         )
     assert files(spool_dir) == []
+
+
+def test_the_spool_takes_no_more_files_than_its_cap(till: Till, spool_dir: Path, settings: Any) -> None:
+    settings.MPESA_SPOOL_MAX_FILES = 3
+    for n in range(3):
+        _spool_one(till, f"SPL000005{n}")
+    with pytest.raises(SpoolError, match="MPESA_SPOOL_MAX_FILES"):
+        _spool_one(till, "SPL0000053")
+    assert len(files(spool_dir)) == 3
+
+    # Through the view: the request fails as it would without a spool (Daraja's error, a 500).
+    views._till(till.callback_token)
+    with database_down(), pytest.raises(OperationalError):
+        post(till, "stk/", stk_success(checkout_id="ws_CO_SPOOL9", receipt="SPL0000054"))
+    assert len(files(spool_dir)) == 3
+
+    assert spool_import().imported == 3  # room again once imported
+    _spool_one(till, "SPL0000055")
+
+
+def test_the_spool_takes_no_more_bytes_than_its_cap(till: Till, spool_dir: Path, settings: Any) -> None:
+    first = _spool_one(till, "SPL0000060")
+    settings.MPESA_SPOOL_MAX_BYTES = first.stat().st_size * 2 + 10
+    _spool_one(till, "SPL0000061")
+    with pytest.raises(SpoolError, match="MPESA_SPOOL_MAX_BYTES"):
+        _spool_one(till, "SPL0000062")
+    assert len(files(spool_dir)) == 2
+
+
+def test_rejected_files_are_deleted_when_old_or_too_many(spool_dir: Path, settings: Any) -> None:
+    settings.MPESA_SPOOL_REJECTED_MAX_FILES = 3
+    settings.MPESA_SPOOL_REJECTED_MAX_DAYS = 30
+    rejected = spool_dir / REJECTED
+    rejected.mkdir(parents=True)
+    now = time.time()
+    ages = {"ancient": 31, "old": 20, "older": 25, "recent": 2, "new": 1, "today": 0}
+    for name, days in ages.items():
+        path = rejected / f"{name}.json"
+        path.write_bytes(b"{}")
+        os.utime(path, (now - days * 86400, now - days * 86400))
+
+    result = spool_import()
+
+    # ancient is past 30 days; of the five left the two oldest go to keep three.
+    assert result.pruned == 3
+    assert sorted(p.name for p in rejected.iterdir()) == ["new.json", "recent.json", "today.json"]
+    assert spool_import().pruned == 0
 
 
 def test_the_happy_path_does_not_touch_the_spool(till: Till, spool_dir: Path, monkeypatch: Any) -> None:
@@ -347,6 +436,7 @@ def test_two_importers_at_once_store_each_callback_once(till: Till, spool_dir: P
 
 @pytest.mark.django_db(transaction=True)
 def test_the_web_process_that_spooled_imports_after_its_next_stored_callback(till: Till, spool_dir: Path) -> None:
+    known_tills_write()
     with database_down():
         assert (
             post(till, "c2b/confirm/", c2b_confirmation(trans_id="SPL0000040", shortcode="600966")).status_code == 200
