@@ -9,7 +9,7 @@ import pytest
 import redis
 from django.conf import settings
 from django.core.management import call_command
-from django.db import connection, transaction
+from django.db import DEFAULT_DB_ALIAS, connection, connections, transaction
 from django.test import Client
 
 from accounts.db_roles import ensure_role
@@ -102,7 +102,7 @@ def superuser_cursor(db_roles: DbRoles, transactional_db: None) -> Iterator[Any]
     """A cursor (autocommit) on the test database as the superuser, for tests that tamper with the ledger."""
     user, password = db_roles.superuser
     params = {**connection.settings_dict, "USER": user, "PASSWORD": password, "CONN_MAX_AGE": 0}
-    superuser = connection.__class__(params, "superuser")
+    superuser = type(connections[DEFAULT_DB_ALIAS])(params, "superuser")
     try:
         with superuser.cursor() as cursor:
             yield cursor
