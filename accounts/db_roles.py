@@ -135,12 +135,15 @@ def grant_app_privileges(cursor: Cursor, app_role: str) -> GrantReport:
     if app_super:
         raise RolesError(f"the application role {app_role!r} is a superuser: ALTER ROLE {app_role} NOSUPERUSER")
     c.execute(
-        "SELECT c.relname, c.relkind, pg_get_userbyid(c.relowner) FROM pg_class c"
-        " JOIN pg_namespace n ON n.oid = c.relnamespace"
+        "SELECT c.relname, c.relkind, pg_get_userbyid(c.relowner),"
+        " (SELECT t.relname FROM pg_depend d JOIN pg_class t ON t.oid = d.refobjid"
+        "   WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid AND d.refclassid = 'pg_class'::regclass"
+        "   AND d.deptype IN ('a', 'i') LIMIT 1)"
+        " FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
         " WHERE n.nspname = current_schema() AND c.relkind IN ('r', 'p', 'v', 'm', 'S') ORDER BY c.relname"
     )
     relations = c.fetchall()
-    foreign = sorted(f"{name} ({owner})" for name, _kind, owner in relations if owner != me)
+    foreign = sorted(f"{name} ({owner})" for name, _kind, owner, _table in relations if owner != me)
     if foreign:
         raise RolesError(
             f"run this as the owner of every table: {me!r} does not own {', '.join(foreign[:5])}"
@@ -149,11 +152,14 @@ def grant_app_privileges(cursor: Cursor, app_role: str) -> GrantReport:
     invoker = invoker_rights_functions(c)
     app = sql.Identifier(app_role)
     report = GrantReport()
-    for name, kind, _owner in relations:
+    for name, kind, _owner, of_table in relations:
         table = sql.Identifier(schema, name)
         if kind == "S":
+            # UPDATE (setval): django-import-export resets the id sequence after an import. Never for the
+            # ledger's: moving its sequences back would only make postings fail.
+            usage = "USAGE" if of_table in RESTRICTED else "USAGE, SELECT, UPDATE"
             c.execute(sql.SQL("REVOKE ALL ON SEQUENCE {} FROM {}").format(table, app))
-            c.execute(sql.SQL("GRANT USAGE ON SEQUENCE {} TO {}").format(table, app))
+            c.execute(sql.SQL("GRANT " + usage + " ON SEQUENCE {} TO {}").format(table, app))
             report.sequences += 1
             continue
         # Revoking a table privilege revokes the same privilege on each column as well.

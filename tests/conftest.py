@@ -13,7 +13,6 @@ from django.db import DEFAULT_DB_ALIAS, connection, connections, transaction
 from django.test import Client
 
 from accounts.db_roles import ensure_role
-
 from operations.models import Business, BusinessKind
 from tests.celery_support import WorkerProcess
 from tests.factories import PASSWORD, BusinessFactory, MembershipFactory, OwnerFactory, UserFactory
@@ -28,7 +27,7 @@ settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 # so these fixed names are shared by concurrent test processes, created under a lock and never dropped.
 TEST_OWNER_ROLE = "backoffice_test_owner"
 TEST_APP_ROLE = "backoffice_test_app"
-TEST_ROLE_PASSWORD = "backoffice-test-only"  # noqa: S105 - test clusters only
+TEST_ROLE_PASSWORD = "backoffice-test-only"
 
 
 @dataclass(frozen=True)

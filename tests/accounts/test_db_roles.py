@@ -78,6 +78,7 @@ def test_the_application_role_cannot_change_or_delete_ledger_rows(water):
     assert refused("DELETE FROM accounts_accountdaytotal") == "42501"
     assert refused("UPDATE accounts_periodclose SET lock_date = NULL") == "42501"
     assert refused("DELETE FROM accounts_periodclose") == "42501"
+    assert refused("SELECT setval(pg_get_serial_sequence('accounts_journalentry', 'id'), 1)") == "42501"
     # The ORM gets the same answer
     with pytest.raises(DatabaseError, match="permission denied"), transaction.atomic():
         JournalLine.objects.filter(pk=line.pk).delete()

@@ -42,7 +42,9 @@ class Command(BaseCommand):
             help="The application role (default: the DATABASE_APP_ROLE setting / environment variable).",
         )
         parser.add_argument("--owner-role", default=None, help="setup: the owner role.")
-        parser.add_argument("--owner-password-env", default=None, metavar="VAR", help="setup: owner's password from $VAR.")
+        parser.add_argument(
+            "--owner-password-env", default=None, metavar="VAR", help="setup: owner's password from $VAR."
+        )
         parser.add_argument("--app-password-env", default=None, metavar="VAR", help="setup: app's password from $VAR.")
 
     def handle(self, *args: Any, **options: Any) -> None:
