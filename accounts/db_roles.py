@@ -98,7 +98,7 @@ def app_privileges(table: str, invoker_functions: Iterable[str]) -> dict[str, tu
 
 
 def _privilege_sql(privileges: dict[str, tuple[str, ...]]) -> sql.Composable:
-    parts = []
+    parts: list[sql.Composable] = []
     for privilege, columns in sorted(privileges.items()):
         if columns:
             parts.append(
@@ -237,7 +237,7 @@ def app_role_problems(cursor: Cursor, app_role: str) -> list[str]:
 
 def ensure_role(cursor: Cursor, role: str, *, password: str | None, createdb: bool = False) -> bool:
     """Create `role` (LOGIN, no superuser rights) or reset its attributes; True when it was created."""
-    attributes = sql.SQL(
+    attributes: sql.Composable = sql.SQL(
         "LOGIN NOSUPERUSER NOCREATEROLE NOREPLICATION NOBYPASSRLS INHERIT " + ("CREATEDB" if createdb else "NOCREATEDB")
     )
     if password:

@@ -64,7 +64,7 @@ def db_roles(django_db_modify_db_settings: None, django_db_blocker: Any) -> DbRo
             ensure_role(cursor, TEST_APP_ROLE, password=TEST_ROLE_PASSWORD)
         # A test database left by a run before the roles (owned by the superuser) is dropped: the owner
         # role could neither migrate nor drop it.
-        test_name = connection.creation._get_test_db_name()
+        test_name = connection.creation._get_test_db_name()  # type: ignore[attr-defined]
         with connection.cursor() as cursor:
             cursor.execute("SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = %s", [test_name])
             row = cursor.fetchone()

@@ -21,7 +21,7 @@ from tests.conftest import TEST_APP_ROLE, TEST_OWNER_ROLE
 INSUFFICIENT_PRIVILEGE = "42501"
 
 
-def refused(statement: str, params: list[object] | None = None) -> str:
+def refused(statement: str, params: list[int] | None = None) -> str:
     """Run `statement` as the test's role in a savepoint; the SQLSTATE it failed with."""
     with pytest.raises(DatabaseError) as excinfo, transaction.atomic(), connection.cursor() as cursor:
         cursor.execute(statement, params)
@@ -42,6 +42,14 @@ def test_the_suite_runs_as_the_application_role(db):
         assert cursor.fetchone()[0] == 0  # owns no table, view or sequence
         cursor.execute("SELECT pg_get_userbyid(relowner) FROM pg_class WHERE oid = 'accounts_journalline'::regclass")
         assert cursor.fetchone()[0] == TEST_OWNER_ROLE  # the migrations ran as the owner role
+
+
+def test_worker_processes_the_tests_start_connect_as_the_application_role(db):
+    from urllib.parse import urlsplit
+
+    from tests.celery_support import worker_env
+
+    assert urlsplit(worker_env()["DATABASE_URL"]).username == TEST_APP_ROLE
 
 
 def test_the_application_role_cannot_disable_the_triggers(water):
@@ -167,3 +175,18 @@ def test_ledger_privileges_follow_the_trigger_functions_rights():
     assert app_privileges("accounts_books", [])["UPDATE"] == ("lock_date",)
     assert app_privileges("accounts_journalline", invoker) == {"SELECT": (), "INSERT": ()}
     assert app_privileges("operations_sale", invoker) == FULL
+
+
+@pytest.mark.django_db(transaction=True)
+def test_flush_through_a_superuser_connection_empties_the_ledger(water, settings, db_roles):
+    # The other path of accounts' flush: session_replication_role, which only a superuser may set
+    sale(water)
+    user, password = db_roles.superuser
+    settings.DATABASE_OWNER_URL = f"postgresql://{user}:{password or ''}@127.0.0.1/"
+    call_command("flush", interactive=False, verbosity=0)
+    assert not JournalEntry.objects.exists()
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT count(*) FROM pg_trigger WHERE tgrelid = 'accounts_journalline'::regclass AND tgenabled <> 'O'"
+        )
+        assert cursor.fetchone()[0] == 0  # every trigger still enabled
