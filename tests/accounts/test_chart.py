@@ -108,3 +108,8 @@ def test_flush_empties_a_database_holding_a_ledger(water):
     with connection.cursor() as cursor:
         cursor.execute("SHOW session_replication_role")
         assert cursor.fetchone()[0] == "origin"
+        cursor.execute(
+            "SELECT count(*) FROM pg_trigger WHERE tgrelid IN ('accounts_journalline'::regclass,"
+            " 'accounts_journalentry'::regclass, 'accounts_entryseal'::regclass) AND tgenabled <> 'O'"
+        )
+        assert cursor.fetchone()[0] == 0  # the owner's flush disabled them inside its transaction only
