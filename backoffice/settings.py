@@ -180,6 +180,12 @@ if not DATABASES["default"]["ENGINE"].endswith("postgresql"):
     raise ImproperlyConfigured("Only PostgreSQL is supported (DATABASE_URL must be postgresql://...).")
 DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
 DATABASES["default"].setdefault("TEST", {})["NAME"] = env_str("TEST_DATABASE_NAME") or None
+# Two roles (docs/deploy.md, "Database roles"): the app connects as the application role (DATABASE_URL),
+# which owns nothing; `migrate` runs as the owner role and `manage.py db_roles grant` then grants
+# DATABASE_APP_ROLE its privileges. DATABASE_OWNER_URL (development and tests only, never in production's
+# app containers) lets `manage.py flush` empty a database holding a ledger, which the app role cannot.
+DATABASE_APP_ROLE = env_str("DATABASE_APP_ROLE")
+DATABASE_OWNER_URL = env_str("DATABASE_OWNER_URL")
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 REDIS_URL = env_str("REDIS_URL", "redis://127.0.0.1:6379/0")

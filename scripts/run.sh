@@ -26,6 +26,18 @@ if [ -z "${DATABASE_URL:-}" ] || [ -z "${REDIS_URL:-}" ]; then
 fi
 export DATABASE_URL REDIS_URL
 
+# Two database roles, as in production (docs/deploy.md, "Database roles"): the embedded server's superuser
+# `postgres` only creates them; migrations run as the owner role, every process as the application role,
+# which may not disable the ledger's triggers, truncate or rewrite it. With your own DATABASE_URL, set
+# DATABASE_OWNER_URL too for the same split (else everything runs as DATABASE_URL's role).
+superuser_url=""
+if [ "$started_local" = 1 ]; then
+  superuser_url="$DATABASE_URL"
+  DATABASE_OWNER_URL="${superuser_url/\/\/postgres@/\/\/backoffice_owner@}"
+  DATABASE_URL="${superuser_url/\/\/postgres@/\/\/backoffice_app@}"
+  export DATABASE_URL DATABASE_OWNER_URL
+fi
+
 # .env: the development settings for `python manage.py ...` in another shell (README, "Next to make run"),
 # read by backoffice/settings.py; exported variables win over it. Written on the first start only, so its
 # M-Pesa key stays the one the embedded database's till credentials are encrypted with. Never committed.
@@ -40,6 +52,7 @@ if [ ! -f .env ]; then
       if [ "$started_local" = 1 ]; then
         echo "# The embedded servers (var/local), up while \`make run\` runs."
         echo "DATABASE_URL=${DATABASE_URL}"
+        echo "DATABASE_OWNER_URL=${DATABASE_OWNER_URL}"
         echo "REDIS_URL=${REDIS_URL}"
       fi
       echo "MPESA_ENCRYPTION_KEY=${mpesa_key}"
@@ -48,6 +61,20 @@ if [ ! -f .env ]; then
     } >.env
   )
   echo "Wrote .env (development settings for manage.py in another shell; see README)." >&2
+elif [ -n "$superuser_url" ] && grep -qxF "DATABASE_URL=${superuser_url}" .env; then
+  # A .env from before the two roles: manage.py in another shell connects as the application role too.
+  python - "$superuser_url" "$DATABASE_URL" "$DATABASE_OWNER_URL" <<'PY'
+import sys
+from pathlib import Path
+
+old, app, owner = sys.argv[1:]
+path = Path(".env")
+lines = [f"DATABASE_URL={app}" if line == f"DATABASE_URL={old}" else line for line in path.read_text().splitlines()]
+if not any(line.startswith("DATABASE_OWNER_URL=") for line in lines):
+    lines.append(f"DATABASE_OWNER_URL={owner}")
+path.write_text("\n".join(lines) + "\n")
+PY
+  echo "Updated .env: DATABASE_URL is the application role now, DATABASE_OWNER_URL the owner's." >&2
 fi
 # What .env sets and the shell does not (its demo passwords, say), for this script too.
 eval "$(python -m backoffice.envfile)"
@@ -60,7 +87,19 @@ export DJANGO_ALLOWED_HOSTS="${DJANGO_ALLOWED_HOSTS:-127.0.0.1,localhost}"
 export DEMO_OWNER_PASSWORD="${DEMO_OWNER_PASSWORD:-owner-demo-2026}"
 export FLOWER_BASIC_AUTH="${FLOWER_BASIC_AUTH:-owner:${DEMO_OWNER_PASSWORD}}"
 
-python manage.py migrate --noinput >/dev/null
+if [ -n "$superuser_url" ]; then
+  # Idempotent: creates the roles or resets their rights, and hands a database migrated by `postgres`
+  # (before the two roles) over to the owner role.
+  DATABASE_URL="$superuser_url" python manage.py db_roles setup --owner-role backoffice_owner \
+    --app-role backoffice_app >/dev/null
+fi
+if [ -n "${DATABASE_OWNER_URL:-}" ]; then
+  app_role="$(python -c 'import os, urllib.parse as u; print(u.unquote(u.urlsplit(os.environ["DATABASE_URL"]).username or ""))')"
+  DATABASE_URL="$DATABASE_OWNER_URL" python manage.py migrate --noinput >/dev/null
+  DATABASE_URL="$DATABASE_OWNER_URL" python manage.py db_roles grant --app-role "$app_role" >/dev/null
+else
+  python manage.py migrate --noinput >/dev/null
+fi
 # Till credentials stored under another key (e.g. before .env had one) move to .env's key; no-op otherwise.
 python manage.py mpesa_reencrypt >/dev/null
 python manage.py setup_demo

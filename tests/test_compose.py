@@ -280,6 +280,58 @@ def test_app_services_share_the_image_and_environment(services: dict[str, dict[s
         assert str(env.get("DJANGO_DEBUG")) == "0", name
 
 
+def _url_user_variable(url: str) -> str:
+    """The compose variable a postgresql:// URL takes its user name from (`${POSTGRES_APP_USER:?...}`)."""
+    match = re.match(r"postgresql://\$\{(\w+)[:?}]", url)
+    assert match, f"the user of {url!r} is not a ${{...}} variable"
+    return match.group(1)
+
+
+def test_app_services_connect_as_the_application_role(services: dict[str, dict[str, Any]]) -> None:
+    # docs/deploy.md, "Database roles": web, workers, beat and flower never get the superuser's nor the
+    # owner's credentials - neither in DATABASE_URL nor through env_file (blanked in `environment`).
+    for name in APP_SERVICES:
+        if name == "migrate":
+            continue
+        env = services[name]["environment"]
+        assert _url_user_variable(env["DATABASE_URL"]) == "POSTGRES_APP_USER", name
+        assert "${POSTGRES_APP_PASSWORD" in env["DATABASE_URL"], name
+        for secret in ("POSTGRES_PASSWORD", "POSTGRES_OWNER_PASSWORD", "POSTGRES_USER}", "POSTGRES_OWNER_USER"):
+            assert secret not in env["DATABASE_URL"], (name, secret)
+        assert env.get("POSTGRES_PASSWORD") == "", name
+        assert env.get("POSTGRES_OWNER_PASSWORD") == "", name
+        assert env.get("DATABASE_OWNER_URL") == "", name  # flush's owner connection: development and tests only
+        assert "DATABASE_APP_ROLE" not in env, name
+
+
+def test_migrate_runs_as_the_owner_role_then_grants_the_application_role(services: dict[str, dict[str, Any]]) -> None:
+    migrate = services["migrate"]
+    env = migrate["environment"]
+    assert _url_user_variable(env["DATABASE_URL"]) == "POSTGRES_OWNER_USER"
+    assert "${POSTGRES_OWNER_PASSWORD" in env["DATABASE_URL"]
+    assert env["DATABASE_APP_ROLE"].startswith("${POSTGRES_APP_USER")
+    argv = as_argv(migrate["command"])
+    assert argv[:2] == ["sh", "-c"]
+    steps = [step.strip() for step in argv[2].split("&&")]
+    assert steps.index("python manage.py migrate --noinput") < steps.index("python manage.py db_roles grant")
+    # The rest of the app environment (the M-Pesa key for mpesa_reencrypt) is still there.
+    assert env["MPESA_ENCRYPTION_KEY"] == services["web"]["environment"]["MPESA_ENCRYPTION_KEY"]
+
+
+def test_postgres_creates_the_owner_and_application_roles(services: dict[str, dict[str, Any]]) -> None:
+    postgres = services["postgres"]
+    mounts = [str(v) for v in postgres["volumes"]]
+    assert "./deploy/initdb-roles.sh:/docker-entrypoint-initdb.d/10-roles.sh:ro" in mounts
+    for variable in ("POSTGRES_OWNER_USER", "POSTGRES_OWNER_PASSWORD", "POSTGRES_APP_USER", "POSTGRES_APP_PASSWORD"):
+        assert postgres["environment"][variable].startswith("${" + variable), variable
+    script = (ROOT / "deploy" / "initdb-roles.sh").read_text()
+    assert script.count("NOSUPERUSER NOCREATEDB NOCREATEROLE") == 2
+    assert 'ALTER DATABASE :"db" OWNER TO :"owner";' in script
+    assert "REVOKE CREATE ON SCHEMA public FROM PUBLIC;" in script
+    assert 'REVOKE TEMPORARY ON DATABASE :"db" FROM PUBLIC;' in script
+    assert "ON_ERROR_STOP=1" in script
+
+
 def test_app_services_wait_for_migrations(services: dict[str, dict[str, Any]]) -> None:
     for name in ("web", "worker-payments", "worker-default", "beat"):
         depends_on = services[name]["depends_on"]
@@ -331,6 +383,10 @@ def test_deploy_files_exist() -> None:
         "DJANGO_ALLOWED_HOSTS",
         "DJANGO_CSRF_TRUSTED_ORIGINS",
         "POSTGRES_PASSWORD",
+        "POSTGRES_OWNER_USER",
+        "POSTGRES_OWNER_PASSWORD",
+        "POSTGRES_APP_USER",
+        "POSTGRES_APP_PASSWORD",
         "SITE_DOMAIN",
         "FLOWER_BASIC_AUTH",
         "FLOWER_URL",
@@ -359,7 +415,7 @@ def test_app_services_get_the_mpesa_encryption_key(
         env = services[name].get("environment") or {}
         assert str(env.get("MPESA_ENCRYPTION_KEY", "")).startswith("${MPESA_ENCRYPTION_KEY:?"), name
     migrate = command_text(services["migrate"])
-    assert "manage.py migrate --noinput && python manage.py mpesa_reencrypt" in migrate
+    assert "manage.py db_roles grant && python manage.py mpesa_reencrypt" in migrate
     example = (ROOT / "deploy" / "env.prod.example").read_text()
     assert re.search(r"^MPESA_ENCRYPTION_KEY=", example, re.MULTILINE)
     assert re.search(r"^#?\s*HEALTHZ_TOKEN=", example, re.MULTILINE)

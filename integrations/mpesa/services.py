@@ -1365,7 +1365,7 @@ def payment_reverse_entries(*, payment: Payment, acting_user: Any) -> JournalEnt
     a reversing transaction; nothing is deleted). Returns the receipt's reversal. Idempotent."""
     with transaction.atomic(savepoint=False):
         placings = list(
-            PaymentApplication.objects.select_for_update()
+            PaymentApplication.objects.select_for_update(of=("self",))
             .filter(payment=payment, reversal_entry__isnull=True)
             .select_related("entry")
             .order_by("-id")

@@ -73,7 +73,8 @@ def sale(business: Business, amount: str = "116.00", *, via: str = "cash", **kwa
 
 @contextmanager
 def superuser_bypass(*tables: str, trigger: str | None = None) -> Iterator[None]:
-    """Disable the ledger's triggers on `tables` (or just `trigger`) for the block, as a superuser could."""
+    """Disable the ledger's triggers on `tables` (or just `trigger`) for the block, as their owner or a superuser
+    could (the test runs as the owner: `table_owner`); the application role cannot (test_db_roles.py)."""
     with connection.cursor() as cursor:
         for table in tables:
             cursor.execute(f"ALTER TABLE {table} DISABLE TRIGGER {trigger or 'ALL'}")

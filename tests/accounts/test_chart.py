@@ -101,10 +101,15 @@ def test_accounts_with_postings_cannot_be_deleted(water):
 def test_flush_empties_a_database_holding_a_ledger(water):
     # Given posted entries, which TRUNCATE on its own refuses
     sale(water)
-    # When Django's flush runs (as a superuser, like the test suite does after each such test)
+    # When Django's flush runs (through the owner role, DATABASE_OWNER_URL, as after each such test)
     call_command("flush", interactive=False, verbosity=0)
     # Then everything is gone and the triggers are back on for the session
     assert not JournalEntry.objects.exists() and not Business.objects.exists()
     with connection.cursor() as cursor:
         cursor.execute("SHOW session_replication_role")
         assert cursor.fetchone()[0] == "origin"
+        cursor.execute(
+            "SELECT count(*) FROM pg_trigger WHERE tgrelid IN ('accounts_journalline'::regclass,"
+            " 'accounts_journalentry'::regclass, 'accounts_entryseal'::regclass) AND tgenabled <> 'O'"
+        )
+        assert cursor.fetchone()[0] == 0  # the owner's flush disabled them inside its transaction only

@@ -1,6 +1,9 @@
 """Each rule PostgreSQL keeps, tried and broken through the ORM and through raw SQL.
 
-Most of these tests commit (transaction=True): the balance and seal checks run at COMMIT.
+Most of these tests commit (transaction=True): the balance and seal checks run at COMMIT. The suite runs
+as the application role, which may not UPDATE, DELETE or TRUNCATE the ledger's rows at all
+(tests/accounts/test_db_roles.py); the tests that try those run as the tables' owner (`table_owner`), to
+show the triggers refuse them even to the role that has every privilege on the tables.
 """
 
 from __future__ import annotations
@@ -133,8 +136,8 @@ def move_line(line_id: int, entry_id: int, *, compensate_with: Account | None = 
             raw_line(cursor, entry_id, compensate_with, credit="116.00")
 
 
-def test_orm_moving_a_line_to_another_entry_fails_at_commit_without_the_immutability_trigger(water):
-    # Given two posted entries and a superuser who disabled the immutability trigger on lines
+def test_orm_moving_a_line_to_another_entry_fails_at_commit_without_the_immutability_trigger(water, table_owner):
+    # Given two posted entries and the tables' owner, who disabled the immutability trigger on lines
     a, b = sale(water, "116.00"), sale(water, "116.00")
     moved = JournalLine.objects.filter(entry=a, debit__gt=0).get()
     # When a line is moved from A to B through the ORM
@@ -148,7 +151,7 @@ def test_orm_moving_a_line_to_another_entry_fails_at_commit_without_the_immutabi
     assert JournalLine.objects.get(pk=moved.pk).entry_id == a.pk
 
 
-def test_moving_a_line_is_caught_by_the_old_entry_check(water):
+def test_moving_a_line_is_caught_by_the_old_entry_check(water, table_owner):
     # B gets the line and a matching credit, so B still balances: only checking A, the line's OLD
     # entry, catches the move.
     a, b = sale(water, "116.00"), sale(water, "116.00")
@@ -165,7 +168,7 @@ def test_moving_a_line_is_caught_by_the_old_entry_check(water):
 # --- posted rows cannot be updated, deleted or truncated ----------------------------------------
 
 
-def test_posted_entries_cannot_be_updated_or_deleted(water):
+def test_posted_entries_cannot_be_updated_or_deleted(water, table_owner):
     entry = sale(water)
     with pytest.raises(DatabaseError, match="cannot be changed"):
         JournalEntry.objects.filter(pk=entry.pk).update(memo="changed")
@@ -181,7 +184,7 @@ def test_posted_entries_cannot_be_updated_or_deleted(water):
     assert JournalEntry.objects.get(pk=entry.pk).memo == "test entry"
 
 
-def test_posted_lines_cannot_be_updated_or_deleted(water):
+def test_posted_lines_cannot_be_updated_or_deleted(water, table_owner):
     entry = sale(water)
     line = entry.lines.earliest("id")
     with pytest.raises(DatabaseError, match="cannot be changed"):
@@ -198,7 +201,7 @@ def test_posted_lines_cannot_be_updated_or_deleted(water):
 @pytest.mark.parametrize(
     "table", ["accounts_journalentry", "accounts_journalline", "accounts_entryseal", "accounts_accountdaytotal"]
 )
-def test_the_ledger_cannot_be_truncated(water, table):
+def test_the_ledger_cannot_be_truncated(water, table, table_owner):
     sale(water)
     with pytest.raises(DatabaseError, match="cannot be truncated"), connection.cursor() as cursor:
         cursor.execute(f"TRUNCATE {table} CASCADE")
@@ -213,7 +216,7 @@ def test_lines_cannot_be_added_to_a_posted_entry(water):
         raw_line(cursor, entry.pk, acct(water, "cash"), debit="1.00")
 
 
-def test_seals_and_daily_totals_are_written_by_the_triggers_only(water):
+def test_seals_and_daily_totals_are_written_by_the_triggers_only(water, table_owner):
     entry = sale(water)
     seal = EntrySeal.objects.get(entry=entry)
     with pytest.raises(DatabaseError, match="cannot be changed"):
@@ -261,16 +264,16 @@ def test_an_idempotency_key_posts_once_even_through_raw_sql(water):
     assert JournalEntry.objects.count() == 1
 
 
-def insert_without_triggers(business, *, key: str, number: int) -> None:
-    with connection.cursor() as cursor:
-        cursor.execute("SET session_replication_role = replica")
-        try:
-            raw_entry(cursor, business, key=key, number=number)
-        finally:
-            cursor.execute("SET session_replication_role = DEFAULT")
+def insert_without_triggers(cursor, business, *, key: str, number: int) -> None:
+    """As a superuser with the triggers switched off for the session."""
+    cursor.execute("SET session_replication_role = replica")
+    try:
+        raw_entry(cursor, business, key=key, number=number)
+    finally:
+        cursor.execute("SET session_replication_role = DEFAULT")
 
 
-def test_numbers_have_no_gaps_even_after_failed_postings(water):
+def test_numbers_have_no_gaps_even_after_failed_postings(water, superuser_cursor):
     sale(water)
     with pytest.raises(IntegrityError, match="at least two"):
         raw_post(water, [], key="fails", number=2)  # fails at commit: rolled back with its number
@@ -280,7 +283,7 @@ def test_numbers_have_no_gaps_even_after_failed_postings(water):
     with pytest.raises(DatabaseError, match="assigned by posting only"):
         Books.objects.filter(business=water).update(last_number=10)
     with pytest.raises(IntegrityError, match="entry_business_number_uniq"):
-        insert_without_triggers(water, key="dup", number=1)
+        insert_without_triggers(superuser_cursor, water, key="dup", number=1)
     assert list(JournalEntry.objects.order_by("number").values_list("number", flat=True)) == [1, 2]
 
 

@@ -84,22 +84,21 @@ def test_an_intact_ledger_verifies(water, laundry):
     assert report.ok and report.entries == 6
 
 
-def test_a_line_tampered_with_triggers_disabled_is_named(water, laundry):
-    # Given posted books, and a superuser who disables the triggers and changes one line's amount
+def test_a_line_tampered_with_triggers_disabled_is_named(water, laundry, superuser_cursor):
+    # Given posted books, and a superuser who switches the triggers off and changes one line's amount
     entries = [sale(water, "116.00") for _ in range(5)]
     sale(laundry)
     target = entries[2]
-    with connection.cursor() as cursor:
-        cursor.execute("SET session_replication_role = replica")
-        cursor.execute(
-            "UPDATE accounts_journalline SET debit = debit + 100 WHERE entry_id = %s AND debit > 0", [target.pk]
-        )
-        cursor.execute(
-            "UPDATE accounts_journalline SET credit = credit + 100 WHERE id = "
-            "(SELECT min(id) FROM accounts_journalline WHERE entry_id = %s AND credit > 0)",
-            [target.pk],
-        )
-        cursor.execute("SET session_replication_role = DEFAULT")
+    superuser_cursor.execute("SET session_replication_role = replica")
+    superuser_cursor.execute(
+        "UPDATE accounts_journalline SET debit = debit + 100 WHERE entry_id = %s AND debit > 0", [target.pk]
+    )
+    superuser_cursor.execute(
+        "UPDATE accounts_journalline SET credit = credit + 100 WHERE id = "
+        "(SELECT min(id) FROM accounts_journalline WHERE entry_id = %s AND credit > 0)",
+        [target.pk],
+    )
+    superuser_cursor.execute("SET session_replication_role = DEFAULT")
     # When verify_ledger runs
     with pytest.raises(CommandError) as excinfo:
         run_verify()
@@ -110,14 +109,13 @@ def test_a_line_tampered_with_triggers_disabled_is_named(water, laundry):
     assert f"business {water.pk}" in message
 
 
-def test_an_unbalancing_tamper_is_named_as_unbalanced(water):
+def test_an_unbalancing_tamper_is_named_as_unbalanced(water, superuser_cursor):
     entries = [sale(water) for _ in range(3)]
-    with connection.cursor() as cursor:
-        cursor.execute("ALTER TABLE accounts_journalline DISABLE TRIGGER ALL")
-        cursor.execute(
-            "UPDATE accounts_journalline SET credit = credit + 1 WHERE entry_id = %s AND credit > 0", [entries[1].pk]
-        )
-        cursor.execute("ALTER TABLE accounts_journalline ENABLE TRIGGER ALL")
+    superuser_cursor.execute("ALTER TABLE accounts_journalline DISABLE TRIGGER ALL")
+    superuser_cursor.execute(
+        "UPDATE accounts_journalline SET credit = credit + 1 WHERE entry_id = %s AND credit > 0", [entries[1].pk]
+    )
+    superuser_cursor.execute("ALTER TABLE accounts_journalline ENABLE TRIGGER ALL")
     report = ledger_verify(check_totals=True)
     assert not report.ok
     first = report.first_broken
@@ -125,52 +123,50 @@ def test_an_unbalancing_tamper_is_named_as_unbalanced(water):
     assert any("differs from its lines" in p for p in report.businesses[0].problems)  # daily totals now wrong
 
 
-def test_a_deleted_entry_shows_as_a_gap(water):
+def test_a_deleted_entry_shows_as_a_gap(water, superuser_cursor):
     entries = [sale(water) for _ in range(4)]
-    with connection.cursor() as cursor:
-        cursor.execute("SET session_replication_role = replica")
-        cursor.execute("DELETE FROM accounts_entryseal WHERE entry_id = %s", [entries[1].pk])
-        cursor.execute("DELETE FROM accounts_journalline WHERE entry_id = %s", [entries[1].pk])
-        cursor.execute("DELETE FROM accounts_journalentry WHERE id = %s", [entries[1].pk])
-        cursor.execute("SET session_replication_role = DEFAULT")
+    superuser_cursor.execute("SET session_replication_role = replica")
+    superuser_cursor.execute("DELETE FROM accounts_entryseal WHERE entry_id = %s", [entries[1].pk])
+    superuser_cursor.execute("DELETE FROM accounts_journalline WHERE entry_id = %s", [entries[1].pk])
+    superuser_cursor.execute("DELETE FROM accounts_journalentry WHERE id = %s", [entries[1].pk])
+    superuser_cursor.execute("SET session_replication_role = DEFAULT")
     report = ledger_verify()
     first = report.first_broken
     assert first is not None and first.number == 3 and "gap" in first.problem
     assert any("books count 4" in p for p in report.businesses[0].problems)
 
 
-def test_a_rewritten_seal_breaks_the_next_link(water):
+def test_a_rewritten_seal_breaks_the_next_link(water, superuser_cursor):
     entries = [sale(water) for _ in range(3)]
-    with connection.cursor() as cursor:
-        cursor.execute("ALTER TABLE accounts_entryseal DISABLE TRIGGER ALL")
-        cursor.execute("UPDATE accounts_entryseal SET hash = repeat('a', 64) WHERE entry_id = %s", [entries[0].pk])
-        cursor.execute("ALTER TABLE accounts_entryseal ENABLE TRIGGER ALL")
+    superuser_cursor.execute("ALTER TABLE accounts_entryseal DISABLE TRIGGER ALL")
+    superuser_cursor.execute(
+        "UPDATE accounts_entryseal SET hash = repeat('a', 64) WHERE entry_id = %s", [entries[0].pk]
+    )
+    superuser_cursor.execute("ALTER TABLE accounts_entryseal ENABLE TRIGGER ALL")
     report = ledger_verify(limit=5)
     assert [b.number for b in report.businesses[0].broken] == [1, 2]
 
 
-def test_verify_checks_businesses_in_chunks_across_workers(water, laundry, monkeypatch):
+def test_verify_checks_businesses_in_chunks_across_workers(water, laundry, monkeypatch, superuser_cursor):
     import accounts.verification as verification
 
     monkeypatch.setattr(verification, "CHUNK", 2)
     entries = [sale(water if i % 2 else laundry) for i in range(9)]
     assert ledger_verify(workers=2).ok
-    with connection.cursor() as cursor:
-        cursor.execute("SET session_replication_role = replica")
-        cursor.execute("UPDATE accounts_journalentry SET memo = 'changed' WHERE id = %s", [entries[6].pk])
-        cursor.execute("SET session_replication_role = DEFAULT")
+    superuser_cursor.execute("SET session_replication_role = replica")
+    superuser_cursor.execute("UPDATE accounts_journalentry SET memo = 'changed' WHERE id = %s", [entries[6].pk])
+    superuser_cursor.execute("SET session_replication_role = DEFAULT")
     report = ledger_verify(workers=2, business_ids=[entries[6].business_id])
     assert report.first_broken is not None and report.first_broken.entry_id == entries[6].pk
     assert len(report.businesses) == 1
 
 
-def test_daily_totals_out_of_step_with_the_lines_are_found_with_totals(water):
+def test_daily_totals_out_of_step_with_the_lines_are_found_with_totals(water, superuser_cursor):
     # Given a daily total changed behind the ledger's back (its guard trigger disabled)
     sale(water, "116.00")
-    with connection.cursor() as cursor:
-        cursor.execute("ALTER TABLE accounts_accountdaytotal DISABLE TRIGGER ALL")
-        cursor.execute("UPDATE accounts_accountdaytotal SET debit = debit + 50 WHERE debit > 0")
-        cursor.execute("ALTER TABLE accounts_accountdaytotal ENABLE TRIGGER ALL")
+    superuser_cursor.execute("ALTER TABLE accounts_accountdaytotal DISABLE TRIGGER ALL")
+    superuser_cursor.execute("UPDATE accounts_accountdaytotal SET debit = debit + 50 WHERE debit > 0")
+    superuser_cursor.execute("ALTER TABLE accounts_accountdaytotal ENABLE TRIGGER ALL")
     # Then the chain still verifies, but the totals check names the account and day
     assert "Ledger verified" in run_verify()
     with pytest.raises(CommandError, match="daily total of account") as excinfo:
