@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 from django.apps import apps
 from django.core.management import CommandError, call_command
-from django.db import connection
+from django.db import DEFAULT_DB_ALIAS, connection, connections
 from django.db.migrations.recorder import MigrationRecorder
 from django_celery_beat.models import PeriodicTask
 
@@ -31,22 +31,36 @@ from accounts.models import EntrySeal, JournalEntry
 from accounts.tasks import anchor_heads
 from celeryconf.app import app as celery_app
 from tests.accounts.conftest import sale
+from tests.conftest import DbRoles
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
+_superuser: dict[str, tuple[str, str]] = {}
+
+
+@pytest.fixture(autouse=True)
+def _superuser_login(db_roles: DbRoles) -> None:
+    """The tests run as the application role; tampering needs the superuser's login (tests/conftest.py)."""
+    _superuser["login"] = db_roles.superuser
+
+
 @contextmanager
 def superuser_tamper() -> Iterator[Any]:
-    """A cursor that acts as a database superuser behind the ledger's back: triggers off for the session.
+    """A cursor that acts as a database superuser behind the ledger's back: its own connection (autocommit),
+    triggers off for the session.
 
     The only superuser use in these tests (the code under test never needs it).
     """
-    with connection.cursor() as cursor:
-        cursor.execute("SET session_replication_role = replica")
-        try:
+    user, password = _superuser["login"]
+    params = {**connection.settings_dict, "USER": user, "PASSWORD": password, "CONN_MAX_AGE": 0}
+    superuser = type(connections[DEFAULT_DB_ALIAS])(params, "superuser")
+    try:
+        with superuser.cursor() as cursor:
+            cursor.execute("SET session_replication_role = replica")
             yield cursor
-        finally:
-            cursor.execute("SET session_replication_role = DEFAULT")
+    finally:
+        superuser.close()
 
 
 def _rebuild_daily_totals(cursor: Any, business_id: int) -> None:
