@@ -282,7 +282,12 @@ def app_role() -> Iterator[Callable[[], Any]]:
     if not superuser:
         if owner:
             pytest.skip("the tests run as the owner of the ledger tables: no other role to attack with")
-        yield contextmanager(lambda: iter([None]))
+
+        @contextmanager
+        def as_connected() -> Iterator[None]:
+            yield
+
+        yield as_connected
         return
     name = f"ledger_app_{uuid.uuid4().hex[:12]}"
     with connection.cursor() as cursor:
