@@ -362,6 +362,26 @@ ALTER FUNCTION ledger_refuse_truncate() {PATH};
 ALTER TABLE accounts_journalline ALTER COLUMN debit TYPE numeric, ALTER COLUMN credit TYPE numeric;
 ALTER TABLE accounts_journalline ADD CONSTRAINT line_amount_cents
   CHECK (scale(debit) <= 2 AND scale(credit) <= 2 AND debit < 1000000000000 AND credit < 1000000000000);
+
+-- The guards trust a write made as the owner of the table written: the SECURITY DEFINER functions
+-- must be owned by the owner of the tables they write (the migrating role normally is both; if a
+-- superuser migrates a database whose tables belong to another role, hand the functions over).
+DO $$
+DECLARE
+  v_owners name[];
+  v_function text;
+BEGIN
+  SELECT array_agg(DISTINCT pg_get_userbyid(relowner)) INTO v_owners FROM pg_class
+   WHERE oid IN ('accounts_entryseal'::regclass, 'accounts_accountdaytotal'::regclass,
+                 'accounts_books'::regclass, 'accounts_periodclose'::regclass);
+  IF array_length(v_owners, 1) <> 1 THEN
+    RAISE EXCEPTION 'the ledger tables have several owners (%): give them one owner first', v_owners;
+  END IF;
+  FOREACH v_function IN ARRAY ARRAY['ledger_entry_before_insert()', 'ledger_lines_inserted()',
+                                    'ledger_entry_seal()', 'ledger_books_lock_date_moved()'] LOOP
+    EXECUTE format('ALTER FUNCTION %s OWNER TO %I', v_function, v_owners[1]);
+  END LOOP;
+END $$;
 """
 
 
