@@ -443,21 +443,29 @@ def test_verify_ledger_names_an_entry_with_a_line_on_another_business_account(wa
 
 
 def test_a_line_for_an_entry_not_yet_committed_is_refused(water, laundry):
-    # Given session A adding a line (on another business's account) to the next entry id
-    with connection.cursor() as cursor:
-        cursor.execute(
-            "SELECT CASE WHEN is_called THEN last_value + 1 ELSE last_value END FROM accounts_journalentry_id_seq"
-        )
-        next_id = cursor.fetchone()[0]
-    with session() as a:
-        with pytest.raises(psycopg.IntegrityError, match="does not exist or is not committed"):
+    with session() as a, session() as b:
+        # Given session A adding a line (Dr 7.00 on another business's account) to the next entry id
+        next_id = a.execute("SELECT nextval(pg_get_serial_sequence('accounts_journalentry', 'id'))").fetchone()[0]
+        try:
             a.execute(LINE_SQL, [next_id, acct(laundry, "cash").pk, Decimal("7.00"), Decimal("0")])
-        a.rollback()
-        # When session B posts that entry (whatever A does next)
-        entry = sale(water)
-        assert entry.pk == next_id
-    # Then the entry holds its own lines only
-    assert JournalLine.objects.filter(entry=entry).count() == 3
+            refused = None
+        except psycopg.IntegrityError as exc:
+            refused = exc
+            a.rollback()
+        # When session B posts that entry and commits, and then A commits
+        b.execute(
+            "INSERT INTO accounts_journalentry (id, business_id, entry_date, memo, source_type, source_ref,"
+            " idempotency_key, currency) VALUES (%s, %s, %s, 'b', 'manual', '', 'b-next', 'KES')",
+            [next_id, water.pk, timezone.localdate()],
+        )
+        raw_line(b.cursor(), next_id, acct(water, "cash"), debit="5.00")
+        raw_line(b.cursor(), next_id, acct(water, "suspense"), credit="5.00")
+        b.commit()
+        if refused is None:
+            a.commit()
+    # Then A's line was refused and the sealed entry holds its own two lines
+    assert refused is not None and "does not exist or is not committed" in str(refused)
+    assert JournalLine.objects.filter(entry_id=next_id).count() == 2
     verify_ok()
 
 
