@@ -54,7 +54,7 @@ class ImmutableLedger(LedgerError):  # noqa: N818
     """Posted entries and lines cannot be changed or deleted; correct them with a reversal."""
 
 
-# SQLSTATEs raised by the ledger's triggers (migrations/0002_ledger_rules.py): class 23, integrity
+# SQLSTATEs raised by the ledger's triggers (migrations/0002_ledger_rules.py, 0004_ledger_holes.py): class 23, integrity
 # constraint violation, so psycopg and Django raise them as IntegrityError.
 _SQLSTATE_ERRORS: dict[str, type[LedgerError]] = {
     "23L01": UnbalancedEntry,
@@ -63,6 +63,8 @@ _SQLSTATE_ERRORS: dict[str, type[LedgerError]] = {
     "23L04": LockDateBackwards,
     "23L05": InvalidAccount,
     "23L06": LedgerError,
+    "23L07": InvalidReversal,
+    "23L08": InvalidLockDate,
 }
 
 
@@ -88,6 +90,8 @@ def ledger_error_from(exc: BaseException) -> LedgerError | None:
         return _SQLSTATE_ERRORS[sqlstate](message)
     if sqlstate == "23514" and constraint == "line_one_positive_side":
         return InvalidLine("each line must be a positive debit or a positive credit, never both, never zero")
+    if sqlstate == "23514" and constraint == "line_amount_cents":
+        return InvalidLine("amounts have at most two decimal places and stay below 1,000,000,000,000")
     if sqlstate == "23503" and constraint and "account_id" in constraint:
         return InvalidAccount("the account does not exist")
     if sqlstate == "23505" and constraint == "accounts_journalentry_reverses_id_key":

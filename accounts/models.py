@@ -88,7 +88,12 @@ class Books(models.Model):
 
 
 class PeriodClose(models.Model):
-    """The audit trail of lock-date moves: who closed which period, when."""
+    """The audit trail of lock-date moves: who closed which period, when.
+
+    Written by PostgreSQL (a trigger on books) for every lock-date move, whoever makes it;
+    `closed_by` comes from the transaction's `ledger.acting_user_id` setting (books_close_period
+    sets it). Append-only: never updated, deleted or truncated.
+    """
 
     books = models.ForeignKey(Books, on_delete=models.PROTECT, related_name="closes")
     previous_lock_date = models.DateField(null=True, blank=True)
@@ -160,7 +165,11 @@ class JournalEntry(models.Model):
 
 
 class JournalLine(models.Model):
-    """One side of an entry: a positive debit or a positive credit, never both, never zero."""
+    """One side of an entry: a positive debit or a positive credit, never both, never zero.
+
+    The columns are unconstrained numeric with a CHECK of at most two decimals (migration 0004):
+    numeric(14,2) would round 10.005 to 10.01 before any check could refuse it.
+    """
 
     # Indexed with the id (below): an entry's lines come in posting order, which the seal hashes in
     # (PostgreSQL 16+ then skips sorting them).

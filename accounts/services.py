@@ -34,7 +34,7 @@ from accounts.exceptions import (
     ledger_error_from,
 )
 from accounts.fields import ZERO, to_money
-from accounts.models import Account, Books, JournalEntry, JournalLine, PeriodClose, SourceType
+from accounts.models import Account, Books, JournalEntry, JournalLine, SourceType
 from operations.models import Business
 
 MAX_AMOUNT = Decimal("999999999999.99")
@@ -411,9 +411,10 @@ def books_close_period(*, business: Business, lock_date: dt.date, acting_user: A
     """Close the books of `business` up to and including `lock_date`: nothing can be posted on or
     before it any more, by any code path (PostgreSQL checks every insert).
 
-    The lock date only moves forward and never past today. Waits for postings of the business in
-    flight (they hold its books row) so none lands in the closed period afterwards. Records who
-    closed it. Safe to retry: closing to the current lock date again changes nothing.
+    The lock date only moves forward and never past today (PostgreSQL refuses both too). Waits for
+    postings of the business in flight (they hold its books row) so none lands in the closed period
+    afterwards. Records who closed it (the PeriodClose row is written by PostgreSQL for every
+    lock-date move). Safe to retry: closing to the current lock date again changes nothing.
     """
     if not isinstance(lock_date, dt.date) or isinstance(lock_date, dt.datetime):
         raise InvalidLockDate("the lock date must be a date")
@@ -428,14 +429,14 @@ def books_close_period(*, business: Business, lock_date: dt.date, acting_user: A
                     f"the books of {business} are closed up to {books.lock_date}; the lock date only moves forward"
                 )
             if books.lock_date != lock_date:
-                PeriodClose.objects.create(
-                    books=books,
-                    previous_lock_date=books.lock_date,
-                    lock_date=lock_date,
-                    closed_by=acting_user if getattr(acting_user, "pk", None) else None,
-                )
-                books.lock_date = lock_date
-                books.save(update_fields=["lock_date"])
+                # PostgreSQL writes the PeriodClose row (a trigger on books, for every lock-date move);
+                # it reads who closed from this transaction-local setting.
+                user_id = getattr(acting_user, "pk", None)
+                with connection.cursor() as cursor:
+                    cursor.execute("SELECT set_config('ledger.acting_user_id', %s, true)", [str(user_id or "")])
+                    books.lock_date = lock_date
+                    books.save(update_fields=["lock_date"])
+                    cursor.execute("SELECT set_config('ledger.acting_user_id', '', true)")
     except DatabaseError as exc:
         _raise_ledger_error(exc)
     return books

@@ -4,10 +4,11 @@ Used by `manage.py verify_ledger`. Everything is recomputed in SQL from the rows
 the canonical-form functions the seal trigger uses (migrations/0002_ledger_rules.py):
 
 - per entry: its number follows the previous one of its business (no gaps); it has two or more
-  lines, each one positive side; debits equal credits; its seal exists and equals
+  lines, each one positive side; debits equal credits; every line's account belongs to the
+  entry's business; its seal exists and equals
   sha256(previous entry's seal, canonical form of the entry and its lines);
 - per business: the books' counter equals the last number and the number of entries; debits
-  equal credits in total;
+  equal credits in total; the lock date is the one the last period-close audit row recorded;
 - with `check_totals`, the daily account totals that reports read equal the sums of the lines
   (a second pass over the lines: it about doubles the run time).
 
@@ -43,6 +44,12 @@ SELECT k.business_id, count(*), coalesce(sum(k.debit), 0), coalesce(sum(k.credit
              WHEN l.line_count IS NULL OR l.line_count < 2 THEN
                format('%%s line(s); an entry needs at least two', coalesce(l.line_count, 0))
              WHEN l.debit <> l.credit THEN format('debits %%s and credits %%s differ', l.debit, l.credit)
+             WHEN l.accounts_known < l.line_count OR l.min_business <> c.business_id
+                  OR l.max_business <> c.business_id THEN
+               format('a line is on account %%s, which is not an account of the entry''s business',
+                      (SELECT min(x.account_id) FROM accounts_journalline x
+                         LEFT JOIN accounts_account xa ON xa.id = x.account_id
+                        WHERE x.entry_id = c.id AND xa.business_id IS DISTINCT FROM c.business_id))
              WHEN c.hash IS NULL THEN 'the entry is not sealed into the hash chain'
              WHEN c.hash <> ledger_hash(c.prev_hash, c.header, l.body) THEN
                'hash mismatch: the entry or its lines changed after posting'
@@ -69,11 +76,12 @@ SELECT k.business_id, count(*), coalesce(sum(k.debit), 0), coalesce(sum(k.credit
           ) w
       ) c
       LEFT JOIN (
-        SELECT entry_id, count(*) AS line_count, sum(debit) AS debit, sum(credit) AS credit,
-               string_agg(ledger_line_canon(account_id, debit, credit, memo), E'\\n' ORDER BY id) AS body
-          FROM accounts_journalline
-         WHERE entry_id BETWEEN %(lo)s AND %(hi)s
-         GROUP BY entry_id
+        SELECT x.entry_id, count(*) AS line_count, sum(x.debit) AS debit, sum(x.credit) AS credit,
+               string_agg(ledger_line_canon(x.account_id, x.debit, x.credit, x.memo), E'\\n' ORDER BY x.id) AS body,
+               count(a.id) AS accounts_known, min(a.business_id) AS min_business, max(a.business_id) AS max_business
+          FROM accounts_journalline x LEFT JOIN accounts_account a ON a.id = x.account_id
+         WHERE x.entry_id BETWEEN %(lo)s AND %(hi)s
+         GROUP BY x.entry_id
       ) l ON l.entry_id = c.id
   ) k
  GROUP BY k.business_id
@@ -90,7 +98,9 @@ SELECT l.account_id, e.entry_date, e.business_id, sum(l.debit), sum(l.credit), c
 _BOOKS_SQL = """
 SELECT b.id, b.name, coalesce(k.last_number, 0),
        (SELECT coalesce(max(number), 0) FROM accounts_journalentry WHERE business_id = b.id),
-       (SELECT count(*) FROM accounts_journalentry WHERE business_id = b.id)
+       (SELECT count(*) FROM accounts_journalentry WHERE business_id = b.id),
+       k.lock_date,
+       (SELECT p.lock_date FROM accounts_periodclose p WHERE p.books_id = b.id ORDER BY p.id DESC LIMIT 1)
   FROM operations_business b LEFT JOIN accounts_books k ON k.business_id = b.id
  WHERE %(all)s OR b.id = ANY(%(business_ids)s)
  ORDER BY b.id
@@ -256,10 +266,15 @@ def _verify(
         debit, credit, report.entries = sums.get(business_id, (Decimal(0), Decimal(0), 0))
         if debit != credit:
             report.problems.append(f"debits {debit} and credits {credit} of the business differ")
-        _name, counter, last_number, count = books[business_id]
+        _name, counter, last_number, count, lock_date, audited_lock_date = books[business_id]
         if not counter == last_number == count:
             report.problems.append(
                 f"the books count {counter} entries, the last entry is no. {last_number} and there are {count}"
+            )
+        if lock_date != audited_lock_date:
+            report.problems.append(
+                f"the lock date is {lock_date or 'none'} but the last period close recorded is "
+                f"{audited_lock_date or 'none'}: the lock date moved without its audit row"
             )
 
     if check_totals:
