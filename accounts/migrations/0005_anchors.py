@@ -23,7 +23,7 @@ def remove(apps, schema_editor):
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("accounts", "0003_line_entry_index"),
+        ("accounts", "0004_ledger_holes"),
         ("django_celery_beat", "0019_alter_periodictasks_options"),
     ]
 
