@@ -35,8 +35,9 @@ FULL: dict[str, tuple[str, ...]] = {"SELECT": (), "INSERT": (), "UPDATE": (), "D
 RESTRICTED: dict[str, dict[str, tuple[str, ...]]] = {
     "accounts_journalentry": {"SELECT": (), "INSERT": ()},
     "accounts_journalline": {"SELECT": (), "INSERT": ()},
-    "accounts_periodclose": {"SELECT": (), "INSERT": ()},
-    # Written only by the ledger's triggers (see TRIGGER_WRITES).
+    # Written only by the ledger's triggers (see TRIGGER_WRITES): the seals, the daily totals and the
+    # audit row of each lock-date move (PostgreSQL writes it; the service never inserts one).
+    "accounts_periodclose": {"SELECT": ()},
     "accounts_entryseal": {"SELECT": ()},
     "accounts_accountdaytotal": {"SELECT": ()},
     # Closing a period moves lock_date (SELECT ... FOR UPDATE needs UPDATE on a column too); deleting a
@@ -49,14 +50,18 @@ LEDGER_TABLES = tuple(t for t in RESTRICTED if t.startswith("accounts_"))
 # Whatever the triggers need: the application role never updates nor deletes these rows.
 NEVER_CHANGED = ("accounts_journalentry", "accounts_journalline", "accounts_entryseal", "accounts_periodclose")
 
-# What each ledger trigger function writes. A function running with the caller's rights (not SECURITY
-# DEFINER) needs the caller - the application role - to hold these privileges too; one that runs with
-# its owner's rights does not, and then the application role does not get them.
+# What each ledger trigger function writes. Since migrations/0004_ledger_holes.py all four are SECURITY
+# DEFINER (they run as the owner of the tables), so the application role gets none of these: the
+# guards refuse such writes to it anyway. Should one be found running with the caller's rights (its
+# SECURITY DEFINER dropped by a later migration), the caller would need them: then, and only then,
+# the application role gets that function's privileges.
 TRIGGER_WRITES: dict[str, dict[str, dict[str, tuple[str, ...]]]] = {
     "ledger_entry_before_insert": {"accounts_books": {"UPDATE": ("last_number",)}},
     "ledger_entry_seal": {"accounts_entryseal": {"INSERT": ()}},
     # INSERT ... ON CONFLICT DO UPDATE on the daily totals.
     "ledger_lines_inserted": {"accounts_accountdaytotal": {"INSERT": (), "UPDATE": ()}},
+    # The audit row of every lock-date move.
+    "ledger_books_lock_date_moved": {"accounts_periodclose": {"INSERT": ()}},
 }
 
 

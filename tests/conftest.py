@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from io import StringIO
 from typing import Any
@@ -96,17 +97,31 @@ def table_owner(db_roles: DbRoles, transactional_db: None) -> Iterator[None]:
     use_role(*db_roles.app)
 
 
+@contextmanager
+def cursor_as(user: str, password: str) -> Iterator[Any]:
+    """A cursor (autocommit) on the test database as `user`, on its own connection, closed afterwards."""
+    params = {**connection.settings_dict, "USER": user, "PASSWORD": password, "CONN_MAX_AGE": 0}
+    other = type(connections[DEFAULT_DB_ALIAS])(params, user)
+    try:
+        with other.cursor() as cursor:
+            yield cursor
+    finally:
+        other.close()
+
+
 @pytest.fixture
 def superuser_cursor(db_roles: DbRoles, transactional_db: None) -> Iterator[Any]:
     """A cursor (autocommit) on the test database as the superuser, for tests that tamper with the ledger."""
-    user, password = db_roles.superuser
-    params = {**connection.settings_dict, "USER": user, "PASSWORD": password, "CONN_MAX_AGE": 0}
-    superuser = type(connections[DEFAULT_DB_ALIAS])(params, "superuser")
-    try:
-        with superuser.cursor() as cursor:
-            yield cursor
-    finally:
-        superuser.close()
+    with cursor_as(*db_roles.superuser) as cursor:
+        yield cursor
+
+
+@pytest.fixture
+def owner_cursor(db_roles: DbRoles, transactional_db: None) -> Iterator[Any]:
+    """A cursor (autocommit) as the tables' owner, beside the test's own (application role) connection:
+    for the rules the triggers keep even against the role holding every privilege on the tables."""
+    with cursor_as(*db_roles.owner) as cursor:
+        yield cursor
 
 
 @pytest.fixture(autouse=True)

@@ -273,18 +273,29 @@ def insert_without_triggers(cursor, business, *, key: str, number: int) -> None:
         cursor.execute("SET session_replication_role = DEFAULT")
 
 
-def test_numbers_have_no_gaps_even_after_failed_postings(water, superuser_cursor):
+def test_numbers_have_no_gaps_even_after_failed_postings(water, owner_cursor, superuser_cursor):
     sale(water)
     with pytest.raises(IntegrityError, match="at least two"):
         raw_post(water, [], key="fails", number=2)  # fails at commit: rolled back with its number
     # A number asked for is ignored: the database assigns the next one
     raw_post(water, [("cash", "1.00", "0"), ("sales_refill", "0", "1.00")], key="ok", number=500)
-    # The counter cannot be moved by hand, and even with the triggers off a number is used once
-    with pytest.raises(DatabaseError, match="assigned by posting only"):
+    # The counter cannot be moved by hand: the application role may not UPDATE it at all (the numbering
+    # function writes it as the tables' owner) ...
+    with pytest.raises(DatabaseError, match="permission denied") as excinfo:
         Books.objects.filter(business=water).update(last_number=10)
+    assert sqlstate(excinfo) == "42501"
+    # ... and the owner, who may, is refused by the books guard, even for a move by one
+    for statement in ("last_number = 10", "last_number = last_number + 1"):
+        with pytest.raises(DatabaseError, match="assigned by posting only") as excinfo:
+            owner_cursor.execute(f"UPDATE accounts_books SET {statement} WHERE business_id = %s", [water.pk])
+        assert sqlstate(excinfo) == "23L06"
+    # Even with the triggers off a number is used once
     with pytest.raises(IntegrityError, match="entry_business_number_uniq"):
         insert_without_triggers(superuser_cursor, water, key="dup", number=1)
     assert list(JournalEntry.objects.order_by("number").values_list("number", flat=True)) == [1, 2]
+    assert Books.objects.get(business=water).last_number == 2
+    sale(water)
+    assert list(JournalEntry.objects.order_by("number").values_list("number", flat=True)) == [1, 2, 3]
 
 
 def test_account_rules_parent_of_the_same_business_and_type(water, laundry):

@@ -8,12 +8,13 @@ privileges (SQLSTATE 42501) before any trigger is consulted.
 from __future__ import annotations
 
 from io import StringIO
+from typing import Any
 
 import pytest
 from django.core.management import CommandError, call_command
 from django.db import DatabaseError, connection, transaction
 
-from accounts.db_roles import FULL, app_privileges
+from accounts.db_roles import FULL, TRIGGER_WRITES, app_privileges
 from accounts.models import JournalEntry, JournalLine, PeriodClose
 from tests.accounts.conftest import sale
 from tests.conftest import TEST_APP_ROLE, TEST_OWNER_ROLE
@@ -66,7 +67,7 @@ def test_the_application_role_cannot_disable_the_triggers(water):
 @pytest.mark.parametrize(
     "table",
     ["accounts_journalentry", "accounts_journalline", "accounts_entryseal", "accounts_accountdaytotal",
-     "accounts_books", "operations_business", "django_session"],
+     "accounts_books", "accounts_periodclose", "operations_business", "django_session"],
 )  # fmt: skip
 def test_the_application_role_cannot_truncate(water, table):
     sale(water)
@@ -87,6 +88,26 @@ def test_the_application_role_cannot_change_or_delete_ledger_rows(water):
     assert refused("UPDATE accounts_periodclose SET lock_date = NULL") == "42501"
     assert refused("DELETE FROM accounts_periodclose") == "42501"
     assert refused("SELECT setval(pg_get_serial_sequence('accounts_journalentry', 'id'), 1)") == "42501"
+    # Nor write what only the ledger's (SECURITY DEFINER) trigger functions write
+    assert (
+        refused("INSERT INTO accounts_entryseal (entry_id, hash) VALUES (%s, repeat('f', 64))", [entry.pk]) == "42501"
+    )
+    assert refused("UPDATE accounts_accountdaytotal SET debit = debit + 1") == "42501"
+    assert (
+        refused(
+            "INSERT INTO accounts_accountdaytotal (account_id, business_id, day, debit, credit, line_count)"
+            " SELECT account_id, business_id, day + 1, 1, 0, 1 FROM accounts_accountdaytotal"
+        )
+        == "42501"
+    )
+    assert refused("UPDATE accounts_books SET last_number = last_number + 1") == "42501"
+    assert (
+        refused(
+            "INSERT INTO accounts_periodclose (books_id, lock_date, closed_at) SELECT business_id, current_date, now()"
+            " FROM accounts_books"
+        )
+        == "42501"
+    )
     # The ORM gets the same answer
     with pytest.raises(DatabaseError, match="permission denied"), transaction.atomic():
         JournalLine.objects.filter(pk=line.pk).delete()
@@ -165,13 +186,20 @@ def test_grant_covers_tables_added_by_later_migrations(table_owner):
 
 
 def test_ledger_privileges_follow_the_trigger_functions_rights():
-    # Trigger functions with the caller's rights need the caller to write the seal and totals ...
-    invoker = ["ledger_entry_before_insert", "ledger_entry_seal", "ledger_lines_inserted"]
+    # Trigger functions with the caller's rights need the caller to write the seal, totals and audit rows ...
+    invoker = [
+        "ledger_entry_before_insert",
+        "ledger_entry_seal",
+        "ledger_lines_inserted",
+        "ledger_books_lock_date_moved",
+    ]
     assert app_privileges("accounts_entryseal", invoker) == {"SELECT": (), "INSERT": ()}
     assert app_privileges("accounts_books", invoker)["UPDATE"] == ("last_number", "lock_date")
+    assert app_privileges("accounts_periodclose", invoker) == {"SELECT": (), "INSERT": ()}
     # ... SECURITY DEFINER ones (running as the owner) do not: then the app role only reads them
     assert app_privileges("accounts_entryseal", []) == {"SELECT": ()}
     assert app_privileges("accounts_accountdaytotal", []) == {"SELECT": ()}
+    assert app_privileges("accounts_periodclose", []) == {"SELECT": ()}
     assert app_privileges("accounts_books", [])["UPDATE"] == ("lock_date",)
     assert app_privileges("accounts_journalline", invoker) == {"SELECT": (), "INSERT": ()}
     assert app_privileges("operations_sale", invoker) == FULL
@@ -190,3 +218,43 @@ def test_flush_through_a_superuser_connection_empties_the_ledger(water, settings
             "SELECT count(*) FROM pg_trigger WHERE tgrelid = 'accounts_journalline'::regclass AND tgenabled <> 'O'"
         )
         assert cursor.fetchone()[0] == 0  # every trigger still enabled
+
+
+def granted(cursor: Any, role: str, table: str) -> list[str]:
+    """What `role` was granted on `table`, table-wide ("INSERT") and per column ("UPDATE (lock_date)")."""
+    cursor.execute(
+        "SELECT a.privilege_type FROM pg_class c, aclexplode(c.relacl) a"
+        " WHERE c.oid = %s::regclass AND a.grantee = %s::regrole"
+        " UNION ALL"
+        " SELECT a.privilege_type || ' (' || att.attname || ')' FROM pg_attribute att, aclexplode(att.attacl) a"
+        " WHERE att.attrelid = %s::regclass AND a.grantee = %s::regrole"
+        " ORDER BY 1",
+        [table, role, table, role],
+    )
+    return [row[0] for row in cursor.fetchall()]
+
+
+def test_the_application_role_holds_no_write_the_definer_functions_make(db):
+    # The writers of seals, daily totals, numbers and audit rows run as the owner (SECURITY DEFINER,
+    # migrations/0004_ledger_holes.py): after `db_roles grant` the application role only reads those rows
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT proname FROM pg_proc WHERE pronamespace = current_schema()::regnamespace AND proname = ANY(%s)"
+            " AND prosecdef ORDER BY 1",
+            [list(TRIGGER_WRITES)],
+        )
+        assert [row[0] for row in cursor.fetchall()] == sorted(TRIGGER_WRITES)
+        assert granted(cursor, TEST_APP_ROLE, "accounts_entryseal") == ["SELECT"]
+        assert granted(cursor, TEST_APP_ROLE, "accounts_accountdaytotal") == ["SELECT"]
+        assert granted(cursor, TEST_APP_ROLE, "accounts_periodclose") == ["SELECT"]
+        assert granted(cursor, TEST_APP_ROLE, "accounts_books") == ["DELETE", "INSERT", "SELECT", "UPDATE (lock_date)"]
+        # Nor through PUBLIC or another role
+        cursor.execute(
+            "SELECT has_table_privilege(%(r)s, 'accounts_entryseal', 'INSERT'),"
+            " has_any_column_privilege(%(r)s, 'accounts_accountdaytotal', 'INSERT, UPDATE'),"
+            " has_any_column_privilege(%(r)s, 'accounts_periodclose', 'INSERT, UPDATE'),"
+            " has_column_privilege(%(r)s, 'accounts_books', 'last_number', 'UPDATE'),"
+            " has_column_privilege(%(r)s, 'accounts_books', 'lock_date', 'UPDATE')",
+            {"r": TEST_APP_ROLE},
+        )
+        assert cursor.fetchone() == (False, False, False, False, True)

@@ -32,9 +32,12 @@ from accounts.exceptions import (
 from accounts.models import Account, Books, JournalEntry, JournalLine, PeriodClose
 from accounts.services import books_close_period, entry_reverse
 from accounts.verification import ledger_verify
-from tests.accounts.conftest import acct, sale, superuser_bypass
+from tests.accounts.conftest import acct, sale
+from tests.conftest import TEST_APP_ROLE, TEST_OWNER_ROLE
 
 pytestmark = pytest.mark.django_db(transaction=True)
+
+INSUFFICIENT_PRIVILEGE = "42501"
 
 
 def sqlstate(excinfo: pytest.ExceptionInfo[BaseException]) -> str | None:
@@ -194,11 +197,16 @@ def test_on_conflict_do_nothing_racing_a_posting_of_the_same_key(water, first_co
 
 
 @pytest.mark.parametrize("statement", ["TRUNCATE accounts_books CASCADE", "TRUNCATE accounts_periodclose"])
-def test_books_and_period_closes_cannot_be_truncated(water, statement):
+def test_books_and_period_closes_cannot_be_truncated(water, statement, owner_cursor):
     yesterday = timezone.localdate() - dt.timedelta(days=1)
     books_close_period(business=water, lock_date=yesterday)
-    with pytest.raises(DatabaseError, match="cannot be truncated"), connection.cursor() as cursor:
+    # The application role holds no TRUNCATE privilege at all ...
+    with pytest.raises(DatabaseError, match="permission denied") as excinfo, connection.cursor() as cursor:
         cursor.execute(statement)
+    assert sqlstate(excinfo) == INSUFFICIENT_PRIVILEGE
+    # ... and the tables' owner, who does, is refused by the trigger
+    with pytest.raises(DatabaseError, match="cannot be truncated"):
+        owner_cursor.execute(statement)
     assert Books.objects.get(business=water).lock_date == yesterday
     assert PeriodClose.objects.filter(books_id=water.pk).count() == 1
     with pytest.raises(PeriodLocked):
@@ -237,28 +245,40 @@ def test_every_lock_date_move_writes_one_audit_row(water, owner):
     verify_ok()
 
 
-def test_period_close_rows_are_append_only(water, owner):
+def test_period_close_rows_are_append_only(water, owner, owner_cursor):
     books_close_period(business=water, lock_date=timezone.localdate() - dt.timedelta(days=1), acting_user=owner)
     close = PeriodClose.objects.get(books_id=water.pk)
-    with pytest.raises(DatabaseError, match="cannot be changed"):
+    insert = (
+        "INSERT INTO accounts_periodclose (books_id, previous_lock_date, lock_date, closed_by_id, closed_at)"
+        " VALUES (%s, NULL, %s, NULL, now())"
+    )
+    # The application role may neither change nor add audit rows: PostgreSQL's privileges refuse it ...
+    with pytest.raises(DatabaseError, match="permission denied"):
         PeriodClose.objects.filter(pk=close.pk).update(closed_by=None)
-    with pytest.raises(DatabaseError, match="cannot be changed"):
+    with pytest.raises(DatabaseError, match="permission denied"):
         PeriodClose.objects.filter(pk=close.pk).delete()
-    with pytest.raises(DatabaseError, match="written by the ledger triggers"), connection.cursor() as cursor:
-        cursor.execute(
-            "INSERT INTO accounts_periodclose (books_id, previous_lock_date, lock_date, closed_by_id, closed_at)"
-            " VALUES (%s, NULL, %s, NULL, now())",
-            [water.pk, timezone.localdate()],
-        )
+    with pytest.raises(DatabaseError, match="permission denied"), connection.cursor() as cursor:
+        cursor.execute(insert, [water.pk, timezone.localdate()])
+    # ... and the triggers refuse the tables' owner, who holds every privilege on them
+    with pytest.raises(DatabaseError, match="cannot be changed"):
+        owner_cursor.execute("UPDATE accounts_periodclose SET closed_by_id = NULL WHERE id = %s", [close.pk])
+    with pytest.raises(DatabaseError, match="cannot be changed"):
+        owner_cursor.execute("DELETE FROM accounts_periodclose WHERE id = %s", [close.pk])
+    with pytest.raises(DatabaseError, match="written by the ledger triggers"):
+        owner_cursor.execute(insert, [water.pk, timezone.localdate()])
     assert PeriodClose.objects.get(books_id=water.pk).closed_by_id == owner.pk
 
 
-def test_verify_ledger_finds_a_lock_date_moved_without_its_audit_row(water):
-    # Only a superuser can: the audit trigger switched off
-    with superuser_bypass("accounts_books", trigger="books_lock_date_moved"), connection.cursor() as cursor:
-        cursor.execute(
+def test_verify_ledger_finds_a_lock_date_moved_without_its_audit_row(water, superuser_cursor):
+    # Only a superuser (or the owner) can: the audit trigger switched off
+    superuser_cursor.execute("ALTER TABLE accounts_books DISABLE TRIGGER books_lock_date_moved")
+    try:
+        superuser_cursor.execute(
             "UPDATE accounts_books SET lock_date = %s WHERE business_id = %s", [timezone.localdate(), water.pk]
         )
+    finally:
+        superuser_cursor.execute("ALTER TABLE accounts_books ENABLE TRIGGER books_lock_date_moved")
+    assert not PeriodClose.objects.exists()
     report = ledger_verify()
     assert not report.ok
     assert "moved without its audit row" in report.businesses[0].problems[0]
@@ -268,54 +288,37 @@ def test_verify_ledger_finds_a_lock_date_moved_without_its_audit_row(water):
 
 
 @pytest.fixture
-def app_role() -> Iterator[Callable[[], Any]]:
-    """A non-superuser role with what an application needs (scratch, dropped afterwards), to SET ROLE to.
+def temp_app_role(superuser_cursor: Any) -> Iterator[Callable[[], Any]]:
+    """An application role that may create TEMP tables, to SET ROLE to on the superuser's connection.
 
-    When the tests already run as a non-superuser that does not own the tables, that role is used.
+    The real application role may not (test_the_application_role_cannot_create_a_temp_table): this
+    scratch role (dropped afterwards) is the app as it stood before that, with INSERT and UPDATE on
+    every table - all the writes the triggers used to make with the caller's rights - so the attack
+    reaches the ledger's guards instead of stopping at a missing privilege.
     """
-    with connection.cursor() as cursor:
-        cursor.execute(
-            "SELECT rolsuper, pg_get_userbyid(c.relowner) = current_user FROM pg_roles, pg_class c"
-            " WHERE rolname = current_user AND c.oid = 'accounts_accountdaytotal'::regclass"
-        )
-        superuser, owner = cursor.fetchone()
-    if not superuser:
-        if owner:
-            pytest.skip("the tests run as the owner of the ledger tables: no other role to attack with")
-
-        @contextmanager
-        def as_connected() -> Iterator[None]:
-            yield
-
-        yield as_connected
-        return
     name = f"ledger_app_{uuid.uuid4().hex[:12]}"
-    with connection.cursor() as cursor:
-        cursor.execute(f"CREATE ROLE {name} NOLOGIN")
-        cursor.execute(f"GRANT SELECT, INSERT, UPDATE ON ALL TABLES IN SCHEMA public TO {name}")
-        cursor.execute(f"GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO {name}")
-        cursor.execute(
-            f"GRANT TEMP ON DATABASE {connection.ops.quote_name(connection.settings_dict['NAME'])} TO {name}"
-        )
+    su = superuser_cursor
+    su.execute(f"CREATE ROLE {name} NOLOGIN NOSUPERUSER NOCREATEROLE NOCREATEDB NOBYPASSRLS")
+    su.execute(f"GRANT USAGE ON SCHEMA public TO {name}")
+    su.execute(f"GRANT SELECT, INSERT, UPDATE ON ALL TABLES IN SCHEMA public TO {name}")
+    su.execute(f"GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO {name}")
+    su.execute(f"GRANT TEMP ON DATABASE {connection.ops.quote_name(connection.settings_dict['NAME'])} TO {name}")
 
     @contextmanager
-    def as_app() -> Iterator[None]:
-        with connection.cursor() as cursor:
-            cursor.execute(f"SET ROLE {name}")
+    def as_app() -> Iterator[Any]:
+        su.execute(f"SET ROLE {name}")
         try:
-            yield
+            yield su
         finally:
-            with connection.cursor() as cursor:
-                cursor.execute("RESET ROLE")
+            su.execute("RESET ROLE")
 
     try:
         yield as_app
     finally:
-        with connection.cursor() as cursor:
-            cursor.execute("RESET ROLE")
-            cursor.execute("DISCARD TEMP")
-            cursor.execute(f"DROP OWNED BY {name}")
-            cursor.execute(f"DROP ROLE {name}")
+        su.execute("RESET ROLE")
+        su.execute("DISCARD TEMP")
+        su.execute(f"DROP OWNED BY {name}")
+        su.execute(f"DROP ROLE {name}")
 
 
 TEMP_TRIGGER_SQL = """
@@ -341,10 +344,21 @@ FORGERIES = {
 }
 
 
+def test_the_application_role_cannot_create_a_temp_table():
+    # The attack below needs TEMP: the application role has none (docs/deploy.md, "Database roles")
+    with pytest.raises(DatabaseError, match="permission denied") as excinfo, connection.cursor() as cursor:
+        cursor.execute(TEMP_TRIGGER_SQL.format(body="NULL;"))
+    assert sqlstate(excinfo) == INSUFFICIENT_PRIVILEGE
+
+
 @pytest.mark.parametrize("forgery", FORGERIES.values(), ids=FORGERIES.keys())
-def test_a_trigger_on_a_temp_table_cannot_write_the_ledgers_own_rows(water, app_role, forgery):
+def test_a_trigger_on_a_temp_table_cannot_write_the_ledgers_own_rows(water, temp_app_role, forgery):
     sale(water)
-    with app_role(), connection.cursor() as cursor:
+    with temp_app_role() as cursor:
+        cursor.execute(
+            "SELECT current_setting('is_superuser'), pg_has_role(current_user, %s, 'USAGE')", [TEST_OWNER_ROLE]
+        )
+        assert cursor.fetchone() == ("off", False)  # neither a superuser nor the tables' owner
         cursor.execute(TEMP_TRIGGER_SQL.format(body=forgery))
         with pytest.raises(DatabaseError, match=r"written by the ledger triggers|assigned by posting only"):
             cursor.execute("INSERT INTO bait VALUES (1)")
@@ -352,18 +366,18 @@ def test_a_trigger_on_a_temp_table_cannot_write_the_ledgers_own_rows(water, app_
         with pytest.raises(DatabaseError, match=r"written by the ledger triggers|assigned by posting only"):
             cursor.execute(f"DO $$ BEGIN {forgery} END $$")
     assert Books.objects.get(business=water).last_number == 1
+    assert not PeriodClose.objects.exists()
     verify_ok()
 
 
-def test_the_application_role_posts_closes_and_reverses_normally(water, app_role, today):
-    with app_role():
-        entry = sale(water, "116.00")
-        entry_reverse(entry=entry)
-        books_close_period(business=water, lock_date=today - dt.timedelta(days=1))
-        sale(water, "58.00")
-        with connection.cursor() as cursor:
-            cursor.execute("SELECT current_setting('is_superuser')")
-            assert cursor.fetchone()[0] == "off"
+def test_the_application_role_posts_closes_and_reverses_normally(water, today):
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT current_user, current_setting('is_superuser')")
+        assert cursor.fetchone() == (TEST_APP_ROLE, "off")
+    entry = sale(water, "116.00")
+    entry_reverse(entry=entry)
+    books_close_period(business=water, lock_date=today - dt.timedelta(days=1))
+    sale(water, "58.00")
     assert Books.objects.get(business=water).last_number == 3
     assert PeriodClose.objects.filter(books_id=water.pk).count() == 1
     verify_ok()
@@ -425,15 +439,19 @@ def test_a_posting_waits_for_an_account_change_in_flight_and_sees_it(water):
     assert not JournalEntry.objects.exists()
 
 
-def test_verify_ledger_names_an_entry_with_a_line_on_another_business_account(water, laundry):
+def test_verify_ledger_names_an_entry_with_a_line_on_another_business_account(water, laundry, superuser_cursor):
     spare = Account.objects.create(business=water, code="9903", name="Spare", type="asset")
     with transaction.atomic(), connection.cursor() as cursor:
         entry_id = raw_entry(cursor, water, key="to-move")
         raw_line(cursor, entry_id, spare, debit="5.00")
         raw_line(cursor, entry_id, acct(water, "suspense"), credit="5.00")
-    # Only a superuser can: the account guard switched off
-    with superuser_bypass("accounts_account", trigger="account_guard"):
-        Account.objects.filter(pk=spare.pk).update(business=laundry)
+    # Only a superuser (or the owner) can: the account guard switched off
+    superuser_cursor.execute("ALTER TABLE accounts_account DISABLE TRIGGER account_guard")
+    try:
+        superuser_cursor.execute("UPDATE accounts_account SET business_id = %s WHERE id = %s", [laundry.pk, spare.pk])
+    finally:
+        superuser_cursor.execute("ALTER TABLE accounts_account ENABLE TRIGGER account_guard")
+    assert Account.objects.get(pk=spare.pk).business_id == laundry.pk
     broken = ledger_verify().first_broken
     assert broken is not None and broken.entry_id == entry_id
     assert f"account {spare.pk}, which is not an account of the entry's business" in broken.problem
@@ -445,7 +463,9 @@ def test_verify_ledger_names_an_entry_with_a_line_on_another_business_account(wa
 def test_a_line_for_an_entry_not_yet_committed_is_refused(water, laundry):
     with session() as a, session() as b:
         # Given session A adding a line (Dr 7.00 on another business's account) to the next entry id
-        next_id = a.execute("SELECT nextval(pg_get_serial_sequence('accounts_journalentry', 'id'))").fetchone()[0]
+        row = a.execute("SELECT nextval(pg_get_serial_sequence('accounts_journalentry', 'id'))").fetchone()
+        assert row is not None
+        next_id = row[0]
         try:
             a.execute(LINE_SQL, [next_id, acct(laundry, "cash").pk, Decimal("7.00"), Decimal("0")])
             refused = None
