@@ -237,6 +237,27 @@ def app_role_problems(cursor: Cursor, app_role: str) -> list[str]:
         [app_role, app_role, list(NEVER_CHANGED), app_role, app_role],
     )
     problems.extend(f"empty or change {row[0]}" for row in c.fetchall())
+    # What the SECURITY DEFINER trigger functions write, the application role must not write itself.
+    invoker = invoker_rights_functions(c)
+    for function, writes in TRIGGER_WRITES.items():
+        if function in invoker:
+            continue
+        for table, privileges in writes.items():
+            for privilege, columns in privileges.items():
+                if columns:
+                    c.execute(
+                        "SELECT coalesce(bool_or(has_column_privilege(%s, to_regclass(%s), col, %s)), false)"
+                        " FROM unnest(%s::text[]) AS col WHERE to_regclass(%s) IS NOT NULL",
+                        [app_role, table, privilege, list(columns), table],
+                    )
+                else:
+                    c.execute(
+                        "SELECT to_regclass(%s) IS NOT NULL AND has_any_column_privilege(%s, to_regclass(%s), %s)",
+                        [table, app_role, table, privilege],
+                    )
+                if c.fetchone()[0]:
+                    target = f"{table} ({', '.join(columns)})" if columns else table
+                    problems.append(f"{privilege} {target}, which only the ledger's triggers write")
     return problems
 
 

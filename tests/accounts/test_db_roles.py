@@ -258,3 +258,24 @@ def test_the_application_role_holds_no_write_the_definer_functions_make(db):
             {"r": TEST_APP_ROLE},
         )
         assert cursor.fetchone() == (False, False, False, False, True)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_check_names_a_write_only_the_definer_functions_make(table_owner):
+    # Given the owner granting the application role writes the ledger's SECURITY DEFINER functions make
+    with connection.cursor() as cursor:
+        cursor.execute(f"GRANT INSERT ON accounts_periodclose, accounts_entryseal TO {TEST_APP_ROLE}")
+        cursor.execute(f"GRANT UPDATE (last_number) ON accounts_books TO {TEST_APP_ROLE}")
+    try:
+        # Then `db_roles check` names each of them
+        with pytest.raises(CommandError) as excinfo:
+            call_command("db_roles", "check", app_role=TEST_APP_ROLE)
+        message = str(excinfo.value)
+        assert "INSERT accounts_periodclose, which only the ledger's triggers write" in message
+        assert "INSERT accounts_entryseal, which only" in message
+        assert "UPDATE accounts_books (last_number), which only" in message
+        assert "accounts_accountdaytotal" not in message
+    finally:
+        # and `db_roles grant` takes them away again
+        call_command("db_roles", "grant", app_role=TEST_APP_ROLE, stdout=StringIO())
+    call_command("db_roles", "check", app_role=TEST_APP_ROLE, stdout=StringIO())
