@@ -13,6 +13,7 @@ machine (every process, the load generator included, shares its CPUs), not asser
 
 from __future__ import annotations
 
+import base64
 import http.client
 import os
 import random
@@ -27,6 +28,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from bench.scratch import drop_database, recreate_database
 
@@ -84,6 +86,16 @@ t = Till.objects.create(business=b, name="Bench paybill", shortcode="600966", ki
                         callback_base_url="http://127.0.0.1:8000")
 print("TOKEN", t.callback_token, t.shortcode)
 """
+
+
+OWNER_ROLE, APP_ROLE = "bench_owner", "bench_app"
+
+
+def _with_user(url: str, user: str) -> str:
+    """`url` logging in as `user` (no password: the bench's server trusts local connections, as make run's)."""
+    parts = urlsplit(url)
+    host = parts.netloc.rsplit("@", 1)[-1]
+    return urlunsplit((parts.scheme, f"{user}@{host}", parts.path, parts.query, parts.fragment))
 
 
 class Stack:
@@ -195,6 +207,9 @@ def run(database_url: str) -> dict[str, float]:
         # as behind the TLS proxy.
         "DJANGO_DEBUG": "0",
         "DJANGO_SECRET_KEY": "bench-only-" + os.urandom(16).hex(),
+        "MPESA_ENCRYPTION_KEY": base64.urlsafe_b64encode(os.urandom(32)).decode(),
+        "LEDGER_ANCHOR_KEY": "bench-only-" + os.urandom(24).hex(),
+        "DJANGO_ENV_FILE": "",
         "DJANGO_SECURE_SSL_REDIRECT": "0",
         "DJANGO_SECURE_COOKIES": "0",
         "DJANGO_HSTS_SECONDS": "0",
@@ -231,7 +246,14 @@ def run(database_url: str) -> dict[str, float]:
         )
         broker = redis.Redis.from_url(redis_url)
         _wait(lambda: _ping(broker), 10, "redis")
-        subprocess.run([python, "manage.py", "migrate", "--noinput", "-v", "0"], cwd=ROOT, env=env, check=True)
+        # As in production: the owner role migrates, every process runs as the application role.
+        manage = [python, "manage.py"]
+        owner_env = {**env, "DATABASE_URL": _with_user(scratch, OWNER_ROLE)}
+        roles = ["--owner-role", OWNER_ROLE, "--app-role", APP_ROLE]
+        subprocess.run([*manage, "db_roles", "setup", *roles], cwd=ROOT, env=env, check=True, stdout=subprocess.DEVNULL)
+        subprocess.run([*manage, "migrate", "--noinput", "-v", "0"], cwd=ROOT, env=owner_env, check=True)
+        subprocess.run([*manage, "db_roles", "grant", "--app-role", APP_ROLE], cwd=ROOT, env=owner_env, check=True)
+        env["DATABASE_URL"] = _with_user(scratch, APP_ROLE)  # the Stack's processes read this dict
         out = subprocess.run(
             [python, "manage.py", "shell", "-c", SETUP], cwd=ROOT, env=env, check=True, capture_output=True, text=True
         ).stdout
