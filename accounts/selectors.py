@@ -19,7 +19,7 @@ from django.db import connection
 from accounts.exceptions import InvalidAccount
 from accounts.fields import ZERO
 from accounts.models import DEBIT_NORMAL, Account, AccountType, SourceType
-from operations.models import Business
+from tenancy.models import Business
 
 CASH_ROLES = ("cash", "mpesa_clearing", "bank")
 TAKINGS_ROLES = ("cash", "mpesa_clearing")

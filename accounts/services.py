@@ -35,7 +35,7 @@ from accounts.exceptions import (
 )
 from accounts.fields import ZERO, to_money
 from accounts.models import Account, Books, JournalEntry, JournalLine, SourceType
-from operations.models import Business
+from tenancy.models import Business
 
 MAX_AMOUNT = Decimal("999999999999.99")
 MAX_LINES = 500

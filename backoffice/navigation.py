@@ -110,8 +110,8 @@ def sidebar_navigation(request: HttpRequest) -> list[dict[str, Any]]:
             "title": "Businesses and people",
             "collapsible": True,
             "items": [
-                model_link("Businesses", "storefront", "operations.business"),
-                model_link("Staff assignments", "badge", "operations.membership"),
+                model_link("Businesses", "storefront", "tenancy.business"),
+                model_link("Staff assignments", "badge", "tenancy.membership"),
                 model_link("Users", "person", "auth.user"),
                 model_link("Groups", "group", "auth.group"),
             ],

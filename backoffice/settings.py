@@ -131,6 +131,7 @@ INSTALLED_APPS = [
     "import_export",
     "axes",
     "backoffice",
+    "tenancy",
     "operations",
     "accounts",
     "integrations",

@@ -12,9 +12,9 @@ from django.utils.html import format_html
 from unfold.contrib.filters.admin import ChoicesDropdownFilter, RangeDateFilter
 from unfold.decorators import action, display
 
-from backoffice.tenancy import BusinessScopedAdmin
 from celeryconf.jobs import REGISTRY, JobError, job_retry, kind_label
 from celeryconf.models import Job, JobState
+from tenancy.scoping import BusinessScopedAdmin
 
 
 class KindFilter(admin.SimpleListFilter):

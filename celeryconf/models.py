@@ -20,7 +20,7 @@ ACTIVE_STATES = (JobState.QUEUED, JobState.RUNNING, JobState.RETRYING)
 class Job(models.Model):
     kind = models.CharField(max_length=80, db_index=True)
     business = models.ForeignKey(
-        "operations.Business",
+        "tenancy.Business",
         on_delete=models.PROTECT,
         null=True,
         blank=True,

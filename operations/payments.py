@@ -23,15 +23,8 @@ import re
 from typing import TYPE_CHECKING
 
 from accounts.fields import ZERO
-from operations.models import (
-    OPEN_STATUSES,
-    Business,
-    CustomerTransaction,
-    CustomerTxKind,
-    LaundryOrder,
-    Sale,
-    SaleStatus,
-)
+from operations.models import OPEN_STATUSES, CustomerTransaction, CustomerTxKind, LaundryOrder, Sale, SaleStatus
+from tenancy.models import Business
 
 if TYPE_CHECKING:
     from accounts.models import JournalEntry

@@ -14,7 +14,6 @@ from accounts.models import JournalLine
 from accounts.selectors import account_for_role
 from operations.models import (
     OPEN_STATUSES,
-    Business,
     Customer,
     CustomerTransaction,
     DocumentStatus,
@@ -27,6 +26,7 @@ from operations.models import (
     Supplier,
     SupplierPayment,
 )
+from tenancy.models import Business
 
 
 def cash_expected(*, business: Business, day: dt.date) -> Decimal:

@@ -22,7 +22,6 @@ from unfold.decorators import action, display
 from unfold.widgets import UnfoldAdminPasswordWidget, UnfoldAdminSelectWidget, UnfoldAdminTextInputWidget
 
 from accounts.exceptions import LedgerError
-from backoffice.tenancy import BusinessScopedAdmin, sees_all_businesses, visible_business_ids
 from integrations.mpesa.errors import MpesaError
 from integrations.mpesa.models import (
     InboxMessage,
@@ -61,6 +60,7 @@ from integrations.mpesa.services import (
     till_set_credentials,
 )
 from operations.models import Customer
+from tenancy.scoping import BusinessScopedAdmin, sees_all_businesses, visible_business_ids
 
 REFUSALS = (MpesaError, LedgerError, SecretUnreadable)
 SECRET_FIELDS = ("consumer_key", "consumer_secret", "passkey", "security_credential")

@@ -28,7 +28,8 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import TYPE_CHECKING
 
-from operations.models import Business, Customer
+from operations.models import Customer
+from tenancy.models import Business
 
 if TYPE_CHECKING:
     from accounts.models import JournalEntry

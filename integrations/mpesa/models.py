@@ -17,7 +17,7 @@ from django.db.models import Q
 
 from accounts.fields import MoneyField
 from integrations.mpesa.payloads import RECEIPT_MAX_LENGTH
-from operations.models import Business
+from tenancy.models import Business
 
 # Daraja refuses callback URLs containing these words anywhere, so a token must not contain one.
 FORBIDDEN_URL_WORDS = ("mpesa", "safaricom", "exe", "exec", "cmd", "sql", "query")

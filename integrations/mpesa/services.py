@@ -94,7 +94,8 @@ from integrations.mpesa.payloads import (
 )
 from integrations.mpesa.phones import classify_msisdn, mask_matches, normalise_msisdn
 from integrations.mpesa.secrets import SecretUnreadable, encrypt, reencrypt, till_credentials
-from operations.models import Business, Customer
+from operations.models import Customer
+from tenancy.models import Business
 
 logger = logging.getLogger(__name__)
 

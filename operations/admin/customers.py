@@ -11,9 +11,9 @@ from django.db.models import QuerySet, Sum
 from django.http import HttpRequest
 from import_export.admin import ImportExportModelAdmin
 
-from backoffice.tenancy import BusinessScopedAdmin
 from operations.admin.base import ImportExportForms, ReadOnlyAdmin, ScopedResource
 from operations.models import Customer, CustomerTransaction, Item, Supplier
+from tenancy.scoping import BusinessScopedAdmin
 
 
 def _normalised_phone(raw: str) -> str:

@@ -22,9 +22,10 @@ from accounts.models import SourceType
 from accounts.selectors import takings_by_business
 from accounts.services import books_close_period
 from operations.exceptions import DayClosed, InvalidInput, InvalidState
-from operations.models import Business, ClosingStatus, DayClosing
+from operations.models import ClosingStatus, DayClosing
 from operations.selectors import cash_expected
 from operations.services.postings import Journal, Roles, acting, lock_date_of
+from tenancy.models import Business
 
 
 def closing_run(

@@ -24,7 +24,6 @@ from accounts.models import SourceType
 from operations.exceptions import InvalidInput, InvalidState
 from operations.models import (
     OPEN_STATUSES,
-    Business,
     Customer,
     CustomerTransaction,
     CustomerTxKind,
@@ -37,6 +36,7 @@ from operations.models import (
 )
 from operations.services.postings import Journal, Roles, day_open_check, money, sales_role_of, vat_split
 from operations.services.sales import credit_check
+from tenancy.models import Business
 
 NEXT_STATUS = {OrderStatus.RECEIVED: OrderStatus.WASHING, OrderStatus.WASHING: OrderStatus.READY}
 

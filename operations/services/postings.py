@@ -18,7 +18,8 @@ from accounts.fields import CENT, ZERO
 from accounts.models import Account, AccountType, Books, JournalEntry
 from accounts.services import LineSpec, entry_post
 from operations.exceptions import DayClosed, InvalidInput
-from operations.models import VAT_PERCENT, Business
+from operations.models import VAT_PERCENT
+from tenancy.models import Business
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,6 @@ from accounts.fields import ZERO
 from accounts.models import SourceType
 from operations.exceptions import InvalidInput
 from operations.models import (
-    Business,
     DocumentStatus,
     Expense,
     Item,
@@ -43,6 +42,7 @@ from operations.services.postings import (
     vat_split,
 )
 from operations.services.stock import StockBook, stock_lock
+from tenancy.models import Business
 
 
 def purchase_post(*, purchase: Purchase, acting_user: Any = None) -> Purchase:

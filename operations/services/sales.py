@@ -24,7 +24,6 @@ from accounts.models import JournalEntry, SourceType
 from accounts.services import entry_reverse
 from operations.exceptions import CreditLimitExceeded, InvalidInput, InvalidState
 from operations.models import (
-    Business,
     Customer,
     CustomerTransaction,
     CustomerTxKind,
@@ -49,6 +48,7 @@ from operations.services.postings import (
     vat_split,
 )
 from operations.services.stock import StockBook, stock_lock
+from tenancy.models import Business
 
 
 @dataclass(frozen=True)

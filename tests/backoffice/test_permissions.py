@@ -39,10 +39,11 @@ from integrations.mpesa.permissions import (
     REQUEST_STK_PAYMENT,
     REVERSE_PAYMENT,
 )
-from operations.admin.businesses import BusinessResource
 from operations.admin.customers import CustomerResource
-from operations.models import Business, Customer, Sale
-from operations.services import staff_group_ensure
+from operations.models import Customer, Sale
+from tenancy.admin import BusinessResource
+from tenancy.models import Business
+from tenancy.services import staff_group_ensure
 from tests.backoffice.test_admin_walk import filter_labels
 from tests.conftest import login, staff_with_perms
 from tests.integrations.mpesa.factories import TillFactory
@@ -160,7 +161,7 @@ def test_the_staff_group_holds_no_money_moving_permission(water: Business) -> No
 
 
 def test_businesses_are_imported_by_the_owner_only(water: Business, laundry: Business, owner_client: Client) -> None:
-    url = reverse("admin:operations_business_import")
+    url = reverse("admin:tenancy_business_import")
     staff = staff_with_perms(water, _model_perms(Business, "view", "add", "change"))
     assert login(staff).get(url).status_code == 403
     assert owner_client.get(url).status_code == 200
@@ -255,13 +256,13 @@ def test_users_and_the_user_autocomplete_show_only_people_of_his_businesses(wate
 
     colleague = MembershipFactory.create(business=water, user=UserFactory.create(username="colleague_wanjiku")).user
     stranger = MembershipFactory.create(business=laundry, user=UserFactory.create(username="stranger_otieno")).user
-    staff = staff_with_perms(water, ["auth.view_user", "operations.view_membership", "operations.add_membership"])
+    staff = staff_with_perms(water, ["auth.view_user", "tenancy.view_membership", "tenancy.add_membership"])
     client = login(staff)
     body = client.get(reverse("admin:auth_user_changelist")).content.decode()
     assert colleague.username in body and stranger.username not in body
     found = client.get(
         reverse("admin:autocomplete"),
-        {"app_label": "operations", "model_name": "membership", "field_name": "user", "term": "o"},
+        {"app_label": "tenancy", "model_name": "membership", "field_name": "user", "term": "o"},
     ).json()
     names = {row["text"] for row in found["results"]}
     assert colleague.username in names and stranger.username not in names

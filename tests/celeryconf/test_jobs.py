@@ -15,7 +15,7 @@ from openpyxl import load_workbook
 from celeryconf.jobs import JobError, job_launch, job_retry
 from celeryconf.models import Job, JobState
 from operations.jobs import EXPORT_BUSINESSES
-from operations.models import Business
+from tenancy.models import Business
 from tests.celery_support import WorkerProcess, wait_for
 from tests.conftest import login, staff_with_perms
 from tests.factories import MembershipFactory, UserFactory
@@ -37,7 +37,7 @@ def test_excel_export_launched_from_the_admin_runs_on_a_worker_and_is_downloadab
 ) -> None:
     MembershipFactory.create(user=UserFactory.create(username="wanjiru", first_name="Wanjiru"), business=water)
     response = owner_client.post(
-        reverse("admin:operations_business_changelist"),
+        reverse("admin:tenancy_business_changelist"),
         {"action": "export_to_excel", "_selected_action": [water.pk, laundry.pk, retail.pk]},
         follow=True,
     )
@@ -68,10 +68,10 @@ def test_excel_export_launched_from_the_admin_runs_on_a_worker_and_is_downloadab
 def test_a_staff_member_exports_only_his_business_and_cannot_download_another_businesses_result(
     worker: WorkerProcess, water: Business, laundry: Business, owner: object
 ) -> None:
-    staff = staff_with_perms(water, ["operations.view_business", "celeryconf.view_job"])
+    staff = staff_with_perms(water, ["tenancy.view_business", "celeryconf.view_job"])
     client = login(staff)
     client.post(
-        reverse("admin:operations_business_changelist"),
+        reverse("admin:tenancy_business_changelist"),
         {"action": "export_to_excel", "_selected_action": [water.pk, laundry.pk]},
     )
     job = Job.objects.get()

@@ -25,7 +25,7 @@ from integrations.mpesa.models import (
 )
 from integrations.mpesa.payloads import NAIROBI
 from integrations.mpesa.services import payment_record
-from operations.models import Business
+from tenancy.models import Business
 from tests.integrations.mpesa.factories import PaymentRequestFactory, TillFactory
 
 _numbers = itertools.count(1)

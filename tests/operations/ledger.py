@@ -7,7 +7,7 @@ from decimal import Decimal
 from django.db.models import Sum
 
 from accounts.models import JournalEntry, JournalLine
-from operations.models import Business
+from tenancy.models import Business
 
 
 def lines_by_role(entry: JournalEntry | None) -> dict[str, tuple[Decimal, Decimal]]:

@@ -20,7 +20,6 @@ from celeryconf.models import Job
 from operations.admin.customers import CustomerResource
 from operations.jobs import CLOSING
 from operations.models import (
-    Business,
     ClosingStatus,
     Customer,
     DayClosing,
@@ -36,7 +35,8 @@ from operations.models import (
     StockCount,
     StockLevel,
 )
-from operations.services import STAFF_PERMISSIONS, staff_group_ensure
+from tenancy.models import Business
+from tenancy.services import STAFF_PERMISSIONS, staff_group_ensure
 from tests.operations.factories import CustomerFactory, ItemFactory, SupplierFactory
 from tests.operations.scoping import ROW_MAKERS
 

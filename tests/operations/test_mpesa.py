@@ -13,11 +13,12 @@ from django.utils import timezone
 
 from integrations.mpesa.models import Payment, Till
 from integrations.mpesa.services import payment_record
-from operations.models import Business, Item, ItemKind, PaymentMethod, Sale
+from operations.models import Item, ItemKind, PaymentMethod, Sale
 from operations.payments import reference_resolver
 from operations.selectors import customer_balance
 from operations.services.laundry import laundry_order_create
 from operations.services.sales import LineInput, sale_create, sale_settle_mpesa
+from tenancy.models import Business
 from tests.operations.factories import CustomerFactory, ItemFactory
 from tests.operations.ledger import lines_by_role, role_balance
 

@@ -29,8 +29,6 @@ from django.utils import timezone
 from operations.exceptions import CreditLimitExceeded, InsufficientStock
 from operations.management.commands.setup_demo import DEMO_BUSINESSES
 from operations.models import (
-    Business,
-    BusinessKind,
     Customer,
     Item,
     ItemKind,
@@ -46,7 +44,7 @@ from operations.models import (
     Unit,
 )
 from operations.selectors import cash_expected, customer_balance, supplier_balance
-from operations.services import business_ensure
+from operations.services.businesses import business_ensure
 from operations.services.closing import closing_run
 from operations.services.laundry import laundry_order_advance, laundry_order_collect, laundry_order_create
 from operations.services.lpg import lpg_cylinder_ensure
@@ -55,6 +53,7 @@ from operations.services.purchases import expense_create, purchase_create, suppl
 from operations.services.sales import LineInput, customer_payment_record, deposit_return, sale_create
 from operations.services.stock import stock_opening_post
 from operations.services.water import production_batch_create
+from tenancy.models import Business, BusinessKind
 
 D = Decimal
 NAIROBI = ZoneInfo("Africa/Nairobi")

@@ -9,7 +9,7 @@ import pytest
 
 from accounts.services import chart_ensure_default
 from integrations.mpesa.models import Till
-from operations.models import Business
+from tenancy.models import Business
 from tests.integrations.mpesa.factories import TillFactory
 
 

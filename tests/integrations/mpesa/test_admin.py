@@ -24,7 +24,7 @@ from integrations.mpesa.models import (
 )
 from integrations.mpesa.secrets import decrypt, encrypt
 from integrations.mpesa.services import inbox_store, publisher
-from operations.models import Business
+from tenancy.models import Business
 from tests.integrations.mpesa.factories import TillFactory, unallocated_payment
 from tests.integrations.mpesa.fake_daraja import (
     OAUTH,
