@@ -40,7 +40,8 @@ from django.db.models import QuerySet
 from django.utils import timezone
 
 from accounts.exceptions import InvalidAccount, LedgerError, PeriodLocked
-from accounts.models import Account, Books, JournalEntry, SourceType
+from accounts.models import Account, JournalEntry, SourceType
+from accounts.selectors import books_first_open_date
 from accounts.services import LineSpec, entry_post, entry_reverse
 from integrations.mpesa import conf
 from integrations.mpesa.client import PRODUCTION_BASE_URL, SANDBOX_BASE_URL, DarajaClient
@@ -604,14 +605,6 @@ def _lock_receipt(receipt: str) -> None:
         cursor.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", [f"mpesa:{receipt}"])
 
 
-def _open_date(business_id: int, wanted: dt.date) -> dt.date:
-    """`wanted` unless the books are closed on it; then the first open day."""
-    lock_date = Books.objects.filter(business_id=business_id).values_list("lock_date", flat=True).first()
-    if lock_date is not None and wanted <= lock_date:
-        return lock_date + dt.timedelta(days=1)
-    return wanted
-
-
 def _post_once(*, business: Business, wanted: dt.date, post: Any) -> JournalEntry:
     """Post on `wanted`, or, when PostgreSQL refuses that date as closed, on the first open date
     (the refused attempt leaves the transaction usable: entry_post posts in a savepoint).
@@ -620,7 +613,7 @@ def _post_once(*, business: Business, wanted: dt.date, post: Any) -> JournalEntr
         return post(wanted)  # type: ignore[no-any-return]
     except PeriodLocked:
         try:
-            return post(_open_date(business.pk, wanted))  # type: ignore[no-any-return]
+            return post(books_first_open_date(business_id=business.pk, wanted=wanted))  # type: ignore[no-any-return]
         except PeriodLocked as exc:
             raise TransientProcessingError(f"the books moved their lock date while posting: {exc}") from exc
 

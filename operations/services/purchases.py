@@ -18,6 +18,7 @@ from typing import Any
 from django.db import transaction
 
 from accounts.fields import ZERO
+from accounts.journal import Journal
 from accounts.models import SourceType
 from operations.exceptions import InvalidInput
 from operations.models import (
@@ -32,15 +33,7 @@ from operations.models import (
     SupplierPayment,
     TaxRate,
 )
-from operations.services.postings import (
-    Journal,
-    Roles,
-    acting,
-    day_open_check,
-    same_business,
-    same_business_items,
-    vat_split,
-)
+from operations.services.postings import Roles, acting, day_open_check, same_business, same_business_items, vat_split
 from operations.services.stock import StockBook, stock_lock
 from tenancy.models import Business
 

@@ -20,6 +20,7 @@ from django.db.models import Sum
 from django.utils import timezone
 
 from accounts.fields import ZERO
+from accounts.journal import Journal
 from accounts.models import JournalEntry, SourceType
 from accounts.services import entry_reverse
 from operations.exceptions import CreditLimitExceeded, InvalidInput, InvalidState
@@ -37,7 +38,6 @@ from operations.models import (
     StockMovement,
 )
 from operations.services.postings import (
-    Journal,
     Roles,
     acting,
     day_open_check,

@@ -26,6 +26,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import transaction
 from django.utils import timezone
 
+from accounts.selectors import books_lock_date
 from operations.exceptions import CreditLimitExceeded, InsufficientStock
 from operations.management.commands.setup_demo import DEMO_BUSINESSES
 from operations.models import (
@@ -48,7 +49,6 @@ from operations.services.businesses import business_ensure
 from operations.services.closing import closing_run
 from operations.services.laundry import laundry_order_advance, laundry_order_collect, laundry_order_create
 from operations.services.lpg import lpg_cylinder_ensure
-from operations.services.postings import lock_date_of
 from operations.services.purchases import expense_create, purchase_create, supplier_payment_create
 from operations.services.sales import LineInput, customer_payment_record, deposit_return, sale_create
 from operations.services.stock import stock_opening_post
@@ -594,7 +594,7 @@ class Command(BaseCommand):
         for name, kind, _ in DEMO_BUSINESSES:
             business = business_ensure(name=name, kind=kind)
             seeder = SEEDERS[kind](business, rng)
-            lock_date = lock_date_of(business)
+            lock_date = books_lock_date(business_id=business.pk)
             start = first if lock_date is None else max(first, lock_date + dt.timedelta(days=1))
             with transaction.atomic():
                 seeder.setup(start)
