@@ -69,7 +69,7 @@ from integrations.mpesa.payloads import (
     parse_stk_query_error,
     parse_stk_query_response,
 )
-from integrations.mpesa.phones import normalise_msisdn
+from operations.phones import normalise_msisdn
 
 if TYPE_CHECKING:
     import requests

@@ -57,8 +57,6 @@ from integrations.mpesa.matching import (
     Match,
     Placed,
     claim_for,
-    notify_listeners,
-    notify_reversal_listeners,
     resolve_reference,
 )
 from integrations.mpesa.models import (
@@ -93,9 +91,12 @@ from integrations.mpesa.payloads import (
     parse_stk_callback,
     parse_transaction_status_result,
 )
-from integrations.mpesa.phones import classify_msisdn, mask_matches, normalise_msisdn
 from integrations.mpesa.secrets import SecretUnreadable, encrypt, reencrypt, till_credentials
-from operations.models import Customer
+from operations.exceptions import InvalidInput, InvalidState
+from operations.models import Customer, PaymentMethod, Sale, SaleStatus
+from operations.payments import payment_placed, payment_placing_reversed
+from operations.phones import classify_msisdn, mask_matches, normalise_msisdn
+from operations.services.postings import same_business
 from tenancy.models import Business
 
 logger = logging.getLogger(__name__)
@@ -886,7 +887,7 @@ def _payment_placed(
             entry,
             timezone.localdate(payment.paid_at),
         )
-        notify_listeners(payment, placed)
+        payment_placed(business_id=payment.business_id, receipt=payment.receipt, placed=placed)
 
 
 def _allocate(
@@ -1375,7 +1376,15 @@ def payment_reverse_entries(*, payment: Payment, acting_user: Any) -> JournalEnt
             placing.reversal_entry = reversed_by
             placing.save(update_fields=["reversal_entry"])
             if placing.credit_role == "receivables" and (placing.applied or placing.credit):
-                notify_reversal_listeners(payment, placing, reversed_by)
+                payment_placing_reversed(
+                    business_id=payment.business_id,
+                    receipt=payment.receipt,
+                    reference_kind=placing.reference_kind,
+                    reference_id=placing.reference_id,
+                    applied=placing.applied,
+                    placing_entry_id=placing.entry_id,
+                    reversal_entry=reversed_by,
+                )
         payment.status = PaymentStatus.REVERSED
         payment.unallocated_amount = Decimal("0.00")
         payment.save(update_fields=["status", "unallocated_amount"])
@@ -1763,3 +1772,51 @@ def lost_confirmations_recover(
             continue
         counts[query.state] = counts.get(query.state, 0) + 1
     return counts
+
+
+# Sales paid by M-Pesa: the admin's actions on a sale (operations never calls M-Pesa itself).
+
+
+def sale_settle_mpesa(*, sale: Sale, payment: Payment, acting_user: Any = None) -> Sale:
+    """Settle an M-Pesa sale with a received payment that sits in suspense (unallocated):
+    payment_allocate posts Dr suspense / Cr receivables and records it as any
+    matched payment (the sale's amount paid, the customer's transactions; what is over what the
+    sale owes is the customer's credit or stays in suspense), in this same transaction."""
+    with transaction.atomic():
+        # The payment before the sale, as every M-Pesa placing locks them (no deadlock with "Allocate").
+        type(payment).objects.select_for_update().filter(pk=payment.pk).values_list("pk", flat=True).first()
+        sale = Sale.objects.select_for_update().get(pk=sale.pk)
+        if sale.status != SaleStatus.POSTED or sale.payment_method == PaymentMethod.CASH:
+            raise InvalidState(f"Sale {sale.number} is not waiting for an M-Pesa payment.")
+        if sale.total - sale.amount_paid <= 0:
+            raise InvalidState(f"Sale {sale.number} is paid already.")
+        if payment.business_id != sale.business_id:
+            raise InvalidInput("That M-Pesa payment was received by another business.")
+        payment_allocate(
+            payment=payment,
+            credit_role="receivables",
+            customer=sale.customer,
+            reference_kind="sale",
+            reference_id=sale.pk,
+            acting_user=acting_user,
+        )
+        sale.refresh_from_db()
+        return sale
+
+
+def sale_request_mpesa(*, sale: Sale, till: Till, phone: str = "", acting_user: Any = None) -> PaymentRequest:
+    """Send an STK Push for what the sale still owes, with the sale number as account reference."""
+    if sale.status != SaleStatus.POSTED or sale.total - sale.amount_paid <= 0:
+        raise InvalidState(f"Sale {sale.number} has nothing left to pay.")
+    same_business(sale.business, [till], "Till")
+    number = phone or sale.mpesa_phone or (sale.customer.phone if sale.customer else "")
+    if not number:
+        raise InvalidInput("Enter the customer's M-Pesa phone number on the sale first.")
+    return stk_push_request(
+        till=till,
+        phone=number,
+        amount=sale.total - sale.amount_paid,
+        account_reference=sale.number,
+        description=f"Sale {sale.number}"[:13],
+        acting_user=acting_user,
+    )

@@ -18,7 +18,7 @@ from tenancy.scoping import BusinessScopedAdmin
 
 def _normalised_phone(raw: str) -> str:
     """The 2547XXXXXXXX form of what was typed, or what was typed (then refused by validation)."""
-    from integrations.mpesa.phones import normalise_msisdn
+    from operations.phones import normalise_msisdn
 
     try:
         return normalise_msisdn(raw)

@@ -16,10 +16,11 @@ from unfold.decorators import action
 
 from integrations.mpesa.models import Payment, PaymentStatus
 from integrations.mpesa.permissions import ALLOCATE_PAYMENT, REQUEST_STK_PAYMENT
+from integrations.mpesa.services import sale_request_mpesa, sale_settle_mpesa
 from operations.admin.base import REFUSALS, DocumentAdmin, DraftInline
 from operations.exceptions import InvalidInput
 from operations.models import Sale, SaleLine
-from operations.services.sales import sale_post, sale_refund, sale_request_mpesa, sale_settle_mpesa, sale_void
+from operations.services.sales import sale_post, sale_refund, sale_void
 
 
 class PaymentChoiceField(forms.ModelChoiceField):  # type: ignore[type-arg]

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from django.core.exceptions import ValidationError
 from django.db import models
 
+from operations.phones import msisdn_sha256, normalise_msisdn
 from tenancy.models import Business
 
 
@@ -38,10 +40,6 @@ class Customer(models.Model):
 
     def clean(self) -> None:
         """Store the phone normalised (2547XXXXXXXX) with its SHA-256, for M-Pesa matching."""
-        from django.core.exceptions import ValidationError
-
-        from integrations.mpesa.phones import msisdn_sha256, normalise_msisdn
-
         if not self.phone:
             self.phone_sha256 = ""
             return

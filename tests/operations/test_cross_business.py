@@ -15,10 +15,11 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 from django.urls import reverse
 
 from accounts.models import JournalEntry
+from integrations.mpesa.services import sale_request_mpesa
 from operations.exceptions import InvalidInput
 from operations.models import Expense, Item, ItemKind, OpeningStock, PaidFrom, StockLevel, StockMovement
 from operations.services.purchases import expense_post, purchase_create
-from operations.services.sales import LineInput, deposit_return, sale_create, sale_request_mpesa
+from operations.services.sales import LineInput, deposit_return, sale_create
 from operations.services.stock import stock_count_create, stock_opening_post
 from tenancy.models import Business
 from tenancy.scoping import BusinessScopedResource
