@@ -19,8 +19,59 @@ rolls the whole posting back (and the inbox row is retried or flagged).
 
 from __future__ import annotations
 
+from integrations.mpesa.models import PaymentRequest
+from operations.models import Customer
 from operations.payments import Claim, Match, Placed
 from operations.payments import claim_resolve as claim_for
 from operations.payments import reference_resolve as resolve_reference
+from operations.phones import classify_msisdn, mask_matches, normalise_msisdn
+from tenancy.models import Business
 
 __all__ = ["Claim", "Match", "Placed", "claim_for", "resolve_reference"]
+
+
+def msisdn_kind(msisdn: str) -> str:
+    try:
+        return classify_msisdn(msisdn)
+    except ValueError:
+        return "unknown"
+
+
+def match_payment(
+    *, business: Business, account_reference: str, request: PaymentRequest | None, msisdn: str
+) -> tuple[Match | None, str]:
+    """(match, how) by reference, then our STK request's reference, then the phone; (None, "") if none."""
+    found = resolve_reference(business, account_reference)
+    if found is not None:
+        return found, "account reference"
+    if request is not None and request.account_reference.strip() != account_reference.strip():
+        found = resolve_reference(business, request.account_reference)
+        if found is not None:
+            return found, "STK request reference"
+    customer = _customer_by_phone(business, msisdn)
+    if customer is None and request is not None:
+        customer = _customer_by_phone(business, request.phone)
+    if customer is not None:
+        return Match(customer.pk, "customer", customer.pk, f"phone of {customer.name}"), "phone"
+    return None, ""
+
+
+def _customer_by_phone(business: Business, msisdn: str) -> Customer | None:
+    kind = msisdn_kind(msisdn)
+    customers = Customer.objects.filter(business=business, is_active=True).only("id", "name", "phone")
+    if kind == "plain":
+        number = normalise_msisdn(msisdn.strip())
+        return customers.filter(phone=number).order_by("id").first()
+    if kind == "sha256":
+        return customers.filter(phone_sha256=msisdn.strip().lower()).order_by("id").first()
+    if kind == "masked":
+        candidates = [c for c in customers.exclude(phone="") if _fits(msisdn, c.phone)]
+        return candidates[0] if len(candidates) == 1 else None
+    return None
+
+
+def _fits(masked: str, phone: str) -> bool:
+    try:
+        return mask_matches(masked, phone)
+    except ValueError:
+        return False

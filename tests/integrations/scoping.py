@@ -24,7 +24,7 @@ from integrations.mpesa.models import (
     UnallocatedPayment,
 )
 from integrations.mpesa.payloads import NAIROBI
-from integrations.mpesa.services import payment_record
+from integrations.mpesa.payments import payment_record
 from tenancy.models import Business
 from tests.integrations.mpesa.factories import PaymentRequestFactory, TillFactory
 

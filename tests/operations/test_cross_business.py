@@ -15,7 +15,7 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 from django.urls import reverse
 
 from accounts.models import JournalEntry
-from integrations.mpesa.services import sale_request_mpesa
+from integrations.mpesa.stk import sale_request_mpesa
 from operations.exceptions import InvalidInput
 from operations.models import Expense, Item, ItemKind, OpeningStock, PaidFrom, StockLevel, StockMovement
 from operations.services.purchases import expense_post, purchase_create

@@ -12,7 +12,7 @@ from django.urls import reverse
 from django.utils import timezone
 
 from integrations.mpesa.models import Payment, Till
-from integrations.mpesa.services import payment_record, sale_settle_mpesa
+from integrations.mpesa.payments import payment_record, sale_settle_mpesa
 from operations.models import Item, ItemKind, PaymentMethod, Sale
 from operations.payments import reference_resolve
 from operations.selectors import customer_balance

@@ -8,7 +8,7 @@ sale exists (used on first start). Random but reproducible: `--seed` (default 20
 
 M-Pesa: each business gets a demo till; M-Pesa sales and laundry payments are posted by the
 operations services to receivables and then paid with synthetic receipts recorded through
-integrations.mpesa.services.payment_record (as a Daraja callback would), which matches them by
+integrations.mpesa.payments.payment_record (as a Daraja callback would), which matches them by
 sale number, laundry tag or phone and calls operations' payment listener.
 """
 
@@ -217,7 +217,7 @@ class Seeder:
 
     def mpesa_pay(self, day: dt.date, amount: Decimal, *, reference: str, phone: str = "") -> None:
         """A synthetic M-Pesa payment received on the business's till, recorded by the M-Pesa services."""
-        from integrations.mpesa.services import payment_record
+        from integrations.mpesa.payments import payment_record
 
         self.receipts += 1
         paid_at = dt.datetime.combine(day, dt.time(8), tzinfo=NAIROBI) + dt.timedelta(minutes=self.receipts % 600)

@@ -13,7 +13,8 @@ import pytest
 from django.db import DatabaseError, OperationalError, connection
 
 from accounts.models import JournalEntry
-from integrations.mpesa import services as mpesa_services
+from integrations.mpesa import payments as mpesa_payments
+from integrations.mpesa.inbox import inbox_process, inbox_store, inbox_sweep
 from integrations.mpesa.models import (
     InboxKind,
     InboxMessage,
@@ -29,7 +30,6 @@ from integrations.mpesa.payloads import (
     parse_c2b_confirmation,
     parse_stk_callback,
 )
-from integrations.mpesa.services import inbox_process, inbox_store, inbox_sweep
 from integrations.mpesa.tasks import process_inbox
 from operations.models import Customer
 from operations.payments import Placed
@@ -60,7 +60,7 @@ def listener_fails_for(monkeypatch: pytest.MonkeyPatch) -> Callable[..., None]:
     """Make operations' recording of a placed payment (operations.payments.payment_placed) raise for one receipt."""
 
     def arrange(receipt: str, fail: Callable[[], None]) -> None:
-        real = mpesa_services.payment_placed
+        real = mpesa_payments.payment_placed
 
         def placed(*, business_id: int, receipt: str, placed: Placed) -> None:
             if receipt == failing:
@@ -68,7 +68,7 @@ def listener_fails_for(monkeypatch: pytest.MonkeyPatch) -> Callable[..., None]:
             real(business_id=business_id, receipt=receipt, placed=placed)
 
         failing = receipt
-        monkeypatch.setattr(mpesa_services, "payment_placed", placed)
+        monkeypatch.setattr(mpesa_payments, "payment_placed", placed)
 
     return arrange
 

@@ -10,7 +10,8 @@ from django.utils import timezone
 
 from accounts.models import JournalEntry, JournalLine
 from accounts.services import books_close_period
-from integrations.mpesa.errors import NotUnallocated
+from integrations.mpesa.exceptions import NotUnallocated
+from integrations.mpesa.inbox import inbox_process, inbox_store
 from integrations.mpesa.models import (
     InboxKind,
     InboxMessage,
@@ -21,7 +22,7 @@ from integrations.mpesa.models import (
     Till,
 )
 from integrations.mpesa.payloads import NAIROBI
-from integrations.mpesa.services import inbox_process, inbox_store, payment_allocate
+from integrations.mpesa.payments import payment_allocate
 from operations.models import Customer
 from operations.phones import msisdn_sha256
 from tests.integrations.mpesa.factories import (

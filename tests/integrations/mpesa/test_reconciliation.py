@@ -26,13 +26,13 @@ from integrations.mpesa.models import (
     Till,
 )
 from integrations.mpesa.payloads import NAIROBI
+from integrations.mpesa.payments import payment_record
 from integrations.mpesa.reconciliation import (
     StatementError,
     parse_statement,
     reconciliation_post_missing,
     reconciliation_run,
 )
-from integrations.mpesa.services import payment_record
 from tests.integrations.mpesa.factories import FIXTURES
 
 pytestmark = pytest.mark.django_db
