@@ -35,7 +35,7 @@ def sidebar_navigation(request: HttpRequest) -> list[dict[str, Any]]:
             "title": "Overview",
             "items": [
                 {"title": "Dashboard", "icon": "dashboard", "link": reverse_lazy("admin:index")},
-                model_link("Jobs", "pending_actions", "celeryconf.job"),
+                model_link("Jobs", "pending_actions", "jobs.job"),
                 {
                     "title": "Flower (workers)",
                     "icon": "local_florist",

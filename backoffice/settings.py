@@ -132,6 +132,7 @@ INSTALLED_APPS = [
     "axes",
     "backoffice",
     "tenancy",
+    "jobs",
     "operations",
     "accounts",
     "integrations",

@@ -11,7 +11,7 @@ from django.utils import timezone
 
 from accounts.exceptions import LedgerError
 from celeryconf.config import QUEUE_DEFAULT
-from celeryconf.jobs import JobContext, JobFailed, job_kind
+from jobs.registry import JobContext, JobFailed, job_kind
 from operations.exceptions import OperationError
 from tenancy.models import Business, Membership
 

@@ -67,8 +67,8 @@ print("LEFT", len(left))
 JOBS = """
 import datetime as dt, time
 from django.utils import timezone
-from celeryconf.jobs import job_launch
-from celeryconf.models import Job, JobState
+from jobs.services import job_launch
+from jobs.models import Job, JobState
 from operations.jobs import CLOSING, EXPORT_BUSINESSES
 from tenancy.models import Business
 b = Business.objects.get(pk={business})

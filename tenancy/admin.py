@@ -14,7 +14,7 @@ from unfold.admin import TabularInline
 from unfold.contrib.import_export.forms import ExportForm, ImportForm
 from unfold.decorators import action
 
-from celeryconf.jobs import job_launch
+from jobs.services import job_launch
 from operations.jobs import EXPORT_BUSINESSES
 from tenancy.models import Business, Membership
 from tenancy.scoping import BusinessScopedAdmin, sees_all_businesses

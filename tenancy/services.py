@@ -40,7 +40,7 @@ _READ_ONLY_MODELS = {"stocklevel", "stockmovement", "customertransaction"}
 STAFF_PERMISSIONS = [
     "tenancy.view_business",
     "tenancy.view_membership",
-    "celeryconf.view_job",
+    "jobs.view_job",
     *(
         f"operations.{action}_{model}"
         for model in _DAY_TO_DAY_MODELS

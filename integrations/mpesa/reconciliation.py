@@ -41,7 +41,6 @@ from django.utils import timezone
 from accounts.models import JournalEntry, JournalLine, SourceType
 from accounts.selectors import account_for_role
 from accounts.services import LineSpec, entry_post
-from celeryconf.jobs import JobContext, JobFailed, job_kind
 from integrations.mpesa.exceptions import InvalidRequest
 from integrations.mpesa.models import (
     LineStatus,
@@ -54,6 +53,7 @@ from integrations.mpesa.models import (
 from integrations.mpesa.payloads import NAIROBI, RECEIPT_MAX_LENGTH
 from integrations.mpesa.payments import payment_record, post_once
 from integrations.mpesa.status_queries import split_party
+from jobs.registry import JobContext, JobFailed, job_kind
 
 RECONCILE_JOB = "payments.reconcile"
 HEADER_FIRST_CELL = "receipt no"
@@ -518,7 +518,7 @@ def reconciliation_post_missing(*, line: ReconciliationLine, acting_user: Any) -
 
 def reconciliation_launch(*, run: ReconciliationRun, acting_user: Any) -> Any:
     """Queue the run as a job on the reports queue (the admin action)."""
-    from celeryconf.jobs import job_launch
+    from jobs.services import job_launch
 
     with transaction.atomic():
         ReconciliationRun.objects.filter(pk=run.pk).update(state=ReconciliationState.QUEUED, error="")

@@ -11,7 +11,7 @@ from django.core.management import call_command
 from django.test import Client
 from django.urls import reverse
 
-from celeryconf.models import Job, JobState
+from jobs.models import Job, JobState
 from operations.jobs import EXPORT_BUSINESSES
 from tenancy.models import Business
 from tests.conftest import login, staff_with_perms
@@ -90,7 +90,7 @@ def test_sidebar_groups_links_by_area(owner_client: Client) -> None:
     body = page.content.decode()
     for group in ("Overview", "Businesses and people", "Scheduling", "Security"):
         assert group in body
-    assert reverse("admin:celeryconf_job_changelist") in body
+    assert reverse("admin:jobs_job_changelist") in body
 
 
 def test_dashboard_takings_come_from_the_ledger(demo: None, owner_client: Client) -> None:

@@ -18,7 +18,6 @@ from django.test import Client, RequestFactory
 from django.urls import reverse
 from django_celery_beat.models import PeriodicTask
 
-from celeryconf.models import Job
 from integrations.mpesa.admin import ReconciliationLineAdmin
 from integrations.mpesa.models import (
     InboxMessage,
@@ -39,6 +38,7 @@ from integrations.mpesa.permissions import (
     REQUEST_STK_PAYMENT,
     REVERSE_PAYMENT,
 )
+from jobs.models import Job
 from operations.admin.customers import CustomerResource
 from operations.models import Customer, Sale
 from tenancy.admin import BusinessResource
@@ -90,7 +90,7 @@ ACTIONS = [
         _model_perms(ReconciliationRun, "view", "add"),
         "integrations.change_reconciliationrun",
     ),
-    (Job, "retry_failed", _model_perms(Job, "view"), "celeryconf.change_job"),
+    (Job, "retry_failed", _model_perms(Job, "view"), "jobs.change_job"),
     (PeriodicTask, "run_tasks", _model_perms(PeriodicTask, "view"), "django_celery_beat.change_periodictask"),
     (PeriodicTask, "toggle_tasks", _model_perms(PeriodicTask, "view"), "django_celery_beat.change_periodictask"),
     (AccessAttempt, "cleanup_expired_attempts", _model_perms(AccessAttempt, "view"), "axes.delete_accessattempt"),
@@ -148,7 +148,7 @@ def test_the_staff_group_holds_no_money_moving_permission(water: Business) -> No
         assert Permission.objects.filter(content_type__app_label=app_label, codename=codename).exists(), perm
     group = staff_group_ensure()  # ... and the staff group has none of them, nor a job retry
     held = {f"{p.content_type.app_label}.{p.codename}" for p in group.permissions.select_related("content_type")}
-    assert not held & {*MONEY_PERMISSIONS, "celeryconf.change_job"}
+    assert not held & {*MONEY_PERMISSIONS, "jobs.change_job"}
 
     call_command("setup_demo", verbosity=0)
     maji = User.objects.get(username="maji")

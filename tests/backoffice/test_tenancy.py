@@ -16,7 +16,7 @@ from django.db.models import Model
 from django.test import Client
 from django.urls import reverse
 
-from celeryconf.models import Job
+from jobs.models import Job
 from operations.jobs import EXPORT_BUSINESSES
 from tenancy.models import Business, Membership
 from tenancy.scoping import BusinessScopedAdmin, BusinessScopedResource, visible_businesses

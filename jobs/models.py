@@ -1,4 +1,7 @@
-"""Jobs the owner can see: one row per launch of background work (exports, reports, closing...)."""
+"""Jobs the owner can see: one row per launch of background work (exports, reports, closing...).
+
+The table keeps its first name (celeryconf_job): the model moved here from celeryconf without a copy.
+"""
 
 from __future__ import annotations
 
@@ -45,6 +48,7 @@ class Job(models.Model):
     updated_at = models.DateTimeField(auto_now=True)
 
     class Meta:
+        db_table = "celeryconf_job"
         ordering = ["-created_at", "-id"]
         constraints = [
             models.CheckConstraint(condition=models.Q(progress__lte=100), name="job_progress_at_most_100"),

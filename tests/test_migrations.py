@@ -1,4 +1,5 @@
-"""Business and Membership moved from operations to tenancy on a database that already has data.
+"""Business and Membership moved from operations to tenancy, Job from celeryconf to jobs, on a
+database that already has data.
 
 The database is taken back to the migrations of the last release before the move (the old leaf
 of each app), filled through the historical models as that release would have, then migrated
@@ -18,11 +19,13 @@ from django.contrib.contenttypes.models import ContentType
 from django.db import connection
 from django.db.migrations.executor import MigrationExecutor
 
+from jobs.models import Job
 from operations.models import Customer, Sale
 from tenancy.models import Business, Membership
 
 # The leaves before the move (main before tenancy existed).
 OLD_LEAVES: list[tuple[str, str | None]] = [
+    ("jobs", None),
     ("tenancy", None),
     ("operations", "0005_money"),
     ("accounts", "0005_anchors"),
@@ -60,6 +63,10 @@ def test_a_database_of_the_old_layout_keeps_its_businesses_rights_and_history() 
         sale = old.get_model("operations", "Sale").objects.create(
             business=business, customer=customer, sale_date=dt.date(2026, 11, 1)
         )
+        job_ct = old_ct.objects.get(app_label="celeryconf", model="job")
+        permission = old.get_model("auth", "Permission")
+        user.user_permissions.add(permission.objects.get(content_type=job_ct, codename="view_job"))
+        job = old.get_model("celeryconf", "Job").objects.create(kind="operations.closing", business=business)
         old.get_model("admin", "LogEntry").objects.create(
             user=user, content_type=ct, object_id=str(business.pk), object_repr="Maji", action_flag=ADDITION
         )
@@ -73,8 +80,11 @@ def test_a_database_of_the_old_layout_keeps_its_businesses_rights_and_history() 
     assert Customer.objects.get(pk=customer.pk).business == moved
     assert Sale.objects.get(pk=sale.pk).business == moved
     # The permission given on the old label answers to the new one; no stale operations rows remain.
-    assert User.objects.get(username="partner").has_perm("tenancy.view_all_businesses")
+    partner = User.objects.get(username="partner")
+    assert partner.has_perm("tenancy.view_all_businesses") and partner.has_perm("jobs.view_job")
+    assert Job.objects.get(pk=job.pk).business == moved
     assert not ContentType.objects.filter(app_label="operations", model__in=["business", "membership"]).exists()
+    assert not ContentType.objects.filter(app_label="celeryconf").exists()
     entry = LogEntry.objects.get(object_id=str(business.pk))
     assert LogEntry.objects.filter(pk=entry.pk, content_type__app_label="tenancy").exists()
     assert entry.get_edited_object() == moved
