@@ -118,11 +118,6 @@ def stock_value_as_of(*, business: Business, as_of: dt.date) -> list[StockValue]
     ]
 
 
-def stock_total_value(*, business: Business, as_of: dt.date) -> Decimal:
-    total = StockMovement.objects.filter(business=business, movement_date__lte=as_of).aggregate(s=Sum("value"))["s"]
-    return total or ZERO
-
-
 def low_stock(*, business: Business) -> QuerySet[StockLevel]:
     """Stock rows at or below their item's reorder level (items with a reorder level set)."""
     return (

@@ -1,6 +1,6 @@
 """Writes about who works in which business.
 
-Creating a business lives one layer up (operations.services.businesses.business_create): a new
+Creating a business lives one layer up (operations.services.businesses.business_ensure): a new
 business gets its books, which tenancy, below the ledger, does not know of.
 """
 

@@ -97,6 +97,20 @@ def test_only_the_enqueuing_module_imports_a_tasks_module() -> None:
     assert not found, "\n".join(found)
 
 
+def test_nothing_imports_the_site() -> None:
+    """backoffice (settings, URLs, admin site, dashboard, health) sits on top: no app, admin or
+    command imports it (settings are read through django.conf)."""
+    found = []
+    for app in LAYERS:
+        if app == "backoffice":
+            continue
+        for path in sorted((ROOT / app).rglob("*.py")):
+            for lineno, target in _imported_apps(ast.parse(path.read_text(), str(path))):
+                if target == "backoffice":
+                    found.append(f"{path.relative_to(ROOT)}:{lineno}: imports backoffice")
+    assert not found, "\n".join(found)
+
+
 def test_a_lower_layer_importing_a_higher_one_is_caught(tmp_path: Path) -> None:
     tree = ast.parse("def f():\n    from integrations.mpesa.payments import x\n")
     assert (2, "integrations") in _imported_apps(tree)

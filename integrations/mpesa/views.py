@@ -1,6 +1,6 @@
 """Daraja's callbacks: authenticate by the till's token, store the raw body, enqueue, answer at once.
 
-Nothing else happens in the request (DESIGN.md, "The payment path"): one query finds the till, one
+Nothing else happens in the request (docs/mpesa.md, "The path of one callback"): one query finds the till, one
 INSERT ... ON CONFLICT DO NOTHING stores the body (a duplicate is a no-op), and a new row's id is
 handed to a background publisher for the payments queue (publisher._Publisher): the answer never
 waits for Redis, and whatever Redis does not get, the sweeper sends later. Parsing goes

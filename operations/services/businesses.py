@@ -2,22 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from django.db import transaction
 
 from accounts.services import chart_ensure_default
 from operations.services.postings import chart_operations_ensure
 from tenancy.models import Business
-
-
-def business_create(*, name: str, kind: str, acting_user: Any = None) -> Business:
-    """Create a business with its books (default chart of accounts). Not idempotent: names are unique."""
-    with transaction.atomic():
-        business = Business.objects.create(name=name, kind=kind)
-        chart_ensure_default(business=business)
-        chart_operations_ensure(business=business)
-    return business
 
 
 def business_ensure(*, name: str, kind: str) -> Business:

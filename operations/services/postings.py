@@ -6,7 +6,7 @@ adds to a business's chart), the open-day check, VAT. Netting journal lines is t
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
@@ -126,8 +126,3 @@ def same_business_items(business: Business, items: Iterable[Any]) -> None:
         same_business(business, [item], "Item")
         linked = [item.stock_item if item.stock_item_id else None, item.returns_item if item.returns_item_id else None]
         same_business(business, linked, f"The stock moved by {item},")
-
-
-def require_lines(lines: Sequence[Any], what: str) -> None:
-    if not lines:
-        raise InvalidInput(f"A {what} needs at least one line.")
