@@ -29,7 +29,7 @@ from accounts.forms import ClosePeriodForm, JournalLineFormSet, ManualJournalFor
 from accounts.models import Account, Books, JournalEntry, JournalLine, PeriodClose, SourceType
 from accounts.report_views import report_urls
 from accounts.services import books_close_period, chart_ensure_default, entry_post_manual, entry_reverse
-from backoffice.tenancy import BusinessScopedAdmin, sees_all_businesses, visible_businesses
+from tenancy.scoping import BusinessScopedAdmin, sees_all_businesses, visible_businesses
 
 
 class CappedCountPaginator(Paginator):

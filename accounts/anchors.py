@@ -33,7 +33,6 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
 
 from django.conf import settings
 from django.db import connection
@@ -357,7 +356,3 @@ def _fsync_dir(directory: Path) -> None:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
-
-
-def anchor_summary(run: AnchorRun) -> dict[str, Any]:
-    return {"path": str(run.path), "written": len(run.written), "unchanged": run.unchanged, "refused": run.refused}

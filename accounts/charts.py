@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from accounts.models import AccountType
-from operations.models import BusinessKind
+from tenancy.models import BusinessKind
 
 ASSET, LIABILITY, EQUITY, INCOME, EXPENSE = (
     AccountType.ASSET,

@@ -22,7 +22,7 @@ from unfold.widgets import (
 from accounts.fields import ZERO
 from accounts.models import Account
 from accounts.services import LineSpec, idempotency_key_reserved
-from operations.models import Business
+from tenancy.models import Business
 
 ALL_BUSINESSES = "all"
 

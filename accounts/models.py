@@ -15,7 +15,7 @@ from django.db.models import Q
 from django.db.models.functions import Now
 
 from accounts.fields import MoneyField
-from operations.models import Business
+from tenancy.models import Business
 
 
 class AccountType(models.TextChoices):

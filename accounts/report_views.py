@@ -20,7 +20,7 @@ from django.utils import timezone
 
 from accounts import selectors
 from accounts.forms import ALL_BUSINESSES, ReportFilterForm
-from backoffice.tenancy import sees_all_businesses, visible_businesses
+from tenancy.scoping import sees_all_businesses, visible_businesses
 
 REPORTS = [
     ("trial_balance", "trial-balance", "Trial balance"),

@@ -18,8 +18,8 @@ from django.db import connection
 
 from accounts.exceptions import InvalidAccount
 from accounts.fields import ZERO
-from accounts.models import DEBIT_NORMAL, Account, AccountType, SourceType
-from operations.models import Business
+from accounts.models import DEBIT_NORMAL, Account, AccountType, Books, SourceType
+from tenancy.models import Business
 
 CASH_ROLES = ("cash", "mpesa_clearing", "bank")
 TAKINGS_ROLES = ("cash", "mpesa_clearing")
@@ -33,6 +33,19 @@ def account_for_role(*, business: Business | int, role: str) -> Account:
         return Account.objects.get(business_id=business_id, role=role)
     except Account.DoesNotExist:
         raise InvalidAccount(f"business {business_id} has no account with role {role!r}") from None
+
+
+def books_lock_date(*, business_id: int) -> dt.date | None:
+    """The last day of the business's closed period (nothing may be posted on or before it); None if never closed."""
+    return Books.objects.filter(business_id=business_id).values_list("lock_date", flat=True).first()
+
+
+def books_first_open_date(*, business_id: int, wanted: dt.date) -> dt.date:
+    """`wanted` unless the books are closed on it; then the first open day."""
+    lock_date = books_lock_date(business_id=business_id)
+    if lock_date is not None and wanted <= lock_date:
+        return lock_date + dt.timedelta(days=1)
+    return wanted
 
 
 def _fetch(sql: str, params: Sequence[Any] | dict[str, Any]) -> list[tuple[Any, ...]]:

@@ -35,7 +35,8 @@ from accounts.exceptions import (
 )
 from accounts.fields import ZERO, to_money
 from accounts.models import Account, Books, JournalEntry, JournalLine, SourceType
-from operations.models import Business
+from accounts.selectors import books_first_open_date
+from tenancy.models import Business
 
 MAX_AMOUNT = Decimal("999999999999.99")
 MAX_LINES = 500
@@ -349,13 +350,6 @@ def entry_post_manual(
     )
 
 
-def _first_open_date(business_id: int, wanted: dt.date) -> dt.date:
-    lock_date = Books.objects.filter(business_id=business_id).values_list("lock_date", flat=True).first()
-    if lock_date is not None and wanted <= lock_date:
-        return lock_date + dt.timedelta(days=1)
-    return wanted
-
-
 def entry_reverse(
     *,
     entry: JournalEntry,
@@ -381,7 +375,9 @@ def entry_reverse(
         if idempotency_key is not None and existing.idempotency_key == idempotency_key:
             return existing
         raise AlreadyReversed(f"entry #{entry.number} is already reversed by entry #{existing.number}")
-    day = entry_date or _first_open_date(entry.business_id, max(timezone.localdate(), entry.entry_date))
+    day = entry_date or books_first_open_date(
+        business_id=entry.business_id, wanted=max(timezone.localdate(), entry.entry_date)
+    )
     if day < entry.entry_date:
         raise InvalidReversal(f"a reversal cannot be dated before the original entry ({entry.entry_date})")
     lines = [

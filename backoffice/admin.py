@@ -27,8 +27,8 @@ from unfold.decorators import action
 from unfold.forms import AdminPasswordChangeForm, UserChangeForm, UserCreationForm
 from unfold.widgets import UnfoldAdminSelectWidget, UnfoldAdminTextInputWidget
 
-from backoffice.tenancy import sees_all_businesses, visible_business_ids
-from operations.models import Membership
+from tenancy.models import Membership
+from tenancy.scoping import sees_all_businesses, visible_business_ids
 
 for model in (
     User,

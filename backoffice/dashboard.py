@@ -11,8 +11,8 @@ from django.http import HttpRequest
 from django.urls import reverse
 from django.utils import timezone
 
-from backoffice.tenancy import sees_all_businesses, visible_businesses
-from celeryconf.models import ACTIVE_STATES, Job, JobState
+from jobs.models import ACTIVE_STATES, Job, JobState
+from tenancy.scoping import sees_all_businesses, visible_businesses
 
 
 def environment_callback(request: HttpRequest) -> list[str]:

@@ -2,7 +2,7 @@
 
 Anyone gets only {"status": "ok"|"down"} (with 200/503): the details - which worker is missing,
 database and broker error text - are for the owner (logged in as a superuser or holder of
-operations.view_all_businesses) or a monitor presenting HEALTHZ_TOKEN (`Authorization: Bearer ...`,
+tenancy.view_all_businesses) or a monitor presenting HEALTHZ_TOKEN (`Authorization: Bearer ...`,
 or `?token=...` for probes that cannot set headers; the logs show it as ***).
 """
 
@@ -100,7 +100,7 @@ def may_see_details(request: HttpRequest) -> bool:
         return bool(
             user.is_authenticated
             and user.is_active
-            and (user.is_superuser or user.has_perm("operations.view_all_businesses"))
+            and (user.is_superuser or user.has_perm("tenancy.view_all_businesses"))
         )
     except DatabaseError:  # the session and user live in the database; down, the answer stays short
         return False

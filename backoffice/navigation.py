@@ -35,7 +35,7 @@ def sidebar_navigation(request: HttpRequest) -> list[dict[str, Any]]:
             "title": "Overview",
             "items": [
                 {"title": "Dashboard", "icon": "dashboard", "link": reverse_lazy("admin:index")},
-                model_link("Jobs", "pending_actions", "celeryconf.job"),
+                model_link("Jobs", "pending_actions", "jobs.job"),
                 {
                     "title": "Flower (workers)",
                     "icon": "local_florist",
@@ -110,8 +110,8 @@ def sidebar_navigation(request: HttpRequest) -> list[dict[str, Any]]:
             "title": "Businesses and people",
             "collapsible": True,
             "items": [
-                model_link("Businesses", "storefront", "operations.business"),
-                model_link("Staff assignments", "badge", "operations.membership"),
+                model_link("Businesses", "storefront", "tenancy.business"),
+                model_link("Staff assignments", "badge", "tenancy.membership"),
                 model_link("Users", "person", "auth.user"),
                 model_link("Groups", "group", "auth.group"),
             ],

@@ -131,6 +131,8 @@ INSTALLED_APPS = [
     "import_export",
     "axes",
     "backoffice",
+    "tenancy",
+    "jobs",
     "operations",
     "accounts",
     "integrations",

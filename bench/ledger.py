@@ -254,7 +254,7 @@ def _inner() -> dict[str, float]:
     from accounts.selectors import account_for_role, balance_sheet, trial_balance
     from accounts.services import LineSpec, chart_ensure_default, entry_post
     from accounts.verification import ledger_verify
-    from operations.models import Business
+    from tenancy.models import Business
 
     url = os.environ["DATABASE_URL"]
     figures: dict[str, float] = {}

@@ -79,7 +79,7 @@ def _redis_binary() -> str:
 SETUP = """
 from accounts.services import chart_ensure_default
 from integrations.mpesa.models import Till
-from operations.models import Business
+from tenancy.models import Business
 b = Business.objects.create(name="Bench Water", kind="water")
 chart_ensure_default(business=b)
 t = Till.objects.create(business=b, name="Bench paybill", shortcode="600966", kind="paybill",

@@ -77,18 +77,10 @@ def _inner() -> dict[str, float]:
 
     from accounts.models import JournalEntry
     from integrations.mpesa.models import Payment
-    from operations.models import (
-        Business,
-        Item,
-        ItemKind,
-        LaundryOrder,
-        OpeningStock,
-        Sale,
-        SaleLine,
-        StockMovement,
-    )
+    from operations.models import Item, ItemKind, LaundryOrder, OpeningStock, Sale, SaleLine, StockMovement
     from operations.services.sales import LineInput, sale_create
     from operations.services.stock import stock_opening_post
+    from tenancy.models import Business
 
     figures: dict[str, float] = {
         "ops.rows_sales": Sale.objects.count(),

@@ -7,5 +7,5 @@ class IntegrationsConfig(AppConfig):
 
     def ready(self) -> None:
         # Celery's autodiscovery looks for integrations.tasks; the tasks live with their integration.
-        # The reconciliation job kind registers itself with celeryconf.jobs on import.
+        # The reconciliation job kind registers itself with jobs.registry on import.
         from integrations.mpesa import reconciliation, tasks  # noqa: F401

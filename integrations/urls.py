@@ -1,4 +1,4 @@
-"""Daraja's callback URLs (DESIGN.md). Mounted under /daraja/ by backoffice/urls.py.
+"""Daraja's callback URLs (docs/mpesa.md). Mounted under /daraja/ by backoffice/urls.py.
 
 Daraja refuses callback URLs containing mpesa, safaricom, exe, exec, cmd, sql or query.
 """

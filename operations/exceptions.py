@@ -29,7 +29,3 @@ class InvalidState(OperationError):  # noqa: N818 - named for what the person se
 
 class InvalidInput(OperationError):  # noqa: N818 - named for what the person sees
     """Something entered is missing or wrong (no lines, a customer of another business...)."""
-
-
-class NotAvailable(OperationError):  # noqa: N818 - named for what the person sees
-    """A feature this operation relies on (an M-Pesa service) is not installed yet."""

@@ -11,9 +11,9 @@ from django.utils import timezone
 
 from accounts.exceptions import LedgerError
 from celeryconf.config import QUEUE_DEFAULT
-from celeryconf.jobs import JobContext, JobFailed, job_kind
+from jobs.registry import JobContext, JobFailed, job_kind
 from operations.exceptions import OperationError
-from operations.models import Business, Membership
+from tenancy.models import Business, Membership
 
 EXPORT_BUSINESSES = "operations.export_businesses"
 CLOSING = "operations.closing"

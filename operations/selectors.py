@@ -14,7 +14,6 @@ from accounts.models import JournalLine
 from accounts.selectors import account_for_role
 from operations.models import (
     OPEN_STATUSES,
-    Business,
     Customer,
     CustomerTransaction,
     DocumentStatus,
@@ -27,6 +26,7 @@ from operations.models import (
     Supplier,
     SupplierPayment,
 )
+from tenancy.models import Business
 
 
 def cash_expected(*, business: Business, day: dt.date) -> Decimal:
@@ -116,11 +116,6 @@ def stock_value_as_of(*, business: Business, as_of: dt.date) -> list[StockValue]
         for r in rows
         if r["quantity"] or r["value"]
     ]
-
-
-def stock_total_value(*, business: Business, as_of: dt.date) -> Decimal:
-    total = StockMovement.objects.filter(business=business, movement_date__lte=as_of).aggregate(s=Sum("value"))["s"]
-    return total or ZERO
 
 
 def low_stock(*, business: Business) -> QuerySet[StockLevel]:

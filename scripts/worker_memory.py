@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parent.parent
 SETUP = """
 from accounts.services import chart_ensure_default
 from integrations.mpesa.models import Till
-from operations.models import Business
+from tenancy.models import Business
 b, created = Business.objects.get_or_create(name="Memory Water", defaults={"kind": "water"})
 if created:
     chart_ensure_default(business=b)
@@ -44,7 +44,7 @@ PAYMENTS = """
 import random, time
 from django.test import Client
 from integrations.mpesa.models import InboxMessage, InboxState
-from integrations.mpesa.services import inbox_enqueue, publisher
+from integrations.mpesa.publisher import inbox_enqueue, publisher
 from integrations.mpesa.simulate import scenario
 token, shortcode, n = {token!r}, {shortcode!r}, {n}
 rng = random.Random(time.time_ns())
@@ -67,10 +67,10 @@ print("LEFT", len(left))
 JOBS = """
 import datetime as dt, time
 from django.utils import timezone
-from celeryconf.jobs import job_launch
-from celeryconf.models import Job, JobState
+from jobs.services import job_launch
+from jobs.models import Job, JobState
 from operations.jobs import CLOSING, EXPORT_BUSINESSES
-from operations.models import Business
+from tenancy.models import Business
 b = Business.objects.get(pk={business})
 ids = []
 for i in range({n}):

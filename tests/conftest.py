@@ -14,7 +14,7 @@ from django.db import DEFAULT_DB_ALIAS, connection, connections, transaction
 from django.test import Client
 
 from accounts.db_roles import ensure_role
-from operations.models import Business, BusinessKind
+from tenancy.models import Business, BusinessKind
 from tests.celery_support import WorkerProcess
 from tests.factories import PASSWORD, BusinessFactory, MembershipFactory, OwnerFactory, UserFactory
 

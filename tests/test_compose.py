@@ -1,7 +1,7 @@
 """Static checks of the production stack: docker-compose.prod.yml, the Dockerfile and deploy/.
 
 No Docker engine is needed (nor a database): the compose file is parsed with PyYAML and its
-properties are checked against the process table in DESIGN.md and the memory budget of a 4 GB VPS.
+properties are checked against the process table of docs/deploy.md and the memory budget of a 4 GB VPS.
 Only yaml, pathlib and the standard library are imported, so these tests run even without Django:
 `pytest tests/test_compose.py -p no:django`.
 """

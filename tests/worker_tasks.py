@@ -12,7 +12,7 @@ import redis
 from celery import shared_task
 from django.conf import settings
 
-from celeryconf.jobs import JobContext, job_kind
+from jobs.registry import JobContext, job_kind
 
 
 def runs_key(token: str) -> str:

@@ -22,8 +22,8 @@ from unfold.decorators import action, display
 from unfold.widgets import UnfoldAdminPasswordWidget, UnfoldAdminSelectWidget, UnfoldAdminTextInputWidget
 
 from accounts.exceptions import LedgerError
-from backoffice.tenancy import BusinessScopedAdmin, sees_all_businesses, visible_business_ids
-from integrations.mpesa.errors import MpesaError
+from integrations.mpesa.exceptions import MpesaError
+from integrations.mpesa.inbox import inbox_reprocess
 from integrations.mpesa.models import (
     InboxMessage,
     InboxState,
@@ -40,6 +40,7 @@ from integrations.mpesa.models import (
     Till,
     UnallocatedPayment,
 )
+from integrations.mpesa.payments import payment_allocate
 from integrations.mpesa.permissions import (
     ALLOCATE_PAYMENT,
     POST_MISSING_RECEIPT,
@@ -48,19 +49,13 @@ from integrations.mpesa.permissions import (
     REVERSE_PAYMENT,
 )
 from integrations.mpesa.reconciliation import reconciliation_launch, reconciliation_post_missing
+from integrations.mpesa.reversals import reversal_request
 from integrations.mpesa.secrets import SecretUnreadable
-from integrations.mpesa.services import (
-    inbox_reprocess,
-    payment_allocate,
-    payment_requests_recover_one,
-    reversal_request,
-    status_query_request,
-    stk_push_request,
-    till_callback_urls,
-    till_register_urls,
-    till_set_credentials,
-)
+from integrations.mpesa.status_queries import status_query_request
+from integrations.mpesa.stk import payment_requests_recover_one, stk_push_request
+from integrations.mpesa.tills import till_callback_urls, till_register_urls, till_set_credentials
 from operations.models import Customer
+from tenancy.scoping import BusinessScopedAdmin, sees_all_businesses, visible_business_ids
 
 REFUSALS = (MpesaError, LedgerError, SecretUnreadable)
 SECRET_FIELDS = ("consumer_key", "consumer_secret", "passkey", "security_credential")

@@ -69,7 +69,7 @@ from integrations.mpesa.payloads import (
     parse_stk_query_error,
     parse_stk_query_response,
 )
-from integrations.mpesa.phones import normalise_msisdn
+from operations.phones import normalise_msisdn
 
 if TYPE_CHECKING:
     import requests
@@ -274,7 +274,7 @@ class DarajaClient:
         self.backoff = backoff
         if session is None:
             # requests (with urllib3, charset_normalizer, idna: ~10 MiB) is imported here, not at module
-            # level: every Celery worker imports this module at start (through services), and only the
+            # level: every Celery worker imports this module at start (through the services), and only the
             # tasks that call Daraja need it (docs/worker-memory.md).
             import requests
 

@@ -1,6 +1,6 @@
-"""Errors raised by the Daraja client.
+"""The M-Pesa module's errors: the Daraja client's, then what the M-Pesa services refuse.
 
-Callers decide what to do from the class alone:
+Daraja client errors - callers decide what to do from the class alone:
 
 - `DarajaConfigError`: our side is wrong (missing passkey, a callback URL Daraja would refuse);
   retrying cannot help. It is also a `ValueError`, and it is raised before any HTTP call.
@@ -81,3 +81,30 @@ class DarajaTransientError(DarajaError):
         )
         self.may_have_been_processed = may_have_been_processed
         self.attempts = attempts
+
+
+# What the M-Pesa services refuse; the admin shows their message to the person who acted.
+
+
+class MpesaError(Exception):
+    """Base class: the M-Pesa service refused to act; nothing was changed."""
+
+
+class NeedsAttention(MpesaError):  # noqa: N818 - reads as the state it puts a row in
+    """A callback that processing cannot settle by itself: a person must look (never retried)."""
+
+
+class TransientProcessingError(MpesaError):
+    """Something that may succeed a little later (e.g. the ledger's period moved under us)."""
+
+
+class NotUnallocated(MpesaError):  # noqa: N818
+    """Only a payment in suspense (unallocated) can be allocated."""
+
+
+class InvalidRequest(MpesaError):  # noqa: N818
+    """The asked operation cannot be done with these arguments (phone, amount, till state...)."""
+
+
+class DarajaUnavailable(MpesaError):  # noqa: N818
+    """Daraja could not be asked (network, credentials); the message says why."""

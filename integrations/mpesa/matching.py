@@ -1,152 +1,77 @@
-"""Who paid for what: the reference resolvers and payment listeners other apps register.
+"""Who paid for what.
 
-A received payment is matched in this order (services.payment_record):
+A received payment is matched in this order (payment_record):
 1. the till -> the business (from the callback URL's token);
-2. the account reference (C2B BillRefNumber, or the AccountReference of our own STK Push) through
-   the registered resolvers (operations registers sale numbers, laundry tags...), then the
-   built-in one for Customer.account_code (case-insensitive);
+2. the account reference (C2B BillRefNumber, or the AccountReference of our own STK Push):
+   operations says what it is (operations.payments.reference_resolve: a sale number, a laundry
+   tag, a customer's account code, case-insensitive);
 3. the phone number: plain -> Customer.phone, SHA-256 -> Customer.phone_sha256, masked -> the
    one customer whose number fits the mask (several fit: unmatched).
 Unmatched money goes to suspense and waits in the "unallocated payments" queue for a person.
 
-Before the money is placed, the registered claim resolvers say (under lock) what the matched
-reference still owes and whose it is: only that much is applied to it; what is over it goes to the
-customer's credit, or, with no customer, stays in suspense for a person (services._payment_place).
-
-Listeners run inside the posting transaction, after the Payment row and its ledger entry exist,
-for each placing that credited receivables (fn(payment, placed)); reversal listeners undo one
-(fn(payment, application, reversal_entry)). An exception in a listener rolls the whole posting
-back (and the inbox row is retried or flagged), so a listener must be idempotent and must not
-call out over the network.
+Before the money is placed, operations says (under lock) what the matched reference still owes
+and whose it is (operations.payments.claim_resolve): only that much is applied to it; what is
+over it goes to the customer's credit, or, with no customer, stays in suspense for a person.
+Inside the posting transaction, each placing on receivables is recorded in operations' books
+(operations.payments.payment_placed; payment_placing_reversed undoes one). An exception there
+rolls the whole posting back (and the inbox row is retried or flagged).
 """
 
 from __future__ import annotations
 
-import datetime as dt
-from collections.abc import Callable
-from dataclasses import dataclass
-from decimal import Decimal
-from typing import TYPE_CHECKING
+from integrations.mpesa.models import PaymentRequest
+from operations.models import Customer
+from operations.payments import Claim, Match, Placed
+from operations.payments import claim_resolve as claim_for
+from operations.payments import reference_resolve as resolve_reference
+from operations.phones import classify_msisdn, mask_matches, normalise_msisdn
+from tenancy.models import Business
 
-from operations.models import Business, Customer
-
-if TYPE_CHECKING:
-    from accounts.models import JournalEntry
-    from integrations.mpesa.models import Payment, PaymentApplication
+__all__ = ["Claim", "Match", "Placed", "claim_for", "resolve_reference"]
 
 
-@dataclass(frozen=True)
-class Match:
-    customer_id: int | None
-    reference_kind: str
-    reference_id: int | None
-    description: str
+def msisdn_kind(msisdn: str) -> str:
+    try:
+        return classify_msisdn(msisdn)
+    except ValueError:
+        return "unknown"
 
 
-@dataclass(frozen=True)
-class Claim:
-    """What a matched reference can take, read under lock just before the money is placed.
-
-    `owed`: what it still owes (None: no limit, e.g. a customer's account); `customer_id`: whose
-    credit takes what is paid over `owed` (the reference's own customer, if any); `description`
-    says why in words (e.g. "sale S0000012 owes KES 0.00").
-    """
-
-    owed: Decimal | None
-    customer_id: int | None
-    description: str = ""
-
-
-@dataclass(frozen=True)
-class Placed:
-    """One placing of (part of) a payment, as the listeners see it: `applied` settles the matched
-    reference, `credit` (over what it owed) goes to customer `match.customer_id`'s credit; both
-    are credited to receivables by `entry`."""
-
-    match: Match
-    applied: Decimal
-    credit: Decimal
-    entry: JournalEntry
-    paid_date: dt.date
-
-
-ReferenceResolver = Callable[[Business, str], "Match | None"]
-ClaimResolver = Callable[[Business, Match], "Claim | None"]
-PaymentListener = Callable[["Payment", Placed], None]
-ReversalListener = Callable[["Payment", "PaymentApplication", "JournalEntry"], None]
-
-_resolvers: list[ReferenceResolver] = []
-_claims: list[ClaimResolver] = []
-_listeners: list[PaymentListener] = []
-_reversal_listeners: list[ReversalListener] = []
-
-
-def register_reference_resolver(fn: ReferenceResolver) -> ReferenceResolver:
-    """Add a resolver (usable as a decorator); registering the same function twice is a no-op."""
-    if fn not in _resolvers:
-        _resolvers.append(fn)
-    return fn
-
-
-def register_claim_resolver(fn: ClaimResolver) -> ClaimResolver:
-    """Add a resolver of what a matched reference owes (fn(business, match) -> Claim | None)."""
-    if fn not in _claims:
-        _claims.append(fn)
-    return fn
-
-
-def register_payment_listener(fn: PaymentListener) -> PaymentListener:
-    """Add a listener called as fn(payment, placed) when money is placed on receivables (inside the transaction)."""
-    if fn not in _listeners:
-        _listeners.append(fn)
-    return fn
-
-
-def register_reversal_listener(fn: ReversalListener) -> ReversalListener:
-    """Add a listener called as fn(payment, application, reversal_entry) when a placing is reversed."""
-    if fn not in _reversal_listeners:
-        _reversal_listeners.append(fn)
-    return fn
-
-
-def customer_account_code_resolver(business: Business, reference: str) -> Match | None:
-    """The built-in resolver: a customer's account code, case-insensitive."""
-    customer = (
-        Customer.objects.filter(business=business, is_active=True, account_code__iexact=reference.strip())
-        .only("id", "name")
-        .first()
-    )
-    if customer is None:
-        return None
-    return Match(customer.pk, "customer", customer.pk, f"account code {reference.strip()} of {customer.name}")
-
-
-def resolve_reference(business: Business, reference: str) -> Match | None:
-    """The first resolver that recognises `reference` (registered ones first, then the built-in)."""
-    text = (reference or "").strip()
-    if not text:
-        return None
-    for resolver in [*_resolvers, customer_account_code_resolver]:
-        found = resolver(business, text)
+def match_payment(
+    *, business: Business, account_reference: str, request: PaymentRequest | None, msisdn: str
+) -> tuple[Match | None, str]:
+    """(match, how) by reference, then our STK request's reference, then the phone; (None, "") if none."""
+    found = resolve_reference(business, account_reference)
+    if found is not None:
+        return found, "account reference"
+    if request is not None and request.account_reference.strip() != account_reference.strip():
+        found = resolve_reference(business, request.account_reference)
         if found is not None:
-            return found
+            return found, "STK request reference"
+    customer = _customer_by_phone(business, msisdn)
+    if customer is None and request is not None:
+        customer = _customer_by_phone(business, request.phone)
+    if customer is not None:
+        return Match(customer.pk, "customer", customer.pk, f"phone of {customer.name}"), "phone"
+    return None, ""
+
+
+def _customer_by_phone(business: Business, msisdn: str) -> Customer | None:
+    kind = msisdn_kind(msisdn)
+    customers = Customer.objects.filter(business=business, is_active=True).only("id", "name", "phone")
+    if kind == "plain":
+        number = normalise_msisdn(msisdn.strip())
+        return customers.filter(phone=number).order_by("id").first()
+    if kind == "sha256":
+        return customers.filter(phone_sha256=msisdn.strip().lower()).order_by("id").first()
+    if kind == "masked":
+        candidates = [c for c in customers.exclude(phone="") if _fits(msisdn, c.phone)]
+        return candidates[0] if len(candidates) == 1 else None
     return None
 
 
-def claim_for(business: Business, match: Match) -> Claim:
-    """What `match` can take: the first registered resolver that knows it, else no limit."""
-    for resolver in list(_claims):
-        found = resolver(business, match)
-        if found is not None:
-            return found
-    return Claim(None, match.customer_id)
-
-
-def notify_listeners(payment: Payment, placed: Placed) -> None:
-    for listener in list(_listeners):
-        listener(payment, placed)
-
-
-def notify_reversal_listeners(payment: Payment, application: PaymentApplication, reversal_entry: JournalEntry) -> None:
-    for listener in list(_reversal_listeners):
-        listener(payment, application, reversal_entry)
+def _fits(masked: str, phone: str) -> bool:
+    try:
+        return mask_matches(masked, phone)
+    except ValueError:
+        return False

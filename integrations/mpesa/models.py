@@ -17,7 +17,7 @@ from django.db.models import Q
 
 from accounts.fields import MoneyField
 from integrations.mpesa.payloads import RECEIPT_MAX_LENGTH
-from operations.models import Business
+from tenancy.models import Business
 
 # Daraja refuses callback URLs containing these words anywhere, so a token must not contain one.
 FORBIDDEN_URL_WORDS = ("mpesa", "safaricom", "exe", "exec", "cmd", "sql", "query")
@@ -132,7 +132,7 @@ class InboxState(models.TextChoices):
 class InboxMessage(models.Model):
     """One callback exactly as Daraja sent it. Unique on (kind, daraja_id, body_sha256): a
     byte-identical duplicate is a no-op; another body for a known (kind, daraja_id) is a new row,
-    flagged for a person (services.inbox_store)."""
+    flagged for a person (inbox.inbox_store)."""
 
     till = models.ForeignKey(Till, on_delete=models.PROTECT, related_name="inbox")
     kind = models.CharField(max_length=20, choices=InboxKind.choices)
@@ -293,7 +293,8 @@ class Payment(models.Model):
 class PaymentApplication(models.Model):
     """Where one posting put (part of) a payment: the receipt's own entry, then each allocation
     from suspense. `applied` settled the reference, `credit` went to the customer's credit (both
-    on receivables), `unallocated` stayed in suspense. Reversals undo each row (see services)."""
+    on receivables), `unallocated` stayed in suspense. Reversals undo each row
+    (reversals.payment_reverse_entries)."""
 
     payment = models.ForeignKey(Payment, on_delete=models.PROTECT, related_name="applications")
     entry = models.OneToOneField("accounts.JournalEntry", on_delete=models.PROTECT, related_name="+")

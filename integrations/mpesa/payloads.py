@@ -28,7 +28,7 @@ from decimal import Decimal
 from typing import Literal, TypeAlias, TypedDict
 from zoneinfo import ZoneInfo
 
-from integrations.mpesa.phones import MsisdnKind, classify_msisdn, msisdn_matches
+from operations.phones import MsisdnKind, classify_msisdn, msisdn_matches
 
 NAIROBI = ZoneInfo("Africa/Nairobi")
 CENT = Decimal("0.01")

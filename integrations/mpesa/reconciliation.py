@@ -41,8 +41,7 @@ from django.utils import timezone
 from accounts.models import JournalEntry, JournalLine, SourceType
 from accounts.selectors import account_for_role
 from accounts.services import LineSpec, entry_post
-from celeryconf.jobs import JobContext, JobFailed, job_kind
-from integrations.mpesa.errors import InvalidRequest
+from integrations.mpesa.exceptions import InvalidRequest
 from integrations.mpesa.models import (
     LineStatus,
     Payment,
@@ -52,7 +51,9 @@ from integrations.mpesa.models import (
     Till,
 )
 from integrations.mpesa.payloads import NAIROBI, RECEIPT_MAX_LENGTH
-from integrations.mpesa.services import _post_once, payment_record, split_party
+from integrations.mpesa.payments import payment_record, post_once
+from integrations.mpesa.status_queries import split_party
+from jobs.registry import JobContext, JobFailed, job_kind
 
 RECONCILE_JOB = "payments.reconcile"
 HEADER_FIRST_CELL = "receipt no"
@@ -296,7 +297,7 @@ def _post_charge(run: ReconciliationRun, row: StatementRow) -> JournalEntry:
             idempotency_key=f"mpesa-charge:{row.receipt}",
         )
 
-    return _post_once(business=business, wanted=wanted, post=post)
+    return post_once(business=business, wanted=wanted, post=post)
 
 
 def _check_till(run: ReconciliationRun, header: StatementHeader) -> list[str]:
@@ -517,7 +518,7 @@ def reconciliation_post_missing(*, line: ReconciliationLine, acting_user: Any) -
 
 def reconciliation_launch(*, run: ReconciliationRun, acting_user: Any) -> Any:
     """Queue the run as a job on the reports queue (the admin action)."""
-    from celeryconf.jobs import job_launch
+    from jobs.services import job_launch
 
     with transaction.atomic():
         ReconciliationRun.objects.filter(pk=run.pk).update(state=ReconciliationState.QUEUED, error="")

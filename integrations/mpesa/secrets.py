@@ -46,7 +46,7 @@ def configured_keys() -> list[str]:
 def derived_key() -> bytes:
     """The Fernet key derived from SECRET_KEY: development's key, and the one installs used before."""
     # cryptography (its Rust bindings: ~8 MiB) is imported on first use, not at module level: every
-    # Celery worker imports this module at start (through services), and only the tasks that call
+    # Celery worker imports this module at start (through the services), and only the tasks that call
     # Daraja read a credential (docs/worker-memory.md).
     from cryptography.hazmat.primitives import hashes
     from cryptography.hazmat.primitives.kdf.hkdf import HKDF

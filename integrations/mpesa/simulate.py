@@ -15,7 +15,7 @@ from datetime import datetime
 from decimal import Decimal
 
 from integrations.mpesa.payloads import NAIROBI
-from integrations.mpesa.phones import msisdn_sha256
+from operations.phones import msisdn_sha256
 
 # (ResultCode, ResultDesc) of failed STK results seen in real traffic.
 STK_FAILURES = [

@@ -312,7 +312,7 @@ def spool_import(*, directory: Path | None = None) -> SpoolImport:
     database is still down stops the import (raised: the files wait for the next run); new inbox rows
     stored before it are enqueued all the same.
     """
-    from integrations.mpesa.services import inbox_enqueue
+    from integrations.mpesa.publisher import inbox_enqueue
 
     root = directory or spool_dir()
     result = SpoolImport()
@@ -409,8 +409,8 @@ def _import_one(path: Path, result: SpoolImport) -> str:
 
 
 def _store(path: Path, record: SpooledCallback, result: SpoolImport) -> str:
+    from integrations.mpesa.inbox import PAYLOAD_KIND
     from integrations.mpesa.models import InboxState, Till
-    from integrations.mpesa.services import PAYLOAD_KIND
     from integrations.mpesa.views import callback_store
 
     if record.kind not in PAYLOAD_KIND:

@@ -15,18 +15,12 @@ from django.db import DatabaseError
 
 from celeryconf.app import LIMITS
 from integrations.mpesa import conf
+from integrations.mpesa.inbox import TRANSIENT_ERRORS, error_summary, inbox_mark_failed, inbox_process, inbox_sweep
 from integrations.mpesa.models import InboxState
-from integrations.mpesa.services import (
-    TRANSIENT_ERRORS,
-    error_summary,
-    inbox_enqueue,
-    inbox_mark_failed,
-    inbox_process,
-    inbox_sweep,
-    lost_confirmations_recover,
-    payment_requests_recover,
-)
+from integrations.mpesa.publisher import inbox_enqueue
 from integrations.mpesa.spool import spool_import
+from integrations.mpesa.status_queries import lost_confirmations_recover
+from integrations.mpesa.stk import payment_requests_recover
 
 logger = logging.getLogger(__name__)
 
@@ -50,7 +44,7 @@ def _backoff(retries: int) -> int:
 )
 def process_inbox(self: Any, inbox_ids: int | list[int]) -> list[str]:
     """Process inbox rows `inbox_ids` (one id or a batch), in order, each in its own transaction
-    (see services.inbox_process). Safe to deliver any number of times: processed rows are skipped.
+    (see inbox.inbox_process). Safe to deliver any number of times: processed rows are skipped.
 
     Transient database trouble on a row counts a failed attempt and retries the task, with
     exponential backoff (capped by CELERY_MAX_COUNTDOWN), for that row and the ones after it; the

@@ -1,8 +1,8 @@
 """Daraja's callbacks: authenticate by the till's token, store the raw body, enqueue, answer at once.
 
-Nothing else happens in the request (DESIGN.md, "The payment path"): one query finds the till, one
+Nothing else happens in the request (docs/mpesa.md, "The path of one callback"): one query finds the till, one
 INSERT ... ON CONFLICT DO NOTHING stores the body (a duplicate is a no-op), and a new row's id is
-handed to a background publisher for the payments queue (services._Publisher): the answer never
+handed to a background publisher for the payments queue (publisher._Publisher): the answer never
 waits for Redis, and whatever Redis does not get, the sweeper sends later. Parsing goes
 no further than the Daraja id, except for C2B validation, whose answer depends on the payment.
 When PostgreSQL refuses the till lookup or the INSERT, the raw request is written to the local
@@ -24,6 +24,7 @@ from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_POST
 
 from integrations.mpesa import conf
+from integrations.mpesa.inbox import PAYLOAD_KIND, inbox_store, malformed_id
 from integrations.mpesa.matching import resolve_reference
 from integrations.mpesa.models import InboxKind, InboxState, Till
 from integrations.mpesa.payloads import (
@@ -34,7 +35,7 @@ from integrations.mpesa.payloads import (
     callback_unique_id,
     parse_c2b_validation,
 )
-from integrations.mpesa.services import PAYLOAD_KIND, inbox_enqueue_soon, inbox_store, malformed_id
+from integrations.mpesa.publisher import inbox_enqueue_soon
 from integrations.mpesa.spool import DB_DOWN, SpoolError, import_after_recovery, spool_write, token_known
 
 logger = logging.getLogger(__name__)

@@ -1,7 +1,6 @@
 """The operations admin, one module per area (imported here so the admin site registers them)."""
 
 from operations.admin import (  # noqa: F401
-    businesses,
     closing,
     customers,
     laundry,

@@ -15,9 +15,9 @@ from unfold.admin import TabularInline
 from unfold.contrib.import_export.forms import ExportForm, ImportForm
 
 from accounts.exceptions import LedgerError
-from backoffice.tenancy import BusinessScopedAdmin, BusinessScopedResource, sees_all_businesses, visible_business_ids
-from integrations.mpesa.errors import MpesaError
+from integrations.mpesa.exceptions import MpesaError
 from operations.exceptions import OperationError
+from tenancy.scoping import BusinessScopedAdmin, BusinessScopedResource, sees_all_businesses, visible_business_ids
 
 REFUSALS = (OperationError, LedgerError, MpesaError)
 

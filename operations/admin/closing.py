@@ -7,7 +7,7 @@ from django.db.models import QuerySet
 from django.http import HttpRequest
 from unfold.decorators import action
 
-from celeryconf.jobs import job_launch
+from jobs.services import job_launch
 from operations.admin.base import DocumentAdmin
 from operations.jobs import CLOSING
 from operations.models import DayClosing

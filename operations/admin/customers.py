@@ -11,14 +11,14 @@ from django.db.models import QuerySet, Sum
 from django.http import HttpRequest
 from import_export.admin import ImportExportModelAdmin
 
-from backoffice.tenancy import BusinessScopedAdmin
 from operations.admin.base import ImportExportForms, ReadOnlyAdmin, ScopedResource
 from operations.models import Customer, CustomerTransaction, Item, Supplier
+from tenancy.scoping import BusinessScopedAdmin
 
 
 def _normalised_phone(raw: str) -> str:
     """The 2547XXXXXXXX form of what was typed, or what was typed (then refused by validation)."""
-    from integrations.mpesa.phones import normalise_msisdn
+    from operations.phones import normalise_msisdn
 
     try:
         return normalise_msisdn(raw)

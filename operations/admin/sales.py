@@ -15,11 +15,13 @@ from django.utils.html import format_html
 from unfold.decorators import action
 
 from integrations.mpesa.models import Payment, PaymentStatus
+from integrations.mpesa.payments import sale_settle_mpesa
 from integrations.mpesa.permissions import ALLOCATE_PAYMENT, REQUEST_STK_PAYMENT
+from integrations.mpesa.stk import sale_request_mpesa
 from operations.admin.base import REFUSALS, DocumentAdmin, DraftInline
 from operations.exceptions import InvalidInput
 from operations.models import Sale, SaleLine
-from operations.services.sales import sale_post, sale_refund, sale_request_mpesa, sale_settle_mpesa, sale_void
+from operations.services.sales import sale_post, sale_refund, sale_void
 
 
 class PaymentChoiceField(forms.ModelChoiceField):  # type: ignore[type-arg]

@@ -10,7 +10,7 @@ from operations.models.catalogue import (
     Unit,
 )
 from operations.models.closing import ClosingStatus, DayClosing
-from operations.models.core import Business, BusinessKind, Customer, Membership, MembershipRole
+from operations.models.core import Customer
 from operations.models.laundry import OPEN_STATUSES, LaundryOrder, LaundryOrderLine, OrderStatus
 from operations.models.purchases import (
     Expense,
@@ -43,8 +43,6 @@ from operations.models.stock import (
 __all__ = [
     "OPEN_STATUSES",
     "VAT_PERCENT",
-    "Business",
-    "BusinessKind",
     "ClosingStatus",
     "Customer",
     "CustomerTransaction",
@@ -58,8 +56,6 @@ __all__ = [
     "ItemKind",
     "LaundryOrder",
     "LaundryOrderLine",
-    "Membership",
-    "MembershipRole",
     "MovementKind",
     "OpeningStock",
     "OrderStatus",

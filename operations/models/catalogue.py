@@ -9,7 +9,7 @@ from django.db import models
 from django.db.models import Q
 
 from accounts.fields import MoneyField
-from operations.models.core import Business
+from tenancy.models import Business
 
 
 class QuantityField(models.DecimalField):  # type: ignore[type-arg]

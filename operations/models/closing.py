@@ -6,7 +6,7 @@ from django.conf import settings
 from django.db import models
 
 from accounts.fields import MoneyField
-from operations.models.core import Business
+from tenancy.models import Business
 
 
 class ClosingStatus(models.TextChoices):

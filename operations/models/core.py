@@ -1,60 +1,12 @@
-"""The businesses the owner runs and who works in which.
-
-Every row that belongs to a business (ledger entries, sales, payments, jobs) carries a foreign key
-to Business; per-business access in the admin (backoffice/tenancy.py) filters on it.
-"""
+"""The customers of a business (the business itself and its staff live in tenancy)."""
 
 from __future__ import annotations
 
-from django.conf import settings
+from django.core.exceptions import ValidationError
 from django.db import models
 
-
-class BusinessKind(models.TextChoices):
-    WATER = "water", "Water packaging"
-    LAUNDRY = "laundry", "Laundry"
-    RETAIL_LPG = "retail_lpg", "Retail and LPG"
-
-
-class Business(models.Model):
-    name = models.CharField(max_length=120, unique=True)
-    kind = models.CharField(max_length=20, choices=BusinessKind.choices)
-    currency = models.CharField(max_length=3, default="KES", editable=False)
-    timezone = models.CharField(max_length=64, default="Africa/Nairobi", editable=False)
-    is_active = models.BooleanField(default=True)
-    created_at = models.DateTimeField(auto_now_add=True)
-
-    class Meta:
-        ordering = ["name"]
-        verbose_name_plural = "businesses"
-        permissions = [("view_all_businesses", "Can see and manage every business (owner)")]
-        constraints = [
-            models.CheckConstraint(condition=models.Q(currency="KES"), name="business_currency_kes"),
-        ]
-
-    def __str__(self) -> str:
-        return self.name
-
-
-class MembershipRole(models.TextChoices):
-    MANAGER = "manager", "Manager"
-    STAFF = "staff", "Staff"
-
-
-class Membership(models.Model):
-    """A staff member assigned to a business: he sees and changes only the businesses he is in."""
-
-    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="memberships")
-    business = models.ForeignKey(Business, on_delete=models.CASCADE, related_name="memberships")
-    role = models.CharField(max_length=20, choices=MembershipRole.choices, default=MembershipRole.STAFF)
-    created_at = models.DateTimeField(auto_now_add=True)
-
-    class Meta:
-        ordering = ["business__name", "user__username"]
-        constraints = [models.UniqueConstraint(fields=["user", "business"], name="membership_user_business_unique")]
-
-    def __str__(self) -> str:
-        return f"{self.user} @ {self.business}"
+from operations.phones import msisdn_sha256, normalise_msisdn
+from tenancy.models import Business
 
 
 class Customer(models.Model):
@@ -88,10 +40,6 @@ class Customer(models.Model):
 
     def clean(self) -> None:
         """Store the phone normalised (2547XXXXXXXX) with its SHA-256, for M-Pesa matching."""
-        from django.core.exceptions import ValidationError
-
-        from integrations.mpesa.phones import msisdn_sha256, normalise_msisdn
-
         if not self.phone:
             self.phone_sha256 = ""
             return

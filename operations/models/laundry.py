@@ -9,8 +9,9 @@ from django.db.models import Q
 
 from accounts.fields import MoneyField
 from operations.models.catalogue import Item, QuantityField
-from operations.models.core import Business, Customer
+from operations.models.core import Customer
 from operations.models.sales import PaymentMethod
+from tenancy.models import Business
 
 
 class OrderStatus(models.TextChoices):

@@ -8,8 +8,8 @@ from django.db.models import Q
 
 from accounts.fields import MoneyField
 from operations.models.catalogue import Item, QuantityField, Supplier
-from operations.models.core import Business
 from operations.models.stock import DocumentStatus
+from tenancy.models import Business
 
 
 class PaidFrom(models.TextChoices):

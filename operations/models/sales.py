@@ -10,7 +10,8 @@ from django.db.models import Q
 
 from accounts.fields import MoneyField
 from operations.models.catalogue import Item, QuantityField
-from operations.models.core import Business, Customer
+from operations.models.core import Customer
+from tenancy.models import Business
 
 
 class PaymentMethod(models.TextChoices):

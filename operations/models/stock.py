@@ -9,7 +9,7 @@ from django.db.models import Q
 
 from accounts.fields import MoneyField
 from operations.models.catalogue import Item, QuantityField
-from operations.models.core import Business
+from tenancy.models import Business
 
 
 class StockLevel(models.Model):

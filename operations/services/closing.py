@@ -18,13 +18,15 @@ from django.db import transaction
 from django.utils import timezone
 
 from accounts.fields import ZERO
+from accounts.journal import Journal
 from accounts.models import SourceType
-from accounts.selectors import takings_by_business
+from accounts.selectors import books_lock_date, takings_by_business
 from accounts.services import books_close_period
 from operations.exceptions import DayClosed, InvalidInput, InvalidState
-from operations.models import Business, ClosingStatus, DayClosing
+from operations.models import ClosingStatus, DayClosing
 from operations.selectors import cash_expected
-from operations.services.postings import Journal, Roles, acting, lock_date_of
+from operations.services.postings import Roles, acting
+from tenancy.models import Business
 
 
 def closing_run(
@@ -51,7 +53,7 @@ def closing_run(
                 )
             return closing
         counted = closing.counted_cash if counted_cash is None else counted_cash
-        lock_date = lock_date_of(business)
+        lock_date = books_lock_date(business_id=business.pk)
         if lock_date is not None and day <= lock_date:
             raise DayClosed(f"The books of {business} are already closed up to {lock_date:%d %b %Y}.")
         takings = takings_by_business(business_ids=[business.pk], day=day)[business.pk]

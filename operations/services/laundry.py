@@ -20,11 +20,11 @@ from typing import Any
 from django.db import transaction
 
 from accounts.fields import ZERO
+from accounts.journal import Journal
 from accounts.models import SourceType
 from operations.exceptions import InvalidInput, InvalidState
 from operations.models import (
     OPEN_STATUSES,
-    Business,
     Customer,
     CustomerTransaction,
     CustomerTxKind,
@@ -35,8 +35,9 @@ from operations.models import (
     OrderStatus,
     PaymentMethod,
 )
-from operations.services.postings import Journal, Roles, day_open_check, money, sales_role_of, vat_split
+from operations.services.postings import Roles, day_open_check, money, sales_role_of, vat_split
 from operations.services.sales import credit_check
+from tenancy.models import Business
 
 NEXT_STATUS = {OrderStatus.RECEIVED: OrderStatus.WASHING, OrderStatus.WASHING: OrderStatus.READY}
 

@@ -13,7 +13,8 @@ from decimal import Decimal
 
 from django.db import transaction
 
-from operations.models import Business, CylinderState, Item, ItemKind, TaxRate
+from operations.models import CylinderState, Item, ItemKind, TaxRate
+from tenancy.models import Business
 
 
 @dataclass(frozen=True)

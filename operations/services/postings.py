@@ -1,12 +1,12 @@
-"""What every operations service shares: ledger accounts by role, the open-day check, VAT,
-netting journal lines, and the accounts operations adds to a business's chart.
+"""What every operations service shares: ledger accounts by role (with the accounts operations
+adds to a business's chart), the open-day check, VAT. Netting journal lines is the ledger's
+(accounts/journal.py).
 """
 
 from __future__ import annotations
 
 import datetime as dt
-from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
@@ -15,10 +15,12 @@ from django.db import transaction
 from django.utils import timezone
 
 from accounts.fields import CENT, ZERO
-from accounts.models import Account, AccountType, Books, JournalEntry
-from accounts.services import LineSpec, entry_post
+from accounts.journal import Roles as LedgerRoles
+from accounts.models import Account, AccountType
+from accounts.selectors import books_lock_date
 from operations.exceptions import DayClosed, InvalidInput
-from operations.models import VAT_PERCENT, Business
+from operations.models import VAT_PERCENT
+from tenancy.models import Business
 
 
 @dataclass(frozen=True)
@@ -55,25 +57,17 @@ def chart_operations_ensure(*, business: Business) -> None:
             codes.add(code)
 
 
-class Roles:
-    """The business's account ids by role, loaded in one query."""
+class Roles(LedgerRoles):
+    """The ledger's accounts by role, with the accounts operations adds (EXTRA_ACCOUNTS) ensured."""
 
     def __init__(self, business: Business) -> None:
-        self.business = business
-        self._ids = dict(Account.objects.filter(business=business).exclude(role="").values_list("role", "id"))
+        super().__init__(business)
         if any(spec.role not in self._ids for spec in EXTRA_ACCOUNTS):
             chart_operations_ensure(business=business)
-            self._ids = dict(Account.objects.filter(business=business).exclude(role="").values_list("role", "id"))
+            self._ids = self._load()
 
-    def __getitem__(self, role: str) -> int:
-        try:
-            return int(self._ids[role])
-        except KeyError:
-            raise InvalidInput(f"{self.business} has no ledger account for {role!r}; ask the accountant") from None
-
-
-def lock_date_of(business: Business) -> dt.date | None:
-    return Books.objects.filter(business=business).values_list("lock_date", flat=True).first()
+    def missing(self, role: str) -> Exception:
+        return InvalidInput(f"{self.business} has no ledger account for {role!r}; ask the accountant")
 
 
 def day_open_check(business: Business, day: dt.date) -> None:
@@ -81,7 +75,7 @@ def day_open_check(business: Business, day: dt.date) -> None:
     a day that has not come yet."""
     if day > timezone.localdate():
         raise InvalidInput(f"{day:%d %b %Y} is in the future: record it on the day it happens.")
-    lock_date = lock_date_of(business)
+    lock_date = books_lock_date(business_id=business.pk)
     if lock_date is not None and day <= lock_date:
         raise DayClosed(
             f"{day:%d %b %Y} is closed for {business}: the books are closed up to {lock_date:%d %b %Y}. "
@@ -100,66 +94,6 @@ def vat_split(gross: Decimal, tax_rate: str) -> tuple[Decimal, Decimal]:
         return gross, ZERO
     vat = money(gross * rate / (100 + rate))
     return gross - vat, vat
-
-
-class Journal:
-    """Collects signed amounts per account (debit positive) and nets them into entry lines."""
-
-    def __init__(self, roles: Roles) -> None:
-        self.roles = roles
-        self._net: dict[int, Decimal] = defaultdict(lambda: ZERO)
-        self._memo: dict[int, str] = {}
-
-    def debit(self, role: str, amount: Decimal, memo: str = "") -> None:
-        self._add(role, amount, memo)
-
-    def credit(self, role: str, amount: Decimal, memo: str = "") -> None:
-        self._add(role, -amount, memo)
-
-    def _add(self, role: str, amount: Decimal, memo: str) -> None:
-        if not amount:
-            return
-        account_id = self.roles[role]
-        self._net[account_id] += amount
-        if memo:
-            self._memo.setdefault(account_id, memo[:255])
-
-    def lines(self) -> list[LineSpec]:
-        return [
-            LineSpec(
-                account=account_id,
-                debit=amount if amount > 0 else ZERO,
-                credit=-amount if amount < 0 else ZERO,
-                memo=self._memo.get(account_id, ""),
-            )
-            for account_id, amount in self._net.items()
-            if amount
-        ]
-
-    def post(
-        self,
-        *,
-        entry_date: dt.date,
-        memo: str,
-        source_type: str,
-        source_ref: str,
-        idempotency_key: str,
-        acting_user: Any,
-    ) -> JournalEntry | None:
-        """Post the netted lines; None when everything nets to nothing (nothing to post)."""
-        lines = self.lines()
-        if not lines:
-            return None
-        return entry_post(
-            business=self.roles.business,
-            entry_date=entry_date,
-            lines=lines,
-            memo=memo[:255],
-            source_type=source_type,
-            source_ref=source_ref[:100],
-            idempotency_key=idempotency_key,
-            acting_user=acting_user,
-        )
 
 
 def sales_role_of(item: Any) -> str:
@@ -192,8 +126,3 @@ def same_business_items(business: Business, items: Iterable[Any]) -> None:
         same_business(business, [item], "Item")
         linked = [item.stock_item if item.stock_item_id else None, item.returns_item if item.returns_item_id else None]
         same_business(business, linked, f"The stock moved by {item},")
-
-
-def require_lines(lines: Sequence[Any], what: str) -> None:
-    if not lines:
-        raise InvalidInput(f"A {what} needs at least one line.")

@@ -18,10 +18,10 @@ from typing import Any
 from django.db import transaction
 
 from accounts.fields import ZERO
+from accounts.journal import Journal
 from accounts.models import SourceType
 from operations.exceptions import InvalidInput
 from operations.models import (
-    Business,
     DocumentStatus,
     Expense,
     Item,
@@ -33,16 +33,9 @@ from operations.models import (
     SupplierPayment,
     TaxRate,
 )
-from operations.services.postings import (
-    Journal,
-    Roles,
-    acting,
-    day_open_check,
-    same_business,
-    same_business_items,
-    vat_split,
-)
+from operations.services.postings import Roles, acting, day_open_check, same_business, same_business_items, vat_split
 from operations.services.stock import StockBook, stock_lock
+from tenancy.models import Business
 
 
 def purchase_post(*, purchase: Purchase, acting_user: Any = None) -> Purchase:

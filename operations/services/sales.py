@@ -20,11 +20,11 @@ from django.db.models import Sum
 from django.utils import timezone
 
 from accounts.fields import ZERO
+from accounts.journal import Journal
 from accounts.models import JournalEntry, SourceType
 from accounts.services import entry_reverse
 from operations.exceptions import CreditLimitExceeded, InvalidInput, InvalidState
 from operations.models import (
-    Business,
     Customer,
     CustomerTransaction,
     CustomerTxKind,
@@ -38,7 +38,6 @@ from operations.models import (
     StockMovement,
 )
 from operations.services.postings import (
-    Journal,
     Roles,
     acting,
     day_open_check,
@@ -49,6 +48,7 @@ from operations.services.postings import (
     vat_split,
 )
 from operations.services.stock import StockBook, stock_lock
+from tenancy.models import Business
 
 
 @dataclass(frozen=True)
@@ -374,55 +374,6 @@ def sale_mpesa_reversed(*, sale_id: int, business_id: int, receipt: str, amount:
             sale.mpesa_receipt = ""
         sale.save(update_fields=["amount_paid", "mpesa_receipt"])
     return sale
-
-
-def sale_settle_mpesa(*, sale: Sale, payment: Any, acting_user: Any = None) -> Sale:
-    """Settle an M-Pesa sale with a received payment that sits in suspense (unallocated): the
-    M-Pesa module's payment_allocate posts Dr suspense / Cr receivables and records it as any
-    matched payment (the sale's amount paid, the customer's transactions; what is over what the
-    sale owes is the customer's credit or stays in suspense), in this same transaction."""
-    from integrations.mpesa.services import payment_allocate
-
-    with transaction.atomic():
-        # The payment before the sale, as every M-Pesa placing locks them (no deadlock with "Allocate").
-        type(payment).objects.select_for_update().filter(pk=payment.pk).values_list("pk", flat=True).first()
-        sale = Sale.objects.select_for_update().get(pk=sale.pk)
-        if sale.status != SaleStatus.POSTED or sale.payment_method == PaymentMethod.CASH:
-            raise InvalidState(f"Sale {sale.number} is not waiting for an M-Pesa payment.")
-        if sale.total - sale.amount_paid <= 0:
-            raise InvalidState(f"Sale {sale.number} is paid already.")
-        if payment.business_id != sale.business_id:
-            raise InvalidInput("That M-Pesa payment was received by another business.")
-        payment_allocate(
-            payment=payment,
-            credit_role="receivables",
-            customer=sale.customer,
-            reference_kind="sale",
-            reference_id=sale.pk,
-            acting_user=acting_user,
-        )
-        sale.refresh_from_db()
-        return sale
-
-
-def sale_request_mpesa(*, sale: Sale, till: Any, phone: str = "", acting_user: Any = None) -> Any:
-    """Send an STK Push for what the sale still owes, with the sale number as account reference."""
-    from integrations.mpesa.services import stk_push_request
-
-    if sale.status != SaleStatus.POSTED or sale.total - sale.amount_paid <= 0:
-        raise InvalidState(f"Sale {sale.number} has nothing left to pay.")
-    same_business(sale.business, [till], "Till")
-    number = phone or sale.mpesa_phone or (sale.customer.phone if sale.customer else "")
-    if not number:
-        raise InvalidInput("Enter the customer's M-Pesa phone number on the sale first.")
-    return stk_push_request(
-        till=till,
-        phone=number,
-        amount=sale.total - sale.amount_paid,
-        account_reference=sale.number,
-        description=f"Sale {sale.number}"[:13],
-        acting_user=acting_user,
-    )
 
 
 def deposit_return(

@@ -16,6 +16,7 @@ from typing import Any
 from django.db import transaction
 
 from accounts.fields import ZERO
+from accounts.journal import Journal
 from accounts.models import JournalEntry, SourceType
 from operations.exceptions import InsufficientStock, InvalidInput
 from operations.models import (
@@ -27,7 +28,7 @@ from operations.models import (
     StockLevel,
     StockMovement,
 )
-from operations.services.postings import Journal, Roles, acting, day_open_check, money, same_business_items
+from operations.services.postings import Roles, acting, day_open_check, money, same_business_items
 
 
 def stock_lock(items: Iterable[Item]) -> dict[int, StockLevel]:

@@ -18,9 +18,10 @@ from django.db import transaction
 
 from accounts.fields import ZERO
 from operations.exceptions import InvalidInput
-from operations.models import Business, DocumentStatus, Item, ItemKind, MovementKind, ProductionBatch
+from operations.models import DocumentStatus, Item, ItemKind, MovementKind, ProductionBatch
 from operations.services.postings import day_open_check
 from operations.services.stock import StockBook, stock_lock
+from tenancy.models import Business
 
 
 def production_batch_post(*, batch: ProductionBatch, acting_user: Any = None) -> ProductionBatch:

@@ -22,7 +22,7 @@ from django.utils import timezone
 from accounts.models import Account, JournalEntry
 from accounts.selectors import account_for_role
 from accounts.services import LineSpec, chart_ensure_default, entry_post
-from operations.models import Business
+from tenancy.models import Business
 
 _keys = itertools.count(1)
 

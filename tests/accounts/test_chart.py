@@ -11,7 +11,7 @@ from accounts.exceptions import InvalidAccount
 from accounts.models import Account, AccountType, Books, JournalEntry
 from accounts.selectors import account_for_role
 from accounts.services import chart_ensure_default
-from operations.models import Business, BusinessKind
+from tenancy.models import Business, BusinessKind
 from tests.accounts.conftest import sale
 
 ROLES_THE_PRODUCT_USES = {

@@ -349,7 +349,7 @@ def orm_reversal(business) -> None:
 
 
 def test_a_business_without_books_cannot_post(db):
-    from operations.models import Business
+    from tenancy.models import Business
 
     bare = Business.objects.create(name="No books yet", kind="water")
     with pytest.raises(IntegrityError, match="no books row"):

@@ -11,9 +11,9 @@ from django.core.management import call_command
 from django.test import Client
 from django.urls import reverse
 
-from celeryconf.models import Job, JobState
+from jobs.models import Job, JobState
 from operations.jobs import EXPORT_BUSINESSES
-from operations.models import Business
+from tenancy.models import Business
 from tests.conftest import login, staff_with_perms
 from tests.factories import PASSWORD, UserFactory
 
@@ -78,7 +78,7 @@ def test_dashboard_shows_each_business_with_takings_and_jobs(demo: None, owner_c
 
 def test_dashboard_for_staff_shows_only_his_business(demo: None) -> None:
     water = Business.objects.get(name="Maji Safi Water")
-    staff = staff_with_perms(water, ["operations.view_business"], username="wairimu")
+    staff = staff_with_perms(water, ["tenancy.view_business"], username="wairimu")
     page = login(staff).get(reverse("admin:index"))
     assert [row["business"] for row in page.context["business_rows"]] == [water]
     assert "all_businesses" not in page.context
@@ -90,7 +90,7 @@ def test_sidebar_groups_links_by_area(owner_client: Client) -> None:
     body = page.content.decode()
     for group in ("Overview", "Businesses and people", "Scheduling", "Security"):
         assert group in body
-    assert reverse("admin:celeryconf_job_changelist") in body
+    assert reverse("admin:jobs_job_changelist") in body
 
 
 def test_dashboard_takings_come_from_the_ledger(demo: None, owner_client: Client) -> None:

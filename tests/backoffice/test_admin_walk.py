@@ -22,8 +22,8 @@ from django.test import Client, RequestFactory
 from django.urls import NoReverseMatch, reverse
 from import_export.admin import ExportMixin, ImportMixin
 
-from backoffice.tenancy import BusinessScopedAdmin, sees_all_businesses
-from operations.models import Business
+from tenancy.models import Business
+from tenancy.scoping import BusinessScopedAdmin, sees_all_businesses
 from tests.backoffice.test_tenancy import ALL_MAKERS
 from tests.factories import MembershipFactory, UserFactory
 

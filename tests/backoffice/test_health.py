@@ -135,7 +135,7 @@ def test_the_owner_sees_the_details(clean_broker: redis.Redis) -> None:
     superuser.force_login(OwnerFactory.create())
     assert "queues" in superuser.get("/healthz").json()
     all_businesses = Client()
-    all_businesses.force_login(UserFactory.create(username="partner", perms=["operations.view_all_businesses"]))
+    all_businesses.force_login(UserFactory.create(username="partner", perms=["tenancy.view_all_businesses"]))
     assert "queues" in all_businesses.get("/healthz").json()
 
 

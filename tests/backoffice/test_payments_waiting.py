@@ -25,7 +25,7 @@ from integrations.mpesa.models import (
     Till,
 )
 from integrations.mpesa.spool import REJECTED, spool_write
-from operations.models import Business
+from tenancy.models import Business
 from tests.conftest import login, staff_with_perms
 from tests.integrations.mpesa.factories import TillFactory, unallocated_payment
 
@@ -89,7 +89,7 @@ def test_staff_see_only_their_business_count_and_no_link_without_the_inbox(water
     inbox_row(TillFactory.create(business=water), "TKH0000008", InboxState.NEEDS_ATTENTION)
     inbox_row(TillFactory.create(business=laundry), "TKH0000009", InboxState.NEEDS_ATTENTION)
     inbox_row(TillFactory.create(business=laundry), "TKH0000010", InboxState.NEEDS_ATTENTION)
-    staff = staff_with_perms(water, ["operations.view_business"], username="wanjiru")
+    staff = staff_with_perms(water, ["tenancy.view_business"], username="wanjiru")
 
     page = login(staff).get(reverse("admin:index"))
 
@@ -182,7 +182,7 @@ def test_staff_see_their_lost_confirmations_but_not_the_spool(
     spool_files(tmp_path / "spool", pending=1, rejected=1)
     parked_query(TillFactory.create(business=water), "TKQ0000006")
     parked_query(TillFactory.create(business=laundry), "TKQ0000007")
-    staff = staff_with_perms(water, ["operations.view_business"], username="wanjiru")
+    staff = staff_with_perms(water, ["tenancy.view_business"], username="wanjiru")
 
     page = login(staff).get(reverse("admin:index"))
 

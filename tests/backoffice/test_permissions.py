@@ -18,7 +18,6 @@ from django.test import Client, RequestFactory
 from django.urls import reverse
 from django_celery_beat.models import PeriodicTask
 
-from celeryconf.models import Job
 from integrations.mpesa.admin import ReconciliationLineAdmin
 from integrations.mpesa.models import (
     InboxMessage,
@@ -39,10 +38,12 @@ from integrations.mpesa.permissions import (
     REQUEST_STK_PAYMENT,
     REVERSE_PAYMENT,
 )
-from operations.admin.businesses import BusinessResource
+from jobs.models import Job
 from operations.admin.customers import CustomerResource
-from operations.models import Business, Customer, Sale
-from operations.services import staff_group_ensure
+from operations.models import Customer, Sale
+from tenancy.admin import BusinessResource
+from tenancy.models import Business
+from tenancy.services import staff_group_ensure
 from tests.backoffice.test_admin_walk import filter_labels
 from tests.conftest import login, staff_with_perms
 from tests.integrations.mpesa.factories import TillFactory
@@ -89,7 +90,7 @@ ACTIONS = [
         _model_perms(ReconciliationRun, "view", "add"),
         "integrations.change_reconciliationrun",
     ),
-    (Job, "retry_failed", _model_perms(Job, "view"), "celeryconf.change_job"),
+    (Job, "retry_failed", _model_perms(Job, "view"), "jobs.change_job"),
     (PeriodicTask, "run_tasks", _model_perms(PeriodicTask, "view"), "django_celery_beat.change_periodictask"),
     (PeriodicTask, "toggle_tasks", _model_perms(PeriodicTask, "view"), "django_celery_beat.change_periodictask"),
     (AccessAttempt, "cleanup_expired_attempts", _model_perms(AccessAttempt, "view"), "axes.delete_accessattempt"),
@@ -147,7 +148,7 @@ def test_the_staff_group_holds_no_money_moving_permission(water: Business) -> No
         assert Permission.objects.filter(content_type__app_label=app_label, codename=codename).exists(), perm
     group = staff_group_ensure()  # ... and the staff group has none of them, nor a job retry
     held = {f"{p.content_type.app_label}.{p.codename}" for p in group.permissions.select_related("content_type")}
-    assert not held & {*MONEY_PERMISSIONS, "celeryconf.change_job"}
+    assert not held & {*MONEY_PERMISSIONS, "jobs.change_job"}
 
     call_command("setup_demo", verbosity=0)
     maji = User.objects.get(username="maji")
@@ -160,7 +161,7 @@ def test_the_staff_group_holds_no_money_moving_permission(water: Business) -> No
 
 
 def test_businesses_are_imported_by_the_owner_only(water: Business, laundry: Business, owner_client: Client) -> None:
-    url = reverse("admin:operations_business_import")
+    url = reverse("admin:tenancy_business_import")
     staff = staff_with_perms(water, _model_perms(Business, "view", "add", "change"))
     assert login(staff).get(url).status_code == 403
     assert owner_client.get(url).status_code == 200
@@ -255,13 +256,13 @@ def test_users_and_the_user_autocomplete_show_only_people_of_his_businesses(wate
 
     colleague = MembershipFactory.create(business=water, user=UserFactory.create(username="colleague_wanjiku")).user
     stranger = MembershipFactory.create(business=laundry, user=UserFactory.create(username="stranger_otieno")).user
-    staff = staff_with_perms(water, ["auth.view_user", "operations.view_membership", "operations.add_membership"])
+    staff = staff_with_perms(water, ["auth.view_user", "tenancy.view_membership", "tenancy.add_membership"])
     client = login(staff)
     body = client.get(reverse("admin:auth_user_changelist")).content.decode()
     assert colleague.username in body and stranger.username not in body
     found = client.get(
         reverse("admin:autocomplete"),
-        {"app_label": "operations", "model_name": "membership", "field_name": "user", "term": "o"},
+        {"app_label": "tenancy", "model_name": "membership", "field_name": "user", "term": "o"},
     ).json()
     names = {row["text"] for row in found["results"]}
     assert colleague.username in names and stranger.username not in names

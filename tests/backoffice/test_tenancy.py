@@ -16,10 +16,10 @@ from django.db.models import Model
 from django.test import Client
 from django.urls import reverse
 
-from backoffice.tenancy import BusinessScopedAdmin, BusinessScopedResource, visible_businesses
-from celeryconf.models import Job
+from jobs.models import Job
 from operations.jobs import EXPORT_BUSINESSES
-from operations.models import Business, Membership
+from tenancy.models import Business, Membership
+from tenancy.scoping import BusinessScopedAdmin, BusinessScopedResource, visible_businesses
 from tests.conftest import login, staff_with_perms
 from tests.factories import MembershipFactory, UserFactory
 
@@ -54,7 +54,7 @@ def scoped_models() -> list[type[Model]]:
 
 def _perms(model: type[Model]) -> list[str]:
     app, name = model._meta.app_label, model._meta.model_name
-    return [f"{app}.{action}_{name}" for action in ("view", "change", "delete", "add")] + ["operations.view_business"]
+    return [f"{app}.{action}_{name}" for action in ("view", "change", "delete", "add")] + ["tenancy.view_business"]
 
 
 def _url(model: type[Model], view: str, *args: Any) -> str:
@@ -153,7 +153,7 @@ def test_export_contains_only_his_business(water: Business, laundry: Business) -
     staff = staff_with_perms(water, _perms(Business))
     client = login(staff)
     response = client.post(
-        reverse("admin:operations_business_export"),
+        reverse("admin:tenancy_business_export"),
         {
             "format": "0",
             "resource": "0",
@@ -177,7 +177,7 @@ def test_the_owner_sees_every_business(owner_client: Client, water: Business, la
 @pytest.mark.django_db
 def test_a_user_granted_view_all_businesses_sees_every_business(water: Business, laundry: Business) -> None:
     accountant = UserFactory.create(
-        username="accountant", perms=["operations.view_business", "operations.view_all_businesses"]
+        username="accountant", perms=["tenancy.view_business", "tenancy.view_all_businesses"]
     )
     body = login(accountant).get(_url(Business, "changelist")).content.decode()
     assert water.name in body and laundry.name in body

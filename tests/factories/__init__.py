@@ -5,7 +5,7 @@ from __future__ import annotations
 import factory
 from django.contrib.auth.models import Permission, User
 
-from operations.models import Business, BusinessKind, Membership, MembershipRole
+from tenancy.models import Business, BusinessKind, Membership, MembershipRole
 
 PASSWORD = "correct-horse-battery-staple"
 
@@ -23,7 +23,7 @@ class UserFactory(factory.django.DjangoModelFactory[User]):
 
     @factory.post_generation
     def perms(self: User, create: bool, extracted: list[str] | None, **_: object) -> None:
-        """`UserFactory.create(perms=["operations.view_business", ...])` grants those permissions."""
+        """`UserFactory.create(perms=["tenancy.view_business", ...])` grants those permissions."""
         if not create or not extracted:
             self.save()
             return

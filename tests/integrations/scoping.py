@@ -24,8 +24,8 @@ from integrations.mpesa.models import (
     UnallocatedPayment,
 )
 from integrations.mpesa.payloads import NAIROBI
-from integrations.mpesa.services import payment_record
-from operations.models import Business
+from integrations.mpesa.payments import payment_record
+from tenancy.models import Business
 from tests.integrations.mpesa.factories import PaymentRequestFactory, TillFactory
 
 _numbers = itertools.count(1)

@@ -8,8 +8,8 @@ import pytest
 from django.utils import timezone
 
 from accounts.services import chart_ensure_default
-from operations.models import Business
 from operations.services.postings import chart_operations_ensure
+from tenancy.models import Business
 
 
 def _with_books(business: Business) -> Business:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from decimal import Decimal
 
 from django.db.models import Sum
 
 from accounts.models import JournalEntry, JournalLine
-from operations.models import Business
+from operations.models import StockMovement
+from tenancy.models import Business
 
 
 def lines_by_role(entry: JournalEntry | None) -> dict[str, tuple[Decimal, Decimal]]:
@@ -31,3 +33,9 @@ def role_balance(business: Business, role: str) -> Decimal:
         d=Sum("debit"), c=Sum("credit")
     )
     return (totals["d"] or Decimal(0)) - (totals["c"] or Decimal(0))
+
+
+def stock_total_value(*, business: Business, as_of: dt.date) -> Decimal:
+    """What the stock movements of `business` up to `as_of` are worth (the inventory account must agree)."""
+    total = StockMovement.objects.filter(business=business, movement_date__lte=as_of).aggregate(s=Sum("value"))["s"]
+    return total or Decimal("0.00")

@@ -10,7 +10,6 @@ from decimal import Decimal
 from django.db.models import Model
 
 from operations.models import (
-    Business,
     Customer,
     CustomerTransaction,
     DayClosing,
@@ -28,6 +27,7 @@ from operations.models import (
     Supplier,
     SupplierPayment,
 )
+from tenancy.models import Business
 from tests.operations.factories import CustomerFactory, ItemFactory, SupplierFactory
 
 DAY = dt.date(2026, 1, 15)

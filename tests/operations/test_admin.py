@@ -15,12 +15,11 @@ from django.test import Client
 from django.urls import reverse
 
 from accounts.services import books_close_period
-from celeryconf.jobs import REGISTRY, JobContext
-from celeryconf.models import Job
+from jobs.models import Job
+from jobs.registry import REGISTRY, JobContext
 from operations.admin.customers import CustomerResource
 from operations.jobs import CLOSING
 from operations.models import (
-    Business,
     ClosingStatus,
     Customer,
     DayClosing,
@@ -36,7 +35,8 @@ from operations.models import (
     StockCount,
     StockLevel,
 )
-from operations.services import STAFF_PERMISSIONS, staff_group_ensure
+from tenancy.models import Business
+from tenancy.services import STAFF_PERMISSIONS, staff_group_ensure
 from tests.operations.factories import CustomerFactory, ItemFactory, SupplierFactory
 from tests.operations.scoping import ROW_MAKERS
 
@@ -297,7 +297,7 @@ def test_closing_is_launched_as_a_job_that_runs_the_service(
     assert job.business == retail and job.params == {"day": yesterday.isoformat(), "counted_cash": "0.00"}
     assert any(f"#{job.pk}" in m for m in _messages(response))
 
-    # What the worker does with it (the job mechanism itself is tested in tests/celeryconf):
+    # What the worker does with it (the job mechanism itself is tested in tests/jobs):
     REGISTRY[CLOSING].handler(JobContext(job))
     REGISTRY[CLOSING].handler(JobContext(job))  # a redelivery is harmless
     closing.refresh_from_db()

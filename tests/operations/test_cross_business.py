@@ -15,22 +15,15 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 from django.urls import reverse
 
 from accounts.models import JournalEntry
-from backoffice.tenancy import BusinessScopedResource
+from integrations.mpesa.stk import sale_request_mpesa
 from operations.exceptions import InvalidInput
-from operations.models import (
-    Business,
-    Expense,
-    Item,
-    ItemKind,
-    OpeningStock,
-    PaidFrom,
-    StockLevel,
-    StockMovement,
-)
-from operations.services import staff_group_ensure
+from operations.models import Expense, Item, ItemKind, OpeningStock, PaidFrom, StockLevel, StockMovement
 from operations.services.purchases import expense_post, purchase_create
-from operations.services.sales import LineInput, deposit_return, sale_create, sale_request_mpesa
+from operations.services.sales import LineInput, deposit_return, sale_create
 from operations.services.stock import stock_count_create, stock_opening_post
+from tenancy.models import Business
+from tenancy.scoping import BusinessScopedResource
+from tenancy.services import staff_group_ensure
 from tests.conftest import login
 from tests.factories import MembershipFactory, UserFactory
 from tests.integrations.mpesa.factories import TillFactory

@@ -8,17 +8,7 @@ from decimal import Decimal
 import pytest
 
 from operations.exceptions import CreditLimitExceeded, InvalidInput, InvalidState
-from operations.models import (
-    Business,
-    Item,
-    ItemKind,
-    OpeningStock,
-    OrderStatus,
-    PaidFrom,
-    PaymentMethod,
-    StockLevel,
-    TaxRate,
-)
+from operations.models import Item, ItemKind, OpeningStock, OrderStatus, PaidFrom, PaymentMethod, StockLevel, TaxRate
 from operations.selectors import uncollected_orders
 from operations.services.laundry import (
     laundry_order_advance,
@@ -30,6 +20,7 @@ from operations.services.lpg import lpg_cylinder_ensure
 from operations.services.purchases import purchase_create
 from operations.services.sales import LineInput, sale_create, sale_refund
 from operations.services.stock import stock_opening_post
+from tenancy.models import Business
 from tests.operations.factories import CustomerFactory, ItemFactory, SupplierFactory
 from tests.operations.ledger import D, lines_by_role
 

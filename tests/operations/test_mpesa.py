@@ -12,12 +12,13 @@ from django.urls import reverse
 from django.utils import timezone
 
 from integrations.mpesa.models import Payment, Till
-from integrations.mpesa.services import payment_record
-from operations.models import Business, Item, ItemKind, PaymentMethod, Sale
-from operations.payments import reference_resolver
+from integrations.mpesa.payments import payment_record, sale_settle_mpesa
+from operations.models import Item, ItemKind, PaymentMethod, Sale
+from operations.payments import reference_resolve
 from operations.selectors import customer_balance
 from operations.services.laundry import laundry_order_create
-from operations.services.sales import LineInput, sale_create, sale_settle_mpesa
+from operations.services.sales import LineInput, sale_create
+from tenancy.models import Business
 from tests.operations.factories import CustomerFactory, ItemFactory
 from tests.operations.ledger import lines_by_role, role_balance
 
@@ -60,7 +61,7 @@ def test_an_mpesa_sale_is_paid_when_the_payment_quotes_its_number(
         "sales_shop": (0, Decimal("500.00")),
         "vat_output": (0, Decimal("80.00")),
     }
-    assert reference_resolver(retail, sale.number.lower()) is not None
+    assert reference_resolve(retail, sale.number.lower()) is not None
 
     payment = _pay(_till(retail), "QKA1B2C3D4", Decimal("580.00"), sale.number)
     assert payment.status == "allocated" and payment.reference_kind == "sale" and payment.reference_id == sale.pk

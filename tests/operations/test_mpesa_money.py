@@ -15,21 +15,13 @@ from django.urls import reverse
 from django.utils import timezone
 
 from accounts.models import JournalEntry
-from integrations.mpesa.errors import InvalidRequest
+from integrations.mpesa.exceptions import InvalidRequest
 from integrations.mpesa.models import Payment, PaymentApplication, PaymentStatus, Till
-from integrations.mpesa.services import payment_allocate, payment_record
-from operations.models import (
-    Business,
-    Customer,
-    CustomerTransaction,
-    CustomerTxKind,
-    Item,
-    ItemKind,
-    PaymentMethod,
-    Sale,
-)
+from integrations.mpesa.payments import payment_allocate, payment_record, sale_settle_mpesa
+from operations.models import Customer, CustomerTransaction, CustomerTxKind, Item, ItemKind, PaymentMethod, Sale
 from operations.selectors import customer_balance, customer_statement
-from operations.services.sales import LineInput, sale_create, sale_settle_mpesa
+from operations.services.sales import LineInput, sale_create
+from tenancy.models import Business
 from tests.operations.factories import CustomerFactory, ItemFactory
 from tests.operations.ledger import lines_by_role, role_balance
 

@@ -12,18 +12,11 @@ from django.test.utils import CaptureQueriesContext
 from accounts.models import JournalEntry
 from accounts.services import books_close_period
 from operations.exceptions import CreditLimitExceeded, DayClosed, InsufficientStock, InvalidInput
-from operations.models import (
-    Business,
-    OpeningStock,
-    PaymentMethod,
-    Sale,
-    SaleStatus,
-    StockLevel,
-    TaxRate,
-)
+from operations.models import OpeningStock, PaymentMethod, Sale, SaleStatus, StockLevel, TaxRate
 from operations.selectors import customer_balance, customer_balances, customer_statement, low_stock
 from operations.services.sales import LineInput, customer_payment_record, sale_create, sale_refund, sale_void
 from operations.services.stock import stock_opening_post
+from tenancy.models import Business
 from tests.operations.factories import CustomerFactory, ItemFactory
 from tests.operations.ledger import D, lines_by_role
 

@@ -8,8 +8,9 @@ from django.utils import timezone
 
 from accounts.models import JournalEntry
 from accounts.selectors import trial_balance
-from operations.models import Business, DayClosing, LaundryOrder, Sale, StockLevel, StockMovement
-from operations.selectors import stock_total_value
+from operations.models import DayClosing, LaundryOrder, Sale, StockLevel, StockMovement
+from tenancy.models import Business
+from tests.operations.ledger import stock_total_value
 
 
 @pytest.mark.slow

@@ -11,14 +11,15 @@ from accounts.models import Books
 from accounts.selectors import account_for_role
 from accounts.services import LineSpec, entry_post
 from operations.exceptions import DayClosed, InvalidState
-from operations.models import Business, ClosingStatus, DayClosing, PaidFrom, StockLevel
-from operations.selectors import stock_total_value, stock_value_as_of
+from operations.models import ClosingStatus, DayClosing, PaidFrom, StockLevel
+from operations.selectors import stock_value_as_of
 from operations.services.closing import closing_run
 from operations.services.purchases import expense_create, purchase_create
 from operations.services.sales import LineInput, sale_create
 from operations.services.stock import stock_count_create
+from tenancy.models import Business
 from tests.operations.factories import ItemFactory, SupplierFactory
-from tests.operations.ledger import D, lines_by_role, role_balance
+from tests.operations.ledger import D, lines_by_role, role_balance, stock_total_value
 
 pytestmark = pytest.mark.django_db
 

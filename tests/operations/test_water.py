@@ -7,11 +7,12 @@ import datetime as dt
 import pytest
 
 from operations.exceptions import InvalidInput
-from operations.models import Business, ItemKind, PaidFrom, PaymentMethod, StockLevel, TaxRate
+from operations.models import ItemKind, PaidFrom, PaymentMethod, StockLevel, TaxRate
 from operations.selectors import supplier_balance
 from operations.services.purchases import purchase_create, supplier_payment_create
 from operations.services.sales import LineInput, deposit_return, sale_create
 from operations.services.water import production_batch_create
+from tenancy.models import Business
 from tests.operations.factories import CustomerFactory, ItemFactory, SupplierFactory
 from tests.operations.ledger import D, lines_by_role
 

@@ -6,10 +6,10 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from integrations.mpesa.errors import MpesaError
+from integrations.mpesa.exceptions import MpesaError
 from integrations.mpesa.models import Till
 from integrations.mpesa.secrets import SecretUnreadable
-from integrations.mpesa.services import till_callback_urls, till_register_urls
+from integrations.mpesa.tills import till_callback_urls, till_register_urls
 
 
 class Command(BaseCommand):

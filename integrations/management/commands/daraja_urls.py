@@ -6,9 +6,9 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from integrations.mpesa.errors import MpesaError
+from integrations.mpesa.exceptions import MpesaError
 from integrations.mpesa.models import Till
-from integrations.mpesa.services import till_callback_urls
+from integrations.mpesa.tills import till_callback_urls
 
 
 class Command(BaseCommand):

@@ -12,7 +12,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from integrations.mpesa.services import till_credentials_reencrypt
+from integrations.mpesa.tills import till_credentials_reencrypt
 
 
 class Command(BaseCommand):

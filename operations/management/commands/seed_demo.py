@@ -8,7 +8,7 @@ sale exists (used on first start). Random but reproducible: `--seed` (default 20
 
 M-Pesa: each business gets a demo till; M-Pesa sales and laundry payments are posted by the
 operations services to receivables and then paid with synthetic receipts recorded through
-integrations.mpesa.services.payment_record (as a Daraja callback would), which matches them by
+integrations.mpesa.payments.payment_record (as a Daraja callback would), which matches them by
 sale number, laundry tag or phone and calls operations' payment listener.
 """
 
@@ -26,11 +26,10 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import transaction
 from django.utils import timezone
 
+from accounts.selectors import books_lock_date
 from operations.exceptions import CreditLimitExceeded, InsufficientStock
 from operations.management.commands.setup_demo import DEMO_BUSINESSES
 from operations.models import (
-    Business,
-    BusinessKind,
     Customer,
     Item,
     ItemKind,
@@ -46,15 +45,15 @@ from operations.models import (
     Unit,
 )
 from operations.selectors import cash_expected, customer_balance, supplier_balance
-from operations.services import business_ensure
+from operations.services.businesses import business_ensure
 from operations.services.closing import closing_run
 from operations.services.laundry import laundry_order_advance, laundry_order_collect, laundry_order_create
 from operations.services.lpg import lpg_cylinder_ensure
-from operations.services.postings import lock_date_of
 from operations.services.purchases import expense_create, purchase_create, supplier_payment_create
 from operations.services.sales import LineInput, customer_payment_record, deposit_return, sale_create
 from operations.services.stock import stock_opening_post
 from operations.services.water import production_batch_create
+from tenancy.models import Business, BusinessKind
 
 D = Decimal
 NAIROBI = ZoneInfo("Africa/Nairobi")
@@ -218,7 +217,7 @@ class Seeder:
 
     def mpesa_pay(self, day: dt.date, amount: Decimal, *, reference: str, phone: str = "") -> None:
         """A synthetic M-Pesa payment received on the business's till, recorded by the M-Pesa services."""
-        from integrations.mpesa.services import payment_record
+        from integrations.mpesa.payments import payment_record
 
         self.receipts += 1
         paid_at = dt.datetime.combine(day, dt.time(8), tzinfo=NAIROBI) + dt.timedelta(minutes=self.receipts % 600)
@@ -595,7 +594,7 @@ class Command(BaseCommand):
         for name, kind, _ in DEMO_BUSINESSES:
             business = business_ensure(name=name, kind=kind)
             seeder = SEEDERS[kind](business, rng)
-            lock_date = lock_date_of(business)
+            lock_date = books_lock_date(business_id=business.pk)
             start = first if lock_date is None else max(first, lock_date + dt.timedelta(days=1))
             with transaction.atomic():
                 seeder.setup(start)

@@ -13,8 +13,9 @@ from django.contrib.auth.models import User
 from django.core.management.base import BaseCommand, CommandParser
 from django.db import transaction
 
-from operations.models import BusinessKind
-from operations.services import business_ensure, membership_assign, staff_group_ensure
+from operations.services.businesses import business_ensure
+from tenancy.models import BusinessKind
+from tenancy.services import membership_assign, staff_group_ensure
 
 DEMO_BUSINESSES = [
     ("Maji Safi Water", BusinessKind.WATER, "maji"),

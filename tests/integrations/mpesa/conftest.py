@@ -9,7 +9,7 @@ import pytest
 
 from accounts.services import chart_ensure_default
 from integrations.mpesa.models import Till
-from operations.models import Business
+from tenancy.models import Business
 from tests.integrations.mpesa.factories import TillFactory
 
 
@@ -36,7 +36,7 @@ def _fresh_till_cache() -> None:
 @pytest.fixture(autouse=True)
 def _publisher_not_paused() -> None:
     """A test that killed the broker must not make the next one skip its publishes."""
-    from integrations.mpesa.services import publisher
+    from integrations.mpesa.publisher import publisher
 
     publisher._paused_until = 0.0
 

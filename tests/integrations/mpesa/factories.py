@@ -149,7 +149,7 @@ def reversal_result(
 
 def unallocated_payment(till: Till, receipt: str, amount: Decimal = Decimal("250.00")) -> Payment:
     """A payment in suspense, recorded through the real service (so its entry exists)."""
-    from integrations.mpesa.services import payment_record
+    from integrations.mpesa.payments import payment_record
 
     payment, _ = payment_record(
         till=till,

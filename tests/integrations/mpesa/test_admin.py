@@ -10,6 +10,7 @@ import redis
 from django.test import Client
 from django.urls import reverse
 
+from integrations.mpesa.inbox import inbox_store
 from integrations.mpesa.models import (
     InboxKind,
     InboxMessage,
@@ -22,9 +23,9 @@ from integrations.mpesa.models import (
     ReversalState,
     Till,
 )
+from integrations.mpesa.publisher import publisher
 from integrations.mpesa.secrets import decrypt, encrypt
-from integrations.mpesa.services import inbox_store, publisher
-from operations.models import Business
+from tenancy.models import Business
 from tests.integrations.mpesa.factories import TillFactory, unallocated_payment
 from tests.integrations.mpesa.fake_daraja import (
     OAUTH,

@@ -17,8 +17,9 @@ from celery import current_app
 from django.db import connection
 
 from accounts.models import JournalEntry
+from integrations.mpesa.inbox import inbox_store
 from integrations.mpesa.models import InboxKind, InboxMessage, InboxState, Payment, Till
-from integrations.mpesa.services import inbox_enqueue, inbox_store, publisher
+from integrations.mpesa.publisher import inbox_enqueue, publisher
 from integrations.mpesa.tasks import sweep_inbox
 from tests import celery_support
 from tests.celery_support import WorkerProcess, wait_for, worker_env

@@ -11,8 +11,9 @@ from django.db import connection, connections
 from django.test import Client
 
 from accounts.models import JournalEntry
+from integrations.mpesa.inbox import inbox_process, inbox_reprocess, inbox_store
 from integrations.mpesa.models import InboxKind, InboxMessage, InboxState, Payment, PaymentRequestState, Till
-from integrations.mpesa.services import inbox_process, inbox_reprocess, inbox_store, publisher
+from integrations.mpesa.publisher import publisher
 from tests.integrations.mpesa.factories import PaymentRequestFactory, c2b_confirmation, stk_failure, stk_success
 
 pytestmark = pytest.mark.django_db

@@ -13,7 +13,8 @@ import pytest
 from django.db import DatabaseError, OperationalError, connection
 
 from accounts.models import JournalEntry
-from integrations.mpesa import matching
+from integrations.mpesa import payments as mpesa_payments
+from integrations.mpesa.inbox import inbox_process, inbox_store, inbox_sweep
 from integrations.mpesa.models import (
     InboxKind,
     InboxMessage,
@@ -29,9 +30,9 @@ from integrations.mpesa.payloads import (
     parse_c2b_confirmation,
     parse_stk_callback,
 )
-from integrations.mpesa.services import inbox_process, inbox_store, inbox_sweep
 from integrations.mpesa.tasks import process_inbox
 from operations.models import Customer
+from operations.payments import Placed
 from tests.integrations.mpesa.factories import c2b_confirmation, stk_success
 from tests.operations.factories import CustomerFactory
 
@@ -56,19 +57,18 @@ def known_customer(till: Till) -> Customer:
 
 @pytest.fixture
 def listener_fails_for(monkeypatch: pytest.MonkeyPatch) -> Callable[..., None]:
-    """Make the registered payment listeners (operations' payment_listener) raise for one receipt."""
+    """Make operations' recording of a placed payment (operations.payments.payment_placed) raise for one receipt."""
 
     def arrange(receipt: str, fail: Callable[[], None]) -> None:
-        real = list(matching._listeners)
-        assert real, "operations registers its payment listener"
+        real = mpesa_payments.payment_placed
 
-        def listener(payment: Payment, placed: matching.Placed) -> None:
-            if payment.receipt == receipt:
+        def placed(*, business_id: int, receipt: str, placed: Placed) -> None:
+            if receipt == failing:
                 fail()
-            for fn in real:
-                fn(payment, placed)
+            real(business_id=business_id, receipt=receipt, placed=placed)
 
-        monkeypatch.setattr(matching, "_listeners", [listener])
+        failing = receipt
+        monkeypatch.setattr(mpesa_payments, "payment_placed", placed)
 
     return arrange
 

@@ -44,7 +44,7 @@ from integrations.mpesa.payloads import (
     parse_transaction_status_result,
     stk_result_category,
 )
-from integrations.mpesa.phones import (
+from operations.phones import (
     classify_msisdn,
     mask_matches,
     msisdn_matches,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterator
 from decimal import Decimal
 
 import pytest
@@ -11,9 +10,8 @@ from django.utils import timezone
 
 from accounts.models import JournalEntry, JournalLine
 from accounts.services import books_close_period
-from integrations.mpesa import matching
-from integrations.mpesa.errors import NotUnallocated
-from integrations.mpesa.matching import Match, Placed
+from integrations.mpesa.exceptions import NotUnallocated
+from integrations.mpesa.inbox import inbox_process, inbox_store
 from integrations.mpesa.models import (
     InboxKind,
     InboxMessage,
@@ -24,9 +22,9 @@ from integrations.mpesa.models import (
     Till,
 )
 from integrations.mpesa.payloads import NAIROBI
-from integrations.mpesa.phones import msisdn_sha256
-from integrations.mpesa.services import inbox_process, inbox_store, payment_allocate
+from integrations.mpesa.payments import payment_allocate
 from operations.models import Customer
+from operations.phones import msisdn_sha256
 from tests.integrations.mpesa.factories import (
     PaymentRequestFactory,
     c2b_confirmation,
@@ -195,31 +193,6 @@ def test_the_account_reference_matches_a_customer_case_insensitively(till: Till)
     payment = Payment.objects.get()
     assert payment.customer == buyer and payment.matched_by == "account reference"
     assert (payment.reference_kind, payment.reference_id) == ("customer", buyer.pk)
-
-
-@pytest.fixture
-def sale_resolver(till: Till) -> Iterator[list[tuple[Payment, Match]]]:
-    seen: list[tuple[Payment, Match]] = []
-
-    def resolver(business: object, reference: str) -> Match | None:
-        return Match(None, "invoice", 42, "invoice S-42") if reference == "S-42" else None
-
-    def listener(payment: Payment, placed: Placed) -> None:
-        seen.append((payment, placed.match))
-
-    matching.register_reference_resolver(resolver)
-    matching.register_payment_listener(listener)
-    yield seen
-    matching._resolvers.remove(resolver)
-    matching._listeners.remove(listener)
-
-
-def test_registered_resolvers_and_listeners_take_part(till: Till, sale_resolver: list[tuple[Payment, Match]]) -> None:
-    body = c2b_confirmation(trans_id="TKA1000009", shortcode=till.shortcode, bill_ref="S-42")
-    process(store(till, InboxKind.C2B_CONFIRMATION, body, "TKA1000009"))
-    payment = Payment.objects.get()
-    assert (payment.reference_kind, payment.reference_id, payment.status) == ("invoice", 42, PaymentStatus.ALLOCATED)
-    assert [(p.pk, m.reference_id) for p, m in sale_resolver] == [(payment.pk, 42)]
 
 
 def test_a_closed_day_posts_on_the_first_open_day_and_keeps_the_payment_time(till: Till) -> None:

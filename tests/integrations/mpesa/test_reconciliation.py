@@ -15,8 +15,6 @@ from django.test import Client
 from django.urls import reverse
 
 from accounts.models import JournalEntry, JournalLine
-from celeryconf.jobs import job_run
-from celeryconf.models import Job, JobState
 from integrations.mpesa.models import (
     LineStatus,
     Payment,
@@ -26,13 +24,15 @@ from integrations.mpesa.models import (
     Till,
 )
 from integrations.mpesa.payloads import NAIROBI
+from integrations.mpesa.payments import payment_record
 from integrations.mpesa.reconciliation import (
     StatementError,
     parse_statement,
     reconciliation_post_missing,
     reconciliation_run,
 )
-from integrations.mpesa.services import payment_record
+from jobs.models import Job, JobState
+from jobs.runner import job_run
 from tests.integrations.mpesa.factories import FIXTURES
 
 pytestmark = pytest.mark.django_db
@@ -206,7 +206,7 @@ def test_the_admin_uploads_launches_the_job_and_posts_missing(owner_client: Clie
     job = Job.objects.get(kind="payments.reconcile")
     assert job.params == {"run_id": run.pk} and job.business == till.business
 
-    # What the reports worker does with the job (the job mechanism is proven with a real worker in celeryconf).
+    # What the reports worker does with the job (the job mechanism is proven with a real worker in tests/jobs).
     job_run(job_id=job.pk, retry=lambda countdown, exc: exc)  # type: ignore[arg-type,return-value]
     job.refresh_from_db()
     assert job.state == JobState.SUCCEEDED, job.error

@@ -14,8 +14,6 @@ from django.test import Client
 from django.urls import reverse
 
 from accounts.models import JournalEntry
-from celeryconf.jobs import job_run
-from celeryconf.models import JobState
 from integrations.mpesa.models import LineStatus, ReconciliationLine, ReconciliationRun, ReconciliationState, Till
 from integrations.mpesa.payloads import NAIROBI
 from integrations.mpesa.reconciliation import (
@@ -24,6 +22,8 @@ from integrations.mpesa.reconciliation import (
     reconciliation_launch,
     reconciliation_run,
 )
+from jobs.models import JobState
+from jobs.runner import job_run
 from tests.integrations.mpesa.test_reconciliation import CSV, new_run, record
 
 pytestmark = pytest.mark.django_db

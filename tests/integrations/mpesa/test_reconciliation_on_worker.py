@@ -15,11 +15,11 @@ from django.test import Client
 from django.urls import reverse
 
 from accounts.models import JournalEntry
-from celeryconf.models import Job, JobState
 from integrations.mpesa.models import LineStatus, ReconciliationLine, ReconciliationRun, ReconciliationState, Till
 from integrations.mpesa.payloads import NAIROBI
+from integrations.mpesa.payments import payment_record
 from integrations.mpesa.reconciliation import RECONCILE_JOB
-from integrations.mpesa.services import payment_record
+from jobs.models import Job, JobState
 from tests.celery_support import WorkerProcess, wait_for, worker_env
 from tests.integrations.mpesa.factories import FIXTURES
 

@@ -10,7 +10,8 @@ from django.db.models import Sum
 from django.utils import timezone
 
 from accounts.models import JournalEntry, JournalLine
-from integrations.mpesa.errors import InvalidRequest
+from integrations.mpesa.exceptions import InvalidRequest
+from integrations.mpesa.inbox import inbox_process, inbox_store
 from integrations.mpesa.models import (
     InboxKind,
     InboxMessage,
@@ -21,7 +22,8 @@ from integrations.mpesa.models import (
     ReversalState,
     Till,
 )
-from integrations.mpesa.services import inbox_process, inbox_store, payment_allocate, payment_record, reversal_request
+from integrations.mpesa.payments import payment_allocate, payment_record
+from integrations.mpesa.reversals import reversal_request
 from tests.integrations.mpesa.factories import TillFactory, reversal_result, sample, unallocated_payment
 from tests.integrations.mpesa.fake_daraja import (
     REVERSAL,

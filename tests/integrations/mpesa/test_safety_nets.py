@@ -12,8 +12,9 @@ from django.core.management import call_command
 from django.core.management.base import CommandError
 from django.utils import timezone
 
+from integrations.mpesa.inbox import inbox_store, inbox_sweep
 from integrations.mpesa.models import InboxKind, InboxMessage, InboxState, PaymentRequest, PaymentRequestState, Till
-from integrations.mpesa.services import inbox_store, inbox_sweep, payment_requests_recover
+from integrations.mpesa.stk import payment_requests_recover
 from tests.integrations.mpesa.factories import TillFactory
 from tests.integrations.mpesa.fake_daraja import (
     SANDBOX_SHORTCODE,

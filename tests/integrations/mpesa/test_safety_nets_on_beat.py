@@ -16,8 +16,8 @@ from django.utils import timezone
 from django_celery_beat.models import PeriodicTask
 
 from accounts.models import JournalEntry
+from integrations.mpesa.inbox import inbox_store
 from integrations.mpesa.models import InboxKind, InboxMessage, InboxState, Payment, Till
-from integrations.mpesa.services import inbox_store
 from tests.celery_support import BeatProcess, WorkerProcess, wait_for, worker_env
 from tests.integrations.mpesa.factories import c2b_confirmation
 

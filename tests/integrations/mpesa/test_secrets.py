@@ -202,7 +202,7 @@ def test_reencrypt_is_all_or_nothing(settings: Any, monkeypatch: pytest.MonkeyPa
     before = [_ciphertexts(till) for till in tills]
     settings.MPESA_ENCRYPTION_KEYS = [new_key(), old]
 
-    from integrations.mpesa import services
+    from integrations.mpesa import tills as services
 
     calls = {"n": 0}
     real = services.reencrypt

@@ -26,7 +26,7 @@ from django.test import Client
 
 from integrations.mpesa import spool, views
 from integrations.mpesa.models import InboxKind, InboxMessage, InboxState, Till
-from integrations.mpesa.services import publisher
+from integrations.mpesa.publisher import publisher
 from integrations.mpesa.spool import (
     KNOWN_TILLS,
     REJECTED,

@@ -41,7 +41,7 @@ VALIDATION_OK = {"ResultCode": "0", "ResultDesc": "Accepted"}
 CREATE_TILLS = """
 import json
 from integrations.mpesa.models import Till
-from operations.models import Business
+from tenancy.models import Business
 business = Business.objects.create(name="Spool Water", kind="water")
 warm = Till.objects.create(business=business, name="Warm", shortcode="600970")
 cold = Till.objects.create(business=business, name="Cold", shortcode="600971")

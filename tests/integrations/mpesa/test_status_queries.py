@@ -14,7 +14,8 @@ from django.urls import reverse
 from django.utils import timezone
 
 from accounts.models import JournalEntry
-from integrations.mpesa.errors import InvalidRequest
+from integrations.mpesa.exceptions import InvalidRequest
+from integrations.mpesa.inbox import inbox_process, inbox_store
 from integrations.mpesa.models import (
     InboxKind,
     InboxMessage,
@@ -26,7 +27,7 @@ from integrations.mpesa.models import (
     StatusQueryState,
     Till,
 )
-from integrations.mpesa.services import inbox_process, inbox_store, lost_confirmations_recover, status_query_request
+from integrations.mpesa.status_queries import lost_confirmations_recover, status_query_request
 from tests.integrations.mpesa.factories import (
     PaymentRequestFactory,
     TillFactory,

@@ -11,7 +11,7 @@ from django.test import Client
 from django.urls import reverse
 
 from integrations.mpesa.models import DarajaEnvironment, Till, TillKind
-from operations.models import Business
+from tenancy.models import Business
 from tests.integrations.mpesa.factories import TillFactory
 
 pytestmark = pytest.mark.django_db

@@ -13,8 +13,9 @@ import pytest
 import redis
 from django.test import Client
 
+from integrations.mpesa.inbox import inbox_store
 from integrations.mpesa.models import InboxKind, InboxMessage, InboxState, Till
-from integrations.mpesa.services import inbox_store, publisher
+from integrations.mpesa.publisher import publisher
 from tests.celery_support import ROOT, worker_env
 from tests.integrations.mpesa.factories import (
     FIXTURES,
@@ -101,7 +102,7 @@ def test_a_process_ending_normally_publishes_what_it_holds(clean_broker: redis.R
     are published on the way out, not left to the sweeper."""
     code = (
         "import django; django.setup()\n"
-        "from integrations.mpesa.services import publisher\n"
+        "from integrations.mpesa.publisher import publisher\n"
         "for inbox_id in (101, 102, 103):\n"
         "    publisher.submit(inbox_id)\n"
     )

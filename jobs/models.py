@@ -1,4 +1,7 @@
-"""Jobs the owner can see: one row per launch of background work (exports, reports, closing...)."""
+"""Jobs the owner can see: one row per launch of background work (exports, reports, closing...).
+
+The table keeps its first name (celeryconf_job): the model moved here from celeryconf without a copy.
+"""
 
 from __future__ import annotations
 
@@ -20,7 +23,7 @@ ACTIVE_STATES = (JobState.QUEUED, JobState.RUNNING, JobState.RETRYING)
 class Job(models.Model):
     kind = models.CharField(max_length=80, db_index=True)
     business = models.ForeignKey(
-        "operations.Business",
+        "tenancy.Business",
         on_delete=models.PROTECT,
         null=True,
         blank=True,
@@ -45,6 +48,7 @@ class Job(models.Model):
     updated_at = models.DateTimeField(auto_now=True)
 
     class Meta:
+        db_table = "celeryconf_job"
         ordering = ["-created_at", "-id"]
         constraints = [
             models.CheckConstraint(condition=models.Q(progress__lte=100), name="job_progress_at_most_100"),

@@ -1,6 +1,6 @@
 """Per-business access: who sees which business, and the admin base class that enforces it.
 
-The owner (a superuser, or a user with `operations.view_all_businesses`) sees every business.
+The owner (a superuser, or a user with `tenancy.view_all_businesses`) sees every business.
 A staff member sees and changes only the businesses he has a Membership in: on every list,
 filter, search, export, action, change form and object URL of an admin built on
 `BusinessScopedAdmin`. Rows outside his businesses do not exist for him (the admin answers an
@@ -28,11 +28,11 @@ from import_export import resources
 from unfold.admin import ModelAdmin
 from unfold.contrib.filters.admin import RelatedDropdownFilter
 
-from operations.models import Business
+from tenancy.models import Business
 
 
 def sees_all_businesses(user: Any) -> bool:
-    return bool(user.is_active and (user.is_superuser or user.has_perm("operations.view_all_businesses")))
+    return bool(user.is_active and (user.is_superuser or user.has_perm("tenancy.view_all_businesses")))
 
 
 def visible_businesses(user: Any) -> QuerySet[Business]:

@@ -12,9 +12,10 @@ from django.utils.html import format_html
 from unfold.contrib.filters.admin import ChoicesDropdownFilter, RangeDateFilter
 from unfold.decorators import action, display
 
-from backoffice.tenancy import BusinessScopedAdmin
-from celeryconf.jobs import REGISTRY, JobError, job_retry, kind_label
-from celeryconf.models import Job, JobState
+from jobs.models import Job, JobState
+from jobs.registry import REGISTRY, JobError, kind_label
+from jobs.services import job_retry
+from tenancy.scoping import BusinessScopedAdmin
 
 
 class KindFilter(admin.SimpleListFilter):
@@ -75,8 +76,8 @@ class JobAdmin(BusinessScopedAdmin):
     ]
     actions = ["retry_failed"]
     list_select_related = ["business", "requested_by"]
-    change_list_template = "admin/celeryconf/job/change_list.html"
-    change_form_template = "admin/celeryconf/job/change_form.html"
+    change_list_template = "admin/jobs/job/change_list.html"
+    change_form_template = "admin/jobs/job/change_form.html"
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False  # jobs are launched by actions, never typed in
@@ -108,12 +109,12 @@ class JobAdmin(BusinessScopedAdmin):
     def download(self, obj: Job) -> str:
         if not obj.result_file:
             return "-"
-        url = reverse("admin:celeryconf_job_download", args=[obj.pk])
+        url = reverse("admin:jobs_job_download", args=[obj.pk])
         return format_html('<a href="{}" class="text-primary-600">Download</a>', url)
 
     def has_retry_permission(self, request: HttpRequest) -> bool:
         """Retrying runs a job again (postings, exports): the "change job" right, which staff do not have."""
-        return bool(request.user.has_perm("celeryconf.change_job"))
+        return bool(request.user.has_perm("jobs.change_job"))
 
     @action(description="Retry selected failed jobs", permissions=["retry"])
     def retry_failed(self, request: HttpRequest, queryset: QuerySet[Job]) -> None:
@@ -134,7 +135,7 @@ class JobAdmin(BusinessScopedAdmin):
             path(
                 "<int:object_id>/download/",
                 self.admin_site.admin_view(self.download_view),
-                name="celeryconf_job_download",
+                name="jobs_job_download",
             ),
             *super().get_urls(),
         ]

@@ -1,4 +1,4 @@
-"""Kenyan mobile numbers (MSISDNs) as we store them and as Daraja sends them.
+"""Kenyan mobile numbers (MSISDNs) as customers' phones are stored and as Daraja sends them.
 
 We store one form, the normalised international one without "+": "2547XXXXXXXX" or "2541XXXXXXXX"
 (01xx numbers: Safaricom 011x, Airtel 010x). Daraja no longer sends C2B payers' numbers in clear:

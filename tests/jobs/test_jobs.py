@@ -12,10 +12,11 @@ from django.test import Client
 from django.urls import reverse
 from openpyxl import load_workbook
 
-from celeryconf.jobs import JobError, job_launch, job_retry
-from celeryconf.models import Job, JobState
+from jobs.models import Job, JobState
+from jobs.registry import JobError
+from jobs.services import job_launch, job_retry
 from operations.jobs import EXPORT_BUSINESSES
-from operations.models import Business
+from tenancy.models import Business
 from tests.celery_support import WorkerProcess, wait_for
 from tests.conftest import login, staff_with_perms
 from tests.factories import MembershipFactory, UserFactory
@@ -37,7 +38,7 @@ def test_excel_export_launched_from_the_admin_runs_on_a_worker_and_is_downloadab
 ) -> None:
     MembershipFactory.create(user=UserFactory.create(username="wanjiru", first_name="Wanjiru"), business=water)
     response = owner_client.post(
-        reverse("admin:operations_business_changelist"),
+        reverse("admin:tenancy_business_changelist"),
         {"action": "export_to_excel", "_selected_action": [water.pk, laundry.pk, retail.pk]},
         follow=True,
     )
@@ -51,7 +52,7 @@ def test_excel_export_launched_from_the_admin_runs_on_a_worker_and_is_downloadab
     assert job.progress == 100 and job.attempts == 1 and job.finished_at and job.started_at
     assert job.result_file.name.endswith(".xlsx")
 
-    download = owner_client.get(reverse("admin:celeryconf_job_download", args=[job.pk]))
+    download = owner_client.get(reverse("admin:jobs_job_download", args=[job.pk]))
     assert download.status_code == 200
     workbook = load_workbook(io.BytesIO(b"".join(download.streaming_content)))  # type: ignore[attr-defined]
     names = [row[1] for row in workbook["Businesses"].iter_rows(min_row=2, values_only=True)]
@@ -59,19 +60,19 @@ def test_excel_export_launched_from_the_admin_runs_on_a_worker_and_is_downloadab
     staff_rows = list(workbook["Staff"].iter_rows(min_row=2, values_only=True))
     assert [(r[0], r[1], r[2]) for r in staff_rows] == [("Maji Safi Water", "wanjiru", "Wanjiru")]
 
-    changelist = owner_client.get(reverse("admin:celeryconf_job_changelist"))
+    changelist = owner_client.get(reverse("admin:jobs_job_changelist"))
     assert changelist.status_code == 200
     assert b"job-progress" in changelist.content
-    assert reverse("admin:celeryconf_job_download", args=[job.pk]).encode() in changelist.content
+    assert reverse("admin:jobs_job_download", args=[job.pk]).encode() in changelist.content
 
 
 def test_a_staff_member_exports_only_his_business_and_cannot_download_another_businesses_result(
     worker: WorkerProcess, water: Business, laundry: Business, owner: object
 ) -> None:
-    staff = staff_with_perms(water, ["operations.view_business", "celeryconf.view_job"])
+    staff = staff_with_perms(water, ["tenancy.view_business", "jobs.view_job"])
     client = login(staff)
     client.post(
-        reverse("admin:operations_business_changelist"),
+        reverse("admin:tenancy_business_changelist"),
         {"action": "export_to_excel", "_selected_action": [water.pk, laundry.pk]},
     )
     job = Job.objects.get()
@@ -80,9 +81,9 @@ def test_a_staff_member_exports_only_his_business_and_cannot_download_another_bu
 
     other = job_launch(kind=EXPORT_BUSINESSES, acting_user=owner, business=laundry)
     _finished(other)
-    assert client.get(reverse("admin:celeryconf_job_download", args=[job.pk])).status_code == 200
-    assert client.get(reverse("admin:celeryconf_job_download", args=[other.pk])).status_code == 404
-    assert client.get(reverse("admin:celeryconf_job_change", args=[other.pk])).status_code == 302
+    assert client.get(reverse("admin:jobs_job_download", args=[job.pk])).status_code == 200
+    assert client.get(reverse("admin:jobs_job_download", args=[other.pk])).status_code == 404
+    assert client.get(reverse("admin:jobs_job_change", args=[other.pk])).status_code == 302
 
 
 def test_a_failed_job_keeps_its_error_and_traceback_and_can_be_retried(
@@ -95,11 +96,11 @@ def test_a_failed_job_keeps_its_error_and_traceback_and_can_be_retried(
     assert "failed on purpose" in job.error and "Traceback" in job.traceback
     assert job.progress == 30
 
-    page = owner_client.get(reverse("admin:celeryconf_job_change", args=[job.pk]))
+    page = owner_client.get(reverse("admin:jobs_job_change", args=[job.pk]))
     assert page.status_code == 200 and b"failed on purpose" in page.content
 
     response = owner_client.post(
-        reverse("admin:celeryconf_job_changelist"),
+        reverse("admin:jobs_job_changelist"),
         {"action": "retry_failed", "_selected_action": [job.pk]},
         follow=True,
     )

@@ -1,3 +1,5 @@
+"""Businesses and staff assignments (the export action reaches sideways to the jobs, as admin modules may)."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -12,10 +14,10 @@ from unfold.admin import TabularInline
 from unfold.contrib.import_export.forms import ExportForm, ImportForm
 from unfold.decorators import action
 
-from backoffice.tenancy import BusinessScopedAdmin, sees_all_businesses
-from celeryconf.jobs import job_launch
+from jobs.services import job_launch
 from operations.jobs import EXPORT_BUSINESSES
-from operations.models import Business, Membership
+from tenancy.models import Business, Membership
+from tenancy.scoping import BusinessScopedAdmin, sees_all_businesses
 
 
 class BusinessResource(resources.ModelResource):
@@ -78,7 +80,7 @@ class BusinessAdmin(BusinessScopedAdmin, ImportExportModelAdmin):  # type: ignor
             chart_ensure_default(business=obj)  # a new business gets its books at once
 
     def get_inlines(self, request: HttpRequest, obj: Any = None) -> list[Any]:
-        return list(self.inlines) if request.user.has_perm("operations.view_membership") else []
+        return list(self.inlines) if request.user.has_perm("tenancy.view_membership") else []
 
 
 @admin.register(Membership)

@@ -1,0 +1,407 @@
+"""Received payments: the Payment row and its ledger entry (once per receipt), placing the money
+(what a reference owes is applied, the rest is credit or waits in suspense) and allocation by hand."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from dataclasses import dataclass, replace
+from decimal import Decimal
+from typing import Any, TypeVar
+
+from django.db import connection, models, transaction
+from django.utils import timezone
+
+from accounts.exceptions import InvalidAccount, PeriodLocked
+from accounts.models import Account, JournalEntry, SourceType
+from accounts.selectors import books_first_open_date
+from accounts.services import LineSpec, entry_post
+from integrations.mpesa.exceptions import InvalidRequest, NeedsAttention, NotUnallocated, TransientProcessingError
+from integrations.mpesa.matching import Match, Placed, claim_for, match_payment, msisdn_kind
+from integrations.mpesa.models import InboxMessage, Payment, PaymentApplication, PaymentRequest, PaymentStatus, Till
+from integrations.mpesa.payloads import NAIROBI, parse_c2b_confirmation
+from operations.exceptions import InvalidInput, InvalidState
+from operations.models import Customer, PaymentMethod, Sale, SaleStatus
+from operations.payments import payment_placed
+from tenancy.models import Business
+
+logger = logging.getLogger(__name__)
+
+M = TypeVar("M", bound=models.Model)
+
+
+def payment_outcome(payment: Payment, created: bool) -> str:
+    if not created:
+        return f"receipt {payment.receipt} already recorded (payment {payment.pk}); details updated"
+    where = "suspense (unallocated)" if payment.status == PaymentStatus.UNALLOCATED else payment.match_description
+    return f"posted {payment.receipt} KES {payment.amount}: {where}"[:255]
+
+
+def c2b_confirmation_process(msg: InboxMessage) -> str:
+    tx = parse_c2b_confirmation(msg.body)
+    till = msg.till
+    if tx.business_short_code not in {till.shortcode, till.store_number} - {""}:
+        raise NeedsAttention(
+            f"confirmation for shortcode {tx.business_short_code} arrived on the URL of till {till.shortcode}"
+        )
+    payment, created = payment_record(
+        till=till,
+        receipt=tx.trans_id,
+        amount=tx.amount,
+        paid_at=tx.trans_time,
+        msisdn=tx.msisdn,
+        payer_name=tx.payer_name,
+        account_reference=tx.bill_ref_number,
+        payment_request=None,
+    )
+    return payment_outcome(payment, created)
+
+
+def _lock_receipt(receipt: str) -> None:
+    """Serialise everything that records this receipt, until the transaction ends."""
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", [f"mpesa:{receipt}"])
+
+
+def post_once(*, business: Business, wanted: dt.date, post: Any) -> JournalEntry:
+    """Post on `wanted`, or, when PostgreSQL refuses that date as closed, on the first open date
+    (the refused attempt leaves the transaction usable: entry_post posts in a savepoint).
+    If the lock date moves again meanwhile, the caller retries later."""
+    try:
+        return post(wanted)  # type: ignore[no-any-return]
+    except PeriodLocked:
+        try:
+            return post(books_first_open_date(business_id=business.pk, wanted=wanted))  # type: ignore[no-any-return]
+        except PeriodLocked as exc:
+            raise TransientProcessingError(f"the books moved their lock date while posting: {exc}") from exc
+
+
+def payment_record(
+    *,
+    till: Till,
+    receipt: str,
+    amount: Decimal,
+    paid_at: dt.datetime,
+    msisdn: str,
+    payer_name: str,
+    account_reference: str,
+    payment_request: PaymentRequest | None,
+    acting_user: Any = None,
+) -> tuple[Payment, bool]:
+    """Record money received on `till` under M-Pesa `receipt`: (payment, created).
+
+    The first call for a receipt creates the Payment and posts, with idempotency key
+    "mpesa:<receipt>", Dr M-Pesa clearing / Cr receivables for what the matched reference owed
+    (and what is over it, when it has a customer to credit) / Cr suspense for the rest (all of it
+    when unmatched); see _payment_split. Dated the payment's Nairobi date (or the first open day
+    when that is closed; paid_at keeps the truth).
+    Later calls (the STK callback after the C2B confirmation, a reconciliation) only fill in what
+    the Payment row lacks, and allocate what sits in suspense if it can now be matched.
+    Runs in the caller's transaction (or its own); safe to retry.
+    """
+    # No savepoint of its own: inside inbox_process a failure rolls back to that savepoint anyway.
+    with transaction.atomic(savepoint=False):
+        _lock_receipt(receipt)
+        existing = Payment.objects.select_for_update().filter(receipt=receipt).first()
+        if existing is not None:
+            _payment_enrich(existing, till, amount, msisdn, payer_name, account_reference, payment_request)
+            return existing, False
+        business = till.business
+        match, how = match_payment(
+            business=business, account_reference=account_reference, request=payment_request, msisdn=msisdn
+        )
+        split = _payment_split(business, match, amount, credit_role="receivables")
+        clearing, receivables, suspense = _accounts(business, "mpesa_clearing", "receivables", "suspense")
+        lines = [LineSpec(account=clearing, debit=amount)]
+        if split.moved:
+            lines.append(LineSpec(account=receivables, credit=split.moved))
+        if split.unallocated:
+            lines.append(LineSpec(account=suspense, credit=split.unallocated))
+        local_day = paid_at.astimezone(NAIROBI).date()
+
+        def post(day: dt.date) -> JournalEntry:
+            return entry_post(
+                business=business,
+                entry_date=day,
+                lines=lines,
+                memo=f"M-Pesa {receipt}",
+                source_type=SourceType.MPESA,
+                source_ref=receipt,
+                idempotency_key=f"mpesa:{receipt}",
+                acting_user=acting_user,
+            )
+
+        entry = post_once(business=business, wanted=local_day, post=post)
+        payment = Payment.objects.create(
+            business=business,
+            till=till,
+            receipt=receipt,
+            amount=amount,
+            paid_at=paid_at,
+            msisdn=msisdn[:80],
+            msisdn_kind=msisdn_kind(msisdn) if msisdn else "",
+            payer_name=payer_name[:120],
+            account_reference=account_reference[:40],
+            payment_request=payment_request,
+            status=PaymentStatus.UNALLOCATED,
+            unallocated_amount=amount,
+            entry=entry,
+        )
+        _payment_placed(payment, split, entry=entry, how=how, credit_role="receivables", acting_user=None)
+        return payment, True
+
+
+def _payment_enrich(
+    payment: Payment,
+    till: Till,
+    amount: Decimal,
+    msisdn: str,
+    payer_name: str,
+    account_reference: str,
+    request: PaymentRequest | None,
+) -> None:
+    if payment.till_id != till.pk:
+        raise NeedsAttention(f"receipt {payment.receipt} was already recorded on another till ({payment.till_id})")
+    if payment.amount != amount:
+        raise NeedsAttention(f"receipt {payment.receipt} recorded as KES {payment.amount}, now announced as {amount}")
+    changed: list[str] = []
+    kind = msisdn_kind(msisdn) if msisdn else ""
+    # A plain number beats a hash, a hash beats a mask.
+    rank = {"plain": 3, "sha256": 2, "masked": 1}
+    if msisdn and rank.get(kind, 0) > rank.get(payment.msisdn_kind, 0):
+        payment.msisdn, payment.msisdn_kind = msisdn[:80], kind
+        changed += ["msisdn", "msisdn_kind"]
+    if payer_name and not payment.payer_name:
+        payment.payer_name = payer_name[:120]
+        changed.append("payer_name")
+    if account_reference and not payment.account_reference:
+        payment.account_reference = account_reference[:40]
+        changed.append("account_reference")
+    if request is not None and payment.payment_request_id is None:
+        payment.payment_request = request
+        changed.append("payment_request")
+    if changed:
+        payment.save(update_fields=changed)
+    if payment.status == PaymentStatus.UNALLOCATED:
+        match, how = match_payment(
+            business=payment.business,
+            account_reference=payment.account_reference,
+            request=payment.payment_request,
+            msisdn=payment.msisdn,
+        )
+        if match is not None:
+            # Nothing moves when the match takes nothing more (e.g. the sale it overpaid): it stays for a person.
+            _allocate(payment, credit_role="receivables", match=match, how=how, acting_user=None, refuse_nothing=False)
+
+
+def _accounts(business: Business, *roles: str) -> list[Account]:
+    """The business's accounts for `roles`, in that order, with one query."""
+    found = {a.role: a for a in Account.objects.filter(business=business, role__in=roles)}
+    missing = [role for role in roles if role not in found]
+    if missing:
+        raise InvalidAccount(f"business {business.pk} has no account with role {missing[0]!r}")
+    return [found[role] for role in roles]
+
+
+@dataclass(frozen=True)
+class _Split:
+    """Where an amount goes: `applied` to the matched reference, `credit` (over what it owed) to
+    customer `customer_id`'s credit, `unallocated` to suspense for a person; `description` says so."""
+
+    match: Match | None
+    customer_id: int | None
+    applied: Decimal
+    credit: Decimal
+    unallocated: Decimal
+    description: str
+
+    @property
+    def moved(self) -> Decimal:
+        """What is credited to the chosen account (receivables): applied + credit."""
+        return self.applied + self.credit
+
+
+def _payment_split(business: Business, match: Match | None, amount: Decimal, *, credit_role: str) -> _Split:
+    """Split `amount` by what `match` still owes (asked of the claim resolvers, under their lock).
+
+    Only what is owed is applied to the reference (a sale never gets more than its total); the
+    rest goes to the customer's credit when the reference (or the match) has a customer, else it
+    stays in suspense with the reason. Never silently: the description says where each part went.
+    Money allocated to another account than receivables (owner's money, an expense refund) is
+    not a customer's and is moved whole.
+    """
+    zero = Decimal("0.00")
+    if match is None:
+        return _Split(None, None, zero, zero, amount, "")
+    if credit_role != "receivables":
+        return _Split(match, match.customer_id, amount, zero, zero, match.description)
+    claim = claim_for(business, match)
+    if match.customer_id is not None and claim.customer_id not in (None, match.customer_id):
+        raise InvalidRequest(f"{match.description}: the reference belongs to another customer than the one chosen")
+    customer_id = claim.customer_id if claim.customer_id is not None else match.customer_id
+    applied = amount if claim.owed is None else max(min(amount, claim.owed), zero)
+    over = amount - applied
+    description = match.description
+    if not over:
+        return _Split(match, customer_id, applied, zero, zero, description)
+    why = claim.description or f"it owed KES {applied}"
+    part = f"KES {over} paid over it" if applied else f"the KES {over}"
+    if customer_id is not None:
+        text = f"{description}: {why}; {part} is the customer's credit"
+        return _Split(match, customer_id, applied, over, zero, text[:255])
+    text = f"{description}: {why}; {part} waits in suspense (no customer to credit)"
+    return _Split(match, None, applied, zero, over, text[:255])
+
+
+def _payment_placed(
+    payment: Payment, split: _Split, *, entry: JournalEntry, how: str, credit_role: str, acting_user: Any
+) -> None:
+    """After `entry` placed `split` of `payment`: the application row, the payment's state, and the
+    listeners (operations: the sale's amount paid, the customer's transactions). One place for the
+    receipt's own posting and every allocation, so both record the same things."""
+    PaymentApplication.objects.create(
+        payment=payment,
+        entry=entry,
+        credit_role=credit_role,
+        customer_id=split.customer_id,
+        reference_kind=split.match.reference_kind if split.match else "",
+        reference_id=split.match.reference_id if split.match else None,
+        applied=split.applied,
+        credit=split.credit,
+        unallocated=split.unallocated,
+    )
+    fields = ["status", "unallocated_amount"]
+    payment.unallocated_amount = split.unallocated
+    payment.status = PaymentStatus.UNALLOCATED if split.unallocated else PaymentStatus.ALLOCATED
+    match = split.match
+    if match is not None:
+        payment.customer_id = split.customer_id
+        payment.reference_kind = match.reference_kind
+        payment.reference_id = match.reference_id
+        payment.match_description = split.description[:255]
+        payment.matched_by = how
+        fields += ["customer", "reference_kind", "reference_id", "match_description", "matched_by"]
+    if entry.pk != payment.entry_id:
+        payment.allocation_entry = entry
+        payment.allocated_by = acting_user if getattr(acting_user, "pk", None) else None
+        payment.allocated_at = timezone.now()
+        fields += ["allocation_entry", "allocated_by", "allocated_at"]
+    payment.save(update_fields=fields)
+    if split.unallocated and match is not None:
+        logger.warning("M-Pesa %s: %s", payment.receipt, split.description)
+    if match is not None and credit_role == "receivables" and split.moved:
+        placed = Placed(
+            replace(match, customer_id=split.customer_id),
+            split.applied,
+            split.credit,
+            entry,
+            timezone.localdate(payment.paid_at),
+        )
+        payment_placed(business_id=payment.business_id, receipt=payment.receipt, placed=placed)
+
+
+def _allocate(
+    payment: Payment, *, credit_role: str, match: Match, how: str, acting_user: Any, refuse_nothing: bool = True
+) -> JournalEntry | None:
+    """Move what of `payment` sits in suspense to `match` (see _payment_split): Dr suspense / Cr
+    `credit_role`, key "mpesa-allocate:<receipt>" (":<n>" for a later one). The payment is locked
+    by the caller. Nothing to move: InvalidRequest (or None when `refuse_nothing` is off)."""
+    business = payment.business
+    split = _payment_split(business, match, payment.unallocated_amount, credit_role=credit_role)
+    if not split.moved:
+        if refuse_nothing:
+            raise InvalidRequest(f"{split.description or match.description}: nothing of it can be allocated there")
+        return None
+    suspense, credit = _accounts(business, "suspense", credit_role)
+    placings = PaymentApplication.objects.filter(payment=payment).count()
+    key = f"mpesa-allocate:{payment.receipt}" + (f":{placings}" if placings > 1 else "")
+
+    def post(day: dt.date) -> JournalEntry:
+        return entry_post(
+            business=business,
+            entry_date=day,
+            lines=[LineSpec(account=suspense, debit=split.moved), LineSpec(account=credit, credit=split.moved)],
+            memo=f"M-Pesa {payment.receipt} allocated: {match.description}"[:255],
+            source_type=SourceType.MPESA,
+            source_ref=payment.receipt,
+            idempotency_key=key,
+            acting_user=acting_user,
+        )
+
+    entry = post_once(business=business, wanted=timezone.localdate(), post=post)
+    _payment_placed(payment, split, entry=entry, how=how, credit_role=credit_role, acting_user=acting_user)
+    return entry
+
+
+def payment_allocate(
+    *,
+    payment: Payment,
+    credit_role: str = "receivables",
+    customer: Customer | None = None,
+    reference_kind: str,
+    reference_id: int | None,
+    acting_user: Any,
+) -> JournalEntry:
+    """Allocate what of a payment sits in suspense: Dr suspense / Cr `credit_role`, key
+    "mpesa-allocate:<receipt>", and record it as the automatic match does (one path,
+    _payment_placed): on receivables, the sale's amount paid and the customer's transactions;
+    only what the reference owes is applied, the rest is the customer's credit or stays in suspense.
+
+    Locks the payment; raises NotUnallocated unless some of it is in suspense, InvalidRequest if the
+    customer belongs to another business or nothing can go there. Returns the allocation entry.
+    Runs in the caller's transaction when there is one.
+    """
+    with transaction.atomic():
+        locked = Payment.objects.select_for_update().select_related("business").get(pk=payment.pk)
+        if locked.status != PaymentStatus.UNALLOCATED:
+            raise NotUnallocated(f"payment {locked.receipt} is {locked.get_status_display().lower()}, not in suspense")
+        if customer is not None and customer.business_id != locked.business_id:
+            raise InvalidRequest("that customer belongs to another business")
+        description = f"{reference_kind} {reference_id}" if reference_id is not None else reference_kind
+        if customer is not None:
+            description = f"{description} ({customer.name})"
+        match = Match(customer.pk if customer else None, reference_kind, reference_id, f"allocated to {description}")
+        entry = _allocate(
+            locked, credit_role=credit_role, match=match, how="allocated by hand", acting_user=acting_user
+        )
+        assert entry is not None
+        # The caller's object reflects the allocation too.
+        for name in (
+            "status",
+            "customer_id",
+            "reference_kind",
+            "reference_id",
+            "match_description",
+            "allocation_entry_id",
+            "allocated_at",
+            "unallocated_amount",
+        ):
+            setattr(payment, name, getattr(locked, name))
+        return entry
+
+
+def sale_settle_mpesa(*, sale: Sale, payment: Payment, acting_user: Any = None) -> Sale:
+    """Settle an M-Pesa sale with a received payment that sits in suspense (unallocated):
+    payment_allocate posts Dr suspense / Cr receivables and records it as any
+    matched payment (the sale's amount paid, the customer's transactions; what is over what the
+    sale owes is the customer's credit or stays in suspense), in this same transaction."""
+    with transaction.atomic():
+        # The payment before the sale, as every M-Pesa placing locks them (no deadlock with "Allocate").
+        type(payment).objects.select_for_update().filter(pk=payment.pk).values_list("pk", flat=True).first()
+        sale = Sale.objects.select_for_update().get(pk=sale.pk)
+        if sale.status != SaleStatus.POSTED or sale.payment_method == PaymentMethod.CASH:
+            raise InvalidState(f"Sale {sale.number} is not waiting for an M-Pesa payment.")
+        if sale.total - sale.amount_paid <= 0:
+            raise InvalidState(f"Sale {sale.number} is paid already.")
+        if payment.business_id != sale.business_id:
+            raise InvalidInput("That M-Pesa payment was received by another business.")
+        payment_allocate(
+            payment=payment,
+            credit_role="receivables",
+            customer=sale.customer,
+            reference_kind="sale",
+            reference_id=sale.pk,
+            acting_user=acting_user,
+        )
+        sale.refresh_from_db()
+        return sale

@@ -1,0 +1,31 @@
+"""The one task behind every Job (the job kinds decide what it does), and the one place that enqueues it.
+
+The task's name `jobs.run` is stable: messages already queued under it keep running across releases.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import shared_task
+
+from jobs.models import Job
+from jobs.registry import REGISTRY
+from jobs.runner import job_run
+
+
+@shared_task(name="jobs.run", bind=True, max_retries=None)
+def run_job(self: Any, job_id: int) -> None:
+    """Run Job `job_id` (re-fetched and checked by `job_run`); safe to deliver twice."""
+
+    def retry(countdown: int, exc: BaseException) -> Exception:
+        return self.retry(countdown=countdown, exc=exc)  # type: ignore[no-any-return]
+
+    job_run(job_id=job_id, retry=retry)
+
+
+def job_enqueue(job: Job) -> None:
+    """Send `job` to its kind's queue and keep the Celery task id on the row."""
+    kind = REGISTRY[job.kind]
+    result = run_job.apply_async(args=(job.pk,), queue=kind.queue, routing_key=kind.queue)
+    Job.objects.filter(pk=job.pk).update(celery_task_id=result.id)
