@@ -16,7 +16,7 @@ from django.test import Client
 from accounts.db_roles import ensure_role
 from tenancy.models import Business, BusinessKind
 from tests.celery_support import WorkerProcess
-from tests.factories import PASSWORD, BusinessFactory, MembershipFactory, OwnerFactory, UserFactory
+from tests.factories.tenancy import BusinessFactory, OwnerFactory
 
 # Tests create many users: a fast hasher instead of PBKDF2's deliberate slowness (test-only).
 settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
@@ -160,18 +160,6 @@ def owner(db: None):  # type: ignore[no-untyped-def]
 def owner_client(owner) -> Client:  # type: ignore[no-untyped-def]
     client = Client()
     client.force_login(owner)
-    return client
-
-
-def staff_with_perms(business: Business, perms: list[str], username: str = "staff_a"):  # type: ignore[no-untyped-def]
-    user = UserFactory.create(username=username, perms=perms)
-    MembershipFactory.create(user=user, business=business)
-    return user
-
-
-def login(user) -> Client:  # type: ignore[no-untyped-def]
-    client = Client()
-    assert client.login(username=user.username, password=PASSWORD)
     return client
 
 

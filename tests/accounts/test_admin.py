@@ -14,8 +14,8 @@ from django.urls import reverse
 from accounts import admin as ledger_admin
 from accounts.models import Account, Books, JournalEntry, PeriodClose
 from accounts.services import books_close_period
-from tests.accounts.conftest import acct, sale
-from tests.conftest import login, staff_with_perms
+from tests.factories.accounts import acct, sale
+from tests.factories.tenancy import login, staff_with_perms
 
 pytestmark = pytest.mark.django_db
 

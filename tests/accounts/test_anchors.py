@@ -30,8 +30,8 @@ from accounts.anchors import ANCHORS_FILE, anchor_lines_current, anchors_check, 
 from accounts.models import EntrySeal, JournalEntry
 from accounts.tasks import anchor_heads
 from celeryconf.app import app as celery_app
-from tests.accounts.conftest import sale
 from tests.conftest import DbRoles
+from tests.factories.accounts import sale
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

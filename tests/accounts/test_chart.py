@@ -12,7 +12,7 @@ from accounts.models import Account, AccountType, Books, JournalEntry
 from accounts.selectors import account_for_role
 from accounts.services import chart_ensure_default
 from tenancy.models import Business, BusinessKind
-from tests.accounts.conftest import sale
+from tests.factories.accounts import sale
 
 ROLES_THE_PRODUCT_USES = {
     "cash",

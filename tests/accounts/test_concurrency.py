@@ -14,7 +14,7 @@ from django.db import connection, connections, transaction
 from accounts.exceptions import PeriodLocked
 from accounts.models import Books, JournalEntry
 from accounts.services import books_close_period
-from tests.accounts.conftest import sale
+from tests.factories.accounts import sale
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -18,7 +18,8 @@ from django.db import DatabaseError, IntegrityError, connection, transaction
 
 from accounts.models import Account, AccountDayTotal, Books, EntrySeal, JournalEntry, JournalLine
 from accounts.services import books_close_period
-from tests.accounts.conftest import acct, sale, superuser_bypass
+from tests.accounts.conftest import superuser_bypass
+from tests.factories.accounts import acct, sale
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -16,8 +16,8 @@ from django.db import DatabaseError, connection, transaction
 
 from accounts.db_roles import FULL, TRIGGER_WRITES, app_privileges
 from accounts.models import JournalEntry, JournalLine, PeriodClose
-from tests.accounts.conftest import sale
 from tests.conftest import TEST_APP_ROLE, TEST_OWNER_ROLE
+from tests.factories.accounts import sale
 
 INSUFFICIENT_PRIVILEGE = "42501"
 

@@ -32,8 +32,8 @@ from accounts.exceptions import (
 from accounts.models import Account, Books, JournalEntry, JournalLine, PeriodClose
 from accounts.services import books_close_period, entry_reverse
 from accounts.verification import ledger_verify
-from tests.accounts.conftest import acct, sale
 from tests.conftest import TEST_APP_ROLE, TEST_OWNER_ROLE
+from tests.factories.accounts import acct, sale
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

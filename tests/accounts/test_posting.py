@@ -18,7 +18,8 @@ from accounts.exceptions import (
 )
 from accounts.models import Account, Books, EntrySeal, JournalEntry, JournalLine
 from accounts.services import LineSpec, books_close_period, entry_post
-from tests.accounts.conftest import acct, fire_deferred, post, sale
+from tests.accounts.conftest import fire_deferred
+from tests.factories.accounts import acct, post, sale
 
 pytestmark = pytest.mark.django_db
 

@@ -19,7 +19,7 @@ from accounts.selectors import (
     trial_balance,
 )
 from accounts.services import entry_reverse
-from tests.accounts.conftest import acct, post, sale
+from tests.factories.accounts import acct, post, sale
 
 pytestmark = pytest.mark.django_db
 

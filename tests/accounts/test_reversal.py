@@ -11,7 +11,8 @@ from accounts.exceptions import AlreadyReversed, InvalidReversal, PeriodLocked
 from accounts.models import JournalEntry, SourceType
 from accounts.selectors import account_balance, trial_balance
 from accounts.services import books_close_period, entry_reverse
-from tests.accounts.conftest import acct, fire_deferred, sale
+from tests.accounts.conftest import fire_deferred
+from tests.factories.accounts import acct, sale
 
 pytestmark = pytest.mark.django_db
 

@@ -12,7 +12,7 @@ from django.db import connection
 
 from accounts.models import EntrySeal, JournalEntry
 from accounts.verification import ledger_verify
-from tests.accounts.conftest import sale
+from tests.factories.accounts import sale
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

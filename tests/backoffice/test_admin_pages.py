@@ -14,8 +14,7 @@ from django.urls import reverse
 from jobs.models import Job, JobState
 from operations.jobs import EXPORT_BUSINESSES
 from tenancy.models import Business
-from tests.conftest import login, staff_with_perms
-from tests.factories import PASSWORD, UserFactory
+from tests.factories.tenancy import PASSWORD, UserFactory, login, staff_with_perms
 
 pytestmark = pytest.mark.django_db
 

@@ -25,7 +25,7 @@ from import_export.admin import ExportMixin, ImportMixin
 from tenancy.models import Business
 from tenancy.scoping import BusinessScopedAdmin, sees_all_businesses
 from tests.backoffice.test_tenancy import ALL_MAKERS
-from tests.factories import MembershipFactory, UserFactory
+from tests.factories.tenancy import MembershipFactory, UserFactory
 
 pytestmark = pytest.mark.django_db
 

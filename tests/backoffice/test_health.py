@@ -13,7 +13,7 @@ from django.db import connection
 from django.test import Client
 
 from tests.celery_support import BeatProcess, WorkerProcess
-from tests.factories import OwnerFactory, UserFactory
+from tests.factories.tenancy import OwnerFactory, UserFactory
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

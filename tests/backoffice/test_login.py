@@ -7,7 +7,7 @@ from html.parser import HTMLParser
 import pytest
 from django.test import Client
 
-from tests.factories import PASSWORD, OwnerFactory, UserFactory
+from tests.factories.tenancy import PASSWORD, OwnerFactory, UserFactory
 
 pytestmark = pytest.mark.django_db
 

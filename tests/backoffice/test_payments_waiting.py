@@ -26,8 +26,8 @@ from integrations.mpesa.models import (
 )
 from integrations.mpesa.spool import REJECTED, spool_write
 from tenancy.models import Business
-from tests.conftest import login, staff_with_perms
-from tests.integrations.mpesa.factories import TillFactory, unallocated_payment
+from tests.factories.mpesa import TillFactory, unallocated_payment
+from tests.factories.tenancy import login, staff_with_perms
 
 pytestmark = pytest.mark.django_db
 

@@ -45,8 +45,8 @@ from tenancy.admin import BusinessResource
 from tenancy.models import Business
 from tenancy.services import staff_group_ensure
 from tests.backoffice.test_admin_walk import filter_labels
-from tests.conftest import login, staff_with_perms
-from tests.integrations.mpesa.factories import TillFactory
+from tests.factories.mpesa import TillFactory
+from tests.factories.tenancy import login, staff_with_perms
 from tests.integrations.scoping import _line, _payment, _till
 
 pytestmark = pytest.mark.django_db
@@ -252,7 +252,7 @@ def test_a_new_admins_related_filters_are_scoped_too(water: Business, laundry: B
 
 
 def test_users_and_the_user_autocomplete_show_only_people_of_his_businesses(water: Business, laundry: Business) -> None:
-    from tests.factories import MembershipFactory, UserFactory
+    from tests.factories.tenancy import MembershipFactory, UserFactory
 
     colleague = MembershipFactory.create(business=water, user=UserFactory.create(username="colleague_wanjiku")).user
     stranger = MembershipFactory.create(business=laundry, user=UserFactory.create(username="stranger_otieno")).user

@@ -20,8 +20,7 @@ from jobs.models import Job
 from operations.jobs import EXPORT_BUSINESSES
 from tenancy.models import Business, Membership
 from tenancy.scoping import BusinessScopedAdmin, BusinessScopedResource, visible_businesses
-from tests.conftest import login, staff_with_perms
-from tests.factories import MembershipFactory, UserFactory
+from tests.factories.tenancy import MembershipFactory, UserFactory, login, staff_with_perms
 
 # One way to make a row of each scoped model for a given business. A new scoped admin without an
 # entry here fails test_every_scoped_admin_is_covered, so none can slip past these tests.

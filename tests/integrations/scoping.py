@@ -26,7 +26,7 @@ from integrations.mpesa.models import (
 from integrations.mpesa.payloads import NAIROBI
 from integrations.mpesa.payments import payment_record
 from tenancy.models import Business
-from tests.integrations.mpesa.factories import PaymentRequestFactory, TillFactory
+from tests.factories.mpesa import PaymentRequestFactory, TillFactory
 
 _numbers = itertools.count(1)
 

@@ -18,8 +18,7 @@ from jobs.services import job_launch, job_retry
 from operations.jobs import EXPORT_BUSINESSES
 from tenancy.models import Business
 from tests.celery_support import WorkerProcess, wait_for
-from tests.conftest import login, staff_with_perms
-from tests.factories import MembershipFactory, UserFactory
+from tests.factories.tenancy import MembershipFactory, UserFactory, login, staff_with_perms
 from tests.worker_tasks import runs_key
 
 pytestmark = [pytest.mark.worker, pytest.mark.django_db(transaction=True)]

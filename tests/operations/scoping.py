@@ -28,7 +28,7 @@ from operations.models import (
     SupplierPayment,
 )
 from tenancy.models import Business
-from tests.operations.factories import CustomerFactory, ItemFactory, SupplierFactory
+from tests.factories.operations import CustomerFactory, ItemFactory, SupplierFactory
 
 DAY = dt.date(2026, 1, 15)
 _numbers = itertools.count(1)  # several rows of one business need their own item or customer

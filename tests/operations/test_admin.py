@@ -37,7 +37,7 @@ from operations.models import (
 )
 from tenancy.models import Business
 from tenancy.services import STAFF_PERMISSIONS, staff_group_ensure
-from tests.operations.factories import CustomerFactory, ItemFactory, SupplierFactory
+from tests.factories.operations import CustomerFactory, ItemFactory, SupplierFactory
 from tests.operations.scoping import ROW_MAKERS
 
 pytestmark = pytest.mark.django_db
@@ -351,7 +351,7 @@ def test_supplier_payment_posted_from_the_admin(owner_client: Client, water: Bus
 
 def test_a_receipt_of_another_business_is_not_found(water: Business, retail: Business, today: dt.date) -> None:
     from operations.services.sales import LineInput, sale_create
-    from tests.conftest import login, staff_with_perms
+    from tests.factories.tenancy import login, staff_with_perms
 
     card = ItemFactory.create(business=retail, name="Card", kind=ItemKind.SERVICE, sales_role="sales_shop")
     sale = sale_create(business=retail, sale_date=today, lines=[LineInput(card, Decimal(1))])

@@ -24,10 +24,9 @@ from operations.services.stock import stock_count_create, stock_opening_post
 from tenancy.models import Business
 from tenancy.scoping import BusinessScopedResource
 from tenancy.services import staff_group_ensure
-from tests.conftest import login
-from tests.factories import MembershipFactory, UserFactory
-from tests.integrations.mpesa.factories import TillFactory
-from tests.operations.factories import ItemFactory, SupplierFactory
+from tests.factories.mpesa import TillFactory
+from tests.factories.operations import ItemFactory, SupplierFactory
+from tests.factories.tenancy import MembershipFactory, UserFactory, login
 from tests.operations.ledger import D
 
 pytestmark = pytest.mark.django_db

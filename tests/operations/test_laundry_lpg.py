@@ -21,7 +21,7 @@ from operations.services.purchases import purchase_create
 from operations.services.sales import LineInput, sale_create, sale_refund
 from operations.services.stock import stock_opening_post
 from tenancy.models import Business
-from tests.operations.factories import CustomerFactory, ItemFactory, SupplierFactory
+from tests.factories.operations import CustomerFactory, ItemFactory, SupplierFactory
 from tests.operations.ledger import D, lines_by_role
 
 pytestmark = pytest.mark.django_db

@@ -19,7 +19,7 @@ from operations.selectors import customer_balance
 from operations.services.laundry import laundry_order_create
 from operations.services.sales import LineInput, sale_create
 from tenancy.models import Business
-from tests.operations.factories import CustomerFactory, ItemFactory
+from tests.factories.operations import CustomerFactory, ItemFactory
 from tests.operations.ledger import lines_by_role, role_balance
 
 pytestmark = pytest.mark.django_db

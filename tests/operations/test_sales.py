@@ -17,7 +17,7 @@ from operations.selectors import customer_balance, customer_balances, customer_s
 from operations.services.sales import LineInput, customer_payment_record, sale_create, sale_refund, sale_void
 from operations.services.stock import stock_opening_post
 from tenancy.models import Business
-from tests.operations.factories import CustomerFactory, ItemFactory
+from tests.factories.operations import CustomerFactory, ItemFactory
 from tests.operations.ledger import D, lines_by_role
 
 

@@ -18,7 +18,7 @@ from operations.services.purchases import expense_create, purchase_create
 from operations.services.sales import LineInput, sale_create
 from operations.services.stock import stock_count_create
 from tenancy.models import Business
-from tests.operations.factories import ItemFactory, SupplierFactory
+from tests.factories.operations import ItemFactory, SupplierFactory
 from tests.operations.ledger import D, lines_by_role, role_balance, stock_total_value
 
 pytestmark = pytest.mark.django_db

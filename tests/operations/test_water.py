@@ -13,7 +13,7 @@ from operations.services.purchases import purchase_create, supplier_payment_crea
 from operations.services.sales import LineInput, deposit_return, sale_create
 from operations.services.water import production_batch_create
 from tenancy.models import Business
-from tests.operations.factories import CustomerFactory, ItemFactory, SupplierFactory
+from tests.factories.operations import CustomerFactory, ItemFactory, SupplierFactory
 from tests.operations.ledger import D, lines_by_role
 
 pytestmark = pytest.mark.django_db

@@ -10,7 +10,7 @@ import pytest
 from accounts.services import chart_ensure_default
 from integrations.mpesa.models import Till
 from tenancy.models import Business
-from tests.integrations.mpesa.factories import TillFactory
+from tests.factories.mpesa import TillFactory
 
 
 @pytest.fixture

@@ -26,7 +26,8 @@ from integrations.mpesa.models import (
 from integrations.mpesa.publisher import publisher
 from integrations.mpesa.secrets import decrypt, encrypt
 from tenancy.models import Business
-from tests.integrations.mpesa.factories import TillFactory, unallocated_payment
+from tests.factories.mpesa import TillFactory, unallocated_payment
+from tests.factories.operations import CustomerFactory
 from tests.integrations.mpesa.fake_daraja import (
     OAUTH,
     REVERSAL,
@@ -37,7 +38,6 @@ from tests.integrations.mpesa.fake_daraja import (
     FakeDaraja,
     fake_daraja_fixture,  # noqa: F401 - the fake_daraja fixture
 )
-from tests.operations.factories import CustomerFactory
 
 pytestmark = pytest.mark.django_db
 

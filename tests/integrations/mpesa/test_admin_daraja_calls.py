@@ -13,7 +13,7 @@ from django.urls import reverse
 
 from integrations.mpesa.client import DarajaClient
 from integrations.mpesa.models import PaymentRequest, PaymentRequestState, StatusQuery, StatusQueryState, Till
-from tests.integrations.mpesa.factories import TillFactory
+from tests.factories.mpesa import TillFactory
 from tests.integrations.mpesa.fake_daraja import (
     SANDBOX_SHORTCODE,
     FakeDaraja,

@@ -23,7 +23,7 @@ from integrations.mpesa.publisher import inbox_enqueue, publisher
 from integrations.mpesa.tasks import sweep_inbox
 from tests import celery_support
 from tests.celery_support import WorkerProcess, wait_for, worker_env
-from tests.integrations.mpesa.factories import c2b_confirmation, stk_success
+from tests.factories.mpesa import c2b_confirmation, stk_success
 from tests.integrations.mpesa.redis_support import queued_inbox_ids, redis_server
 
 pytestmark = [pytest.mark.worker, pytest.mark.slow, pytest.mark.django_db(transaction=True)]

@@ -14,7 +14,7 @@ from accounts.models import JournalEntry
 from integrations.mpesa.inbox import inbox_process, inbox_reprocess, inbox_store
 from integrations.mpesa.models import InboxKind, InboxMessage, InboxState, Payment, PaymentRequestState, Till
 from integrations.mpesa.publisher import publisher
-from tests.integrations.mpesa.factories import PaymentRequestFactory, c2b_confirmation, stk_failure, stk_success
+from tests.factories.mpesa import PaymentRequestFactory, c2b_confirmation, stk_failure, stk_success
 
 pytestmark = pytest.mark.django_db
 

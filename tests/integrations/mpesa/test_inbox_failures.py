@@ -33,8 +33,8 @@ from integrations.mpesa.payloads import (
 from integrations.mpesa.tasks import process_inbox
 from operations.models import Customer
 from operations.payments import Placed
-from tests.integrations.mpesa.factories import c2b_confirmation, stk_success
-from tests.operations.factories import CustomerFactory
+from tests.factories.mpesa import c2b_confirmation, stk_success
+from tests.factories.operations import CustomerFactory
 
 pytestmark = pytest.mark.django_db
 

@@ -25,7 +25,7 @@ from integrations.mpesa.payloads import NAIROBI
 from integrations.mpesa.payments import payment_allocate
 from operations.models import Customer
 from operations.phones import msisdn_sha256
-from tests.integrations.mpesa.factories import (
+from tests.factories.mpesa import (
     PaymentRequestFactory,
     c2b_confirmation,
     sample_bytes,
@@ -33,7 +33,7 @@ from tests.integrations.mpesa.factories import (
     stk_success,
     unallocated_payment,
 )
-from tests.operations.factories import CustomerFactory
+from tests.factories.operations import CustomerFactory
 
 pytestmark = pytest.mark.django_db
 
@@ -220,7 +220,7 @@ def test_a_confirmation_for_another_shortcode_needs_a_person(till: Till) -> None
 
 
 def test_a_business_without_books_needs_a_person(water: object) -> None:
-    from tests.integrations.mpesa.factories import TillFactory
+    from tests.factories.mpesa import TillFactory
 
     bare = TillFactory.create(business=water, shortcode="600111")
     msg = process(

@@ -33,7 +33,7 @@ from integrations.mpesa.reconciliation import (
 )
 from jobs.models import Job, JobState
 from jobs.runner import job_run
-from tests.integrations.mpesa.factories import FIXTURES
+from tests.factories.mpesa import FIXTURES
 
 pytestmark = pytest.mark.django_db
 

@@ -21,7 +21,7 @@ from integrations.mpesa.payments import payment_record
 from integrations.mpesa.reconciliation import RECONCILE_JOB
 from jobs.models import Job, JobState
 from tests.celery_support import WorkerProcess, wait_for, worker_env
-from tests.integrations.mpesa.factories import FIXTURES
+from tests.factories.mpesa import FIXTURES
 
 pytestmark = [pytest.mark.worker, pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 

@@ -24,7 +24,7 @@ from integrations.mpesa.models import (
 )
 from integrations.mpesa.payments import payment_allocate, payment_record
 from integrations.mpesa.reversals import reversal_request
-from tests.integrations.mpesa.factories import TillFactory, reversal_result, sample, unallocated_payment
+from tests.factories.mpesa import TillFactory, reversal_result, sample, unallocated_payment
 from tests.integrations.mpesa.fake_daraja import (
     REVERSAL,
     SANDBOX_SHORTCODE,
@@ -185,7 +185,7 @@ def test_a_confirmed_reversal_undoes_the_sale_and_the_customers_side(daraja_till
     from operations.models import CustomerTransaction, CustomerTxKind, ItemKind, PaymentMethod
     from operations.selectors import customer_balance
     from operations.services.sales import LineInput, sale_create
-    from tests.operations.factories import CustomerFactory, ItemFactory
+    from tests.factories.operations import CustomerFactory, ItemFactory
 
     business = daraja_till.business
     item = ItemFactory.create(

@@ -15,7 +15,7 @@ from django.utils import timezone
 from integrations.mpesa.inbox import inbox_store, inbox_sweep
 from integrations.mpesa.models import InboxKind, InboxMessage, InboxState, PaymentRequest, PaymentRequestState, Till
 from integrations.mpesa.stk import payment_requests_recover
-from tests.integrations.mpesa.factories import TillFactory
+from tests.factories.mpesa import TillFactory
 from tests.integrations.mpesa.fake_daraja import (
     SANDBOX_SHORTCODE,
     STK_QUERY,

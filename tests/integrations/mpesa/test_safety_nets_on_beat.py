@@ -19,7 +19,7 @@ from accounts.models import JournalEntry
 from integrations.mpesa.inbox import inbox_store
 from integrations.mpesa.models import InboxKind, InboxMessage, InboxState, Payment, Till
 from tests.celery_support import BeatProcess, WorkerProcess, wait_for, worker_env
-from tests.integrations.mpesa.factories import c2b_confirmation
+from tests.factories.mpesa import c2b_confirmation
 
 pytestmark = [pytest.mark.worker, pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 

@@ -16,7 +16,7 @@ from django.core.management import CommandError, call_command
 from integrations.mpesa import secrets
 from integrations.mpesa.models import Till
 from integrations.mpesa.secrets import SecretUnreadable, decrypt, encrypt
-from tests.integrations.mpesa.factories import TillFactory
+from tests.factories.mpesa import TillFactory
 
 ROOT = Path(__file__).resolve().parents[3]
 ENCRYPTED_CREDENTIAL_FIELDS = (

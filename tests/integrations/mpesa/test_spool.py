@@ -37,7 +37,7 @@ from integrations.mpesa.spool import (
     spool_write,
 )
 from integrations.mpesa.tasks import sweep_inbox
-from tests.integrations.mpesa.factories import (
+from tests.factories.mpesa import (
     TillFactory,
     c2b_confirmation,
     c2b_validation,

@@ -29,7 +29,7 @@ import psycopg
 import pytest
 import requests
 
-from tests.integrations.mpesa.factories import c2b_confirmation, c2b_validation, stk_success
+from tests.factories.mpesa import c2b_confirmation, c2b_validation, stk_success
 
 pytestmark = [pytest.mark.localservices, pytest.mark.slow]
 

@@ -28,7 +28,7 @@ from integrations.mpesa.models import (
     Till,
 )
 from integrations.mpesa.status_queries import lost_confirmations_recover, status_query_request
-from tests.integrations.mpesa.factories import (
+from tests.factories.mpesa import (
     PaymentRequestFactory,
     TillFactory,
     c2b_confirmation,

@@ -18,7 +18,7 @@ from accounts.models import JournalEntry
 from integrations.mpesa.client import DarajaClient
 from integrations.mpesa.models import InboxKind, InboxState, Payment, StatusQuery, StatusQueryState, Till
 from integrations.mpesa.status_queries import lost_confirmations_recover, status_query_request
-from tests.integrations.mpesa.factories import TillFactory, sample
+from tests.factories.mpesa import TillFactory, sample
 from tests.integrations.mpesa.fake_daraja import (
     SANDBOX_SHORTCODE,
     TRANSACTION_STATUS,

@@ -12,7 +12,7 @@ from django.urls import reverse
 
 from integrations.mpesa.models import DarajaEnvironment, Till, TillKind
 from tenancy.models import Business
-from tests.integrations.mpesa.factories import TillFactory
+from tests.factories.mpesa import TillFactory
 
 pytestmark = pytest.mark.django_db
 

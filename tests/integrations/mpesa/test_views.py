@@ -17,7 +17,7 @@ from integrations.mpesa.inbox import inbox_store
 from integrations.mpesa.models import InboxKind, InboxMessage, InboxState, Till
 from integrations.mpesa.publisher import publisher
 from tests.celery_support import ROOT, worker_env
-from tests.integrations.mpesa.factories import (
+from tests.factories.mpesa import (
     FIXTURES,
     TillFactory,
     c2b_confirmation,
@@ -25,8 +25,8 @@ from tests.integrations.mpesa.factories import (
     sample_bytes,
     stk_success,
 )
+from tests.factories.operations import CustomerFactory
 from tests.integrations.mpesa.redis_support import queued_inbox_ids
-from tests.operations.factories import CustomerFactory
 
 pytestmark = pytest.mark.django_db
 

@@ -7,7 +7,7 @@ from decimal import Decimal
 import factory
 
 from operations.models import Customer, Item, ItemKind, Supplier, TaxRate
-from tests.factories import BusinessFactory
+from tests.factories.tenancy import BusinessFactory
 
 
 class CustomerFactory(factory.django.DjangoModelFactory[Customer]):

@@ -14,9 +14,9 @@ import factory
 from integrations.mpesa.models import DarajaEnvironment, Payment, PaymentRequest, PaymentStatus, Till, TillKind
 from integrations.mpesa.payloads import NAIROBI
 from integrations.mpesa.secrets import encrypt
-from tests.factories import BusinessFactory
+from tests.factories.tenancy import BusinessFactory
 
-FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "daraja"
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "daraja"
 
 
 def sample(name: str) -> Any:
