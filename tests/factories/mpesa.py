@@ -10,8 +10,21 @@ from pathlib import Path
 from typing import Any
 
 import factory
+from django.utils import timezone
 
-from integrations.mpesa.models import DarajaEnvironment, Payment, PaymentRequest, PaymentStatus, Till, TillKind
+from integrations.mpesa.inbox import inbox_process, inbox_store
+from integrations.mpesa.models import (
+    DarajaEnvironment,
+    InboxKind,
+    InboxMessage,
+    InboxState,
+    Payment,
+    PaymentRequest,
+    PaymentStatus,
+    StatusQuery,
+    Till,
+    TillKind,
+)
 from integrations.mpesa.payloads import NAIROBI
 from integrations.mpesa.secrets import encrypt
 from tests.factories.tenancy import BusinessFactory
@@ -163,3 +176,55 @@ def unallocated_payment(till: Till, receipt: str, amount: Decimal = Decimal("250
     )
     assert payment.status == PaymentStatus.UNALLOCATED
     return payment
+
+
+def status_result(
+    query: StatusQuery,
+    *,
+    receipt: str | None = None,
+    status: str = "Completed",
+    amount: str = "250",
+    receiver: str | None = None,
+    result_code: int = 0,
+) -> bytes:
+    """Daraja's Transaction Status result for `query` (the documented sample, re-addressed)."""
+    body = sample("08_transaction_status_result_doc_b2c.json")
+    result = body["Result"]
+    result["ConversationID"] = query.conversation_id
+    result["OriginatorConversationID"] = query.originator_conversation_id
+    result["ResultCode"] = result_code
+    values = {
+        "ReceiptNo": receipt or query.receipt,
+        "TransactionStatus": status,
+        "Amount": amount,
+        "CreditPartyName": f"{receiver or query.till.shortcode} - Bench Water",
+        "DebitPartyName": "254708374149 - John Doe",
+    }
+    params = [p for p in result["ResultParameters"]["ResultParameter"] if p["Key"] not in values]
+    params += [{"Key": key, "Value": value} for key, value in values.items()]
+    result["ResultParameters"]["ResultParameter"] = params
+    return json.dumps(body).encode()
+
+
+def deliver(till: Till, kind: str, body: bytes, daraja_id: str) -> InboxMessage:
+    """A callback body stored in the inbox and processed there, as the worker would."""
+    inbox_id = inbox_store(till_id=till.pk, kind=kind, daraja_id=daraja_id, body=body, headers={}, remote_addr=None)
+    assert inbox_id is not None
+    inbox_process(inbox_id=inbox_id)
+    return InboxMessage.objects.get(pk=inbox_id)
+
+
+def validated(till: Till, receipt: str, *, minutes_ago: int, outcome: str = "accepted") -> None:
+    """A C2B validation stored as answered `minutes_ago` (its confirmation not come yet)."""
+    inbox_id = inbox_store(
+        till_id=till.pk,
+        kind=InboxKind.C2B_VALIDATION,
+        daraja_id=receipt,
+        body=c2b_validation(trans_id=receipt, shortcode=till.shortcode, amount="40", bill_ref="CUST-9"),
+        headers={},
+        remote_addr=None,
+        state=InboxState.PROCESSED,
+        outcome=outcome,
+    )
+    assert inbox_id is not None
+    InboxMessage.objects.filter(pk=inbox_id).update(received_at=timezone.now() - dt.timedelta(minutes=minutes_ago))

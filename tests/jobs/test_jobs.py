@@ -18,18 +18,11 @@ from jobs.services import job_launch, job_retry
 from operations.jobs import EXPORT_BUSINESSES
 from tenancy.models import Business
 from tests.celery_support import WorkerProcess, wait_for
+from tests.factories.jobs import job_finished
 from tests.factories.tenancy import MembershipFactory, UserFactory, login, staff_with_perms
 from tests.worker_tasks import runs_key
 
 pytestmark = [pytest.mark.worker, pytest.mark.django_db(transaction=True)]
-
-
-def _finished(job: Job, timeout: float = 30) -> Job:
-    def done() -> Job | None:
-        job.refresh_from_db()
-        return job if job.state in (JobState.SUCCEEDED, JobState.FAILED) else None
-
-    return wait_for(done, timeout, f"job #{job.pk} to finish", interval=0.2)
 
 
 def test_excel_export_launched_from_the_admin_runs_on_a_worker_and_is_downloadable(
@@ -46,7 +39,7 @@ def test_excel_export_launched_from_the_admin_runs_on_a_worker_and_is_downloadab
     assert f"#{job.pk}" in response.content.decode()
     assert job.kind == EXPORT_BUSINESSES and job.business is None and job.requested_by is not None
 
-    job = _finished(job)
+    job = job_finished(job)
     assert job.state == JobState.SUCCEEDED, job.error
     assert job.progress == 100 and job.attempts == 1 and job.finished_at and job.started_at
     assert job.result_file.name.endswith(".xlsx")
@@ -76,10 +69,10 @@ def test_a_staff_member_exports_only_his_business_and_cannot_download_another_bu
     )
     job = Job.objects.get()
     assert job.business == water  # laundry was not in his queryset, so it was never selected
-    assert _finished(job).state == JobState.SUCCEEDED
+    assert job_finished(job).state == JobState.SUCCEEDED
 
     other = job_launch(kind=EXPORT_BUSINESSES, acting_user=owner, business=laundry)
-    _finished(other)
+    job_finished(other)
     assert client.get(reverse("admin:jobs_job_download", args=[job.pk])).status_code == 200
     assert client.get(reverse("admin:jobs_job_download", args=[other.pk])).status_code == 404
     assert client.get(reverse("admin:jobs_job_change", args=[other.pk])).status_code == 302
@@ -90,7 +83,7 @@ def test_a_failed_job_keeps_its_error_and_traceback_and_can_be_retried(
 ) -> None:
     import tests.worker_tasks  # noqa: F401 - registers the test job kinds in this process too
 
-    job = _finished(job_launch(kind="tests.fail", acting_user=owner))
+    job = job_finished(job_launch(kind="tests.fail", acting_user=owner))
     assert job.state == JobState.FAILED
     assert "failed on purpose" in job.error and "Traceback" in job.traceback
     assert job.progress == 30
@@ -104,7 +97,7 @@ def test_a_failed_job_keeps_its_error_and_traceback_and_can_be_retried(
         follow=True,
     )
     assert b"Queued again" in response.content
-    job = _finished(job)
+    job = job_finished(job)
     assert job.state == JobState.FAILED and job.attempts == 1  # ran again from scratch and failed again
 
 
@@ -119,7 +112,7 @@ def test_a_transient_error_is_retried_with_backoff(
         lambda: Job.objects.filter(pk=job.pk, state=JobState.RETRYING).exists(), 20, "the retrying state", interval=0.05
     )
     assert seen_retrying
-    job = _finished(job, timeout=40)
+    job = job_finished(job, timeout=40)
     assert job.state == JobState.SUCCEEDED and job.attempts == 2
     assert redis_client.llen(runs_key(token)) == 2
 
@@ -140,7 +133,7 @@ def test_progress_is_visible_while_a_job_runs_and_survives_a_killed_worker(
     import signal
 
     os.kill(pool_pid, signal.SIGKILL)
-    job = _finished(job, timeout=40)
+    job = job_finished(job, timeout=40)
     assert job.state == JobState.SUCCEEDED and job.attempts == 2 and job.progress == 100
 
 

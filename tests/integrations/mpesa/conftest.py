@@ -1,4 +1,4 @@
-"""Fixtures of the M-Pesa tests: businesses with their books and a till each."""
+"""Fixtures of the M-Pesa tests: businesses with their books, a till, a till the fake Daraja accepts."""
 
 from __future__ import annotations
 
@@ -9,8 +9,15 @@ import pytest
 
 from accounts.services import chart_ensure_default
 from integrations.mpesa.models import Till
+from integrations.mpesa.secrets import encrypt
 from tenancy.models import Business
 from tests.factories.mpesa import TillFactory
+from tests.integrations.mpesa.fake_daraja import (
+    SANDBOX_PASSKEY,
+    SANDBOX_SHORTCODE,
+    FakeDaraja,
+    fake_daraja_fixture,  # noqa: F401 - the fake_daraja fixture
+)
 
 
 @pytest.fixture
@@ -22,6 +29,21 @@ def books(water: Business) -> Business:
 @pytest.fixture
 def till(books: Business) -> Till:
     return TillFactory.create(business=books, shortcode="600966", name="Water paybill")
+
+
+@pytest.fixture
+def daraja_till(books: Business, fake_daraja: FakeDaraja, settings: Any) -> Till:
+    """A till whose credentials the fake Daraja accepts, with MPESA_BASE_URL pointing at the fake."""
+    settings.MPESA_BASE_URL = fake_daraja.base_url
+    return TillFactory.create(
+        business=books,
+        shortcode=SANDBOX_SHORTCODE,
+        consumer_key_encrypted=encrypt(fake_daraja.consumer_key),
+        consumer_secret_encrypted=encrypt(fake_daraja.consumer_secret),
+        passkey_encrypted=encrypt(SANDBOX_PASSKEY),
+        initiator_name=fake_daraja.initiator_name,
+        security_credential_encrypted=encrypt(fake_daraja.security_credential),
+    )
 
 
 @pytest.fixture(autouse=True)

@@ -24,19 +24,16 @@ from integrations.mpesa.models import (
     Till,
 )
 from integrations.mpesa.publisher import publisher
-from integrations.mpesa.secrets import decrypt, encrypt
+from integrations.mpesa.secrets import decrypt
 from tenancy.models import Business
-from tests.factories.mpesa import TillFactory, unallocated_payment
+from tests.factories.mpesa import unallocated_payment
 from tests.factories.operations import CustomerFactory
 from tests.integrations.mpesa.fake_daraja import (
     OAUTH,
     REVERSAL,
-    SANDBOX_PASSKEY,
-    SANDBOX_SHORTCODE,
     STK_PUSH,
     STK_QUERY,
     FakeDaraja,
-    fake_daraja_fixture,  # noqa: F401 - the fake_daraja fixture
 )
 
 pytestmark = pytest.mark.django_db
@@ -46,21 +43,6 @@ MODELS = ["till", "inboxmessage", "paymentrequest", "payment", "unallocatedpayme
 
 def url(model: str, view: str, *args: object) -> str:
     return reverse(f"admin:integrations_{model}_{view}", args=args)
-
-
-@pytest.fixture
-def daraja_till(books: Business, fake_daraja: FakeDaraja, settings: pytest.FixtureRequest) -> Till:
-    """A till whose credentials the fake Daraja accepts, with MPESA_BASE_URL pointing at the fake."""
-    settings.MPESA_BASE_URL = fake_daraja.base_url  # type: ignore[attr-defined]
-    return TillFactory.create(
-        business=books,
-        shortcode=SANDBOX_SHORTCODE,
-        consumer_key_encrypted=encrypt(fake_daraja.consumer_key),
-        consumer_secret_encrypted=encrypt(fake_daraja.consumer_secret),
-        passkey_encrypted=encrypt(SANDBOX_PASSKEY),
-        initiator_name=fake_daraja.initiator_name,
-        security_credential_encrypted=encrypt(fake_daraja.security_credential),
-    )
 
 
 @pytest.mark.parametrize("model", MODELS)

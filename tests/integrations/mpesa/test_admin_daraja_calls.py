@@ -13,22 +13,12 @@ from django.urls import reverse
 
 from integrations.mpesa.client import DarajaClient
 from integrations.mpesa.models import PaymentRequest, PaymentRequestState, StatusQuery, StatusQueryState, Till
-from tests.factories.mpesa import TillFactory
 from tests.integrations.mpesa.fake_daraja import (
-    SANDBOX_SHORTCODE,
     FakeDaraja,
-    fake_daraja_fixture,  # noqa: F401 - the fake_daraja fixture
 )
-from tests.integrations.mpesa.secrets_support import daraja_credentials
 
 # Another connection must see what the admin committed: real transactions, not the test's.
 pytestmark = pytest.mark.django_db(transaction=True)
-
-
-@pytest.fixture
-def daraja_till(books: Any, fake_daraja: FakeDaraja, settings: Any) -> Till:
-    settings.MPESA_BASE_URL = fake_daraja.base_url
-    return TillFactory.create(business=books, shortcode=SANDBOX_SHORTCODE, **daraja_credentials(fake_daraja))
 
 
 def seen_elsewhere(sql: str, params: list[Any]) -> int:

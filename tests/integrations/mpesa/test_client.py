@@ -47,7 +47,6 @@ from tests.integrations.mpesa.fake_daraja import (
     STK_QUERY,
     TRANSACTION_STATUS,
     FakeDaraja,
-    fake_daraja_fixture,  # noqa: F401 - the fake_daraja fixture
     load_sample,
 )
 

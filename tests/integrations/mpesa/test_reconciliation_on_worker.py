@@ -20,7 +20,8 @@ from integrations.mpesa.payloads import NAIROBI
 from integrations.mpesa.payments import payment_record
 from integrations.mpesa.reconciliation import RECONCILE_JOB
 from jobs.models import Job, JobState
-from tests.celery_support import WorkerProcess, wait_for, worker_env
+from tests.celery_support import WorkerProcess, worker_env
+from tests.factories.jobs import job_finished
 from tests.factories.mpesa import FIXTURES
 
 pytestmark = [pytest.mark.worker, pytest.mark.slow, pytest.mark.django_db(transaction=True)]
@@ -83,14 +84,6 @@ def record(till: Till, receipt: str, amount: str, time: str, day: int = 6) -> No
     )
 
 
-def _finished(job: Job, timeout: float = 30) -> Job:
-    def done() -> Job | None:
-        job.refresh_from_db()
-        return job if job.state in (JobState.SUCCEEDED, JobState.FAILED) else None
-
-    return wait_for(done, timeout, f"job #{job.pk} to finish", interval=0.2)
-
-
 def test_a_reconciliation_launched_from_the_admin_runs_on_a_reports_worker(
     owner_client: Client, owner: Any, till: Till, media: Path, clean_broker: redis.Redis
 ) -> None:
@@ -119,7 +112,7 @@ def test_a_reconciliation_launched_from_the_admin_runs_on_a_reports_worker(
     try:
         worker.start()
         try:
-            job = _finished(job)
+            job = job_finished(job)
         except AssertionError as exc:
             raise AssertionError(f"{exc}; worker log:\n{worker.output()[-3000:]}") from exc
     finally:

@@ -11,10 +11,8 @@ from django.utils import timezone
 
 from accounts.models import JournalEntry, JournalLine
 from integrations.mpesa.exceptions import InvalidRequest
-from integrations.mpesa.inbox import inbox_process, inbox_store
 from integrations.mpesa.models import (
     InboxKind,
-    InboxMessage,
     InboxState,
     Payment,
     PaymentStatus,
@@ -24,29 +22,14 @@ from integrations.mpesa.models import (
 )
 from integrations.mpesa.payments import payment_allocate, payment_record
 from integrations.mpesa.reversals import reversal_request
-from tests.factories.mpesa import TillFactory, reversal_result, sample, unallocated_payment
+from tests.factories.mpesa import TillFactory, deliver, reversal_result, sample, unallocated_payment
 from tests.integrations.mpesa.fake_daraja import (
     REVERSAL,
     SANDBOX_SHORTCODE,
     FakeDaraja,
-    fake_daraja_fixture,  # noqa: F401 - the fake_daraja fixture
 )
-from tests.integrations.mpesa.secrets_support import daraja_credentials
 
 pytestmark = pytest.mark.django_db
-
-
-@pytest.fixture
-def daraja_till(books: Any, fake_daraja: FakeDaraja, settings: Any) -> Till:
-    settings.MPESA_BASE_URL = fake_daraja.base_url
-    return TillFactory.create(business=books, shortcode=SANDBOX_SHORTCODE, **daraja_credentials(fake_daraja))
-
-
-def deliver(till: Till, kind: str, body: bytes, daraja_id: str) -> InboxMessage:
-    inbox_id = inbox_store(till_id=till.pk, kind=kind, daraja_id=daraja_id, body=body, headers={}, remote_addr=None)
-    assert inbox_id is not None
-    inbox_process(inbox_id=inbox_id)
-    return InboxMessage.objects.get(pk=inbox_id)
 
 
 def balance(role: str, till: Till) -> Decimal:

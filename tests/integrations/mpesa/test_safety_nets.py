@@ -15,16 +15,12 @@ from django.utils import timezone
 from integrations.mpesa.inbox import inbox_store, inbox_sweep
 from integrations.mpesa.models import InboxKind, InboxMessage, InboxState, PaymentRequest, PaymentRequestState, Till
 from integrations.mpesa.stk import payment_requests_recover
-from tests.factories.mpesa import TillFactory
 from tests.integrations.mpesa.fake_daraja import (
-    SANDBOX_SHORTCODE,
     STK_QUERY,
     FakeDaraja,
-    fake_daraja_fixture,  # noqa: F401 - the fake_daraja fixture
     load_sample,
 )
 from tests.integrations.mpesa.redis_support import queued_inbox_ids
-from tests.integrations.mpesa.secrets_support import daraja_credentials
 
 pytestmark = pytest.mark.django_db
 
@@ -91,12 +87,6 @@ def test_beat_runs_the_sweeper_and_the_recovery_job() -> None:
     tasks = {t.task: t for t in PeriodicTask.objects.filter(task__startswith="payments.")}
     assert tasks["payments.sweep_inbox"].enabled and tasks["payments.sweep_inbox"].interval.every == 60
     assert tasks["payments.recover_requests"].enabled and tasks["payments.recover_requests"].interval.every == 120
-
-
-@pytest.fixture
-def daraja_till(books: Any, fake_daraja: FakeDaraja, settings: Any) -> Till:
-    settings.MPESA_BASE_URL = fake_daraja.base_url
-    return TillFactory.create(business=books, shortcode=SANDBOX_SHORTCODE, **daraja_credentials(fake_daraja))
 
 
 def _sent(till: Till, checkout: str, minutes_ago: int) -> PaymentRequest:

@@ -3,7 +3,6 @@ C2B payment whose confirmation never came); a "completed" answer for the till po
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 from decimal import Decimal
 from typing import Any
@@ -11,14 +10,11 @@ from typing import Any
 import pytest
 from django.test import Client
 from django.urls import reverse
-from django.utils import timezone
 
 from accounts.models import JournalEntry
 from integrations.mpesa.exceptions import InvalidRequest
-from integrations.mpesa.inbox import inbox_process, inbox_store
 from integrations.mpesa.models import (
     InboxKind,
-    InboxMessage,
     InboxState,
     Payment,
     PaymentRequestState,
@@ -30,61 +26,18 @@ from integrations.mpesa.models import (
 from integrations.mpesa.status_queries import lost_confirmations_recover, status_query_request
 from tests.factories.mpesa import (
     PaymentRequestFactory,
-    TillFactory,
     c2b_confirmation,
-    c2b_validation,
+    deliver,
     sample,
+    status_result,
+    validated,
 )
 from tests.integrations.mpesa.fake_daraja import (
-    SANDBOX_SHORTCODE,
     TRANSACTION_STATUS,
     FakeDaraja,
-    fake_daraja_fixture,  # noqa: F401 - the fake_daraja fixture
 )
-from tests.integrations.mpesa.secrets_support import daraja_credentials
 
 pytestmark = pytest.mark.django_db
-
-
-@pytest.fixture
-def daraja_till(books: Any, fake_daraja: FakeDaraja, settings: Any) -> Till:
-    settings.MPESA_BASE_URL = fake_daraja.base_url
-    return TillFactory.create(business=books, shortcode=SANDBOX_SHORTCODE, **daraja_credentials(fake_daraja))
-
-
-def status_result(
-    query: StatusQuery,
-    *,
-    receipt: str | None = None,
-    status: str = "Completed",
-    amount: str = "250",
-    receiver: str | None = None,
-    result_code: int = 0,
-) -> bytes:
-    """Daraja's Transaction Status result for `query` (the documented sample, re-addressed)."""
-    body = sample("08_transaction_status_result_doc_b2c.json")
-    result = body["Result"]
-    result["ConversationID"] = query.conversation_id
-    result["OriginatorConversationID"] = query.originator_conversation_id
-    result["ResultCode"] = result_code
-    values = {
-        "ReceiptNo": receipt or query.receipt,
-        "TransactionStatus": status,
-        "Amount": amount,
-        "CreditPartyName": f"{receiver or query.till.shortcode} - Bench Water",
-        "DebitPartyName": "254708374149 - John Doe",
-    }
-    params = [p for p in result["ResultParameters"]["ResultParameter"] if p["Key"] not in values]
-    params += [{"Key": key, "Value": value} for key, value in values.items()]
-    result["ResultParameters"]["ResultParameter"] = params
-    return json.dumps(body).encode()
-
-
-def deliver(till: Till, kind: str, body: bytes, daraja_id: str) -> InboxMessage:
-    inbox_id = inbox_store(till_id=till.pk, kind=kind, daraja_id=daraja_id, body=body, headers={}, remote_addr=None)
-    assert inbox_id is not None
-    inbox_process(inbox_id=inbox_id)
-    return InboxMessage.objects.get(pk=inbox_id)
 
 
 def test_a_completed_answer_posts_the_payment_once(daraja_till: Till, fake_daraja: FakeDaraja, owner: Any) -> None:
@@ -175,28 +128,13 @@ def test_bad_receipts_and_refusals(daraja_till: Till, fake_daraja: FakeDaraja, o
     assert refused.state == StatusQueryState.ERROR and "400.002.02" in refused.result_desc
 
 
-def _validated(till: Till, receipt: str, *, minutes_ago: int, outcome: str = "accepted") -> None:
-    inbox_id = inbox_store(
-        till_id=till.pk,
-        kind=InboxKind.C2B_VALIDATION,
-        daraja_id=receipt,
-        body=c2b_validation(trans_id=receipt, shortcode=till.shortcode, amount="40", bill_ref="CUST-9"),
-        headers={},
-        remote_addr=None,
-        state=InboxState.PROCESSED,
-        outcome=outcome,
-    )
-    assert inbox_id is not None
-    InboxMessage.objects.filter(pk=inbox_id).update(received_at=timezone.now() - dt.timedelta(minutes=minutes_ago))
-
-
 def test_the_recovery_job_asks_about_validated_payments_never_confirmed(
     daraja_till: Till, fake_daraja: FakeDaraja
 ) -> None:
-    _validated(daraja_till, "TKLOST0001", minutes_ago=30)  # lost: asked about
-    _validated(daraja_till, "TKLOST0002", minutes_ago=2)  # its confirmation may still come
-    _validated(daraja_till, "TKLOST0003", minutes_ago=30, outcome="rejected C2B00012: unknown account")
-    _validated(daraja_till, "TKLOST0004", minutes_ago=30)  # confirmed: posted already
+    validated(daraja_till, "TKLOST0001", minutes_ago=30)  # lost: asked about
+    validated(daraja_till, "TKLOST0002", minutes_ago=2)  # its confirmation may still come
+    validated(daraja_till, "TKLOST0003", minutes_ago=30, outcome="rejected C2B00012: unknown account")
+    validated(daraja_till, "TKLOST0004", minutes_ago=30)  # confirmed: posted already
     deliver(
         daraja_till,
         InboxKind.C2B_CONFIRMATION,

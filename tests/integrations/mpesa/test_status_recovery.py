@@ -18,25 +18,15 @@ from accounts.models import JournalEntry
 from integrations.mpesa.client import DarajaClient
 from integrations.mpesa.models import InboxKind, InboxState, Payment, StatusQuery, StatusQueryState, Till
 from integrations.mpesa.status_queries import lost_confirmations_recover, status_query_request
-from tests.factories.mpesa import TillFactory, sample
+from tests.factories.mpesa import deliver, sample, status_result, validated
 from tests.integrations.mpesa.fake_daraja import (
-    SANDBOX_SHORTCODE,
     TRANSACTION_STATUS,
     FakeDaraja,
-    fake_daraja_fixture,  # noqa: F401 - the fake_daraja fixture
 )
-from tests.integrations.mpesa.secrets_support import daraja_credentials
-from tests.integrations.mpesa.test_status_queries import _validated, deliver, status_result
 
 pytestmark = pytest.mark.django_db
 
 REFUSAL = {"requestId": "x", "errorCode": "400.002.02", "errorMessage": "Bad Request - Invalid Initiator"}
-
-
-@pytest.fixture
-def daraja_till(books: Any, fake_daraja: FakeDaraja, settings: Any) -> Till:
-    settings.MPESA_BASE_URL = fake_daraja.base_url
-    return TillFactory.create(business=books, shortcode=SANDBOX_SHORTCODE, **daraja_credentials(fake_daraja))
 
 
 @pytest.fixture(autouse=True)
@@ -64,7 +54,7 @@ def timeout_body(query: StatusQuery) -> bytes:
 def test_a_lost_confirmation_is_asked_again_with_backoff_until_a_definite_answer(
     daraja_till: Till, fake_daraja: FakeDaraja
 ) -> None:
-    _validated(daraja_till, "TKRETRY001", minutes_ago=30)
+    validated(daraja_till, "TKRETRY001", minutes_ago=30)
 
     # Try 1: Daraja refuses (nothing sent): asked again in 2 minutes, not at once.
     fake_daraja.script(TRANSACTION_STATUS, status=400, body=REFUSAL)
@@ -112,7 +102,7 @@ def test_a_lost_confirmation_is_asked_again_with_backoff_until_a_definite_answer
 
 
 def test_a_late_result_of_an_earlier_try_still_posts(daraja_till: Till, fake_daraja: FakeDaraja) -> None:
-    _validated(daraja_till, "TKRETRY002", minutes_ago=30)
+    validated(daraja_till, "TKRETRY002", minutes_ago=30)
     lost_confirmations_recover(older_than_seconds=600)
     first = StatusQuery.objects.get()
     make_due(first)  # no result came in time: asked again
@@ -132,7 +122,7 @@ def test_after_the_last_try_the_query_needs_a_person(
     daraja_till: Till, fake_daraja: FakeDaraja, settings: Any, owner_client: Client
 ) -> None:
     settings.MPESA_STATUS_MAX_ATTEMPTS = 2
-    _validated(daraja_till, "TKRETRY003", minutes_ago=30)
+    validated(daraja_till, "TKRETRY003", minutes_ago=30)
     fake_daraja.script(TRANSACTION_STATUS, status=400, body=REFUSAL, times=2)
     lost_confirmations_recover(older_than_seconds=600)
     query = StatusQuery.objects.get()
@@ -152,7 +142,7 @@ def test_a_query_left_sent_by_a_killed_task_is_asked_again(
     daraja_till: Till, fake_daraja: FakeDaraja, settings: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     settings.MPESA_STATUS_RESULT_WAIT_SECONDS = 0  # "too long" without a result is now
-    _validated(daraja_till, "TKRETRY004", minutes_ago=30)
+    validated(daraja_till, "TKRETRY004", minutes_ago=30)
     original = DarajaClient.transaction_status
 
     def soft_limit(self: DarajaClient, **kwargs: Any) -> Any:
