@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import datetime as dt
+from decimal import Decimal
 
 import pytest
 from django.utils import timezone
 
 from accounts.services import chart_ensure_default
+from operations.models import Item, ItemKind
 from operations.services.postings import chart_operations_ensure
 from tenancy.models import Business
+from tests.factories.operations import ItemFactory
 
 
 def _with_books(business: Business) -> Business:
@@ -36,3 +39,11 @@ def retail(retail: Business) -> Business:
 @pytest.fixture
 def today() -> dt.date:
     return timezone.localdate()
+
+
+@pytest.fixture
+def airtime(retail: Business) -> Item:
+    """A scratch card sold at 580.00 VAT inclusive (the M-Pesa sale tests' item)."""
+    return ItemFactory.create(
+        business=retail, name="Scratch card", kind=ItemKind.SERVICE, price=Decimal("580.00"), sales_role="sales_shop"
+    )

@@ -43,13 +43,6 @@ def _pay(till: Till, receipt: str, amount: Decimal, reference: str, msisdn: str 
     return payment
 
 
-@pytest.fixture
-def airtime(retail: Business) -> Item:
-    return ItemFactory.create(
-        business=retail, name="Scratch card", kind=ItemKind.SERVICE, price=Decimal("580.00"), sales_role="sales_shop"
-    )
-
-
 def test_an_mpesa_sale_is_paid_when_the_payment_quotes_its_number(
     retail: Business, airtime: Item, today: dt.date
 ) -> None:

@@ -18,23 +18,16 @@ from accounts.models import JournalEntry
 from integrations.mpesa.exceptions import InvalidRequest
 from integrations.mpesa.models import Payment, PaymentApplication, PaymentStatus, Till
 from integrations.mpesa.payments import payment_allocate, payment_record, sale_settle_mpesa
-from operations.models import Customer, CustomerTransaction, CustomerTxKind, Item, ItemKind, PaymentMethod, Sale
+from operations.models import Customer, CustomerTransaction, CustomerTxKind, Item, PaymentMethod, Sale
 from operations.selectors import customer_balance, customer_statement
 from operations.services.sales import LineInput, sale_create
 from tenancy.models import Business
-from tests.factories.operations import CustomerFactory, ItemFactory
+from tests.factories.operations import CustomerFactory
 from tests.operations.ledger import lines_by_role, role_balance
 
 pytestmark = pytest.mark.django_db
 
 PRICE = Decimal("580.00")
-
-
-@pytest.fixture
-def airtime(retail: Business) -> Item:
-    return ItemFactory.create(
-        business=retail, name="Scratch card", kind=ItemKind.SERVICE, price=PRICE, sales_role="sales_shop"
-    )
 
 
 @pytest.fixture
