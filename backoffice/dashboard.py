@@ -24,8 +24,7 @@ def business_figures(user: Any) -> list[dict[str, Any]]:
     callbacks waiting for a person (inbox "needs a person") and Transaction Status queries left to
     a person (a lost confirmation no retry could settle)."""
     from accounts.selectors import takings_by_business
-    from backoffice.health import status_queries_waiting
-    from integrations.mpesa.models import InboxMessage, InboxState
+    from integrations.mpesa.selectors import inbox_waiting_for_person, status_queries_waiting_for_person
 
     today = timezone.localdate()
     businesses = list(
@@ -39,13 +38,14 @@ def business_figures(user: Any) -> list[dict[str, Any]]:
     takings = takings_by_business(business_ids=[b.pk for b in businesses], day=today)
     # A query of its own: a second Count through tills -> inbox would multiply the jobs' join.
     waiting = dict(
-        InboxMessage.objects.filter(state=InboxState.NEEDS_ATTENTION, till__business__in=[b.pk for b in businesses])
+        inbox_waiting_for_person()
+        .filter(till__business__in=[b.pk for b in businesses])
         .values("till__business")
         .annotate(n=Count("id"))
         .values_list("till__business", "n")
     )
     queries = dict(
-        status_queries_waiting()
+        status_queries_waiting_for_person()
         .filter(business__in=[b.pk for b in businesses])
         .values("business")
         .annotate(n=Count("id"))

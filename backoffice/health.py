@@ -36,27 +36,20 @@ def _database() -> dict[str, Any]:
 
 def _waiting_for_person() -> int | None:
     """M-Pesa callbacks parked for a person (inbox "needs a person"); None when the database is down."""
-    from integrations.mpesa.models import InboxMessage, InboxState
+    from integrations.mpesa.selectors import inbox_waiting_for_person
 
     try:
-        return InboxMessage.objects.filter(state=InboxState.NEEDS_ATTENTION).count()
+        return inbox_waiting_for_person().count()
     except Exception:  # the database entry already says why
         return None
 
 
-def status_queries_waiting() -> Any:
-    """Transaction Status queries left to a person (no definite answer after every retry: a payment
-    accepted at validation whose confirmation never came) and whose receipt is still not a payment."""
-    from integrations.mpesa.models import Payment, StatusQuery, StatusQueryState
-
-    return StatusQuery.objects.filter(state=StatusQueryState.NEEDS_ATTENTION).exclude(
-        receipt__in=Payment.objects.values("receipt")
-    )
-
-
 def _status_queries_waiting() -> int | None:
+    """Lost confirmations left to a person (integrations.mpesa.selectors); None when the database is down."""
+    from integrations.mpesa.selectors import status_queries_waiting_for_person
+
     try:
-        return int(status_queries_waiting().count())
+        return status_queries_waiting_for_person().count()
     except Exception:  # the database entry already says why
         return None
 
