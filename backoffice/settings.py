@@ -229,6 +229,8 @@ STATIC_ROOT = Path(env_str("STATIC_ROOT", str(BASE_DIR / "var" / "static")))
 MEDIA_URL = "media/"
 # Job results and attachments. They are served by permission-checking views, never publicly.
 MEDIA_ROOT = Path(env_str("MEDIA_ROOT", str(BASE_DIR / "var" / "media")))
+# Job result files (reports, exports) are deleted this many days after they are made.
+JOB_FILES_KEEP_DAYS = env_int("JOB_FILES_KEEP_DAYS", 7)
 # Daraja callbacks that arrive while PostgreSQL is down wait here (integrations/mpesa/spool.py). Web and the
 # payments worker must see the same directory: a volume mounted into both in production (docs/deploy.md).
 MPESA_SPOOL_DIR = Path(env_str("MPESA_SPOOL_DIR", str(BASE_DIR / "var" / "mpesa-spool")))

@@ -15,9 +15,11 @@ class JobState(models.TextChoices):
     RETRYING = "retrying", "Retrying"
     SUCCEEDED = "succeeded", "Succeeded"
     FAILED = "failed", "Failed"
+    CANCELLED = "cancelled", "Cancelled"
 
 
 ACTIVE_STATES = (JobState.QUEUED, JobState.RUNNING, JobState.RETRYING)
+FINISHED_STATES = (JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED)
 
 
 class Job(models.Model):
@@ -41,7 +43,18 @@ class Job(models.Model):
     celery_task_id = models.CharField(max_length=64, blank=True)
     error = models.TextField(blank=True)
     traceback = models.TextField(blank=True)
+    # Rows (or customers, pages...) done out of the total, when the handler counts them.
+    rows_done = models.PositiveIntegerField(null=True, blank=True)
+    rows_total = models.PositiveIntegerField(null=True, blank=True)
+    # Set by "cancel" on a running job; the handler stops at its next progress report.
+    cancel_requested_at = models.DateTimeField(null=True, blank=True)
+    cancelled_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
     result_file = models.FileField(upload_to="jobs/%Y/%m/", blank=True, max_length=255)
+    result_size = models.PositiveBigIntegerField(null=True, blank=True, help_text="Bytes.")
+    # When the result file is deleted by the clean-up (settings.JOB_FILES_KEEP_DAYS after it was made).
+    expires_at = models.DateTimeField(null=True, blank=True, db_index=True)
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)

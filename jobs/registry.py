@@ -6,10 +6,14 @@ count goes up; after `max_attempts` it fails).
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+from django.conf import settings
+from django.core.files import File
 from django.core.files.base import ContentFile
 from django.utils import timezone
 
@@ -19,6 +23,10 @@ from jobs.models import Job
 
 class JobError(Exception):
     """A job cannot be launched or retried as asked."""
+
+
+class JobCancelled(Exception):  # noqa: N818 - the name reads as the outcome it reports
+    """Raised inside a handler (by JobContext.progress/rows) when someone cancelled its job."""
 
 
 class JobFailed(Exception):  # noqa: N818 - the name reads as the outcome it reports
@@ -66,7 +74,12 @@ def kind_label(key: str) -> str:
 
 
 class JobContext:
-    """What a handler sees: its job's parameters, progress reporting and the result file."""
+    """What a handler sees: its job's parameters, progress reporting and the result file.
+
+    Every progress report is one UPDATE that also reads whether the job was cancelled: a handler
+    that reports progress regularly (every chunk of rows, every page) stops soon after "cancel",
+    with JobCancelled, and the runner marks the job cancelled. Nothing else needs checking.
+    """
 
     def __init__(self, job: Job) -> None:
         self.job = job
@@ -77,13 +90,42 @@ class JobContext:
         return dict(self.job.params)
 
     def progress(self, percent: int, message: str = "") -> None:
-        """Record progress (0-100) where the admin shows it; committed at once."""
-        percent = max(0, min(100, int(percent)))
+        """Record progress (0-100) where the admin shows it; committed at once. Raises JobCancelled."""
+        self._report(progress=max(0, min(100, int(percent))), message=message)
+
+    def rows(self, done: int, total: int, message: str = "") -> None:
+        """Record `done` of `total` rows (customers, pages...); the percentage follows. Raises JobCancelled."""
+        done, total = max(0, int(done)), max(0, int(total))
+        percent = 100 if total == 0 else min(100, done * 100 // total)
+        self._report(
+            progress=percent, message=message or f"{done:,} of {total:,} rows", rows_done=done, rows_total=total
+        )
+
+    def _report(self, *, message: str, **fields: Any) -> None:
         self.last_message = message
-        Job.objects.filter(pk=self.job.pk).update(progress=percent, message=message[:255], updated_at=timezone.now())
+        # One statement: the row is only updated while nobody asked to cancel it.
+        updated = Job.objects.filter(pk=self.job.pk, cancel_requested_at__isnull=True).update(
+            message=message[:255], updated_at=timezone.now(), **fields
+        )
+        if not updated:
+            raise JobCancelled("Cancelled while running.")
+
+    def _expires_at(self) -> dt.datetime:
+        return timezone.now() + dt.timedelta(days=settings.JOB_FILES_KEEP_DAYS)
 
     def save_result(self, filename: str, content: bytes) -> None:
+        """Keep `content` as the job's result file (replacing an earlier attempt's)."""
+        self._store(filename, ContentFile(content), len(content))
+
+    def save_result_path(self, filename: str, path: Path | str) -> None:
+        """Keep the file at `path` (written by the handler, e.g. a streamed spreadsheet) without reading it whole."""
+        with open(path, "rb") as handle:
+            self._store(filename, File(handle), Path(path).stat().st_size)
+
+    def _store(self, filename: str, content: File, size: int) -> None:  # type: ignore[type-arg]
         if self.job.result_file:
             self.job.result_file.delete(save=False)
-        self.job.result_file.save(filename, ContentFile(content), save=False)
-        Job.objects.filter(pk=self.job.pk).update(result_file=self.job.result_file.name)
+        self.job.result_file.save(filename, content, save=False)
+        Job.objects.filter(pk=self.job.pk).update(
+            result_file=self.job.result_file.name, result_size=size, expires_at=self._expires_at()
+        )

@@ -10,8 +10,8 @@ from typing import Any
 from django.db import transaction
 from django.utils import timezone
 
-from jobs.models import Job, JobState
-from jobs.registry import REGISTRY, JobContext, JobFailed
+from jobs.models import FINISHED_STATES, Job, JobState
+from jobs.registry import REGISTRY, JobCancelled, JobContext, JobFailed
 
 logger = logging.getLogger(__name__)
 
@@ -31,8 +31,14 @@ def job_run(*, job_id: int, retry: Callable[[int, BaseException], Exception]) ->
         if job is None:
             logger.warning("job %s vanished; nothing to run", job_id)
             return
-        if job.state in (JobState.SUCCEEDED, JobState.FAILED):
+        if job.state in FINISHED_STATES:
             logger.info("job %s already %s; duplicate delivery ignored", job_id, job.state)
+            return
+        if job.cancel_requested_at is not None:  # cancelled while it waited (or before a redelivery)
+            job.state = JobState.CANCELLED
+            job.finished_at = timezone.now()
+            job.message = "Cancelled before it ran"
+            job.save()
             return
         kind = REGISTRY.get(job.kind)
         job.attempts += 1
@@ -55,6 +61,12 @@ def job_run(*, job_id: int, retry: Callable[[int, BaseException], Exception]) ->
     context = JobContext(job)
     try:
         kind.handler(context)
+    except JobCancelled:
+        _finish(job, JobState.CANCELLED, message="Cancelled while running; no result was kept")
+        job.refresh_from_db(fields=["result_file"])
+        if job.result_file:  # a partial file from an earlier step is not a result
+            job.result_file.delete(save=False)
+            Job.objects.filter(pk=job.pk).update(result_file="", result_size=None, expires_at=None)
     except JobFailed as exc:
         _finish(job, JobState.FAILED, message=str(exc)[:255], error=str(exc), tb=traceback.format_exc())
     except kind.retry_on as exc:

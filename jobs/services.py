@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from django.db import transaction
+from django.utils import timezone
 
 from jobs.models import Job, JobState
 from jobs.registry import REGISTRY, JobError
@@ -52,4 +53,29 @@ def job_retry(*, job: Job, acting_user: Any) -> Job:
         locked.finished_at = None
         locked.save()
         transaction.on_commit(lambda: job_enqueue(locked))
+    return locked
+
+
+def job_cancel(*, job: Job, acting_user: Any) -> Job:
+    """Cancel a queued, retrying or running job.
+
+    A job that waits is cancelled at once (the worker skips it when it is delivered). A running job
+    is asked to stop: its handler raises at its next progress report and the runner marks it
+    cancelled, dropping any partial file. A finished job cannot be cancelled.
+    """
+    with transaction.atomic():
+        locked = Job.objects.select_for_update().get(pk=job.pk)
+        if not locked.is_active:
+            state = locked.get_state_display().lower()
+            raise JobError(f"Job #{locked.pk} is {state}; only queued or running jobs can be cancelled.")
+        now = timezone.now()
+        locked.cancel_requested_at = locked.cancel_requested_at or now
+        locked.cancelled_by = acting_user if getattr(acting_user, "pk", None) else None
+        if locked.state == JobState.RUNNING:
+            locked.message = f"Cancel asked by {acting_user}; stopping"
+        else:
+            locked.state = JobState.CANCELLED
+            locked.finished_at = now
+            locked.message = f"Cancelled by {acting_user} before it ran"
+        locked.save()
     return locked
