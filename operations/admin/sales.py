@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from decimal import Decimal
 from typing import Any
 
 from django import forms
 from django.contrib import admin, messages
 from django.contrib.admin import helpers
-from django.db.models import QuerySet
+from django.db.models import Prefetch, QuerySet
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import render
 from django.urls import URLPattern, path, reverse
@@ -15,6 +16,8 @@ from django.utils.html import format_html
 from unfold.decorators import action
 
 from integrations.mpesa.models import Payment, PaymentStatus
+from jobs.admin_exports import ExcelExportMixin
+from jobs.exports import ChildRows, Column
 from integrations.mpesa.payments import sale_settle_mpesa
 from integrations.mpesa.permissions import ALLOCATE_PAYMENT, REQUEST_STK_PAYMENT
 from integrations.mpesa.stk import sale_request_mpesa
@@ -50,8 +53,43 @@ class SaleLineInline(DraftInline):
     readonly_fields = ["amount", "vat", "cost"]
 
 
+def _line_unit_price(line: SaleLine) -> Decimal | None:
+    """The price charged: the one typed on the line, else the amount over the quantity (the catalogue
+    price of the day of the sale; the catalogue may have changed since)."""
+    if line.unit_price is not None:
+        return line.unit_price
+    return (line.amount / line.quantity).quantize(Decimal("0.01")) if line.quantity else None
+
+
 @admin.register(Sale)
-class SaleAdmin(DocumentAdmin):
+class SaleAdmin(ExcelExportMixin, DocumentAdmin):
+    excel_columns = [
+        Column("Sale", "number", width=11),
+        Column("Date", "sale_date", "date"),
+        Column("Business", "business__name"),
+        Column("Customer", "customer__name"),
+        Column("Payment", "get_payment_method_display", width=12),
+        Column("Status", "get_status_display", width=10),
+        Column("Total", "total", "money", total=True),
+        Column("VAT", "vat_total", "money", total=True),
+        Column("Cost", "cost_total", "money", total=True),
+        Column("Paid", "amount_paid", "money", total=True),
+        Column("M-Pesa receipt", "mpesa_receipt", width=14),
+        Column("Route", "route", width=14),
+    ]
+    excel_lines = ChildRows(
+        sheet="Sale lines",
+        related="lines",
+        parent_columns=[Column("Sale", "number", width=11), Column("Date", "sale_date", "date")],
+        columns=[
+            Column("Item", "item__name"),
+            Column("Quantity", "quantity", "decimal", total=True),
+            Column("Unit price", _line_unit_price, "money"),
+            Column("Amount", "amount", "money", total=True),
+            Column("VAT", "vat", "money", total=True),
+            Column("Cost", "cost", "money", total=True),
+        ],
+    )
     list_display = [
         "number",
         "sale_date",
@@ -97,6 +135,10 @@ class SaleAdmin(DocumentAdmin):
         "reversal_entry",
     ]
     actions = ["post_sales", "void_sales", "refund_sales", "request_mpesa", "settle_with_mpesa"]
+
+    def excel_export_queryset(self, request: HttpRequest, queryset: QuerySet[Any], options: dict[str, Any]) -> Any:
+        lines = SaleLine.objects.select_related("item").order_by("id")
+        return queryset.select_related("business", "customer").prefetch_related(Prefetch("lines", queryset=lines))
 
     def get_search_results(self, request: HttpRequest, queryset: QuerySet[Any], search_term: str) -> Any:
         # "S0000123" (the receipt number) or "123" finds sale 123.
