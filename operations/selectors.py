@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass
 from decimal import Decimal
+from typing import Any
 
 from django.db import connection
 from django.db.models import F, Q, QuerySet, Sum
@@ -155,7 +156,12 @@ def customer_ageing(
 
     One query. `customer_id` narrows it to one customer (an empty list if he owes nothing).
     """
-    params = {"as_of": as_of, "all": business_ids is None, "ids": list(business_ids or []), "customer": customer_id}
+    params: dict[str, Any] = {
+        "as_of": as_of,
+        "all": business_ids is None,
+        "ids": list(business_ids or []),
+        "customer": customer_id,
+    }
     with connection.cursor() as cursor:
         cursor.execute(_AGEING_SQL, params)
         return [CustomerAgeing(*row) for row in cursor.fetchall()]
