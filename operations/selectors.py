@@ -6,7 +6,9 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass
 from decimal import Decimal
+from typing import Any
 
+from django.db import connection
 from django.db.models import F, Q, QuerySet, Sum
 
 from accounts.fields import ZERO
@@ -93,6 +95,76 @@ def customer_statement(*, customer: Customer, date_from: dt.date, date_to: dt.da
         running += tx.amount
         lines.append(StatementLine(tx.tx_date, tx.get_kind_display(), tx.reference, tx.amount, running))
     return Statement(customer, date_from, date_to, opening, lines)
+
+
+@dataclass(frozen=True)
+class CustomerAgeing:
+    """What one customer owes on a date, split by the age of the charges still unpaid.
+
+    Payments settle the oldest charges first, so what is still owed is the newest charges'. Buckets:
+    `current` 0-30 days old, `days_30` 31-60, `days_60` 61-90, `days_90` over 90. They add up to
+    `balance`; a customer in credit (negative balance) has it all in `current`.
+    """
+
+    customer_id: int
+    business_id: int
+    name: str
+    phone: str
+    balance: Decimal
+    current: Decimal
+    days_30: Decimal
+    days_60: Decimal
+    days_90: Decimal
+
+
+_AGEING_SQL = """
+WITH tx AS (
+  SELECT customer_id, id, tx_date, amount FROM operations_customertransaction
+   WHERE tx_date <= %(as_of)s AND (%(all)s OR business_id = ANY(%(ids)s))
+     AND (%(customer)s::bigint IS NULL OR customer_id = %(customer)s)
+), bal AS (
+  SELECT customer_id, sum(amount) AS balance FROM tx GROUP BY customer_id HAVING sum(amount) <> 0
+), charges AS (
+  -- each charge with the sum of the charges newer than it: what the balance covers first
+  SELECT t.customer_id, t.tx_date, t.amount,
+         coalesce(sum(t.amount) OVER (PARTITION BY t.customer_id ORDER BY t.tx_date DESC, t.id DESC
+                                      ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING), 0) AS newer
+    FROM tx t JOIN bal b ON b.customer_id = t.customer_id
+   WHERE t.amount > 0 AND b.balance > 0
+), still_owed AS (
+  SELECT c.customer_id, %(as_of)s::date - c.tx_date AS age, greatest(least(c.amount, b.balance - c.newer), 0) AS owed
+    FROM charges c JOIN bal b ON b.customer_id = c.customer_id
+)
+SELECT cu.id, cu.business_id, cu.name, cu.phone, b.balance,
+       CASE WHEN b.balance < 0 THEN b.balance
+            ELSE coalesce(sum(o.owed) FILTER (WHERE o.age <= 30), 0) END,
+       coalesce(sum(o.owed) FILTER (WHERE o.age BETWEEN 31 AND 60), 0),
+       coalesce(sum(o.owed) FILTER (WHERE o.age BETWEEN 61 AND 90), 0),
+       coalesce(sum(o.owed) FILTER (WHERE o.age > 90), 0)
+  FROM bal b
+  JOIN operations_customer cu ON cu.id = b.customer_id
+  LEFT JOIN still_owed o ON o.customer_id = b.customer_id
+ GROUP BY cu.id, cu.business_id, cu.name, cu.phone, b.balance
+ ORDER BY b.balance DESC, cu.name, cu.id
+"""
+
+
+def customer_ageing(
+    *, business_ids: list[int] | None, as_of: dt.date, customer_id: int | None = None
+) -> list[CustomerAgeing]:
+    """Every customer with a balance on `as_of` (of these businesses; None: all), aged, biggest debt first.
+
+    One query. `customer_id` narrows it to one customer (an empty list if he owes nothing).
+    """
+    params: dict[str, Any] = {
+        "as_of": as_of,
+        "all": business_ids is None,
+        "ids": list(business_ids or []),
+        "customer": customer_id,
+    }
+    with connection.cursor() as cursor:
+        cursor.execute(_AGEING_SQL, params)
+        return [CustomerAgeing(*row) for row in cursor.fetchall()]
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,227 @@
+"""The one PDF layout of every report (statements, customer statements, daily summary), with ReportLab.
+
+A report is a list of ReportLab flowables (mostly `report_table`s) handed to `pdf_render` with a
+`PdfHeader`: each page gets the business name beside a logo placeholder, the report title and its
+period at the top, and at the bottom "generated at ... by ...", the ledger head(s) the figures were
+read at, and "page X of Y". Money is printed by `money()`: thousands separated, two decimals,
+negatives with a minus sign (so a PDF read back as text gives the same figures as the selectors).
+
+ReportLab is pure Python plus wheels on PyPI (no Cairo, Pango or a browser), so a worker image and
+`make run` need nothing from the system (docs/reports.md).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import IO, Any
+from xml.sax.saxutils import escape as xml_escape
+
+from django.utils import timezone
+from reportlab.lib import colors
+from reportlab.lib.pagesizes import A4, landscape
+from reportlab.lib.styles import ParagraphStyle, getSampleStyleSheet
+from reportlab.lib.units import mm
+from reportlab.pdfgen.canvas import Canvas
+from reportlab.platypus import Flowable, Paragraph, SimpleDocTemplate, Spacer, Table, TableStyle
+
+from accounts.anchors import ledger_heads
+from tenancy.models import Business
+
+MARGIN = 15 * mm
+HEADER_HEIGHT = 24 * mm
+FOOTER_HEIGHT = 14 * mm
+INK = colors.HexColor("#1f2937")
+MUTED = colors.HexColor("#6b7280")
+RULE = colors.HexColor("#d1d5db")
+BAND = colors.HexColor("#f3f4f6")
+
+_styles = getSampleStyleSheet()
+BODY = ParagraphStyle("body", parent=_styles["BodyText"], fontName="Helvetica", fontSize=9, leading=11, textColor=INK)
+HEADING = ParagraphStyle(
+    "heading", parent=BODY, fontName="Helvetica-Bold", fontSize=11, leading=14, spaceBefore=6, spaceAfter=4
+)
+NOTE = ParagraphStyle("note", parent=BODY, fontSize=8, leading=10, textColor=MUTED)
+
+
+def money(value: Decimal | int | None) -> str:
+    """1234.5 -> "1,234.50"; -3 -> "-3.00"; None -> "" (an empty cell)."""
+    if value is None:
+        return ""
+    return f"{Decimal(value).quantize(Decimal('0.01')):,}"
+
+
+def head_summary(business_ids: Sequence[int] | None) -> str:
+    """ "Ledger head: Water #1,204 3fa2b1c4d5e6" for the businesses (None: all) the report reads."""
+    names = dict(Business.objects.values_list("pk", "name"))
+    heads = [(b, n, h) for b, n, h in ledger_heads() if business_ids is None or b in business_ids]
+    if not heads:
+        return "Ledger head: no entries"
+    label = "Ledger head" if len(heads) == 1 else "Ledger heads"
+    return f"{label}: " + "; ".join(f"{names.get(b, b)} #{n:,} {h[:12]}" for b, n, h in sorted(heads))
+
+
+@dataclass(frozen=True)
+class PdfHeader:
+    """What every page of a report says about it."""
+
+    title: str  # "Profit and loss"
+    business: str  # "Wash & Go Laundry", or "All businesses (consolidated)"
+    period: str  # "1 Jan 2026 to 31 Jan 2026 (previous: 1 Dec 2025 to 31 Dec 2025)"
+    generated_by: str  # the user's name, or "scheduled"
+    ledger: str = ""  # head_summary(...)
+    generated_at: dt.datetime = field(default_factory=timezone.now)
+    landscape: bool = False
+
+
+class _NumberedCanvas(Canvas):
+    """Keeps every page until the end so each can say "page X of Y"."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._pages: list[dict[str, Any]] = []
+
+    def showPage(self) -> None:  # noqa: N802 - ReportLab's name
+        self._pages.append(dict(self.__dict__))
+        self._startPage()
+
+    def save(self) -> None:
+        total = len(self._pages)
+        for state in self._pages:
+            self.__dict__.update(state)
+            self.setFont("Helvetica", 7.5)
+            self.setFillColor(MUTED)
+            width = self._pagesize[0]
+            self.drawRightString(width - MARGIN, MARGIN - 6 * mm, f"Page {self._pageNumber} of {total}")
+            super().showPage()
+        super().save()
+
+
+def _page_decorations(header: PdfHeader) -> Any:
+    generated = timezone.localtime(header.generated_at).strftime("%d %b %Y %H:%M %Z")
+
+    def draw(canvas: Canvas, doc: SimpleDocTemplate) -> None:
+        width, height = doc.pagesize
+        top = height - MARGIN
+        canvas.saveState()
+        # Logo placeholder: a grey square with the business's initials.
+        canvas.setFillColor(BAND)
+        canvas.setStrokeColor(RULE)
+        canvas.rect(MARGIN, top - 16 * mm, 16 * mm, 16 * mm, stroke=1, fill=1)
+        initials = "".join(word[0] for word in header.business.split()[:2] if word[:1].isalnum()).upper() or "BO"
+        canvas.setFillColor(MUTED)
+        canvas.setFont("Helvetica-Bold", 12)
+        canvas.drawCentredString(MARGIN + 8 * mm, top - 9.5 * mm, initials)
+        canvas.setFillColor(INK)
+        canvas.setFont("Helvetica-Bold", 13)
+        canvas.drawString(MARGIN + 20 * mm, top - 5 * mm, header.business)
+        canvas.setFont("Helvetica-Bold", 11)
+        canvas.drawString(MARGIN + 20 * mm, top - 10.5 * mm, header.title)
+        canvas.setFont("Helvetica", 8.5)
+        canvas.setFillColor(MUTED)
+        canvas.drawString(MARGIN + 20 * mm, top - 15 * mm, header.period)
+        canvas.setStrokeColor(RULE)
+        canvas.line(MARGIN, top - 19 * mm, width - MARGIN, top - 19 * mm)
+        # Footer: who and when, and the ledger head the figures were read at.
+        canvas.line(MARGIN, MARGIN - 1 * mm, width - MARGIN, MARGIN - 1 * mm)
+        canvas.setFont("Helvetica", 7.5)
+        canvas.drawString(MARGIN, MARGIN - 4 * mm, f"Generated at {generated} by {header.generated_by}")
+        if header.ledger:
+            canvas.drawString(MARGIN, MARGIN - 7.5 * mm, header.ledger[:160])
+        canvas.restoreState()
+
+    return draw
+
+
+def pdf_render(out: IO[bytes], header: PdfHeader, story: list[Flowable]) -> None:
+    """Write the report to `out` (a file or BytesIO)."""
+    pagesize = landscape(A4) if header.landscape else A4
+    doc = SimpleDocTemplate(
+        out,
+        pagesize=pagesize,
+        leftMargin=MARGIN,
+        rightMargin=MARGIN,
+        topMargin=MARGIN + HEADER_HEIGHT,
+        bottomMargin=MARGIN + FOOTER_HEIGHT,
+        title=f"{header.title} - {header.business}",
+        author=header.generated_by,
+        subject=header.period,
+        creator="Back office",
+    )
+    decorate = _page_decorations(header)
+    story = story or [Paragraph("Nothing to report.", BODY)]
+    doc.build(story, onFirstPage=decorate, onLaterPages=decorate, canvasmaker=_NumberedCanvas)
+
+
+# Row kinds of a report table.
+SECTION, LINE, SUBTOTAL, TOTAL, NOTE_ROW = "section", "line", "subtotal", "total", "note"
+
+
+@dataclass(frozen=True)
+class Row:
+    """One row of a report table: a label and its cells (already formatted text)."""
+
+    kind: str
+    label: str
+    cells: Sequence[str] = ()
+    marked: bool = False  # e.g. an intercompany line, shown in italics with a marker
+
+
+def report_table(
+    columns: Sequence[str], rows: Sequence[Row], *, label_width: float | None = None, width: float = 180 * mm
+) -> Table:
+    """A statement table: a label column and right-aligned figure columns, header repeated on every page.
+
+    Sections are a shaded band, subtotals have a rule above, totals a rule above and a double rule below.
+    """
+    figures = max(len(columns) - 1, 0)
+    label_w = label_width or (width * (0.5 if figures <= 2 else 0.34))
+    figure_w = (width - label_w) / figures if figures else 0
+    data: list[list[Any]] = [list(columns)]
+    style: list[tuple[Any, ...]] = [
+        ("FONT", (0, 0), (-1, 0), "Helvetica-Bold", 8.5),
+        ("TEXTCOLOR", (0, 0), (-1, 0), MUTED),
+        ("LINEBELOW", (0, 0), (-1, 0), 0.6, INK),
+        ("FONT", (0, 1), (-1, -1), "Helvetica", 8.5),
+        ("ALIGN", (1, 0), (-1, -1), "RIGHT"),
+        ("VALIGN", (0, 0), (-1, -1), "MIDDLE"),
+        ("TOPPADDING", (0, 0), (-1, -1), 2.2),
+        ("BOTTOMPADDING", (0, 0), (-1, -1), 2.2),
+    ]
+    for i, row in enumerate(rows, start=1):
+        cells = list(row.cells) + [""] * (figures - len(row.cells))
+        label = f"{row.label} *" if row.marked else row.label
+        data.append([label, *cells[:figures]])
+        if row.kind == SECTION:
+            style += [("BACKGROUND", (0, i), (-1, i), BAND), ("FONT", (0, i), (-1, i), "Helvetica-Bold", 8.5)]
+        elif row.kind == SUBTOTAL:
+            style += [("LINEABOVE", (1, i), (-1, i), 0.4, RULE), ("FONT", (0, i), (-1, i), "Helvetica-Bold", 8.5)]
+        elif row.kind == TOTAL:
+            style += [
+                ("LINEABOVE", (1, i), (-1, i), 0.6, INK),
+                ("LINEBELOW", (1, i), (-1, i), 1.2, INK),
+                ("FONT", (0, i), (-1, i), "Helvetica-Bold", 9),
+            ]
+        elif row.kind == NOTE_ROW:
+            style += [("FONT", (0, i), (-1, i), "Helvetica-Oblique", 8), ("TEXTCOLOR", (0, i), (-1, i), MUTED)]
+        elif row.marked:
+            style += [("FONT", (0, i), (-1, i), "Helvetica-Oblique", 8.5)]
+    table = Table(data, colWidths=[label_w] + [figure_w] * figures, repeatRows=1, hAlign="LEFT")
+    table.setStyle(TableStyle(style))
+    return table
+
+
+def heading(text: str) -> Paragraph:
+    """A section heading; `text` is plain text (escaped here, ReportLab reads markup)."""
+    return Paragraph(xml_escape(text), HEADING)
+
+
+def paragraph(text: str, *, note: bool = False) -> Paragraph:
+    """A paragraph of plain text (escaped here)."""
+    return Paragraph(xml_escape(text), NOTE if note else BODY)
+
+
+def gap(height_mm: float = 4) -> Spacer:
+    return Spacer(1, height_mm * mm)
