@@ -14,7 +14,7 @@ from django.contrib import admin, messages
 from django.contrib.admin import helpers
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.core.paginator import Paginator
-from django.db.models import Exists, OuterRef, Q, QuerySet, Subquery, Sum
+from django.db.models import Exists, OuterRef, Prefetch, Q, QuerySet, Subquery, Sum
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import URLPattern, reverse
@@ -29,6 +29,8 @@ from accounts.forms import ClosePeriodForm, JournalLineFormSet, ManualJournalFor
 from accounts.models import Account, Books, JournalEntry, JournalLine, PeriodClose, SourceType
 from accounts.report_views import report_urls
 from accounts.services import books_close_period, chart_ensure_default, entry_post_manual, entry_reverse
+from jobs.admin_exports import ExcelExportMixin
+from jobs.exports import ChildRows, Column
 from tenancy.scoping import BusinessScopedAdmin, sees_all_businesses, visible_businesses
 
 
@@ -200,7 +202,30 @@ class JournalLineInline(TabularInline):  # type: ignore[type-arg]
 
 
 @admin.register(JournalEntry)
-class JournalEntryAdmin(BusinessScopedAdmin):
+class JournalEntryAdmin(ExcelExportMixin, BusinessScopedAdmin):
+    excel_sheet = "Journal entries"
+    excel_columns = [
+        Column("Number", "number", "int"),
+        Column("Date", "entry_date", "date"),
+        Column("Business", "business__name"),
+        Column("Memo", "memo", width=40),
+        Column("Source", "get_source_type_display", width=16),
+        Column("Source ref", "source_ref", width=16),
+        Column("Amount", "total", "money", total=True),
+        Column("Posted at", "posted_at", "datetime"),
+    ]
+    excel_lines = ChildRows(
+        sheet="Journal lines",
+        related="lines",
+        parent_columns=[Column("Entry", "number", "int"), Column("Date", "entry_date", "date")],
+        columns=[
+            Column("Account code", "account__code", width=12),
+            Column("Account", "account__name", width=30),
+            Column("Debit", "debit", "money", total=True),
+            Column("Credit", "credit", "money", total=True),
+            Column("Memo", "memo", width=40),
+        ],
+    )
     list_display = ["number", "entry_date", "business", "memo", "source_type", "amount", "reversal_state", "posted_at"]
     list_display_links = ["number", "entry_date"]
     list_filter = [("source_type", ChoicesDropdownFilter), ("entry_date", RangeDateFilter)]
@@ -241,6 +266,10 @@ class JournalEntryAdmin(BusinessScopedAdmin):
                 is_reversed=Exists(JournalEntry.objects.filter(reverses=OuterRef("pk"))),
             )
         )
+
+    def excel_export_queryset(self, request: HttpRequest, queryset: QuerySet[Any], options: dict[str, Any]) -> Any:
+        lines = JournalLine.objects.select_related("account").order_by("id")
+        return queryset.select_related("business").prefetch_related(Prefetch("lines", queryset=lines))
 
     def get_search_results(
         self, request: HttpRequest, queryset: QuerySet[JournalEntry], search_term: str

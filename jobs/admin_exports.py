@@ -22,6 +22,7 @@ from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect, QueryDict
 from django.shortcuts import render
 from django.urls import reverse
+from django.utils import timezone
 from django.utils.html import format_html
 from unfold.decorators import action
 
@@ -50,6 +51,17 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, Business):
         return value.pk
     return value
+
+
+class AsOfForm(forms.Form):
+    """The option of exports that show balances or stock on a date (today when left empty)."""
+
+    as_of = forms.DateField(
+        label="As of", required=False, widget=forms.DateInput(attrs={"type": "date"}), help_text="Empty: today."
+    )
+
+    def clean_as_of(self) -> dt.date:
+        return self.cleaned_data.get("as_of") or timezone.localdate()
 
 
 class ExcelExportMixin:
@@ -88,8 +100,8 @@ class ExcelExportMixin:
         """The changelist's queryset with what the columns read joined or prefetched (override to add)."""
         return queryset
 
-    def excel_export_rows(self, rows: Iterator[Any], options: dict[str, Any]) -> Iterable[Any]:
-        """The rows as streamed from the database; override to attach values computed per chunk."""
+    def excel_export_rows(self, request: HttpRequest, rows: Iterator[Any], options: dict[str, Any]) -> Iterable[Any]:
+        """The rows as streamed from the database; override to attach values computed elsewhere."""
         return rows
 
     # --- the button, the confirmation page, the launch ---------------------------------------------

@@ -440,7 +440,7 @@ def export_changelist(ctx: JobContext) -> None:
     name = f"{model_admin.model._meta.model_name}-{stamp}.xlsx"
     with tempfile.TemporaryDirectory(prefix="export-") as tmp:
         path = Path(tmp) / name
-        rows = model_admin.excel_export_rows(queryset.iterator(chunk_size=CHUNK_SIZE), options)
+        rows = model_admin.excel_export_rows(request, queryset.iterator(chunk_size=CHUNK_SIZE), options)
         done = write_workbook(
             path=path, spec=spec, rows=rows, filters=filters, report=lambda done: ctx.rows(done, total)
         )

@@ -55,6 +55,8 @@ from integrations.mpesa.status_queries import status_query_request
 from integrations.mpesa.stk import payment_requests_recover_one, stk_push_request
 from integrations.mpesa.tills import till_callback_urls, till_register_urls, till_set_credentials
 from operations.models import Customer
+from jobs.admin_exports import ExcelExportMixin
+from jobs.exports import Column
 from tenancy.scoping import BusinessScopedAdmin, sees_all_businesses, visible_business_ids
 
 REFUSALS = (MpesaError, LedgerError, SecretUnreadable)
@@ -533,7 +535,24 @@ class PaymentReadOnly(ScopedMpesaAdmin):
 
 
 @admin.register(Payment)
-class PaymentAdmin(PaymentReadOnly):
+class PaymentAdmin(ExcelExportMixin, PaymentReadOnly):
+    excel_sheet = "M-Pesa payments"
+    excel_columns = [
+        Column("Receipt", "receipt", width=14),
+        Column("Paid at", "paid_at", "datetime"),
+        Column("Amount", "amount", "money", total=True),
+        Column("Business", "business__name"),
+        Column("Till", "till__name"),
+        Column("Payer", "payer_name", width=24),
+        Column("Account reference", "account_reference", width=16),
+        Column("Customer", "customer__name"),
+        Column("Status", "get_status_display", width=14),
+        Column("Matched by", "matched_by", width=14),
+        Column("Match", "match_description", width=36),
+    ]
+
+    def excel_export_queryset(self, request: HttpRequest, queryset: QuerySet[Any], options: dict[str, Any]) -> Any:
+        return queryset.select_related("business", "till", "customer")
     actions = ["request_reversal"]
 
     def has_reverse_permission(self, request: HttpRequest) -> bool:

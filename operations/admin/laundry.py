@@ -5,11 +5,13 @@ from __future__ import annotations
 from typing import Any
 
 from django.contrib import admin
-from django.db.models import QuerySet
+from django.db.models import Prefetch, QuerySet
 from django.http import HttpRequest
 from django.utils import timezone
 from unfold.decorators import action
 
+from jobs.admin_exports import ExcelExportMixin
+from jobs.exports import ChildRows, Column
 from operations.admin.base import DocumentAdmin, DraftInline
 from operations.models import OPEN_STATUSES, LaundryOrder, LaundryOrderLine
 from operations.services.laundry import (
@@ -39,8 +41,37 @@ class UncollectedFilter(admin.SimpleListFilter):
         return queryset
 
 
+def _balance_due(order: LaundryOrder) -> Any:
+    return order.balance_due if order.status != "collected" else 0
+
+
 @admin.register(LaundryOrder)
-class LaundryOrderAdmin(DocumentAdmin):
+class LaundryOrderAdmin(ExcelExportMixin, DocumentAdmin):
+    excel_sheet = "Laundry orders"
+    excel_columns = [
+        Column("Tag", "tag", width=10),
+        Column("Customer", "customer__name"),
+        Column("Phone", "customer__phone", width=14),
+        Column("Business", "business__name"),
+        Column("Received", "received_date", "date"),
+        Column("Promised", "promised_date", "date"),
+        Column("Status", "get_status_display", width=12),
+        Column("Total", "total", "money", total=True),
+        Column("Deposit", "deposit", "money", total=True),
+        Column("Balance due", _balance_due, "money", total=True),
+        Column("Collected", "collected_date", "date"),
+    ]
+    excel_lines = ChildRows(
+        sheet="Order lines",
+        related="lines",
+        parent_columns=[Column("Tag", "tag", width=10), Column("Received", "received_date", "date")],
+        columns=[
+            Column("Service", "item__name", width=30),
+            Column("Quantity", "quantity", "decimal", total=True),
+            Column("Unit price", "unit_price", "money"),
+            Column("Amount", "amount", "money", total=True),
+        ],
+    )
     list_display = [
         "tag",
         "customer",
@@ -84,6 +115,10 @@ class LaundryOrderAdmin(DocumentAdmin):
     ]
     inlines = [LaundryOrderLineInline]
     actions = ["receive_orders", "advance_orders", "collect_orders", "cancel_orders"]
+
+    def excel_export_queryset(self, request: HttpRequest, queryset: QuerySet[Any], options: dict[str, Any]) -> Any:
+        lines = LaundryOrderLine.objects.select_related("item").order_by("id")
+        return queryset.select_related("business", "customer").prefetch_related(Prefetch("lines", queryset=lines))
 
     @admin.display(description="Balance due")
     def balance_due(self, obj: LaundryOrder) -> Any:

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from django.contrib import admin
-from django.db.models import QuerySet
+from django.db.models import Prefetch, QuerySet
 from django.http import HttpRequest
 from import_export.admin import ImportExportModelAdmin
 from unfold.decorators import action
 
+from jobs.admin_exports import ExcelExportMixin
+from jobs.exports import ChildRows, Column
 from operations.admin.base import DocumentAdmin, DraftInline, ImportExportForms, ScopedResource
 from operations.models import Expense, Purchase, PurchaseLine, SupplierPayment
 from operations.services.purchases import expense_post, purchase_post, supplier_payment_post
@@ -19,7 +23,28 @@ class PurchaseLineInline(DraftInline):
 
 
 @admin.register(Purchase)
-class PurchaseAdmin(DocumentAdmin):
+class PurchaseAdmin(ExcelExportMixin, DocumentAdmin):
+    excel_columns = [
+        Column("Purchase", str, width=11),
+        Column("Date", "purchase_date", "date"),
+        Column("Business", "business__name"),
+        Column("Supplier", "supplier__name"),
+        Column("Paid from", "get_paid_from_display", width=14),
+        Column("Invoice", "invoice_number", width=14),
+        Column("VAT claimable", "vat_claimable", "bool", width=8),
+        Column("Total", "total", "money", total=True),
+        Column("Status", "get_status_display", width=10),
+    ]
+    excel_lines = ChildRows(
+        sheet="Purchase lines",
+        related="lines",
+        parent_columns=[Column("Purchase", str, width=11), Column("Date", "purchase_date", "date")],
+        columns=[
+            Column("Item", "item__name", width=30),
+            Column("Quantity", "quantity", "decimal", total=True),
+            Column("Amount", "amount", "money", total=True),
+        ],
+    )
     list_display = [
         "__str__",
         "purchase_date",
@@ -38,6 +63,10 @@ class PurchaseAdmin(DocumentAdmin):
     inlines = [PurchaseLineInline]
     actions = ["post_purchases"]
 
+    def excel_export_queryset(self, request: HttpRequest, queryset: QuerySet[Any], options: dict[str, Any]) -> Any:
+        lines = PurchaseLine.objects.select_related("item").order_by("id")
+        return queryset.select_related("business", "supplier").prefetch_related(Prefetch("lines", queryset=lines))
+
     @action(description="Post selected purchases (stock in)", permissions=["change"])
     def post_purchases(self, request: HttpRequest, queryset: QuerySet[Purchase]) -> None:
         self.run_service(
@@ -54,7 +83,17 @@ class ExpenseResource(ScopedResource):
 
 
 @admin.register(Expense)
-class ExpenseAdmin(ImportExportForms, DocumentAdmin, ImportExportModelAdmin):  # type: ignore[misc]
+class ExpenseAdmin(ExcelExportMixin, ImportExportForms, DocumentAdmin, ImportExportModelAdmin):  # type: ignore[misc]
+    excel_columns = [
+        Column("Date", "expense_date", "date"),
+        Column("Business", "business__name"),
+        Column("Category", "get_category_display", width=18),
+        Column("Description", "description", width=36),
+        Column("Supplier", "supplier__name"),
+        Column("Paid from", "get_paid_from_display", width=14),
+        Column("Amount", "amount", "money", total=True),
+        Column("Status", "get_status_display", width=10),
+    ]
     resource_classes = [ExpenseResource]
     list_display = ["expense_date", "business", "category", "amount", "paid_from", "description", "status"]
     list_filter = ["status", "category", "paid_from", ("expense_date", admin.DateFieldListFilter)]
@@ -63,6 +102,9 @@ class ExpenseAdmin(ImportExportForms, DocumentAdmin, ImportExportModelAdmin):  #
     date_hierarchy = "expense_date"
     readonly_fields = ["status", "entry", "created_by"]
     actions = ["post_expenses"]
+
+    def excel_export_queryset(self, request: HttpRequest, queryset: QuerySet[Any], options: dict[str, Any]) -> Any:
+        return queryset.select_related("business", "supplier")
 
     @action(description="Post selected expenses", permissions=["change"])
     def post_expenses(self, request: HttpRequest, queryset: QuerySet[Expense]) -> None:

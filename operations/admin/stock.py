@@ -4,12 +4,17 @@ from __future__ import annotations
 
 from typing import Any
 
+from collections.abc import Iterable, Iterator
+from decimal import Decimal
+
 from django.contrib import admin
 from django.db.models import F, QuerySet
 from django.http import HttpRequest
 from import_export.admin import ImportExportModelAdmin
 from unfold.decorators import action
 
+from jobs.admin_exports import AsOfForm, ExcelExportMixin
+from jobs.exports import Column
 from operations.admin.base import DocumentAdmin, DraftInline, ImportExportForms, ReadOnlyAdmin, ScopedResource
 from operations.models import (
     OpeningStock,
@@ -37,12 +42,45 @@ class LowStockFilter(admin.SimpleListFilter):
         return queryset
 
 
+def _as_of_average(level: Any) -> Decimal | None:
+    quantity, value = level.as_of_quantity, level.as_of_value
+    return (value / quantity).quantize(Decimal("0.01")) if quantity else None
+
+
 @admin.register(StockLevel)
-class StockLevelAdmin(ReadOnlyAdmin):
+class StockLevelAdmin(ExcelExportMixin, ReadOnlyAdmin):
+    """Stock on hand; its Excel export gives quantity and value as of a chosen date (from the movements)."""
+
+    excel_sheet = "Stock"
+    excel_options_form = AsOfForm
+    excel_columns = [
+        Column("Item", "item__name", width=30),
+        Column("Business", "business__name"),
+        Column("Kind", "item__get_kind_display", width=12),
+        Column("Unit", "item__unit", width=8),
+        Column("Quantity", "as_of_quantity", "decimal", total=True),
+        Column("Value", "as_of_value", "money", total=True),
+        Column("Average cost", _as_of_average, "money"),
+        Column("Reorder level", "item__reorder_level", "decimal"),
+    ]
     list_display = ["item", "business", "quantity", "value", "average_cost", "reorder_level", "low"]
     list_filter = [LowStockFilter, "item__kind"]
     search_fields = ["item__name"]
     list_select_related = ["item", "business"]
+
+    def excel_export_rows(self, request: HttpRequest, rows: Iterator[Any], options: dict[str, Any]) -> Iterable[Any]:
+        """Each level with `as_of_quantity` and `as_of_value` from stock_value_as_of (one query per business)."""
+        from operations.selectors import stock_value_as_of
+
+        by_business: dict[int, dict[int, Any]] = {}
+        for level in rows:
+            if level.business_id not in by_business:
+                values = stock_value_as_of(business=level.business, as_of=options["as_of"])
+                by_business[level.business_id] = {v.item_id: v for v in values}
+            found = by_business[level.business_id].get(level.item_id)
+            level.as_of_quantity = found.quantity if found else Decimal(0)
+            level.as_of_value = found.value if found else Decimal(0)
+            yield level
 
     @admin.display(description="Reorder at")
     def reorder_level(self, obj: StockLevel) -> Any:
@@ -54,7 +92,17 @@ class StockLevelAdmin(ReadOnlyAdmin):
 
 
 @admin.register(StockMovement)
-class StockMovementAdmin(ReadOnlyAdmin):
+class StockMovementAdmin(ExcelExportMixin, ReadOnlyAdmin):
+    excel_columns = [
+        Column("Date", "movement_date", "date"),
+        Column("Item", "item__name", width=30),
+        Column("Kind", "get_kind_display", width=16),
+        Column("Quantity", "quantity", "decimal", total=True),
+        Column("Value", "value", "money", total=True),
+        Column("Reference", "reference"),
+        Column("Business", "business__name"),
+        Column("Recorded at", "created_at", "datetime"),
+    ]
     list_display = ["movement_date", "item", "kind", "quantity", "value", "reference", "business"]
     list_filter = ["kind", ("movement_date", admin.DateFieldListFilter)]
     search_fields = ["item__name", "reference"]

@@ -246,3 +246,66 @@ def test_cancel_while_running_stops_the_export_and_keeps_no_file(
     assert job.state == JobState.CANCELLED
     assert calls == [0, 1, 2]  # stopped at the report where the cancel was seen, before the 3rd sale
     assert not job.result_file and job.result_size is None
+
+
+# --- every other export: the same rules, with one row of each kind per business ---------------------
+
+# model -> (main sheet, a money column with a total, the field it sums, the business path)
+EXPORTS: dict[str, tuple[str, str, str, str]] = {
+    "operations.StockMovement": ("Stock movements", "Value", "value", "business"),
+    "operations.Purchase": ("Purchases", "Total", "total", "business"),
+    "operations.Expense": ("Expenses", "Amount", "amount", "business"),
+    "operations.LaundryOrder": ("Laundry orders", "Total", "total", "business"),
+    "operations.Customer": ("Customers", "Balance", "transactions__amount", "business"),
+    "accounts.JournalEntry": ("Journal entries", "Amount", "lines__debit", "business"),
+    "integrations.Payment": ("M-Pesa payments", "Amount", "amount", "business"),
+    "operations.StockLevel": ("Stock", "Value", "value", "business"),
+}
+
+
+@pytest.mark.parametrize("label", list(EXPORTS))
+def test_each_export_is_typed_totalled_and_scoped(
+    label: str, owner: Any, water: Business, laundry: Business, today: dt.date
+) -> None:
+    from django.apps import apps
+
+    from tests.backoffice.test_tenancy import ALL_MAKERS
+
+    model = apps.get_model(label)
+    sheet, money_header, summed, path = EXPORTS[label]
+    for business in (water, laundry):
+        ALL_MAKERS[model](business)
+        ALL_MAKERS[model](business)
+    in_water = model._default_manager.filter(**{path: water})
+
+    options = {"as_of": today.isoformat()} if label in ("operations.Customer", "operations.StockLevel") else {}
+    wb = workbook_of(run_export(owner, model, f"business__id__exact={water.pk}", options))
+    header, rows, totals = table(wb, sheet)
+    assert len(rows) == in_water.count() == 2
+    assert set(column(header, rows, "Business")) == {water.name}
+    assert totals is not None
+    expected = in_water.aggregate(s=Sum(summed))["s"] or 0
+    if label == "operations.StockLevel":  # as of today: the movements' sum, like stock_value_as_of
+        from operations.models import StockMovement
+
+        moved = StockMovement.objects.filter(business=water, movement_date__lte=today)
+        expected = moved.aggregate(s=Sum("value"))["s"] or 0
+    assert D(str(totals[header.index(money_header)])) == expected
+    first = list(wb[sheet].iter_rows(min_row=2, max_row=2))[0][header.index(money_header)]
+    assert first.number_format == "#,##0.00" and (first.value is None or isinstance(first.value, (int, float)))
+    filters = filters_of(wb)
+    assert filters["Filter: business"] == water.name and filters["Rows"] == 2
+    if options:
+        assert filters["As of"] == today.isoformat()
+
+    # Staff of water, even asking for laundry by a forged filter, gets none of laundry's rows.
+    app, name = model._meta.app_label, model._meta.model_name
+    staff = staff_with_perms(water, [f"{app}.view_{name}"])
+    client = login(staff)
+    for query in ("", f"business__id__exact={laundry.pk}"):
+        job = run_export(staff, model, query, options)
+        header, rows, _ = table(workbook_of(job), sheet)
+        assert set(column(header, rows, "Business")) <= {water.name}
+        page = client.get(reverse(f"admin:{app}_{name}_changelist") + "?" + query)
+        assert len(rows) == page.context["cl"].result_count <= 2  # what his page shows: never laundry's
+        assert filters_of(workbook_of(job))["Businesses"] == water.name
