@@ -178,7 +178,7 @@ def describe_filters(changelist: Any, request: HttpRequest) -> list[tuple[str, s
                 if choice.get("selected") and "display" in choice and choice.get("query_string") is not None:
                     chosen = str(choice["display"])
                     break
-        except Exception:  # noqa: BLE001 - a filter that cannot list its choices here: show its raw value
+        except Exception:
             chosen = ""
         if not chosen:
             # Unfold's dropdowns render a form instead of links: look the value up in their choices.

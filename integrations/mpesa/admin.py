@@ -54,9 +54,9 @@ from integrations.mpesa.secrets import SecretUnreadable
 from integrations.mpesa.status_queries import status_query_request
 from integrations.mpesa.stk import payment_requests_recover_one, stk_push_request
 from integrations.mpesa.tills import till_callback_urls, till_register_urls, till_set_credentials
-from operations.models import Customer
 from jobs.admin_exports import ExcelExportMixin
 from jobs.exports import Column
+from operations.models import Customer
 from tenancy.scoping import BusinessScopedAdmin, sees_all_businesses, visible_business_ids
 
 REFUSALS = (MpesaError, LedgerError, SecretUnreadable)
@@ -553,6 +553,7 @@ class PaymentAdmin(ExcelExportMixin, PaymentReadOnly):
 
     def excel_export_queryset(self, request: HttpRequest, queryset: QuerySet[Any], options: dict[str, Any]) -> Any:
         return queryset.select_related("business", "till", "customer")
+
     actions = ["request_reversal"]
 
     def has_reverse_permission(self, request: HttpRequest) -> bool:

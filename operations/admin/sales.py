@@ -16,11 +16,11 @@ from django.utils.html import format_html
 from unfold.decorators import action
 
 from integrations.mpesa.models import Payment, PaymentStatus
-from jobs.admin_exports import ExcelExportMixin
-from jobs.exports import ChildRows, Column
 from integrations.mpesa.payments import sale_settle_mpesa
 from integrations.mpesa.permissions import ALLOCATE_PAYMENT, REQUEST_STK_PAYMENT
 from integrations.mpesa.stk import sale_request_mpesa
+from jobs.admin_exports import ExcelExportMixin
+from jobs.exports import ChildRows, Column
 from operations.admin.base import REFUSALS, DocumentAdmin, DraftInline
 from operations.exceptions import InvalidInput
 from operations.models import Sale, SaleLine

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from collections.abc import Iterable, Iterator
 from decimal import Decimal
+from typing import Any
 
 from django.contrib import admin
 from django.db.models import F, QuerySet

@@ -45,6 +45,8 @@ def test_an_export_launched_from_the_list_runs_on_a_reports_worker_and_is_downlo
     assert download.status_code == 200
     wb = load_workbook(io.BytesIO(b"".join(download.streaming_content)))  # type: ignore[attr-defined]
     names = [row[0] for row in wb["Customers"].iter_rows(min_row=2, values_only=True) if row[0] != "Total"]
-    assert names == ["Achieng", "Baraka"] == list(
-        Customer.objects.filter(business=water).order_by("name").values_list("name", flat=True)
+    assert (
+        names
+        == ["Achieng", "Baraka"]
+        == list(Customer.objects.filter(business=water).order_by("name").values_list("name", flat=True))
     )

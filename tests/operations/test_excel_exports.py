@@ -1,4 +1,4 @@
-""""Export to Excel" on the changelists: what the user sees (filters, search, ordering), typed cells,
+""" "Export to Excel" on the changelists: what the user sees (filters, search, ordering), typed cells,
 totals equal to the database's, a Filters sheet, business scoping and permissions, cancel.
 
 The handler runs in-process through jobs.runner.job_run (as a worker delivery would); the launch
@@ -88,7 +88,7 @@ def sales(retail: Business, water: Business, today: dt.date) -> dict[str, Any]:
         business=water, name="Refill 20 l", kind=ItemKind.SERVICE, price=D("50.00"), sales_role="sales_refill"
     )
     amina = CustomerFactory.create(business=retail, name="Amina Duka", credit_limit=D("10000.00"))
-    made = {
+    return {
         "cash": sale_create(business=retail, sale_date=today, lines=[LineInput(card, D("1"))]),
         "credit": sale_create(
             business=retail,
@@ -97,12 +97,9 @@ def sales(retail: Business, water: Business, today: dt.date) -> dict[str, Any]:
             payment_method=PaymentMethod.ACCOUNT,
             lines=[LineInput(card, D("2")), LineInput(card, D("1"), D("600.00"))],
         ),
-        "older": sale_create(
-            business=retail, sale_date=today - dt.timedelta(days=3), lines=[LineInput(card, D("3"))]
-        ),
+        "older": sale_create(business=retail, sale_date=today - dt.timedelta(days=3), lines=[LineInput(card, D("3"))]),
         "water": sale_create(business=water, sale_date=today, lines=[LineInput(refill, D("4"))]),
     }
-    return made
 
 
 def test_sales_export_has_typed_cells_lines_totals_and_filters(
@@ -117,7 +114,7 @@ def test_sales_export_has_typed_cells_lines_totals_and_filters(
     dates = column(header, rows, "Date")
     assert all(isinstance(d, dt.datetime) for d in dates)  # openpyxl reads dates back as datetimes
     assert {d.date() for d in dates} == set(in_db.values_list("sale_date", flat=True))
-    total_cells = list(wb["Sales"].iter_rows(min_row=2, max_row=2))[0]
+    total_cells = next(iter(wb["Sales"].iter_rows(min_row=2, max_row=2)))
     money = total_cells[header.index("Total")]
     assert isinstance(money.value, (int, float)) and money.number_format == "#,##0.00"
     assert money.is_date is False and total_cells[1].is_date
@@ -291,7 +288,7 @@ def test_each_export_is_typed_totalled_and_scoped(
         moved = StockMovement.objects.filter(business=water, movement_date__lte=today)
         expected = moved.aggregate(s=Sum("value"))["s"] or 0
     assert D(str(totals[header.index(money_header)])) == expected
-    first = list(wb[sheet].iter_rows(min_row=2, max_row=2))[0][header.index(money_header)]
+    first = next(iter(wb[sheet].iter_rows(min_row=2, max_row=2)))[header.index(money_header)]
     assert first.number_format == "#,##0.00" and (first.value is None or isinstance(first.value, (int, float)))
     filters = filters_of(wb)
     assert filters["Filter: business"] == water.name and filters["Rows"] == 2
