@@ -31,7 +31,11 @@ def notice_text(job: Job) -> SafeString:
     return format_html("{} was cancelled", name)
 
 
-LEVELS = {JobState.SUCCEEDED: messages.SUCCESS, JobState.FAILED: messages.ERROR, JobState.CANCELLED: messages.WARNING}
+LEVELS: dict[str, int] = {
+    JobState.SUCCEEDED: messages.SUCCESS,
+    JobState.FAILED: messages.ERROR,
+    JobState.CANCELLED: messages.WARNING,
+}
 
 
 class JobNoticeMiddleware:

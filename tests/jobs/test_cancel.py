@@ -37,7 +37,8 @@ def media_worker(transactional_db: None, clean_broker: redis.Redis, media_root: 
 
 
 def runs(client: redis.Redis, token: str) -> list[str]:
-    return [item.decode().split(":")[0] for item in client.lrange(runs_key(token), 0, -1)]
+    items = client.lrange(runs_key(token), 0, -1)
+    return [(item.decode() if isinstance(item, bytes) else item).split(":")[0] for item in items]
 
 
 def test_rows_sets_rows_progress_and_message(owner: Any) -> None:
