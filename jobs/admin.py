@@ -1,21 +1,31 @@
-"""The Jobs page: what runs in the background, its progress, its result, a retry for failures."""
+"""The Jobs page: what runs in the background, its progress, its result, cancel and "run again".
+
+Who sees a job: the owner every job; a staff member the jobs of his businesses and the jobs he
+launched himself (a job over every business, business empty, included). Downloads follow the same
+rule. Cancelling: the launcher may cancel his own job; anyone else needs "change job".
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
 from django.contrib import admin, messages
-from django.db.models import QuerySet
-from django.http import FileResponse, Http404, HttpRequest
+from django.db.models import Q, QuerySet
+from django.http import FileResponse, Http404, HttpRequest, HttpResponse, HttpResponseRedirect
+from django.template.defaultfilters import filesizeformat
+from django.template.response import TemplateResponse
 from django.urls import URLPattern, path, reverse
+from django.utils import timezone
+from django.utils.formats import date_format
 from django.utils.html import format_html
+from unfold.admin import ModelAdmin
 from unfold.contrib.filters.admin import ChoicesDropdownFilter, RangeDateFilter
 from unfold.decorators import action, display
 
 from jobs.models import Job, JobState
 from jobs.registry import REGISTRY, JobError, kind_label
-from jobs.services import job_retry
-from tenancy.scoping import BusinessScopedAdmin
+from jobs.services import job_cancel, job_retry
+from tenancy.scoping import BusinessScopedAdmin, sees_all_businesses, visible_business_ids
 
 
 class KindFilter(admin.SimpleListFilter):
@@ -35,7 +45,25 @@ STATE_LABELS = {
     JobState.RETRYING: "warning",
     JobState.SUCCEEDED: "success",
     JobState.FAILED: "danger",
+    JobState.CANCELLED: "default",
 }
+
+
+def rows_text(job: Job) -> str:
+    """ "12,000 of 100,000 rows", or "" when the handler does not count rows."""
+    if job.rows_total is None:
+        return ""
+    return f"{job.rows_done or 0:,} of {job.rows_total:,} rows"
+
+
+def size_text(job: Job) -> str:
+    return str(filesizeformat(job.result_size)) if job.result_size is not None else ""
+
+
+def expiry_text(job: Job) -> str:
+    if not job.expires_at or not job.result_file:
+        return ""
+    return "kept until " + date_format(timezone.localtime(job.expires_at), "j M Y, H:i")
 
 
 @admin.register(Job)
@@ -47,10 +75,10 @@ class JobAdmin(BusinessScopedAdmin):
         "state_display",
         "progress_bar",
         "message",
+        "result_display",
         "requested_by",
         "attempts",
         "created_at",
-        "download",
     ]
     list_display_links = ["id", "kind_display"]
     list_filter = [("state", ChoicesDropdownFilter), KindFilter, ("created_at", RangeDateFilter)]
@@ -63,19 +91,27 @@ class JobAdmin(BusinessScopedAdmin):
         "params",
         "state",
         "progress",
+        "rows_display",
         "message",
         "attempts",
         "celery_task_id",
         "error",
         "traceback",
         "result_file",
+        "result_size_display",
+        "expires_at",
+        "cancel_requested_at",
+        "cancelled_by",
+        "notified_at",
         "created_at",
         "started_at",
         "finished_at",
         "updated_at",
     ]
-    actions = ["retry_failed"]
+    actions = ["cancel_selected", "retry_failed"]
+    actions_detail = ["cancel_job"]
     list_select_related = ["business", "requested_by"]
+    exclude = ["rows_done", "rows_total", "result_size"]
     change_list_template = "admin/jobs/job/change_list.html"
     change_form_template = "admin/jobs/job/change_form.html"
 
@@ -95,28 +131,140 @@ class JobAdmin(BusinessScopedAdmin):
 
     @display(description="Progress")
     def progress_bar(self, obj: Job) -> str:
+        rows = rows_text(obj)
         return format_html(
             '<div class="job-progress" data-job-active="{}" title="{}%"><div class="job-progress-bar job-{}" '
-            'style="width:{}%"></div></div><span class="job-progress-label">{}%</span>',
+            'style="width:{}%"></div></div><span class="job-progress-label">{}%{}</span>',
             "1" if obj.is_active else "0",
             obj.progress,
             obj.state,
             obj.progress,
             obj.progress,
+            f" - {rows}" if rows else "",
         )
 
+    @display(description="Rows")
+    def rows_display(self, obj: Job) -> str:
+        return rows_text(obj) or "-"
+
+    @display(description="Result size")
+    def result_size_display(self, obj: Job) -> str:
+        return size_text(obj) or "-"
+
     @display(description="Result")
-    def download(self, obj: Job) -> str:
+    def result_display(self, obj: Job) -> str:
         if not obj.result_file:
             return "-"
         url = reverse("admin:jobs_job_download", args=[obj.pk])
-        return format_html('<a href="{}" class="text-primary-600">Download</a>', url)
+        return format_html(
+            '<a href="{}" class="text-primary-600">Download</a> <span class="job-result-meta">{}{}</span>',
+            url,
+            size_text(obj),
+            f", {expiry_text(obj)}" if expiry_text(obj) else "",
+        )
+
+    # Who sees what: his businesses' jobs and the jobs he launched (BusinessScopedAdmin would show a
+    # staff member only the first).
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Job]:
+        qs = ModelAdmin.get_queryset(self, request)
+        if sees_all_businesses(request.user):
+            return qs
+        return qs.filter(Q(business__in=visible_business_ids(request.user)) | Q(requested_by=request.user.pk))
+
+    def _owns(self, request: HttpRequest, obj: Any) -> bool:
+        if obj is not None and obj.requested_by_id is not None and obj.requested_by_id == request.user.pk:
+            return True
+        return super()._owns(request, obj)
+
+    def has_view_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        """The list needs "view job"; the page and the download of a job he launched do not (the
+        "your job is ready" notice links to them)."""
+        if obj is not None and obj.requested_by_id is not None and obj.requested_by_id == request.user.pk:
+            return bool(request.user.is_active and request.user.is_staff)
+        return super().has_view_permission(request, obj)
 
     def has_retry_permission(self, request: HttpRequest) -> bool:
         """Retrying runs a job again (postings, exports): the "change job" right, which staff do not have."""
         return bool(request.user.has_perm("jobs.change_job"))
 
-    @action(description="Retry selected failed jobs", permissions=["retry"])
+    def may_cancel(self, request: HttpRequest, job: Job) -> bool:
+        """The launcher cancels his own job; anyone else (who sees the job) needs "change job"."""
+        if request.user.has_perm("jobs.change_job"):
+            return True
+        return job.requested_by_id is not None and job.requested_by_id == request.user.pk
+
+    def has_cancel_permission(self, request: HttpRequest, object_id: Any = None) -> bool:
+        """Offered on the list to whoever may cancel something there: "change job", or jobs he launched.
+        On a job's page: a job he sees and may cancel (the button shows while it is active)."""
+        if object_id is None:
+            if request.user.has_perm("jobs.change_job"):
+                return True
+            return self.get_queryset(request).filter(requested_by=request.user.pk).exists()
+        job = self.get_object(request, str(object_id))
+        return job is not None and self.has_view_permission(request, job) and self.may_cancel(request, job)
+
+    def get_actions_detail(self, request: HttpRequest, object_id: int) -> list[Any]:
+        """The Cancel button only on a job that is still queued or running."""
+        job = self.get_object(request, str(object_id))
+        if job is None or not job.is_active:
+            return []
+        return super().get_actions_detail(request, object_id)  # type: ignore[no-any-return]
+
+    def _cancel(self, request: HttpRequest, job: Job) -> str | None:
+        """Cancel `job` for this user; the refusal's text, or None when done."""
+        if not self.may_cancel(request, job):
+            return f'Job #{job.pk} was launched by someone else; cancelling it needs the "change job" right.'
+        try:
+            job_cancel(job=job, acting_user=request.user)
+        except JobError as exc:
+            return str(exc)
+        return None
+
+    @action(description="Cancel selected jobs", permissions=["cancel"])
+    def cancel_selected(self, request: HttpRequest, queryset: QuerySet[Job]) -> None:
+        done, refused = [], []
+        for job in queryset.order_by("pk"):
+            reason = self._cancel(request, job)
+            if reason is None:
+                done.append(f"#{job.pk}")
+            else:
+                refused.append(reason)
+        if done:
+            self.message_user(
+                request,
+                f"Cancelled: {', '.join(done)} (a running job stops at its next progress report).",
+                messages.SUCCESS,
+            )
+        for reason in refused:
+            self.message_user(request, reason, messages.WARNING)
+
+    @action(description="Cancel job", url_path="cancel", permissions=["cancel"], icon="cancel")
+    def cancel_job(self, request: HttpRequest, object_id: str) -> HttpResponse:
+        """The button on a job's page: asks to confirm (GET), cancels (POST)."""
+        job = self.get_object(request, object_id)
+        if job is None:
+            raise Http404("No such job.")
+        change_url = reverse("admin:jobs_job_change", args=[job.pk])
+        if request.method == "POST":
+            reason = self._cancel(request, job)
+            if reason is None:
+                self.message_user(request, f"Job #{job.pk} cancelled.", messages.SUCCESS)
+            else:
+                self.message_user(request, reason, messages.WARNING)
+            return HttpResponseRedirect(change_url)
+        return TemplateResponse(
+            request,
+            "admin/jobs/job/cancel_confirm.html",
+            {
+                **self.admin_site.each_context(request),
+                "title": f"Cancel {kind_label(job.kind)} #{job.pk}",
+                "opts": self.model._meta,
+                "job": job,
+                "change_url": change_url,
+            },
+        )
+
+    @action(description="Run selected failed or cancelled jobs again", permissions=["retry"])
     def retry_failed(self, request: HttpRequest, queryset: QuerySet[Job]) -> None:
         retried, refused = [], []
         for job in queryset.order_by("pk"):
@@ -130,6 +278,19 @@ class JobAdmin(BusinessScopedAdmin):
         for reason in refused:
             self.message_user(request, reason, messages.WARNING)
 
+    def change_view(
+        self, request: HttpRequest, object_id: str, form_url: str = "", extra_context: dict[str, Any] | None = None
+    ) -> HttpResponse:
+        job = self.get_object(request, object_id)
+        if job is not None:
+            extra_context = {
+                **(extra_context or {}),
+                "job_rows": rows_text(job),
+                "job_size": size_text(job),
+                "job_expiry": expiry_text(job),
+            }
+        return super().change_view(request, object_id, form_url, extra_context)
+
     def get_urls(self) -> list[URLPattern]:
         return [
             path(
@@ -142,7 +303,7 @@ class JobAdmin(BusinessScopedAdmin):
 
     def download_view(self, request: HttpRequest, object_id: int) -> FileResponse:
         """Serve a job's result file to a user allowed to see that job, never publicly."""
-        job = self.get_object(request, str(object_id))
+        job = self.get_object(request, str(object_id))  # the same queryset as the list: same rule
         if job is None or not self.has_view_permission(request, job) or not job.result_file:
             raise Http404("No such result.")
         return FileResponse(

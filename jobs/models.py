@@ -55,6 +55,8 @@ class Job(models.Model):
     result_size = models.PositiveBigIntegerField(null=True, blank=True, help_text="Bytes.")
     # When the result file is deleted by the clean-up (settings.JOB_FILES_KEEP_DAYS after it was made).
     expires_at = models.DateTimeField(null=True, blank=True, db_index=True)
+    # When the person who launched it was told it finished (a message on his next admin page).
+    notified_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
@@ -66,7 +68,15 @@ class Job(models.Model):
         constraints = [
             models.CheckConstraint(condition=models.Q(progress__lte=100), name="job_progress_at_most_100"),
         ]
-        indexes = [models.Index(fields=["business", "state"], name="job_business_state")]
+        indexes = [
+            models.Index(fields=["business", "state"], name="job_business_state"),
+            # The "your job finished" query of every admin page: only the few rows still to be told.
+            models.Index(
+                fields=["requested_by"],
+                condition=models.Q(notified_at__isnull=True, state__in=FINISHED_STATES),
+                name="job_to_notify",
+            ),
+        ]
 
     def __str__(self) -> str:
         return f"{self.kind} #{self.pk}"

@@ -34,23 +34,35 @@ def job_launch(*, kind: str, acting_user: Any, business: Any = None, params: dic
     return job
 
 
+RETRYABLE_STATES = (JobState.FAILED, JobState.CANCELLED)
+
+
 def job_retry(*, job: Job, acting_user: Any) -> Job:
-    """Put a failed job back in the queue, from the start, with its attempts reset."""
+    """Put a failed or cancelled job back in the queue ("run it again"), from the start.
+
+    Attempts, progress, rows, the error, the cancel request and the notice are reset, so the job
+    runs as if just launched and its launcher is told again when it finishes.
+    """
     with transaction.atomic():
         locked = Job.objects.select_for_update().get(pk=job.pk)
-        if locked.state != JobState.FAILED:
+        if locked.state not in RETRYABLE_STATES:
             state = locked.get_state_display().lower()
-            raise JobError(f"Only failed jobs can be retried; job #{locked.pk} is {state}.")
+            raise JobError(f"Only failed or cancelled jobs can be run again; job #{locked.pk} is {state}.")
         if locked.kind not in REGISTRY:
             raise JobError(f"Job kind {locked.kind!r} no longer exists.")
         locked.state = JobState.QUEUED
         locked.progress = 0
+        locked.rows_done = None
+        locked.rows_total = None
         locked.attempts = 0
-        locked.message = f"Retry asked by {acting_user}"
+        locked.message = f"Run again by {acting_user}"
         locked.error = ""
         locked.traceback = ""
         locked.started_at = None
         locked.finished_at = None
+        locked.cancel_requested_at = None
+        locked.cancelled_by = None
+        locked.notified_at = None
         locked.save()
         transaction.on_commit(lambda: job_enqueue(locked))
     return locked

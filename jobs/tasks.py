@@ -1,6 +1,8 @@
-"""The one task behind every Job (the job kinds decide what it does), and the one place that enqueues it.
+"""The one task behind every Job (the job kinds decide what it does), the one place that enqueues
+it, and the daily clean-up of result files (sent by beat to the default queue).
 
-The task's name `jobs.run` is stable: messages already queued under it keep running across releases.
+The task names `jobs.run` and `jobs.cleanup_files` are stable: messages already queued and beat's
+schedule rows name them.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from typing import Any
 
 from celery import shared_task
 
+from jobs.cleanup import job_files_cleanup
 from jobs.models import Job
 from jobs.registry import REGISTRY
 from jobs.runner import job_run
@@ -29,3 +32,10 @@ def job_enqueue(job: Job) -> None:
     kind = REGISTRY[job.kind]
     result = run_job.apply_async(args=(job.pk,), queue=kind.queue, routing_key=kind.queue)
     Job.objects.filter(pk=job.pk).update(celery_task_id=result.id)
+
+
+@shared_task(name="jobs.cleanup_files", time_limit=600, soft_time_limit=570)
+def cleanup_files() -> dict[str, int]:
+    """Delete expired result files and orphan files (jobs.cleanup); idempotent."""
+    result = job_files_cleanup()
+    return {"expired": result.expired, "orphans": result.orphans}

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# `make run`: the whole back office in the foreground (web, two workers, beat, Flower).
+# `make run`: the whole back office in the foreground (web, three workers, beat, Flower: the Procfile).
 # Uses DATABASE_URL / REDIS_URL when set; otherwise starts an embedded PostgreSQL and Redis
 # (pip packages) under var/local and stops them again on exit (Ctrl-C).
 set -euo pipefail

@@ -7,7 +7,8 @@ REDIS_URL, DJANGO_DEBUG...), waits for its heartbeat key, lets it settle, reads 
 `manage.py shell` and reads them again, and stops it. See docs/worker-memory.md.
 
     python scripts/worker_memory.py --queues payments --concurrency 2 --callbacks 400
-    python scripts/worker_memory.py --queues default,reports --concurrency 2 --jobs 20
+    python scripts/worker_memory.py --queues default --concurrency 2 --jobs 20
+    python scripts/worker_memory.py --queues reports --concurrency 1 --jobs 20
 
 Use a scratch database (the workload creates a business, a till, callbacks and jobs in it).
 Figures are KiB; a process's RSS counts pages it shares with the others after fork, PSS splits them.
@@ -69,12 +70,15 @@ import datetime as dt, time
 from django.utils import timezone
 from jobs.services import job_launch
 from jobs.models import Job, JobState
+from jobs.registry import REGISTRY
 from operations.jobs import CLOSING, EXPORT_BUSINESSES
 from tenancy.models import Business
 b = Business.objects.get(pk={business})
+# Only the kinds this worker's queues take (closings: default; exports: reports).
+kinds = [k for k in (CLOSING, EXPORT_BUSINESSES) if REGISTRY[k].queue in {queues!r}.split(",")]
 ids = []
 for i in range({n}):
-    if i % 2:
+    if kinds[i % len(kinds)] == CLOSING:
         day = (timezone.localdate() - dt.timedelta(days=1)).isoformat()  # again: idempotent
         ids.append(job_launch(kind=CLOSING, acting_user=None, business=b, params={{"day": day}}).pk)
     else:
@@ -172,7 +176,7 @@ def main() -> int:
                 out = shell(PAYMENTS.format(token=token, shortcode=shortcode, n=args.callbacks), env)
                 result["workload"] = out.strip().splitlines()[-1]
             if args.jobs:
-                out = shell(JOBS.format(business=business, n=args.jobs), env)
+                out = shell(JOBS.format(business=business, n=args.jobs, queues=args.queues), env)
                 result["workload"] = out.strip().splitlines()[-1]
             time.sleep(args.settle)
             result["after_tasks"] = sample(worker.pid)

@@ -29,6 +29,7 @@ LONG_RUNNING = (
     "web",
     "worker-payments",
     "worker-default",
+    "worker-reports",
     "beat",
     "flower",
     "postgres",
@@ -38,7 +39,8 @@ LONG_RUNNING = (
 )
 ONE_SHOT = ("migrate",)
 REQUIRED = LONG_RUNNING + ONE_SHOT
-APP_SERVICES = ("web", "worker-payments", "worker-default", "beat", "flower", "migrate")
+APP_SERVICES = ("web", "worker-payments", "worker-default", "worker-reports", "beat", "flower", "migrate")
+WORKERS = ("worker-payments", "worker-default", "worker-reports")
 
 _UNITS = {"": 1, "b": 1, "k": 1024, "kb": 1024, "m": MIB, "mb": MIB, "g": GIB, "gb": GIB}
 
@@ -157,8 +159,8 @@ def test_worker_and_beat_healthchecks_use_the_heartbeat_keys(services: dict[str,
     prefix = match.group(1)
     assert f"{prefix}:queue:payments:payments@" in healthcheck_text(services["worker-payments"])
     default = healthcheck_text(services["worker-default"])
-    assert f"{prefix}:queue:default:default@" in default
-    assert f"{prefix}:queue:reports:default@" in default
+    assert f"{prefix}:queue:default:default@" in default and ":reports:" not in default
+    assert f"{prefix}:queue:reports:reports@" in healthcheck_text(services["worker-reports"])
     assert f"{prefix}:beat" in healthcheck_text(services["beat"])
 
 
@@ -242,22 +244,33 @@ def test_flower_has_basic_auth_and_bounded_history(services: dict[str, dict[str,
     assert "--url-prefix=flower" in text
 
 
-def test_workers_consume_the_right_queues(services: dict[str, dict[str, Any]]) -> None:
-    payments = as_argv(services["worker-payments"]["command"])
-    default = as_argv(services["worker-default"]["command"])
-    assert "worker" in payments and "worker" in default
-    assert [set(q.split(",")) for q in option_values(payments, "-Q", "--queues")] == [{"payments"}]
-    assert [set(q.split(",")) for q in option_values(default, "-Q", "--queues")] == [{"default", "reports"}]
-    assert option_values(payments, "-n", "--hostname") == ["payments@%h"]
-    assert option_values(default, "-n", "--hostname") == ["default@%h"]
+@pytest.mark.parametrize(
+    ("name", "queue", "concurrency"),
+    [("worker-payments", "payments", "2"), ("worker-default", "default", "2"), ("worker-reports", "reports", "1")],
+)
+def test_each_queue_has_its_own_worker(
+    services: dict[str, dict[str, Any]], name: str, queue: str, concurrency: str
+) -> None:
+    """One queue per worker: two heavy reports never take the processes default-queue work needs."""
+    argv = as_argv(services[name]["command"])
+    assert "worker" in argv
+    assert option_values(argv, "-Q", "--queues") == [queue]
+    assert option_values(argv, "-n", "--hostname") == [f"{queue}@%h"]
+    assert option_values(argv, "-c", "--concurrency") == [concurrency]
+    assert services[name]["stop_signal"] == "SIGQUIT"
+
+
+def test_every_queue_is_consumed_exactly_once(services: dict[str, dict[str, Any]]) -> None:
+    consumed = [q for name in WORKERS for q in option_values(as_argv(services[name]["command"]), "-Q")[0].split(",")]
+    assert sorted(consumed) == ["default", "payments", "reports"]
 
 
 def test_reports_yield_the_cpu_to_web_and_payments(services: dict[str, dict[str, Any]]) -> None:
-    default = services["worker-default"]
-    assert as_argv(default["command"])[:3] == ["chrt", "--idle", "0"]
-    assert float(default["cpus"]) <= 1.0
-    assert int(default["cpu_shares"]) < 1024  # Docker's default weight, which every other service keeps
-    for name in ("web", "worker-payments", "postgres", "redis"):
+    reports = services["worker-reports"]
+    assert as_argv(reports["command"])[:3] == ["chrt", "--idle", "0"]
+    assert float(reports["cpus"]) <= 1.0
+    assert int(reports["cpu_shares"]) < 1024  # Docker's default weight, which every other service keeps
+    for name in ("web", "worker-payments", "worker-default", "postgres", "redis"):
         assert "cpu_shares" not in services[name] and "chrt" not in command_text(services[name]), name
 
 
@@ -333,7 +346,7 @@ def test_postgres_creates_the_owner_and_application_roles(services: dict[str, di
 
 
 def test_app_services_wait_for_migrations(services: dict[str, dict[str, Any]]) -> None:
-    for name in ("web", "worker-payments", "worker-default", "beat"):
+    for name in ("web", "worker-payments", "worker-default", "worker-reports", "beat"):
         depends_on = services[name]["depends_on"]
         assert depends_on["migrate"]["condition"] == "service_completed_successfully", name
         assert depends_on["postgres"]["condition"] == "service_healthy", name

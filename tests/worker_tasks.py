@@ -55,3 +55,23 @@ def slow(ctx: JobContext) -> None:
         time.sleep(float(ctx.params.get("step_seconds", 0.3)))
         ctx.progress(step * 100 // steps, f"step {step} of {steps}")
     _record(token, "done")
+
+
+@job_kind("tests.rows", label="Test: counts rows, keeps a partial file")
+def counts_rows(ctx: JobContext) -> None:
+    """Saves a partial result at once, then reports rows until done (or cancelled)."""
+    token = ctx.params["token"]
+    _record(token, "start")
+    total = int(ctx.params.get("total", 1000))
+    chunk = int(ctx.params.get("chunk", 10))
+    ctx.save_result("partial.csv", b"id\n" + b"".join(b"%d\n" % i for i in range(chunk)))
+    for done in range(chunk, total + 1, chunk):
+        time.sleep(float(ctx.params.get("step_seconds", 0.2)))
+        ctx.rows(done, total)
+    _record(token, "done")
+
+
+@job_kind("tests.quick_default", label="Test: quick, on the default queue", queue="default")
+def quick_default(ctx: JobContext) -> None:
+    _record(ctx.params["token"], "ran")
+    ctx.progress(100, "quick")

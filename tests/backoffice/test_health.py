@@ -33,12 +33,14 @@ def monitor() -> Client:
 @pytest.fixture
 def all_up(transactional_db: None, clean_broker: redis.Redis) -> Iterator[None]:
     payments = WorkerProcess("payments", queues="payments").start()
-    default = WorkerProcess("default", queues="default,reports").start()
+    default = WorkerProcess("default", queues="default").start()
+    reports = WorkerProcess("reports", queues="reports").start()
     beat = BeatProcess().start()
     yield
     beat.stop()
     payments.stop()
     default.stop()
+    reports.stop()
 
 
 @pytest.mark.worker
@@ -53,7 +55,7 @@ def test_everything_up_is_200(all_up: None) -> None:
     assert body["database"]["ok"] and body["broker"]["ok"] and body["beat"]["ok"]
     assert body["queues"]["payments"]["workers"][0].startswith("payments@")
     assert body["queues"]["default"]["workers"][0].startswith("default@")
-    assert body["queues"]["reports"]["workers"][0].startswith("default@")
+    assert body["queues"]["reports"]["workers"][0].startswith("reports@")
 
 
 @pytest.mark.worker

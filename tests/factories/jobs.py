@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-from jobs.models import Job, JobState
+from jobs.models import FINISHED_STATES, Job
 from tests.celery_support import wait_for
 
 
 def job_finished(job: Job, timeout: float = 30) -> Job:
-    """`job` once a worker has run it to its end (succeeded or failed), refreshed."""
+    """`job` once a worker has run it to its end (succeeded, failed or cancelled), refreshed."""
 
     def done() -> Job | None:
         job.refresh_from_db()
-        return job if job.state in (JobState.SUCCEEDED, JobState.FAILED) else None
+        return job if job.state in FINISHED_STATES else None
 
     return wait_for(done, timeout, f"job #{job.pk} to finish", interval=0.2)

@@ -139,7 +139,7 @@ def test_progress_is_visible_while_a_job_runs_and_survives_a_killed_worker(
 
 def test_only_failed_jobs_can_be_retried(db: None, owner: object) -> None:
     job = Job.objects.create(kind=EXPORT_BUSINESSES, state=JobState.SUCCEEDED)
-    with pytest.raises(JobError, match="Only failed jobs"):
+    with pytest.raises(JobError, match="Only failed or cancelled jobs"):
         job_retry(job=job, acting_user=owner)
 
 
