@@ -23,7 +23,8 @@ from django.contrib import admin
 from django.contrib.auth import get_user_model
 from django.core.exceptions import PermissionDenied
 from django.db.models import QuerySet
-from django.http import FileResponse, HttpRequest, HttpResponse
+from django.http import FileResponse, HttpRequest
+from django.http.response import HttpResponseBase
 from django.template.response import TemplateResponse
 from django.utils import timezone
 from reportlab.platypus import Flowable, PageBreak
@@ -310,7 +311,7 @@ class DailySummaryForm(forms.Form):
         self.fields["business"].choices = choices  # type: ignore[attr-defined]
 
 
-def daily_summary_view(request: HttpRequest) -> HttpResponse:
+def daily_summary_view(request: HttpRequest) -> HttpResponseBase:
     """The admin page: business (staff: only theirs; the owner also "all") and day, the figures,
     and "Download PDF" (the same summary as a file). Another business, by URL, is refused (403)."""
     if not request.user.has_perm(PERMISSION):

@@ -10,6 +10,7 @@ from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
 from django.db.models import QuerySet, Sum
 from django.http import FileResponse, HttpRequest, HttpResponse, HttpResponseRedirect
+from django.http.response import HttpResponseBase
 from django.template.response import TemplateResponse
 from django.urls import URLPattern, path, reverse
 from django.utils import timezone
@@ -144,7 +145,7 @@ class CustomerAdmin(ImportExportForms, BusinessScopedAdmin, ImportExportModelAdm
     def statements_with_balance(self, request: HttpRequest) -> HttpResponse:
         return HttpResponseRedirect(reverse("admin:operations_customer_statements"))
 
-    def statements_view(self, request: HttpRequest) -> HttpResponse:
+    def statements_view(self, request: HttpRequest) -> HttpResponseBase:
         """Choose the period (and the business), then: one customer's PDF at once; several, or every
         customer with a balance, as a background job per business (one PDF each)."""
         if not self.has_export_permission(request):
