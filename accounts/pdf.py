@@ -150,9 +150,31 @@ def pdf_render(out: IO[bytes], header: PdfHeader, story: list[Flowable]) -> None
         subject=header.period,
         creator="Back office",
     )
-    decorate = _page_decorations(header)
+    decorations = {header: _page_decorations(header)}
+
+    def decorate(canvas: Canvas, doc: SimpleDocTemplate) -> None:
+        current = getattr(canvas, "report_header", header)  # set by a NextPagesHeader in the story
+        if current not in decorations:
+            decorations[current] = _page_decorations(current)
+        decorations[current](canvas, doc)
+
     story = story or [Paragraph("Nothing to report.", BODY)]
     doc.build(story, onFirstPage=decorate, onLaterPages=decorate, canvasmaker=_NumberedCanvas)
+
+
+class NextPagesHeader(Flowable):
+    """A story element of no size: the pages after this one carry `header` (a report of several
+    parts - one customer or one business each - follows it with a PageBreak)."""
+
+    def __init__(self, header: PdfHeader) -> None:
+        super().__init__()
+        self.header = header
+
+    def wrap(self, available_width: float, available_height: float) -> tuple[float, float]:
+        return 0, 0
+
+    def draw(self) -> None:
+        self.canv.report_header = self.header  # type: ignore[attr-defined]
 
 
 # Row kinds of a report table.

@@ -7,3 +7,7 @@ class BackofficeConfig(AppConfig):
 
     name = "backoffice"
     verbose_name = "Back office"
+
+    def ready(self) -> None:
+        # The daily summary's job kind registers itself on import, in the web process and in workers.
+        from backoffice import daily_summary  # noqa: F401

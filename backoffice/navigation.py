@@ -35,6 +35,12 @@ def sidebar_navigation(request: HttpRequest) -> list[dict[str, Any]]:
             "title": "Overview",
             "items": [
                 {"title": "Dashboard", "icon": "dashboard", "link": reverse_lazy("admin:index")},
+                {
+                    "title": "Daily summary",
+                    "icon": "summarize",
+                    "link": reverse_lazy("daily_summary"),
+                    "permission": _can_view("accounts.view_reports"),
+                },
                 model_link("Jobs", "pending_actions", "jobs.job"),
                 {
                     "title": "Flower (workers)",

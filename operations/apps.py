@@ -7,4 +7,4 @@ class OperationsConfig(AppConfig):
 
     def ready(self) -> None:
         # Job kinds register themselves on import, in the web process and in workers alike.
-        from operations import jobs  # noqa: F401
+        from operations import jobs, reports  # noqa: F401

@@ -9,20 +9,27 @@ from decimal import Decimal
 from typing import Any
 
 from django.db import connection
-from django.db.models import F, Q, QuerySet, Sum
+from django.db.models import Count, F, Q, QuerySet, Sum
 
 from accounts.fields import ZERO
 from accounts.models import JournalLine
 from accounts.selectors import account_for_role
 from operations.models import (
     OPEN_STATUSES,
+    ClosingStatus,
     Customer,
     CustomerTransaction,
+    DayClosing,
     DocumentStatus,
+    Expense,
     Item,
     LaundryOrder,
+    OrderStatus,
     PaidFrom,
+    PaymentMethod,
     Purchase,
+    Sale,
+    SaleStatus,
     StockLevel,
     StockMovement,
     Supplier,
@@ -207,6 +214,50 @@ def uncollected_orders(*, business: Business, as_of: dt.date) -> QuerySet[Laundr
         .select_related("customer")
         .order_by("promised_date", "id")
     )
+
+
+def ready_orders(*, business: Business) -> QuerySet[LaundryOrder]:
+    """Laundry orders washed and waiting for their customer, by promised date."""
+    return (
+        LaundryOrder.objects.filter(business=business, status=OrderStatus.READY)
+        .select_related("customer")
+        .order_by("promised_date", "id")
+    )
+
+
+def sales_on_account(*, business: Business, day: dt.date) -> Decimal:
+    """What was sold on credit on `day`: posted sales paid "on account" (a sale voided or refunded
+    later still counts: the credit was given that day) and laundry collected with the balance put
+    on the customer's account."""
+    sales = Sale.objects.filter(
+        business=business,
+        sale_date=day,
+        payment_method=PaymentMethod.ACCOUNT,
+        status__in=[SaleStatus.POSTED, SaleStatus.REFUNDED],
+    ).aggregate(s=Sum("total"))["s"]
+    laundry = LaundryOrder.objects.filter(
+        business=business, collected_date=day, balance_method=PaymentMethod.ACCOUNT, status=OrderStatus.COLLECTED
+    ).aggregate(s=Sum(F("total") - F("deposit")))["s"]
+    return (sales or ZERO) + (laundry or ZERO)
+
+
+@dataclass(frozen=True)
+class DayExpenses:
+    count: int
+    total: Decimal
+
+
+def expenses_of_day(*, business: Business, day: dt.date) -> DayExpenses:
+    """Posted expenses dated `day`."""
+    totals = Expense.objects.filter(business=business, expense_date=day, status=DocumentStatus.POSTED).aggregate(
+        n=Count("id"), s=Sum("amount")
+    )
+    return DayExpenses(totals["n"], totals["s"] or ZERO)
+
+
+def day_closing(*, business: Business, day: dt.date) -> DayClosing | None:
+    """The day's closing if it was run (status closed), else None."""
+    return DayClosing.objects.filter(business=business, day=day, status=ClosingStatus.CLOSED).first()
 
 
 def supplier_balance(*, supplier: Supplier) -> Decimal:

@@ -1,13 +1,24 @@
 """The M-Pesa reads that matter beyond this app: the work waiting for a person.
 
-Used by /healthz (counts) and the dashboard (counts per business), so both count the same rows.
+Used by /healthz (counts), the dashboard (counts per business) and the daily summary, so all count
+the same rows.
 """
 
 from __future__ import annotations
 
-from django.db.models import QuerySet
+import datetime as dt
+from decimal import Decimal
 
-from integrations.mpesa.models import InboxMessage, InboxState, Payment, StatusQuery, StatusQueryState
+from django.db.models import Count, QuerySet, Sum
+
+from integrations.mpesa.models import (
+    InboxMessage,
+    InboxState,
+    Payment,
+    PaymentStatus,
+    StatusQuery,
+    StatusQueryState,
+)
 
 
 def inbox_waiting_for_person() -> QuerySet[InboxMessage]:
@@ -21,3 +32,19 @@ def status_queries_waiting_for_person() -> QuerySet[StatusQuery]:
     return StatusQuery.objects.filter(state=StatusQueryState.NEEDS_ATTENTION).exclude(
         receipt__in=Payment.objects.values("receipt")
     )
+
+
+def unallocated_payments() -> QuerySet[Payment]:
+    """Money in suspense that a person must allocate (the "Unallocated payments" queue)."""
+    return Payment.objects.filter(status=PaymentStatus.UNALLOCATED)
+
+
+def payments_received(*, business_id: int, start: dt.datetime, end: dt.datetime) -> tuple[int, Decimal]:
+    """How many M-Pesa payments the business received in [start, end) and their value; payments
+    reversed since are left out (the money went back)."""
+    totals = (
+        Payment.objects.filter(business_id=business_id, paid_at__gte=start, paid_at__lt=end)
+        .exclude(status=PaymentStatus.REVERSED)
+        .aggregate(n=Count("id"), s=Sum("amount"))
+    )
+    return totals["n"], totals["s"] or Decimal("0.00")

@@ -8,16 +8,27 @@ from decimal import Decimal
 from typing import Any
 
 from django import forms
-from django.contrib import admin
+from django.contrib import admin, messages
+from django.core.exceptions import PermissionDenied
 from django.db.models import QuerySet, Sum
-from django.http import HttpRequest
+from django.http import FileResponse, HttpRequest, HttpResponse, HttpResponseRedirect
+from django.http.response import HttpResponseBase
+from django.template.response import TemplateResponse
+from django.urls import URLPattern, path, reverse
+from django.utils import timezone
 from import_export.admin import ImportExportModelAdmin
+from unfold.decorators import action
+from unfold.widgets import UnfoldAdminSelectWidget
 
-from jobs.admin_exports import AsOfForm, ExcelExportMixin
+from accounts.forms import DateInput
+from jobs.admin_exports import EXPORT_ACTION, AsOfForm, ExcelExportMixin
 from jobs.exports import Column
+from jobs.services import job_launch
 from operations.admin.base import ImportExportForms, ReadOnlyAdmin, ScopedResource
 from operations.models import Customer, CustomerTransaction, Item, Supplier
-from tenancy.scoping import BusinessScopedAdmin
+from operations.reports import CUSTOMER_STATEMENTS, default_statement_period, statements_pdf_render
+from tenancy.models import Business
+from tenancy.scoping import BusinessScopedAdmin, visible_businesses
 
 
 def _normalised_phone(raw: str) -> str:
@@ -88,6 +99,38 @@ def _ageing(bucket: str) -> Any:
     return value
 
 
+class StatementsForm(forms.Form):
+    """The period of the statements, and the business when no customer was picked (then: every
+    customer of it with a balance on the last day)."""
+
+    business = forms.ModelChoiceField(
+        queryset=Business.objects.none(), required=False, widget=UnfoldAdminSelectWidget, empty_label=None
+    )
+    date_from = forms.DateField(widget=DateInput, label="From")
+    date_to = forms.DateField(widget=DateInput, label="To")
+
+    def __init__(self, *args: Any, businesses: QuerySet[Business], pick_business: bool, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        field = self.fields["business"]
+        field.queryset = businesses  # type: ignore[attr-defined]
+        field.required = pick_business
+        if not pick_business:
+            del self.fields["business"]
+
+    def clean(self) -> dict[str, Any]:
+        data = super().clean() or {}
+        if data.get("date_from") and data.get("date_to") and data["date_from"] > data["date_to"]:
+            raise forms.ValidationError("The period starts after it ends.")
+        return data
+
+
+def _ids(raw: str) -> list[int]:
+    try:
+        return sorted({int(part) for part in raw.split(",") if part.strip()})
+    except ValueError as exc:
+        raise PermissionDenied from exc
+
+
 @admin.register(Customer)
 class CustomerAdmin(ExcelExportMixin, ImportExportForms, BusinessScopedAdmin, ImportExportModelAdmin):  # type: ignore[misc]
     """Customers; the Excel export adds each one's balance on a date, aged (operations.selectors.customer_ageing)."""
@@ -113,6 +156,95 @@ class CustomerAdmin(ExcelExportMixin, ImportExportForms, BusinessScopedAdmin, Im
     search_fields = ["name", "phone", "account_code"]
     readonly_fields = ["phone_sha256", "created_at", "statement"]
     list_per_page = 50
+    actions = ["statements_pdf"]
+    actions_list = [EXPORT_ACTION, "statements_with_balance"]
+
+    def get_urls(self) -> list[URLPattern]:
+        view = self.admin_site.admin_view(self.statements_view)
+        return [path("statements/", view, name="operations_customer_statements"), *super().get_urls()]
+
+    @action(description="Statement PDF for the selected customers", permissions=["export"])
+    def statements_pdf(self, request: HttpRequest, queryset: QuerySet[Customer]) -> HttpResponse:
+        """Asks for the period next (the queryset is already the user's own customers)."""
+        ids = ",".join(str(pk) for pk in queryset.order_by("pk").values_list("pk", flat=True))
+        return HttpResponseRedirect(f"{reverse('admin:operations_customer_statements')}?ids={ids}")
+
+    @action(description="Statements PDF: every customer with a balance", permissions=["export"])
+    def statements_with_balance(self, request: HttpRequest) -> HttpResponse:
+        return HttpResponseRedirect(reverse("admin:operations_customer_statements"))
+
+    def statements_view(self, request: HttpRequest) -> HttpResponseBase:
+        """Choose the period (and the business), then: one customer's PDF at once; several, or every
+        customer with a balance, as a background job per business (one PDF each)."""
+        if not self.has_export_permission(request):
+            raise PermissionDenied
+        ids = _ids(request.POST.get("ids") or request.GET.get("ids") or "")
+        customers: list[Customer] = []
+        if ids:
+            customers = list(self.get_queryset(request).filter(pk__in=ids).select_related("business"))
+            if len(customers) != len(ids):
+                raise PermissionDenied  # a customer he cannot see (another business's), asked for by id
+        businesses = visible_businesses(request.user).order_by("name")
+        date_from, date_to = default_statement_period(timezone.localdate())
+        form = StatementsForm(
+            request.POST if request.method == "POST" else None,
+            initial={"date_from": date_from, "date_to": date_to},
+            businesses=businesses,
+            pick_business=not ids,
+        )
+        if request.method == "POST" and form.is_valid():
+            date_from, date_to = form.cleaned_data["date_from"], form.cleaned_data["date_to"]
+            if len(customers) == 1:
+                return self._statement_download(request, customers[0], date_from, date_to)
+            by_business: dict[Business, list[int] | None] = {}
+            if customers:
+                for customer in customers:
+                    by_business.setdefault(customer.business, []).append(customer.pk)  # type: ignore[union-attr]
+            else:
+                by_business[form.cleaned_data["business"]] = None
+            params = {"date_from": date_from.isoformat(), "date_to": date_to.isoformat()}
+            jobs = [
+                job_launch(
+                    kind=CUSTOMER_STATEMENTS,
+                    acting_user=request.user,
+                    business=business,
+                    params={**params, "customer_ids": customer_ids},
+                )
+                for business, customer_ids in by_business.items()
+            ]
+            numbers = ", ".join(f"#{job.pk}" for job in jobs)
+            self.message_user(
+                request, f"Statements queued as job {numbers}; the PDF is on the job's page.", messages.SUCCESS
+            )
+            target = "admin:jobs_job_change" if len(jobs) == 1 else "admin:jobs_job_changelist"
+            return HttpResponseRedirect(reverse(target, args=[jobs[0].pk] if len(jobs) == 1 else []))
+        context = {
+            **self.admin_site.each_context(request),
+            "title": "Customer statements (PDF)",
+            "form": form,
+            "customers": customers,
+            "ids": ",".join(str(pk) for pk in ids),
+            "opts": self.model._meta,
+        }
+        return TemplateResponse(request, "admin/operations/customer/statements.html", context)
+
+    def _statement_download(
+        self, request: HttpRequest, customer: Customer, date_from: dt.date, date_to: dt.date
+    ) -> FileResponse:
+        import io
+
+        buffer = io.BytesIO()
+        statements_pdf_render(
+            buffer,
+            business=customer.business,
+            customer_ids=[customer.pk],
+            date_from=date_from,
+            date_to=date_to,
+            generated_by=str(request.user),
+        )
+        buffer.seek(0)
+        filename = f"statement-{customer.pk}-{date_from}-{date_to}.pdf"
+        return FileResponse(buffer, as_attachment=True, filename=filename, content_type="application/pdf")
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Customer]:
         return super().get_queryset(request).select_related("business").annotate(_balance=Sum("transactions__amount"))
@@ -135,7 +267,6 @@ class CustomerAdmin(ExcelExportMixin, ImportExportForms, BusinessScopedAdmin, Im
     @admin.display(description="Statement (last 90 days)")
     def statement(self, obj: Customer) -> str:
         from django.template.loader import render_to_string
-        from django.utils import timezone
 
         from operations.selectors import customer_statement
 
@@ -143,7 +274,8 @@ class CustomerAdmin(ExcelExportMixin, ImportExportForms, BusinessScopedAdmin, Im
             return "-"
         today = timezone.localdate()
         statement = customer_statement(customer=obj, date_from=today - dt.timedelta(days=90), date_to=today)
-        return render_to_string("operations/statement.html", {"statement": statement})
+        pdf_url = f"{reverse('admin:operations_customer_statements')}?ids={obj.pk}"
+        return render_to_string("operations/statement.html", {"statement": statement, "pdf_url": pdf_url})
 
 
 @admin.register(Supplier)
