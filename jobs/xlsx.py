@@ -281,7 +281,8 @@ class SheetStream:
         styles = book.styles
         pairs = list(zip(self.columns, self.letters, strict=True))
         self.cells = [_renderer(c.kind, letter, styles, c.number_format, False) for c, letter in pairs]
-        self.bold_cells = [_renderer(c.kind, letter, styles, c.number_format, True) for c, letter in pairs]
+        # Bold rows (totals) are typed by their values: a "Total" label may sit in a date column.
+        self.bold_cells = [_renderer("auto", letter, styles, c.number_format, True) for c, letter in pairs]
         self.header_cells = [_renderer("text", letter, styles, None, True) for letter in self.letters]
         self.buffer: list[str] = []
         self.buffered = 0
