@@ -261,6 +261,14 @@ def _concrete_field(model: type[Model], name: str) -> Any:
     return found if getattr(found, "concrete", False) else None
 
 
+def _display_field(model: type[Model], name: str) -> Any:
+    """The field with choices that `name` ("get_status_display") displays, or None."""
+    if not (name.startswith("get_") and name.endswith("_display")):
+        return None
+    field = _concrete_field(model, name.removeprefix("get_").removesuffix("_display"))
+    return field if field is not None and not field.is_relation and field.choices else None
+
+
 def _value_getter(plan: _Plan, column: Column) -> Callable[[tuple[Any, ...]], Any] | None:
     """A getter over the values row that gives what `column.getter()` gives on the instance, or None
     when the column needs the instance (a callable or property without `reads`, a relation object...)."""
@@ -268,7 +276,9 @@ def _value_getter(plan: _Plan, column: Column) -> Callable[[tuple[Any, ...]], An
     from django.utils.hashable import make_hashable
 
     if callable(column.value) or (
-        len(column.value.split("__")) == 1 and _concrete_field(plan.model, column.value) is None
+        "__" not in column.value
+        and _concrete_field(plan.model, column.value) is None
+        and _display_field(plan.model, column.value) is None
     ):
         # Code of the admin or the model: run on a stand-in holding the fields it declares it reads.
         if not column.reads or any(_concrete_field(plan.model, name) is None for name in column.reads):
@@ -304,16 +314,16 @@ def _value_getter(plan: _Plan, column: Column) -> Callable[[tuple[Any, ...]], An
     field = _concrete_field(model, last)
     if field is not None and not field.is_relation:
         return operator.itemgetter(plan.index(column.value))
-    if field is None and last.startswith("get_") and last.endswith("_display"):
-        field = _concrete_field(model, last[4:-8])
-        if field is None or field.is_relation or not field.choices:
+    if field is None:
+        field = _display_field(model, last)
+        if field is None:
             return None
         index = plan.index(f"{prefix}__{field.name}" if prefix else field.name)
-        labels = dict(make_hashable(field.flatchoices))
+        labels = {key: force_str(label, strings_only=True) for key, label in make_hashable(field.flatchoices)}
 
         def display(row: tuple[Any, ...]) -> Any:  # as Model._get_FIELD_display
-            value = row[index]
-            return force_str(labels.get(make_hashable(value), value), strings_only=True)
+            value = make_hashable(row[index])
+            return labels[value] if value in labels else force_str(value, strings_only=True)
 
         return display
     return None
