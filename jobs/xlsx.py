@@ -320,9 +320,9 @@ class SheetStream:
             raise ValueError(f"sheet {self.title!r} is closed")
         if len(values) > len(cells):
             raise ValueError(f"{len(values)} values for {len(cells)} columns in sheet {self.title!r}")
-        self.rows_written += 1
-        row = str(self.rows_written)
+        row = str(self.rows_written + 1)
         text = f'<row r="{row}">{"".join([cell(value, row) for cell, value in zip(cells, values, strict=False)])}</row>'
+        self.rows_written += 1  # after rendering: a refused value leaves no gap
         self.buffer.append(text)
         self.buffered += len(text)
         if self.buffered >= FLUSH_CHARS:
