@@ -168,12 +168,18 @@ def test_a_large_sheet_is_streamed(tmp_path: Path) -> None:
 
 def test_a_failed_write_leaves_no_file_and_bad_values_are_refused(tmp_path: Path) -> None:
     path = tmp_path / "failed.xlsx"
-    with pytest.raises(RuntimeError), XlsxWriter(path) as book:
-        main = book.sheet("Main", [XlsxColumn("number")], header=["n"])
-        spooled = book.sheet("Lines", [XlsxColumn("number")], header=["n"])
-        main.row([1])
-        spooled.row([2])
-        raise RuntimeError("cancelled")
+
+    def cancelled_midway() -> None:
+        with XlsxWriter(path) as book:
+            main = book.sheet("Main", [XlsxColumn("number")], header=["n"])
+            spooled = book.sheet("Lines", [XlsxColumn("number")], header=["n"])
+            main.row([1])
+            spooled.row([2])
+            assert path.exists()
+            raise RuntimeError("cancelled")
+
+    with pytest.raises(RuntimeError):
+        cancelled_midway()
     assert not path.exists()
 
     with XlsxWriter(tmp_path / "refused.xlsx") as book:
