@@ -5,8 +5,8 @@ with one sale each through sale_create, then copies those rows in SQL (INSERT ..
 column from the real row) into 2,500 sales x 4 lines (10,000 lines) for the first business and
 25,000 sales x 4 lines (100,000 lines) for the second. Each export is launched as the owner would
 (jobs.changelist_xlsx, the sales changelist filtered to one business) and run by a fresh
-`celery -A celeryconf worker -Q reports --concurrency 1`, whose pool process RSS is sampled with
-psutil every 50 ms:
+`celery -A celeryconf worker -Q reports --concurrency 1` with production settings (DJANGO_DEBUG=0, so
+no query log; throw-away secrets), whose pool process RSS is sampled with psutil every 50 ms:
 
   reports.export_100k_rows_s            job started_at -> finished_at, 100,000 sale lines (goal <= 10 s)
   reports.export_peak_rss_mb            the pool process's peak RSS during that export (goal <= 150 MB)
@@ -19,6 +19,7 @@ DATABASE_URL=... REDIS_URL=... .venv/bin/python -m bench.reports_export   (print
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import subprocess
@@ -43,6 +44,18 @@ def run(database_url: str) -> dict[str, float]:
     media = tempfile.mkdtemp(prefix="bench-reports-media-")
     env = dict(os.environ, DATABASE_URL=scratch_url, DJANGO_DEBUG="1", PYTHONPATH=str(ROOT), MEDIA_ROOT=media)
     env.setdefault("DJANGO_SETTINGS_MODULE", "backoffice.settings")
+    # The worker runs with production settings: DEBUG off (no query log kept per connection), with
+    # throw-away secrets.
+    worker_env = {
+        **env,
+        "DJANGO_DEBUG": "0",
+        "DJANGO_SECRET_KEY": "bench-only-" + os.urandom(16).hex(),
+        "MPESA_ENCRYPTION_KEY": base64.urlsafe_b64encode(os.urandom(32)).decode(),
+        "LEDGER_ANCHOR_KEY": "bench-only-" + os.urandom(24).hex(),
+        "DJANGO_ENV_FILE": "",
+        "DJANGO_ALLOWED_HOSTS": "127.0.0.1,localhost",
+        "LOG_LEVEL": "WARNING",
+    }
     python = sys.executable
     figures: dict[str, float] = {}
     try:
@@ -53,7 +66,7 @@ def run(database_url: str) -> dict[str, float]:
                 [python, "-m", "celery", "-A", "celeryconf", "worker", "-Q", "reports", "--concurrency", "1",
                  "-P", "prefork", "--without-gossip", "--without-mingle", "-l", "WARNING",
                  "-n", f"bench-reports-{size}@%h"],
-                env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+                env=worker_env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
             )  # fmt: skip
             try:
                 main = psutil.Process(worker.pid)

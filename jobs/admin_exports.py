@@ -104,6 +104,11 @@ class ExcelExportMixin:
         """The rows as streamed from the database; override to attach values computed elsewhere."""
         return rows
 
+    def excel_export_needs_objects(self) -> bool:
+        """Whether the export must read model instances: when excel_export_rows is overridden (it works
+        on instances). Otherwise plain values are read when the columns allow it."""
+        return type(self).excel_export_rows is not ExcelExportMixin.excel_export_rows
+
     # --- the button, the confirmation page, the launch ---------------------------------------------
 
     def changelist_view(self, request: HttpRequest, extra_context: dict[str, Any] | None = None) -> HttpResponse:

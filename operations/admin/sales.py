@@ -64,7 +64,7 @@ def _line_unit_price(line: SaleLine) -> Decimal | None:
 @admin.register(Sale)
 class SaleAdmin(ExcelExportMixin, DocumentAdmin):
     excel_columns = [
-        Column("Sale", "number", width=11),
+        Column("Sale", "number", width=11, reads=["pk"]),
         Column("Date", "sale_date", "date"),
         Column("Business", "business__name"),
         Column("Customer", "customer__name"),
@@ -80,11 +80,11 @@ class SaleAdmin(ExcelExportMixin, DocumentAdmin):
     excel_lines = ChildRows(
         sheet="Sale lines",
         related="lines",
-        parent_columns=[Column("Sale", "number", width=11), Column("Date", "sale_date", "date")],
+        parent_columns=[Column("Sale", "number", width=11, reads=["pk"]), Column("Date", "sale_date", "date")],
         columns=[
             Column("Item", "item__name"),
             Column("Quantity", "quantity", "decimal", total=True),
-            Column("Unit price", _line_unit_price, "money"),
+            Column("Unit price", _line_unit_price, "money", reads=["unit_price", "amount", "quantity"]),
             Column("Amount", "amount", "money", total=True),
             Column("VAT", "vat", "money", total=True),
             Column("Cost", "cost", "money", total=True),

@@ -142,6 +142,47 @@ def test_sales_export_has_typed_cells_lines_totals_and_filters(
     assert job.rows_done == job.rows_total == 3 and job.progress == 100
 
 
+def test_sales_are_read_as_values_and_give_the_same_workbook_as_model_instances(
+    owner: Any, sales: dict[str, Sale], retail: Business, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The sales export reads values_list tuples (no Sale or SaleLine instance is built); reading model
+    instances instead gives exactly the same cells on every sheet."""
+    from django.contrib import admin
+    from django.db.models.signals import post_init
+
+    built: list[str] = []
+
+    def count(sender: Any, **kwargs: Any) -> None:
+        built.append(sender.__name__)
+
+    query = f"business__id__exact={retail.pk}&o=-2"
+    post_init.connect(count, sender=Sale)
+    post_init.connect(count, sender=SaleLine)
+    try:
+        fast = workbook_of(run_export(owner, Sale, query))
+        assert built == []  # values only
+        monkeypatch.setattr(type(admin.site._registry[Sale]), "excel_export_needs_objects", lambda self: True)
+        slow = workbook_of(run_export(owner, Sale, query))
+        assert "Sale" in built and "SaleLine" in built  # the other path did build instances
+    finally:
+        post_init.disconnect(count, sender=Sale)
+        post_init.disconnect(count, sender=SaleLine)
+    assert fast.sheetnames == slow.sheetnames == ["Sales", "Sale lines", "Filters"]
+    for name in ("Sales", "Sale lines"):
+        assert [list(r) for r in fast[name].iter_rows(values_only=True)] == [
+            list(r) for r in slow[name].iter_rows(values_only=True)
+        ]
+    header, rows, _ = table(fast, "Sales")
+    credit = sales["credit"]
+    row = next(r for r in rows if r[0] == credit.number)
+    assert row[header.index("Customer")] == "Amina Duka"
+    assert row[header.index("Payment")] == credit.get_payment_method_display()
+    assert row[header.index("Status")] == credit.get_status_display()
+    assert column(header, rows, "Sale") == [
+        s.number for s in Sale.objects.filter(business=retail).order_by("-sale_date")
+    ]
+
+
 def test_the_export_has_exactly_the_rows_of_the_list_in_its_order(
     owner: Any, owner_client: Client, sales: dict[str, Sale], retail: Business, today: dt.date
 ) -> None:
