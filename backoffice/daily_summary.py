@@ -19,13 +19,14 @@ from decimal import Decimal
 from typing import IO, Any
 
 from django import forms
-from django.contrib import admin
+from django.contrib import admin, messages
 from django.contrib.auth import get_user_model
 from django.core.exceptions import PermissionDenied
 from django.db.models import QuerySet
-from django.http import FileResponse, HttpRequest
+from django.http import HttpRequest, HttpResponseRedirect
 from django.http.response import HttpResponseBase
 from django.template.response import TemplateResponse
+from django.urls import reverse
 from django.utils import timezone
 from reportlab.platypus import Flowable, PageBreak
 from unfold.widgets import UnfoldAdminSelectWidget
@@ -54,6 +55,7 @@ from integrations.mpesa.selectors import (
     unallocated_payments,
 )
 from jobs.registry import JobContext, JobFailed, job_kind
+from jobs.services import job_launch
 from operations.selectors import (
     day_closing,
     expenses_of_day,
@@ -321,9 +323,10 @@ def daily_summary_view(request: HttpRequest) -> HttpResponseBase:
     if not visible.exists():
         raise PermissionDenied
     yesterday = timezone.localdate() - dt.timedelta(days=1)
+    source = request.POST if request.method == "POST" else request.GET
     data = {
-        "business": request.GET.get("business") or (ALL if owner else str(visible.first().pk)),  # type: ignore[union-attr]
-        "day": request.GET.get("day") or yesterday.isoformat(),
+        "business": source.get("business") or (ALL if owner else str(visible.first().pk)),  # type: ignore[union-attr]
+        "day": source.get("day") or yesterday.isoformat(),
     }
     allowed = {str(pk) for pk in visible.values_list("pk", flat=True)}
     if (data["business"] == ALL and not owner) or (data["business"] != ALL and data["business"] not in allowed):
@@ -333,25 +336,18 @@ def daily_summary_view(request: HttpRequest) -> HttpResponseBase:
     if form.is_valid():
         day = form.cleaned_data["day"]
         chosen = list(visible) if data["business"] == ALL else [b for b in visible if str(b.pk) == data["business"]]
-        if request.GET.get("format") == "pdf":
-            buffer = io.BytesIO()
-            daily_summary_pdf_render(buffer, businesses=chosen, day=day, generated_by=str(request.user))
-            buffer.seek(0)
-            return FileResponse(
-                buffer,
-                as_attachment=True,
-                filename=f"daily-summary-{data['business']}-{day}.pdf",
-                content_type="application/pdf",
+        if request.method == "POST":  # "Download PDF": the same summary, made by a reports worker
+            business = None if data["business"] == ALL else chosen[0]
+            job = job_launch(
+                kind=DAILY_SUMMARY, acting_user=request.user, business=business, params={"day": day.isoformat()}
             )
+            messages.success(request, f"Daily summary PDF queued as job #{job.pk}; the file is on the job's page.")
+            return HttpResponseRedirect(reverse("admin:jobs_job_change", args=[job.pk]))
         summaries = [daily_summary(business=b, day=day) for b in chosen]
-    query = request.GET.copy()
-    query["business"], query["day"] = data["business"], data["day"]
-    query["format"] = "pdf"
     context = {
         **admin.site.each_context(request),
         "title": "Daily summary",
         "form": form,
         "summaries": summaries,
-        "pdf_url": f"?{query.urlencode()}",
     }
     return TemplateResponse(request, "admin/daily_summary.html", context)

@@ -11,7 +11,7 @@ from django import forms
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
 from django.db.models import QuerySet, Sum
-from django.http import FileResponse, HttpRequest, HttpResponse, HttpResponseRedirect
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.http.response import HttpResponseBase
 from django.template.response import TemplateResponse
 from django.urls import URLPattern, path, reverse
@@ -26,7 +26,7 @@ from jobs.exports import Column
 from jobs.services import job_launch
 from operations.admin.base import ImportExportForms, ReadOnlyAdmin, ScopedResource
 from operations.models import Customer, CustomerTransaction, Item, Supplier
-from operations.reports import CUSTOMER_STATEMENTS, default_statement_period, statements_pdf_render
+from operations.reports import CUSTOMER_STATEMENTS, default_statement_period
 from tenancy.models import Business
 from tenancy.scoping import BusinessScopedAdmin, visible_businesses
 
@@ -174,8 +174,8 @@ class CustomerAdmin(ExcelExportMixin, ImportExportForms, BusinessScopedAdmin, Im
         return HttpResponseRedirect(reverse("admin:operations_customer_statements"))
 
     def statements_view(self, request: HttpRequest) -> HttpResponseBase:
-        """Choose the period (and the business), then: one customer's PDF at once; several, or every
-        customer with a balance, as a background job per business (one PDF each)."""
+        """Choose the period (and the business), then the selected customers, or every customer with a
+        balance, as a background job per business (one PDF each, a page per customer)."""
         if not self.has_export_permission(request):
             raise PermissionDenied
         ids = _ids(request.POST.get("ids") or request.GET.get("ids") or "")
@@ -194,8 +194,6 @@ class CustomerAdmin(ExcelExportMixin, ImportExportForms, BusinessScopedAdmin, Im
         )
         if request.method == "POST" and form.is_valid():
             date_from, date_to = form.cleaned_data["date_from"], form.cleaned_data["date_to"]
-            if len(customers) == 1:
-                return self._statement_download(request, customers[0], date_from, date_to)
             by_business: dict[Business, list[int] | None] = {}
             if customers:
                 for customer in customers:
@@ -227,24 +225,6 @@ class CustomerAdmin(ExcelExportMixin, ImportExportForms, BusinessScopedAdmin, Im
             "opts": self.model._meta,
         }
         return TemplateResponse(request, "admin/operations/customer/statements.html", context)
-
-    def _statement_download(
-        self, request: HttpRequest, customer: Customer, date_from: dt.date, date_to: dt.date
-    ) -> FileResponse:
-        import io
-
-        buffer = io.BytesIO()
-        statements_pdf_render(
-            buffer,
-            business=customer.business,
-            customer_ids=[customer.pk],
-            date_from=date_from,
-            date_to=date_to,
-            generated_by=str(request.user),
-        )
-        buffer.seek(0)
-        filename = f"statement-{customer.pk}-{date_from}-{date_to}.pdf"
-        return FileResponse(buffer, as_attachment=True, filename=filename, content_type="application/pdf")
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Customer]:
         return super().get_queryset(request).select_related("business").annotate(_balance=Sum("transactions__amount"))

@@ -165,9 +165,11 @@ def test_the_owner_gets_every_business_in_one_pdf(owner_client, water: Business,
     assert reverse("daily_summary") == URL
     page = owner_client.get(URL)
     assert page.status_code == 200 and water.name in page.content.decode() and laundry.name in page.content.decode()
-    response = owner_client.get(URL, {"business": "all", "day": "2026-01-05", "format": "pdf"})
-    assert response["Content-Type"] == "application/pdf"
-    pages = _pages(response.getvalue())
+    response = owner_client.post(URL, {"business": "all", "day": "2026-01-05"})
+    job = Job.objects.get(kind=DAILY_SUMMARY)
+    assert response.status_code == 302 and response["Location"] == reverse("admin:jobs_job_change", args=[job.pk])
+    assert job.business_id is None and job.params == {"day": "2026-01-05"}
+    pages = _pages(_pdf_of(_run(job)))
     assert len(pages) == 2
     assert f"{laundry.name} Daily summary" in pages[0] and f"{water.name} Daily summary" in pages[1]
 
@@ -180,9 +182,13 @@ def test_staff_see_only_their_business_and_need_the_permission(water: Business, 
     assert page.status_code == 200 and water.name in page.content.decode() and laundry.name not in page.content.decode()
     assert client.get(URL, {"business": str(laundry.pk)}).status_code == 403
     assert client.get(URL, {"business": "all"}).status_code == 403
-    assert client.get(URL, {"business": str(laundry.pk), "format": "pdf"}).status_code == 403
-    response = client.get(URL, {"business": str(water.pk), "day": "2026-01-05", "format": "pdf"})
-    [only] = _pages(response.getvalue())
+    assert client.post(URL, {"business": str(laundry.pk), "day": "2026-01-05"}).status_code == 403
+    assert client.post(URL, {"business": "all", "day": "2026-01-05"}).status_code == 403
+    assert not Job.objects.exists()
+    assert client.post(URL, {"business": str(water.pk), "day": "2026-01-05"}).status_code == 302
+    job = Job.objects.get(kind=DAILY_SUMMARY)
+    assert job.business_id == water.pk and job.requested_by == staff
+    [only] = _pages(_pdf_of(_run(job)))
     assert water.name in only and laundry.name not in only
 
     cashier = staff_with_perms(water, ["operations.view_sale"], username="cashier")
@@ -192,6 +198,12 @@ def test_staff_see_only_their_business_and_need_the_permission(water: Business, 
         request.user = user
         [item] = [i for group in sidebar_navigation(request) for i in group["items"] if i["title"] == "Daily summary"]
         assert item["permission"](request) is offered
+
+
+def _pdf_of(job: Job) -> bytes:
+    assert job.state == JobState.SUCCEEDED, job.error
+    with job.result_file.open("rb") as handle:
+        return handle.read()
 
 
 def _run(job: Job) -> Job:
