@@ -7,7 +7,7 @@ read at, and "page X of Y". Money is printed by `money()`: thousands separated, 
 negatives with a minus sign (so a PDF read back as text gives the same figures as the selectors).
 
 ReportLab is pure Python plus wheels on PyPI (no Cairo, Pango or a browser), so a worker image and
-`make run` need nothing from the system (docs/reports.md).
+`make run` need nothing from the system (docs/reports-statements.md).
 """
 
 from __future__ import annotations
@@ -37,6 +37,8 @@ INK = colors.HexColor("#1f2937")
 MUTED = colors.HexColor("#6b7280")
 RULE = colors.HexColor("#d1d5db")
 BAND = colors.HexColor("#f3f4f6")
+ALERT = colors.HexColor("#b91c1c")
+OK = colors.HexColor("#15803d")
 
 _styles = getSampleStyleSheet()
 BODY = ParagraphStyle("body", parent=_styles["BodyText"], fontName="Helvetica", fontSize=9, leading=11, textColor=INK)
@@ -44,6 +46,8 @@ HEADING = ParagraphStyle(
     "heading", parent=BODY, fontName="Helvetica-Bold", fontSize=11, leading=14, spaceBefore=6, spaceAfter=4
 )
 NOTE = ParagraphStyle("note", parent=BODY, fontSize=8, leading=10, textColor=MUTED)
+CHECK_OK = ParagraphStyle("check_ok", parent=BODY, fontName="Helvetica-Bold", textColor=OK)
+CHECK_BAD = ParagraphStyle("check_bad", parent=BODY, fontName="Helvetica-Bold", textColor=ALERT)
 
 
 def money(value: Decimal | int | None) -> str:
@@ -135,6 +139,11 @@ def _page_decorations(header: PdfHeader) -> Any:
     return draw
 
 
+def content_width(header: PdfHeader) -> float:
+    """The width between the margins of the header's page (portrait or landscape A4)."""
+    return float((landscape(A4) if header.landscape else A4)[0] - 2 * MARGIN)
+
+
 def pdf_render(out: IO[bytes], header: PdfHeader, story: list[Flowable]) -> None:
     """Write the report to `out` (a file or BytesIO)."""
     pagesize = landscape(A4) if header.landscape else A4
@@ -167,30 +176,52 @@ class Row:
     label: str
     cells: Sequence[str] = ()
     marked: bool = False  # e.g. an intercompany line, shown in italics with a marker
+    alert: bool = False  # a failed check: the row in red
 
 
 def report_table(
-    columns: Sequence[str], rows: Sequence[Row], *, label_width: float | None = None, width: float = 180 * mm
+    columns: Sequence[str],
+    rows: Sequence[Row],
+    *,
+    label_width: float | None = None,
+    width: float = 180 * mm,
+    groups: Sequence[tuple[str, int]] = (),
 ) -> Table:
     """A statement table: a label column and right-aligned figure columns, header repeated on every page.
 
     Sections are a shaded band, subtotals have a rule above, totals a rule above and a double rule below.
+    `groups` adds a header row above the column names, each (text, n) spanning n figure columns
+    (e.g. a business over its Debit and Credit columns).
     """
     figures = max(len(columns) - 1, 0)
-    label_w = label_width or (width * (0.5 if figures <= 2 else 0.34))
+    label_w = label_width or (width * (0.5 if figures <= 2 else 0.34 if figures <= 4 else 0.26))
     figure_w = (width - label_w) / figures if figures else 0
-    data: list[list[Any]] = [list(columns)]
-    style: list[tuple[Any, ...]] = [
-        ("FONT", (0, 0), (-1, 0), "Helvetica-Bold", 8.5),
-        ("TEXTCOLOR", (0, 0), (-1, 0), MUTED),
-        ("LINEBELOW", (0, 0), (-1, 0), 0.6, INK),
-        ("FONT", (0, 1), (-1, -1), "Helvetica", 8.5),
-        ("ALIGN", (1, 0), (-1, -1), "RIGHT"),
+    top = 1 if groups else 0  # header rows above the first row of figures, less one
+    data: list[list[Any]] = []
+    style: list[tuple[Any, ...]] = []
+    if groups:
+        group_row: list[Any] = [""]
+        col = 1
+        for text, span in groups:
+            group_row += [text] + [""] * (span - 1)
+            if span > 1:
+                style.append(("SPAN", (col, 0), (col + span - 1, 0)))
+            style.append(("LINEBELOW", (col, 0), (col + span - 1, 0), 0.4, RULE))
+            col += span
+        data.append(group_row + [""] * (figures + 1 - len(group_row)))
+        style += [("FONT", (0, 0), (-1, 0), "Helvetica-Bold", 8.5), ("ALIGN", (1, 0), (-1, 0), "CENTER")]
+    data.append(list(columns))
+    style += [
+        ("FONT", (0, top), (-1, top), "Helvetica-Bold", 8.5),
+        ("TEXTCOLOR", (0, 0), (-1, top), MUTED),
+        ("LINEBELOW", (0, top), (-1, top), 0.6, INK),
+        ("FONT", (0, top + 1), (-1, -1), "Helvetica", 8.5),
+        ("ALIGN", (1, top), (-1, -1), "RIGHT"),
         ("VALIGN", (0, 0), (-1, -1), "MIDDLE"),
         ("TOPPADDING", (0, 0), (-1, -1), 2.2),
         ("BOTTOMPADDING", (0, 0), (-1, -1), 2.2),
     ]
-    for i, row in enumerate(rows, start=1):
+    for i, row in enumerate(rows, start=top + 1):
         cells = list(row.cells) + [""] * (figures - len(row.cells))
         label = f"{row.label} *" if row.marked else row.label
         data.append([label, *cells[:figures]])
@@ -208,7 +239,9 @@ def report_table(
             style += [("FONT", (0, i), (-1, i), "Helvetica-Oblique", 8), ("TEXTCOLOR", (0, i), (-1, i), MUTED)]
         elif row.marked:
             style += [("FONT", (0, i), (-1, i), "Helvetica-Oblique", 8.5)]
-    table = Table(data, colWidths=[label_w] + [figure_w] * figures, repeatRows=1, hAlign="LEFT")
+        if row.alert:
+            style += [("TEXTCOLOR", (0, i), (-1, i), ALERT), ("FONT", (0, i), (-1, i), "Helvetica-Bold", 8.5)]
+    table = Table(data, colWidths=[label_w] + [figure_w] * figures, repeatRows=top + 1, hAlign="LEFT")
     table.setStyle(TableStyle(style))
     return table
 
@@ -221,6 +254,11 @@ def heading(text: str) -> Paragraph:
 def paragraph(text: str, *, note: bool = False) -> Paragraph:
     """A paragraph of plain text (escaped here)."""
     return Paragraph(xml_escape(text), NOTE if note else BODY)
+
+
+def check_line(text: str, *, ok: bool) -> Paragraph:
+    """A check's outcome in bold: green when it holds, red when it fails ("Debits = credits", "NOT BALANCED")."""
+    return Paragraph(xml_escape(text), CHECK_OK if ok else CHECK_BAD)
 
 
 def gap(height_mm: float = 4) -> Spacer:
