@@ -114,7 +114,8 @@ def _page_decorations(header: PdfHeader) -> Any:
         canvas.setFillColor(BAND)
         canvas.setStrokeColor(RULE)
         canvas.rect(MARGIN, top - 16 * mm, 16 * mm, 16 * mm, stroke=1, fill=1)
-        initials = "".join(word[0] for word in header.business.split()[:2] if word[:1].isalnum()).upper() or "BO"
+        words = [word for word in header.business.split() if word[:1].isalnum()]
+        initials = "".join(word[0] for word in words[:2]).upper() or "BO"
         canvas.setFillColor(MUTED)
         canvas.setFont("Helvetica-Bold", 12)
         canvas.drawCentredString(MARGIN + 8 * mm, top - 9.5 * mm, initials)

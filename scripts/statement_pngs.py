@@ -45,7 +45,9 @@ def main() -> None:
     if business is None:
         raise SystemExit("no business: run manage.py setup_demo and seed_demo first")
     args.out.mkdir(parents=True, exist_ok=True)
-    wanted = [(r, None) for r in ("profit_and_loss", "balance_sheet", "cash_flow", "trial_balance")]
+    wanted: list[tuple[str, list[int] | None]] = [
+        (r, None) for r in ("profit_and_loss", "balance_sheet", "cash_flow", "trial_balance")
+    ]
     wanted += [(r, [business.pk]) for r in ("profit_and_loss", "balance_sheet", "cash_flow", "trial_balance")]
     for report, ids in wanted:
         buffer = io.BytesIO()
