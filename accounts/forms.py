@@ -5,7 +5,6 @@ They only collect and check input; posting and closing are done by accounts.serv
 
 from __future__ import annotations
 
-import datetime as dt
 import uuid
 from decimal import Decimal
 from typing import Any, cast
@@ -204,10 +203,3 @@ class ReportFilterForm(forms.Form):
     def resolved_period(self) -> Period:
         """The period asked for (valid forms only)."""
         return cast(Period, self.cleaned_data["resolved"])
-
-    def dates(self) -> tuple[dt.date, dt.date]:
-        period = self.cleaned_data.get("resolved") if hasattr(self, "cleaned_data") else None
-        if period is None:
-            today = timezone.localdate()
-            return today.replace(day=1), today
-        return period.date_from, period.date_to

@@ -3,7 +3,8 @@
 Balances and statements read the daily account totals (AccountDayTotal) that PostgreSQL keeps on
 every line insert, so they cost the same with 4,000 lines or 4 million. Each selector runs one or
 two queries. `business_ids=None` means every business (consolidated); accounts of different
-businesses are added together when they have the same type, code and name.
+businesses are added together when they have the same type, code and name. The statements in
+columns (`*_columns`, below) put periods or businesses side by side and group by type and name.
 """
 
 from __future__ import annotations

@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime as dt
 import io
 import re
+from decimal import Decimal
 from html import escape
 
 import pytest
@@ -13,14 +14,16 @@ from django.contrib.auth.models import Permission
 from django.urls import reverse
 from pypdf import PdfReader
 
+from accounts.models import Account, AccountType
 from accounts.periods import MONTH, period_containing
 from accounts.reports import STATEMENT_PDF, statement_params
 from accounts.selectors import Column, income_statement_columns
+from accounts.services import LineSpec, entry_post
 from jobs.models import Job, JobState
 from jobs.runner import job_run
 from jobs.services import job_launch
 from tenancy.models import Membership
-from tests.factories.accounts import sale
+from tests.factories.accounts import acct, sale
 from tests.factories.jobs import job_finished
 from tests.factories.tenancy import login, staff_with_perms
 
@@ -286,3 +289,35 @@ def test_a_statement_pdf_runs_on_a_worker_of_the_reports_queue(clean_broker, own
         assert not refused.result_file
     finally:
         worker.stop()
+
+
+@pytest.mark.django_db
+def test_the_owner_marks_an_account_intercompany_in_the_chart_and_the_statement_marks_it(owner_client, water):
+    loan = Account.objects.create(business=water, code="1400", name="Due from the laundry", type=AccountType.ASSET)
+    data = {"code": "1400", "name": "Due from the laundry", "type": "asset", "parent": "", "is_active": "on"}
+    response = owner_client.post(url("accounts_account_change", loan.pk), {**data, "intercompany": "on"})
+    assert response.status_code == 302
+    loan.refresh_from_db()
+    assert loan.intercompany
+    entry_post(
+        business=water,
+        entry_date=dt.date(2025, 3, 3),
+        lines=[
+            LineSpec(account=loan, debit=Decimal("40.00")),
+            LineSpec(account=acct(water, "cash"), credit=Decimal("40.00")),
+        ],
+        memo="lent to the laundry",
+        source_type="manual",
+        idempotency_key="test:loan",
+    )
+    body = owner_client.get(
+        url("accounts_report_balance_sheet"), {"business": water.pk, "period": "month", "anchor": "2025-03-01"}
+    ).content.decode()
+    assert 'data-intercompany="1"' in body and "Due from the laundry *" in body
+    assert 'data-note="intercompany"' in body
+    # Not marked: the note is not there either.
+    owner_client.post(url("accounts_account_change", loan.pk), data)
+    body = owner_client.get(
+        url("accounts_report_balance_sheet"), {"business": water.pk, "period": "month", "anchor": "2025-03-01"}
+    ).content.decode()
+    assert "Due from the laundry" in body and 'data-note="intercompany"' not in body
