@@ -21,9 +21,11 @@ from xml.sax.saxutils import escape as xml_escape
 
 from django.utils import timezone
 from reportlab.lib import colors
+from reportlab.lib.enums import TA_CENTER, TA_LEFT, TA_RIGHT
 from reportlab.lib.pagesizes import A4, landscape
 from reportlab.lib.styles import ParagraphStyle, getSampleStyleSheet
 from reportlab.lib.units import mm
+from reportlab.pdfbase.pdfmetrics import stringWidth
 from reportlab.pdfgen.canvas import Canvas
 from reportlab.platypus import Flowable, Paragraph, SimpleDocTemplate, Spacer, Table, TableStyle
 
@@ -180,6 +182,14 @@ class Row:
     alert: bool = False  # a failed check: the row in red
 
 
+def _fit(text: str, width: float, font: str, size: float, align: int = TA_LEFT, color: Any = INK) -> str | Paragraph:
+    """`text` as is when it fits a cell `width` wide (padding aside), else a Paragraph that wraps in it."""
+    if stringWidth(text, font, size) <= width - 12:
+        return text
+    style = ParagraphStyle("cell", fontName=font, fontSize=size, leading=size + 1.5, alignment=align, textColor=color)
+    return Paragraph(xml_escape(text), style)
+
+
 def report_table(
     columns: Sequence[str],
     rows: Sequence[Row],
@@ -204,14 +214,17 @@ def report_table(
         group_row: list[Any] = [""]
         col = 1
         for text, span in groups:
-            group_row += [text] + [""] * (span - 1)
+            group_row += [_fit(text, figure_w * span, "Helvetica-Bold", 8.5, TA_CENTER, MUTED)] + [""] * (span - 1)
             if span > 1:
                 style.append(("SPAN", (col, 0), (col + span - 1, 0)))
             style.append(("LINEBELOW", (col, 0), (col + span - 1, 0), 0.4, RULE))
             col += span
         data.append(group_row + [""] * (figures + 1 - len(group_row)))
         style += [("FONT", (0, 0), (-1, 0), "Helvetica-Bold", 8.5), ("ALIGN", (1, 0), (-1, 0), "CENTER")]
-    data.append(list(columns))
+    data.append(
+        [_fit(columns[0], label_w, "Helvetica-Bold", 8.5, TA_LEFT, MUTED)]
+        + [_fit(c, figure_w, "Helvetica-Bold", 8.5, TA_RIGHT, MUTED) for c in columns[1:]]
+    )
     style += [
         ("FONT", (0, top), (-1, top), "Helvetica-Bold", 8.5),
         ("TEXTCOLOR", (0, 0), (-1, top), MUTED),
@@ -225,7 +238,10 @@ def report_table(
     for i, row in enumerate(rows, start=top + 1):
         cells = list(row.cells) + [""] * (figures - len(row.cells))
         label = f"{row.label} *" if row.marked else row.label
-        data.append([label, *cells[:figures]])
+        font = {SECTION: "Helvetica-Bold", SUBTOTAL: "Helvetica-Bold", TOTAL: "Helvetica-Bold"}.get(row.kind, "")
+        font = font or ("Helvetica-Oblique" if row.marked or row.kind == NOTE_ROW else "Helvetica")
+        color = ALERT if row.alert else MUTED if row.kind == NOTE_ROW else INK
+        data.append([_fit(label, label_w, font, 9 if row.kind == TOTAL else 8.5, TA_LEFT, color), *cells[:figures]])
         if row.kind == SECTION:
             style += [("BACKGROUND", (0, i), (-1, i), BAND), ("FONT", (0, i), (-1, i), "Helvetica-Bold", 8.5)]
         elif row.kind == SUBTOTAL:

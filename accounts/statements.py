@@ -164,7 +164,7 @@ def _layouts(report: str, business_ids: list[int] | None, period: Period, compar
     pair = (column(period.label, scope, period), column(comparison.label, scope, comparison))
     with_change = report != "trial_balance"
     headers = (period_header(period), period_header(comparison)) + (("Change",) if with_change else ())
-    title = "All businesses: compared with the comparison period" if business_ids is None else ""
+    title = f"All businesses together: {headers[0]} compared with {headers[1]}" if business_ids is None else ""
     layouts.append(_Layout(pair, headers, with_change, business_ids is not None, title))
     return layouts
 
