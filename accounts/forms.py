@@ -5,6 +5,7 @@ They only collect and check input; posting and closing are done by accounts.serv
 
 from __future__ import annotations
 
+import datetime as dt
 import uuid
 from decimal import Decimal
 from typing import Any, cast
@@ -156,6 +157,10 @@ class ClosePeriodForm(forms.Form):
     )
 
 
+# Statements cover these years: a comparison a year or a period earlier always exists.
+REPORT_FIRST_DAY, REPORT_LAST_DAY = dt.date(1900, 1, 1), dt.date(2999, 12, 31)
+
+
 class ReportFilterForm(forms.Form):
     """Which business (or all of them, for the owner), which period and what to compare it with.
 
@@ -181,6 +186,12 @@ class ReportFilterForm(forms.Form):
 
     def clean(self) -> dict[str, Any]:
         data = super().clean() or {}
+        if self.errors:
+            return data
+        for name in ("anchor", "date_from", "date_to"):
+            day = data.get(name)
+            if day is not None and not REPORT_FIRST_DAY <= day <= REPORT_LAST_DAY:
+                self.add_error(name, f"Choose a date from {REPORT_FIRST_DAY.year} to {REPORT_LAST_DAY.year}.")
         if self.errors:
             return data
         kind = data.get("period") or (CUSTOM if data.get("date_from") or data.get("date_to") else MONTH)

@@ -105,6 +105,8 @@ def test_the_page_figures_are_the_selectors(owner_client, water, laundry):
         ({"period": "month", "anchor": "tomorrow"}, "Enter a valid date."),
         ({"period": "fortnight"}, "Select a valid choice."),
         ({"compare": "never"}, "Select a valid choice."),
+        ({"period": "year", "anchor": "0001-01-01", "compare": "last_year"}, "Choose a date from 1900 to 2999."),
+        ({"period": "custom", "date_from": "0001-01-01", "date_to": "0001-01-05"}, "Choose a date from 1900 to 2999."),
     ],
 )
 def test_bad_filters_are_said_on_the_page(owner_client, water, query, error):
