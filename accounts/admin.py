@@ -7,6 +7,7 @@ Statements (trial balance, P&L, balance sheet, cash flow) are in accounts/report
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Any, cast
 
 from django import forms
@@ -18,6 +19,7 @@ from django.db.models import Exists, OuterRef, Prefetch, Q, QuerySet, Subquery, 
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import URLPattern, reverse
+from django.utils import timezone
 from django.utils.functional import cached_property
 from django.utils.html import format_html
 from unfold.admin import TabularInline
@@ -27,11 +29,16 @@ from unfold.decorators import action, display
 from accounts.exceptions import LedgerError
 from accounts.forms import ClosePeriodForm, JournalLineFormSet, ManualJournalForm, postable_accounts
 from accounts.models import Account, Books, JournalEntry, JournalLine, PeriodClose, SourceType
+from accounts.periods import MONTH, PREVIOUS, period_containing
 from accounts.report_views import report_urls
+from accounts.reports import STATEMENT_PDF, statement_params
 from accounts.services import books_close_period, chart_ensure_default, entry_post_manual, entry_reverse
+from accounts.statements import REPORT_TITLES
 from jobs.admin_exports import ExcelExportMixin
 from jobs.exports import ChildRows, Column
-from tenancy.scoping import BusinessScopedAdmin, sees_all_businesses, visible_businesses
+from jobs.services import job_launch
+from tenancy.models import Business
+from tenancy.scoping import BusinessScopedAdmin, sees_all_businesses, visible_business_ids, visible_businesses
 
 
 class CappedCountPaginator(Paginator):
@@ -59,7 +66,7 @@ class CappedCountPaginator(Paginator):
 class AccountForm(forms.ModelForm):  # type: ignore[type-arg]
     class Meta:
         model = Account
-        fields = ["business", "code", "name", "type", "parent", "role", "is_active"]
+        fields = ["business", "code", "name", "type", "parent", "role", "intercompany", "is_active"]
 
     def clean(self) -> dict[str, Any]:
         data = super().clean() or {}
@@ -80,9 +87,9 @@ class AccountForm(forms.ModelForm):  # type: ignore[type-arg]
 @admin.register(Account)
 class AccountAdmin(BusinessScopedAdmin):
     form = AccountForm
-    list_display = ["code", "name", "type", "parent", "role", "is_active", "business"]
+    list_display = ["code", "name", "type", "parent", "role", "intercompany", "is_active", "business"]
     list_display_links = ["code", "name"]
-    list_filter = [("type", ChoicesDropdownFilter), "is_active"]
+    list_filter = [("type", ChoicesDropdownFilter), "is_active", "intercompany"]
     list_select_related = ["business", "parent"]
     search_fields = ["code", "name", "role"]
     ordering = ["business__name", "code"]
@@ -115,7 +122,16 @@ class BooksAdmin(BusinessScopedAdmin):
     list_display = ["business", "lock_date", "last_number"]
     readonly_fields = ["business", "lock_date", "last_number"]
     inlines = [PeriodCloseInline]
-    actions = ["close_period", "ensure_default_chart"]
+    actions = [
+        "close_period",
+        "ensure_default_chart",
+        "pdf_profit_and_loss_this_month",
+        "pdf_profit_and_loss_last_month",
+        "pdf_balance_sheet_last_month",
+        "pdf_trial_balance_last_month",
+        "pdf_cash_flow_last_month",
+        "pdf_consolidated_profit_and_loss_last_month",
+    ]
     list_select_related = ["business"]
 
     def has_add_permission(self, request: HttpRequest) -> bool:
@@ -132,6 +148,79 @@ class BooksAdmin(BusinessScopedAdmin):
 
     def has_chart_permission(self, request: HttpRequest) -> bool:
         return bool(request.user.has_perm("accounts.add_account"))
+
+    def has_reports_permission(self, request: HttpRequest) -> bool:
+        return bool(request.user.has_perm("accounts.view_reports"))
+
+    def has_consolidated_reports_permission(self, request: HttpRequest) -> bool:
+        return self.has_reports_permission(request) and sees_all_businesses(request.user)
+
+    def _statement_pdfs(
+        self, request: HttpRequest, queryset: QuerySet[Books] | None, report: str, months_back: int
+    ) -> None:
+        """One statement PDF job per selected business (None: one consolidated job), for a month."""
+        anchor = timezone.localdate().replace(day=1)
+        for _ in range(months_back):
+            anchor = (anchor - dt.timedelta(days=1)).replace(day=1)
+        period = period_containing(MONTH, anchor)
+        if queryset is None:
+            targets: list[Business | None] = [None]
+        else:
+            visible = visible_business_ids(request.user)
+            targets = [b.business for b in queryset.select_related("business") if b.business_id in visible]
+        jobs = [
+            job_launch(
+                kind=STATEMENT_PDF,
+                acting_user=request.user,
+                business=business,
+                params=statement_params(
+                    report=report,
+                    business="all" if business is None else str(business.pk),
+                    period=period,
+                    compare=PREVIOUS,
+                ),
+            )
+            for business in targets
+        ]
+        numbers = ", ".join(f"#{job.pk}" for job in jobs)
+        self.message_user(
+            request,
+            format_html(
+                '{} PDF ({}) queued as job {}: download it from the <a href="{}" class="underline">Jobs page</a>.',
+                REPORT_TITLES[report],
+                period.label,
+                numbers,
+                reverse("admin:jobs_job_changelist"),
+            ),
+            messages.SUCCESS,
+        )
+
+    @action(description="P&L PDF, this month", permissions=["reports"])
+    def pdf_profit_and_loss_this_month(self, request: HttpRequest, queryset: QuerySet[Books]) -> None:
+        self._statement_pdfs(request, queryset, "profit_and_loss", 0)
+
+    @action(description="P&L PDF, last month", permissions=["reports"])
+    def pdf_profit_and_loss_last_month(self, request: HttpRequest, queryset: QuerySet[Books]) -> None:
+        self._statement_pdfs(request, queryset, "profit_and_loss", 1)
+
+    @action(description="Balance sheet PDF, end of last month", permissions=["reports"])
+    def pdf_balance_sheet_last_month(self, request: HttpRequest, queryset: QuerySet[Books]) -> None:
+        self._statement_pdfs(request, queryset, "balance_sheet", 1)
+
+    @action(description="Trial balance PDF, end of last month", permissions=["reports"])
+    def pdf_trial_balance_last_month(self, request: HttpRequest, queryset: QuerySet[Books]) -> None:
+        self._statement_pdfs(request, queryset, "trial_balance", 1)
+
+    @action(description="Cash flow PDF, last month", permissions=["reports"])
+    def pdf_cash_flow_last_month(self, request: HttpRequest, queryset: QuerySet[Books]) -> None:
+        self._statement_pdfs(request, queryset, "cash_flow", 1)
+
+    @action(
+        description="Consolidated P&L PDF, last month (all businesses side by side)",
+        permissions=["consolidated_reports"],
+    )
+    def pdf_consolidated_profit_and_loss_last_month(self, request: HttpRequest, queryset: QuerySet[Books]) -> None:
+        self._statement_pdfs(request, None, "profit_and_loss", 1)
 
     @action(description="Close the period (move the lock date forward)", permissions=["close_period"])
     def close_period(self, request: HttpRequest, queryset: QuerySet[Books]) -> HttpResponse | None:

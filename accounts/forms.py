@@ -21,6 +21,7 @@ from unfold.widgets import (
 
 from accounts.fields import ZERO
 from accounts.models import Account
+from accounts.periods import COMPARISONS, CUSTOM, MONTH, PERIOD_KINDS, PREVIOUS, Period, period_containing
 from accounts.services import LineSpec, idempotency_key_reserved
 from tenancy.models import Business
 
@@ -156,12 +157,25 @@ class ClosePeriodForm(forms.Form):
     )
 
 
+# Statements cover these years: a comparison a year or a period earlier always exists.
+REPORT_FIRST_DAY, REPORT_LAST_DAY = dt.date(1900, 1, 1), dt.date(2999, 12, 31)
+
+
 class ReportFilterForm(forms.Form):
-    """Which business (or all of them, for the owner) and which dates a statement covers."""
+    """Which business (or all of them, for the owner), which period and what to compare it with.
+
+    The period is a day, month, quarter or year around the anchor date, or custom dates (From/To).
+    A request with From/To but no period (old links) is a custom period.
+    """
 
     business = forms.ChoiceField(widget=UnfoldAdminSelectWidget)
+    period = forms.ChoiceField(choices=PERIOD_KINDS, required=False, widget=UnfoldAdminSelectWidget)
+    anchor = forms.DateField(required=False, widget=DateInput, label="Date", help_text="Any day of the period.")
     date_from = forms.DateField(required=False, widget=DateInput, label="From")
     date_to = forms.DateField(required=False, widget=DateInput, label="To")
+    compare = forms.ChoiceField(
+        choices=COMPARISONS, required=False, widget=UnfoldAdminSelectWidget, label="Compare with"
+    )
 
     def __init__(self, *args: Any, businesses: QuerySet[Business], consolidated: bool, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -170,8 +184,33 @@ class ReportFilterForm(forms.Form):
             choices.insert(0, (ALL_BUSINESSES, "All businesses (consolidated)"))
         self.fields["business"].choices = choices  # type: ignore[attr-defined]
 
-    def dates(self) -> tuple[dt.date, dt.date]:
+    def clean(self) -> dict[str, Any]:
+        data = super().clean() or {}
+        if self.errors:
+            return data
+        for name in ("anchor", "date_from", "date_to"):
+            day = data.get(name)
+            if day is not None and not REPORT_FIRST_DAY <= day <= REPORT_LAST_DAY:
+                self.add_error(name, f"Choose a date from {REPORT_FIRST_DAY.year} to {REPORT_LAST_DAY.year}.")
+        if self.errors:
+            return data
+        kind = data.get("period") or (CUSTOM if data.get("date_from") or data.get("date_to") else MONTH)
         today = timezone.localdate()
-        date_to = self.cleaned_data.get("date_to") or today
-        date_from = self.cleaned_data.get("date_from") or date_to.replace(day=1)
-        return date_from, date_to
+        if kind == CUSTOM:
+            date_to = data.get("date_to") or today
+            date_from = data.get("date_from") or date_to.replace(day=1)
+            if date_from > date_to:
+                self.add_error("date_from", "From must be on or before To.")
+                return data
+            period = Period(CUSTOM, date_from, date_to)
+        else:
+            period = period_containing(kind, data.get("anchor") or today)
+        data["period"] = kind
+        data["compare"] = data.get("compare") or PREVIOUS
+        data["resolved"] = period
+        return data
+
+    @property
+    def resolved_period(self) -> Period:
+        """The period asked for (valid forms only)."""
+        return cast(Period, self.cleaned_data["resolved"])

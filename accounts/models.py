@@ -43,6 +43,13 @@ class Account(models.Model):
     # A stable machine name that services look accounts up by ("cash", "mpesa_clearing", ...).
     role = models.SlugField(max_length=50, blank=True, default="", db_index=False)
     is_active = models.BooleanField(default=True)
+    # Money owed between the owner's own businesses: marked on the statements (consolidation adds it
+    # up like any other account; the mark says where the Total column double-counts).
+    intercompany = models.BooleanField(
+        default=False,
+        db_default=False,
+        help_text="Balances with another of the owner's businesses (marked on the statements).",
+    )
 
     class Meta:
         ordering = ["business", "code"]

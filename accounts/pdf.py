@@ -7,7 +7,7 @@ read at, and "page X of Y". Money is printed by `money()`: thousands separated, 
 negatives with a minus sign (so a PDF read back as text gives the same figures as the selectors).
 
 ReportLab is pure Python plus wheels on PyPI (no Cairo, Pango or a browser), so a worker image and
-`make run` need nothing from the system (docs/reports.md).
+`make run` need nothing from the system (docs/reports-statements.md).
 """
 
 from __future__ import annotations
@@ -21,9 +21,11 @@ from xml.sax.saxutils import escape as xml_escape
 
 from django.utils import timezone
 from reportlab.lib import colors
+from reportlab.lib.enums import TA_CENTER, TA_LEFT, TA_RIGHT
 from reportlab.lib.pagesizes import A4, landscape
 from reportlab.lib.styles import ParagraphStyle, getSampleStyleSheet
 from reportlab.lib.units import mm
+from reportlab.pdfbase.pdfmetrics import stringWidth
 from reportlab.pdfgen.canvas import Canvas
 from reportlab.platypus import Flowable, Paragraph, SimpleDocTemplate, Spacer, Table, TableStyle
 
@@ -37,6 +39,8 @@ INK = colors.HexColor("#1f2937")
 MUTED = colors.HexColor("#6b7280")
 RULE = colors.HexColor("#d1d5db")
 BAND = colors.HexColor("#f3f4f6")
+ALERT = colors.HexColor("#b91c1c")
+OK = colors.HexColor("#15803d")
 
 _styles = getSampleStyleSheet()
 BODY = ParagraphStyle("body", parent=_styles["BodyText"], fontName="Helvetica", fontSize=9, leading=11, textColor=INK)
@@ -44,6 +48,8 @@ HEADING = ParagraphStyle(
     "heading", parent=BODY, fontName="Helvetica-Bold", fontSize=11, leading=14, spaceBefore=6, spaceAfter=4
 )
 NOTE = ParagraphStyle("note", parent=BODY, fontSize=8, leading=10, textColor=MUTED)
+CHECK_OK = ParagraphStyle("check_ok", parent=BODY, fontName="Helvetica-Bold", textColor=OK)
+CHECK_BAD = ParagraphStyle("check_bad", parent=BODY, fontName="Helvetica-Bold", textColor=ALERT)
 
 
 def money(value: Decimal | int | None) -> str:
@@ -110,7 +116,8 @@ def _page_decorations(header: PdfHeader) -> Any:
         canvas.setFillColor(BAND)
         canvas.setStrokeColor(RULE)
         canvas.rect(MARGIN, top - 16 * mm, 16 * mm, 16 * mm, stroke=1, fill=1)
-        initials = "".join(word[0] for word in header.business.split()[:2] if word[:1].isalnum()).upper() or "BO"
+        words = [word for word in header.business.split() if word[:1].isalnum()]
+        initials = "".join(word[0] for word in words[:2]).upper() or "BO"
         canvas.setFillColor(MUTED)
         canvas.setFont("Helvetica-Bold", 12)
         canvas.drawCentredString(MARGIN + 8 * mm, top - 9.5 * mm, initials)
@@ -133,6 +140,11 @@ def _page_decorations(header: PdfHeader) -> Any:
         canvas.restoreState()
 
     return draw
+
+
+def content_width(header: PdfHeader) -> float:
+    """The width between the margins of the header's page (portrait or landscape A4)."""
+    return float((landscape(A4) if header.landscape else A4)[0] - 2 * MARGIN)
 
 
 def pdf_render(out: IO[bytes], header: PdfHeader, story: list[Flowable]) -> None:
@@ -189,33 +201,69 @@ class Row:
     label: str
     cells: Sequence[str] = ()
     marked: bool = False  # e.g. an intercompany line, shown in italics with a marker
+    alert: bool = False  # a failed check: the row in red
+
+
+def _fit(text: str, width: float, font: str, size: float, align: int = TA_LEFT, color: Any = INK) -> str | Paragraph:
+    """`text` as is when it fits a cell `width` wide (padding aside), else a Paragraph that wraps in it."""
+    if stringWidth(text, font, size) <= width - 12:
+        return text
+    style = ParagraphStyle("cell", fontName=font, fontSize=size, leading=size + 1.5, alignment=align, textColor=color)
+    return Paragraph(xml_escape(text), style)
 
 
 def report_table(
-    columns: Sequence[str], rows: Sequence[Row], *, label_width: float | None = None, width: float = 180 * mm
+    columns: Sequence[str],
+    rows: Sequence[Row],
+    *,
+    label_width: float | None = None,
+    width: float = 180 * mm,
+    groups: Sequence[tuple[str, int]] = (),
 ) -> Table:
     """A statement table: a label column and right-aligned figure columns, header repeated on every page.
 
     Sections are a shaded band, subtotals have a rule above, totals a rule above and a double rule below.
+    `groups` adds a header row above the column names, each (text, n) spanning n figure columns
+    (e.g. a business over its Debit and Credit columns).
     """
     figures = max(len(columns) - 1, 0)
-    label_w = label_width or (width * (0.5 if figures <= 2 else 0.34))
+    label_w = label_width or (width * (0.5 if figures <= 2 else 0.34 if figures <= 4 else 0.26))
     figure_w = (width - label_w) / figures if figures else 0
-    data: list[list[Any]] = [list(columns)]
-    style: list[tuple[Any, ...]] = [
-        ("FONT", (0, 0), (-1, 0), "Helvetica-Bold", 8.5),
-        ("TEXTCOLOR", (0, 0), (-1, 0), MUTED),
-        ("LINEBELOW", (0, 0), (-1, 0), 0.6, INK),
-        ("FONT", (0, 1), (-1, -1), "Helvetica", 8.5),
-        ("ALIGN", (1, 0), (-1, -1), "RIGHT"),
+    top = 1 if groups else 0  # header rows above the first row of figures, less one
+    data: list[list[Any]] = []
+    style: list[tuple[Any, ...]] = []
+    if groups:
+        group_row: list[Any] = [""]
+        col = 1
+        for text, span in groups:
+            group_row += [_fit(text, figure_w * span, "Helvetica-Bold", 8.5, TA_CENTER, MUTED)] + [""] * (span - 1)
+            if span > 1:
+                style.append(("SPAN", (col, 0), (col + span - 1, 0)))
+            style.append(("LINEBELOW", (col, 0), (col + span - 1, 0), 0.4, RULE))
+            col += span
+        data.append(group_row + [""] * (figures + 1 - len(group_row)))
+        style += [("FONT", (0, 0), (-1, 0), "Helvetica-Bold", 8.5), ("ALIGN", (1, 0), (-1, 0), "CENTER")]
+    data.append(
+        [_fit(columns[0], label_w, "Helvetica-Bold", 8.5, TA_LEFT, MUTED)]
+        + [_fit(c, figure_w, "Helvetica-Bold", 8.5, TA_RIGHT, MUTED) for c in columns[1:]]
+    )
+    style += [
+        ("FONT", (0, top), (-1, top), "Helvetica-Bold", 8.5),
+        ("TEXTCOLOR", (0, 0), (-1, top), MUTED),
+        ("LINEBELOW", (0, top), (-1, top), 0.6, INK),
+        ("FONT", (0, top + 1), (-1, -1), "Helvetica", 8.5),
+        ("ALIGN", (1, top), (-1, -1), "RIGHT"),
         ("VALIGN", (0, 0), (-1, -1), "MIDDLE"),
         ("TOPPADDING", (0, 0), (-1, -1), 2.2),
         ("BOTTOMPADDING", (0, 0), (-1, -1), 2.2),
     ]
-    for i, row in enumerate(rows, start=1):
+    for i, row in enumerate(rows, start=top + 1):
         cells = list(row.cells) + [""] * (figures - len(row.cells))
         label = f"{row.label} *" if row.marked else row.label
-        data.append([label, *cells[:figures]])
+        font = {SECTION: "Helvetica-Bold", SUBTOTAL: "Helvetica-Bold", TOTAL: "Helvetica-Bold"}.get(row.kind, "")
+        font = font or ("Helvetica-Oblique" if row.marked or row.kind == NOTE_ROW else "Helvetica")
+        color = ALERT if row.alert else MUTED if row.kind == NOTE_ROW else INK
+        data.append([_fit(label, label_w, font, 9 if row.kind == TOTAL else 8.5, TA_LEFT, color), *cells[:figures]])
         if row.kind == SECTION:
             style += [("BACKGROUND", (0, i), (-1, i), BAND), ("FONT", (0, i), (-1, i), "Helvetica-Bold", 8.5)]
         elif row.kind == SUBTOTAL:
@@ -230,7 +278,9 @@ def report_table(
             style += [("FONT", (0, i), (-1, i), "Helvetica-Oblique", 8), ("TEXTCOLOR", (0, i), (-1, i), MUTED)]
         elif row.marked:
             style += [("FONT", (0, i), (-1, i), "Helvetica-Oblique", 8.5)]
-    table = Table(data, colWidths=[label_w] + [figure_w] * figures, repeatRows=1, hAlign="LEFT")
+        if row.alert:
+            style += [("TEXTCOLOR", (0, i), (-1, i), ALERT), ("FONT", (0, i), (-1, i), "Helvetica-Bold", 8.5)]
+    table = Table(data, colWidths=[label_w] + [figure_w] * figures, repeatRows=top + 1, hAlign="LEFT")
     table.setStyle(TableStyle(style))
     return table
 
@@ -243,6 +293,11 @@ def heading(text: str) -> Paragraph:
 def paragraph(text: str, *, note: bool = False) -> Paragraph:
     """A paragraph of plain text (escaped here)."""
     return Paragraph(xml_escape(text), NOTE if note else BODY)
+
+
+def check_line(text: str, *, ok: bool) -> Paragraph:
+    """A check's outcome in bold: green when it holds, red when it fails ("Debits = credits", "NOT BALANCED")."""
+    return Paragraph(xml_escape(text), CHECK_OK if ok else CHECK_BAD)
 
 
 def gap(height_mm: float = 4) -> Spacer:

@@ -3,7 +3,8 @@
 Balances and statements read the daily account totals (AccountDayTotal) that PostgreSQL keeps on
 every line insert, so they cost the same with 4,000 lines or 4 million. Each selector runs one or
 two queries. `business_ids=None` means every business (consolidated); accounts of different
-businesses are added together when they have the same type, code and name.
+businesses are added together when they have the same type, code and name. The statements in
+columns (`*_columns`, below) put periods or businesses side by side and group by type and name.
 """
 
 from __future__ import annotations
@@ -355,3 +356,324 @@ def takings_by_business(*, business_ids: list[int], day: dt.date) -> dict[int, T
         cash, mpesa = by_role.get("cash", ZERO), by_role.get("mpesa_clearing", ZERO)
         result[business_id] = Takings(cash=cash, mpesa=mpesa, total=cash + mpesa)
     return result
+
+
+# --- statements in columns: periods side by side, businesses side by side ----------------------
+#
+# One column is a set of businesses (None: all) over a date window; a statement in columns is read
+# in one query whatever the number of columns (each column is a FILTER of one grouped scan of the
+# daily totals). Rows are accounts grouped by type and name, so "Cash on hand" of every business
+# shares a row: across businesses the names line up, the codes need not.
+
+TYPE_ORDER = {t: i for i, t in enumerate(AccountType.values)}
+
+
+@dataclass(frozen=True)
+class Column:
+    """Which businesses (None: every one) and which dates (from None: since the first entry) a figure covers."""
+
+    label: str
+    business_ids: tuple[int, ...] | None
+    date_to: dt.date
+    date_from: dt.date | None = None
+
+
+@dataclass(frozen=True)
+class StatementRow:
+    """The accounts of one type and name, with their debits and credits per column."""
+
+    type: str
+    name: str
+    code: str  # the accounts' code when they share one, else ""
+    intercompany: bool
+    debits: tuple[Decimal, ...]
+    credits: tuple[Decimal, ...]
+
+    @property
+    def balances(self) -> tuple[Decimal, ...]:
+        """Per column, signed the natural way (positive for a debit asset or a credit income)."""
+        pairs = zip(self.debits, self.credits, strict=True)
+        if self.type in DEBIT_NORMAL:
+            return tuple(d - c for d, c in pairs)
+        return tuple(c - d for d, c in pairs)  # not -(d - c): that prints a zero as -0.00
+
+    @property
+    def debit_balances(self) -> tuple[Decimal, ...]:
+        return tuple(max(d - c, ZERO) for d, c in zip(self.debits, self.credits, strict=True))
+
+    @property
+    def credit_balances(self) -> tuple[Decimal, ...]:
+        return tuple(max(c - d, ZERO) for d, c in zip(self.debits, self.credits, strict=True))
+
+
+def _column_sums(rows: Sequence[StatementRow], attr: str, width: int) -> tuple[Decimal, ...]:
+    totals = [ZERO] * width
+    for row in rows:
+        for i, value in enumerate(getattr(row, attr)):
+            totals[i] += value
+    return tuple(totals)
+
+
+def _minus(a: tuple[Decimal, ...], b: tuple[Decimal, ...]) -> tuple[Decimal, ...]:
+    return tuple(x - y for x, y in zip(a, b, strict=True))
+
+
+def _columns_params(columns: Sequence[Column], day: str, business: str) -> tuple[list[str], dict[str, Any]]:
+    """A FILTER condition per column on `day` and `business` (SQL expressions) and their parameters."""
+    conditions: list[str] = []
+    params: dict[str, Any] = {}
+    for i, column in enumerate(columns):
+        conditions.append(
+            f"{day} <= %(to{i})s AND (%(from{i})s::date IS NULL OR {day} >= %(from{i})s)"
+            f" AND (%(all{i})s OR {business} = ANY(%(ids{i})s))"
+        )
+        params |= {
+            f"to{i}": column.date_to,
+            f"from{i}": column.date_from,
+            f"all{i}": column.business_ids is None,
+            f"ids{i}": list(column.business_ids or []),
+        }
+    every = [c.business_ids for c in columns]
+    union = None if any(ids is None for ids in every) else sorted({b for ids in every for b in ids or ()})
+    starts = [c.date_from for c in columns]
+    params |= {
+        "max_to": max(c.date_to for c in columns),
+        "min_from": None if any(s is None for s in starts) else min(s for s in starts if s is not None),
+        **_scope(union),
+    }
+    return conditions, params
+
+
+def _statement_rows(result: list[tuple[Any, ...]], width: int) -> list[StatementRow]:
+    rows = []
+    for type_, name, code_min, code_max, intercompany, *sums in result:
+        debits, credits = tuple(Decimal(v) for v in sums[0::2]), tuple(Decimal(v) for v in sums[1::2])
+        if debits == credits:
+            continue  # nothing (or nothing left) in any column
+        code = code_min if code_min == code_max else ""
+        row = StatementRow(type_, name, code, bool(intercompany), debits, credits)
+        rows.append(((TYPE_ORDER.get(type_, 99), code_min, name), row))
+    rows.sort(key=lambda pair: pair[0])
+    return [row for _, row in rows]
+
+
+def statement_rows(*, columns: Sequence[Column], types: Sequence[str] | None = None) -> list[StatementRow]:
+    """Every account (of `types`) with its debits and credits per column, in one query over the daily totals.
+
+    Accounts that add up to nothing in every column are left out.
+    """
+    if not columns:
+        return []
+    conditions, params = _columns_params(columns, "t.day", "t.business_id")
+    sums = ",\n".join(
+        f"coalesce(sum(t.debit) FILTER (WHERE {c}), 0), coalesce(sum(t.credit) FILTER (WHERE {c}), 0)"
+        for c in conditions
+    )
+    # Only FILTER conditions of our own (placeholders numbered by column) are interpolated.
+    sql = f"""
+SELECT a.type, a.name, min(a.code), max(a.code), bool_or(a.intercompany),
+       {sums}
+  FROM accounts_accountdaytotal t JOIN accounts_account a ON a.id = t.account_id
+ WHERE t.day <= %(max_to)s AND (%(min_from)s::date IS NULL OR t.day >= %(min_from)s)
+   AND (%(types)s::text[] IS NULL OR a.type = ANY(%(types)s))
+   AND (%(all)s OR t.business_id = ANY(%(ids)s))
+ GROUP BY a.type, a.name
+"""  # noqa: S608
+    params["types"] = list(types) if types is not None else None
+    return _statement_rows(_fetch(sql, params), len(columns))
+
+
+@dataclass(frozen=True)
+class IncomeStatementColumns:
+    columns: tuple[Column, ...]
+    income: list[StatementRow]
+    expenses: list[StatementRow]
+
+    @property
+    def total_income(self) -> tuple[Decimal, ...]:
+        return _column_sums(self.income, "balances", len(self.columns))
+
+    @property
+    def total_expenses(self) -> tuple[Decimal, ...]:
+        return _column_sums(self.expenses, "balances", len(self.columns))
+
+    @property
+    def net_income(self) -> tuple[Decimal, ...]:
+        return _minus(self.total_income, self.total_expenses)
+
+
+def income_statement_columns(*, columns: Sequence[Column]) -> IncomeStatementColumns:
+    """The P&L in columns (periods or businesses side by side); each column needs its date_from."""
+    if any(c.date_from is None for c in columns):
+        raise ValueError("a P&L column needs a start date")
+    rows = statement_rows(columns=columns, types=[AccountType.INCOME, AccountType.EXPENSE])
+    return IncomeStatementColumns(
+        columns=tuple(columns),
+        income=[r for r in rows if r.type == AccountType.INCOME],
+        expenses=[r for r in rows if r.type == AccountType.EXPENSE],
+    )
+
+
+@dataclass(frozen=True)
+class BalanceSheetColumns:
+    columns: tuple[Column, ...]
+    assets: list[StatementRow]
+    liabilities: list[StatementRow]
+    equity: list[StatementRow]
+    # Per column: income minus expenses up to its date, not yet closed to retained earnings.
+    current_earnings: tuple[Decimal, ...]
+
+    @property
+    def total_assets(self) -> tuple[Decimal, ...]:
+        return _column_sums(self.assets, "balances", len(self.columns))
+
+    @property
+    def total_liabilities(self) -> tuple[Decimal, ...]:
+        return _column_sums(self.liabilities, "balances", len(self.columns))
+
+    @property
+    def total_equity(self) -> tuple[Decimal, ...]:
+        equity = _column_sums(self.equity, "balances", len(self.columns))
+        return tuple(e + c for e, c in zip(equity, self.current_earnings, strict=True))
+
+    @property
+    def total_liabilities_and_equity(self) -> tuple[Decimal, ...]:
+        return tuple(x + y for x, y in zip(self.total_liabilities, self.total_equity, strict=True))
+
+    @property
+    def difference(self) -> tuple[Decimal, ...]:
+        """Assets minus liabilities and equity: zero in every column when the books balance."""
+        return _minus(self.total_assets, self.total_liabilities_and_equity)
+
+    @property
+    def is_balanced(self) -> bool:
+        return not any(self.difference)
+
+
+def balance_sheet_columns(*, columns: Sequence[Column]) -> BalanceSheetColumns:
+    """The balance sheet in columns, each as of its date_to (dates from are ignored: balances are cumulative)."""
+    columns = tuple(Column(c.label, c.business_ids, c.date_to) for c in columns)
+    rows = statement_rows(columns=columns)
+    width = len(columns)
+    income = _column_sums([r for r in rows if r.type == AccountType.INCOME], "balances", width)
+    expenses = _column_sums([r for r in rows if r.type == AccountType.EXPENSE], "balances", width)
+    return BalanceSheetColumns(
+        columns=columns,
+        assets=[r for r in rows if r.type == AccountType.ASSET],
+        liabilities=[r for r in rows if r.type == AccountType.LIABILITY],
+        equity=[r for r in rows if r.type == AccountType.EQUITY],
+        current_earnings=_minus(income, expenses),
+    )
+
+
+@dataclass(frozen=True)
+class TrialBalanceColumns:
+    columns: tuple[Column, ...]
+    rows: list[StatementRow]
+
+    @property
+    def total_debit(self) -> tuple[Decimal, ...]:
+        return _column_sums(self.rows, "debit_balances", len(self.columns))
+
+    @property
+    def total_credit(self) -> tuple[Decimal, ...]:
+        return _column_sums(self.rows, "credit_balances", len(self.columns))
+
+    @property
+    def is_balanced(self) -> bool:
+        return self.total_debit == self.total_credit
+
+
+def trial_balance_columns(*, columns: Sequence[Column]) -> TrialBalanceColumns:
+    """Every account's debit or credit balance per column, each as of its date_to."""
+    columns = tuple(Column(c.label, c.business_ids, c.date_to) for c in columns)
+    return TrialBalanceColumns(columns=columns, rows=statement_rows(columns=columns))
+
+
+@dataclass(frozen=True)
+class CashFlowColumns:
+    """Direct method, in columns: the counter accounts of cash movements (inflows as debits, outflows as credits)."""
+
+    columns: tuple[Column, ...]
+    opening_cash: tuple[Decimal, ...]
+    operating: list[StatementRow]
+    financing: list[StatementRow]
+
+    @property
+    def net_operating(self) -> tuple[Decimal, ...]:
+        return _column_sums(self.operating, "nets", len(self.columns)) if self.operating else self._zero
+
+    @property
+    def net_financing(self) -> tuple[Decimal, ...]:
+        return _column_sums(self.financing, "nets", len(self.columns)) if self.financing else self._zero
+
+    @property
+    def net_change(self) -> tuple[Decimal, ...]:
+        return tuple(a + b for a, b in zip(self.net_operating, self.net_financing, strict=True))
+
+    @property
+    def closing_cash(self) -> tuple[Decimal, ...]:
+        return tuple(a + b for a, b in zip(self.opening_cash, self.net_change, strict=True))
+
+    @property
+    def _zero(self) -> tuple[Decimal, ...]:
+        return (ZERO,) * len(self.columns)
+
+
+@dataclass(frozen=True)
+class CashFlowRow(StatementRow):
+    """A counter account of the cash flow: `debits` hold the cash received, `credits` the cash paid."""
+
+    @property
+    def nets(self) -> tuple[Decimal, ...]:
+        return _minus(self.debits, self.credits)
+
+
+def cash_flow_columns(*, columns: Sequence[Column]) -> CashFlowColumns:
+    """The cash flow statement (as `cash_flow_statement`) in columns; each column needs its date_from.
+
+    Two queries: the counter lines of the entries touching cash, and the opening cash per column.
+    """
+    if any(c.date_from is None for c in columns):
+        raise ValueError("a cash flow column needs a start date")
+    conditions, params = _columns_params(columns, "c.entry_date", "c.business_id")
+    params["cash_roles"] = list(CASH_ROLES)
+    sums = ",\n".join(
+        f"coalesce(sum(l.credit) FILTER (WHERE {c}), 0), coalesce(sum(l.debit) FILTER (WHERE {c}), 0)"
+        for c in conditions
+    )
+    # Only FILTER conditions of our own (placeholders numbered by column) are interpolated.
+    sql = f"""
+WITH cash_entries AS (
+  SELECT DISTINCT l.entry_id, e.entry_date, e.business_id
+    FROM accounts_journalline l
+    JOIN accounts_journalentry e ON e.id = l.entry_id
+    JOIN accounts_account a ON a.id = l.account_id
+   WHERE e.entry_date BETWEEN %(min_from)s AND %(max_to)s AND a.role = ANY(%(cash_roles)s)
+     AND (%(all)s OR e.business_id = ANY(%(ids)s))
+)
+SELECT a.type, a.name, min(a.code), max(a.code), bool_or(a.intercompany),
+       {sums}
+  FROM accounts_journalline l
+  JOIN cash_entries c ON c.entry_id = l.entry_id
+  JOIN accounts_account a ON a.id = l.account_id
+ WHERE a.role <> ALL(%(cash_roles)s)
+ GROUP BY a.type, a.name
+"""  # noqa: S608
+    rows = [CashFlowRow(**vars(r)) for r in _statement_rows(_fetch(sql, params), len(columns))]
+    opening_sql = "SELECT " + ", ".join(
+        f"coalesce(sum(t.debit - t.credit) FILTER (WHERE t.day < %(from{i})s"
+        f" AND (%(all{i})s OR t.business_id = ANY(%(ids{i})s))), 0)"
+        for i in range(len(columns))
+    )
+    opening_sql += """
+  FROM accounts_accountdaytotal t JOIN accounts_account a ON a.id = t.account_id
+ WHERE t.day < %(max_to)s AND a.role = ANY(%(cash_roles)s) AND (%(all)s OR t.business_id = ANY(%(ids)s))
+"""
+    opening = tuple(Decimal(v) for v in _fetch(opening_sql, params)[0])
+    return CashFlowColumns(
+        columns=tuple(columns),
+        opening_cash=opening,
+        operating=[r for r in rows if r.type != AccountType.EQUITY],
+        financing=[r for r in rows if r.type == AccountType.EQUITY],
+    )

@@ -31,7 +31,8 @@ pytestmark = pytest.mark.django_db
 
 # The only permissions an action offered to a view-only person may ask for: reading, and exporting
 # what he can read. Anything else (change, delete, a custom right, or no declaration) changes data.
-READ_ONLY_ACTION_PERMISSIONS = {"view", "export"}
+# "reports": the statement PDF actions (accounts.view_reports) read the books and launch a job, like "export".
+READ_ONLY_ACTION_PERMISSIONS = {"view", "export", "reports", "consolidated_reports"}
 
 
 def _url(model: type[Model], view: str, *args: Any) -> str:
