@@ -10,6 +10,12 @@ migrates it, and measures:
   ops.sales_admin_ms    the sales changelist rendered for the owner with that year (median of 5)
   ops.rows_*            row counts after the year (sales, sale lines, journal entries, stock movements,
                         laundry orders, M-Pesa payments)
+  reports.pdf_pl_year_s the consolidated profit and loss PDF of the year (the three businesses side by
+                        side, the previous year beside it), median of 3
+  reports.pdf_statements_s  every customer statement of the shop's customers with a balance, one PDF
+                        (the seed has a dozen customers: STATEMENT_CUSTOMERS more are added, each with
+                        two charges and a payment a month for the year), median of 3; with
+                        reports.pdf_statements_customers and reports.pdf_statements_pages
 
 Everything Django runs in child processes pointed at the scratch database, so the caller's set-up
 is untouched. Usage: DATABASE_URL=... .venv/bin/python -m bench.operations   (prints JSON)
@@ -17,6 +23,7 @@ is untouched. Usage: DATABASE_URL=... .venv/bin/python -m bench.operations   (pr
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 import statistics
@@ -24,6 +31,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from bench.scratch import drop_database, recreate_database
 
@@ -31,6 +39,7 @@ ROOT = Path(__file__).resolve().parent.parent
 SCRATCH_DB = "bench_ops"
 DAYS = int(os.environ.get("BENCH_OPS_DAYS", "365"))  # smaller for a quick try
 SALES = 1_000
+STATEMENT_CUSTOMERS = 300
 
 
 def run(database_url: str) -> dict[str, float]:
@@ -123,7 +132,67 @@ def _inner() -> dict[str, float]:
         timings.append((time.perf_counter() - started) * 1000)
         assert response.status_code == 200
     figures["ops.sales_admin_ms"] = round(statistics.median(timings), 1)
+    figures.update(_reports(shop, today))
     connection.close()
+    return figures
+
+
+def _reports(shop: Any, today: dt.date) -> dict[str, float]:
+    """PDF reports on the seeded year (in the child, after the other measures)."""
+    import io
+    from decimal import Decimal
+
+    from pypdf import PdfReader
+
+    from accounts.periods import CUSTOM, PREVIOUS, Period
+    from accounts.reports import statement_pdf_render
+    from operations.models import Customer, CustomerTransaction, CustomerTxKind
+    from operations.reports import statements_pdf_render
+
+    year = Period(kind=CUSTOM, date_from=today - dt.timedelta(days=364), date_to=today)
+    timings = []
+    for _ in range(3):
+        started = time.perf_counter()
+        statement_pdf_render(
+            io.BytesIO(),
+            report="profit_and_loss",
+            business_ids=None,
+            period=year,
+            compare=PREVIOUS,
+            generated_by="bench",
+        )
+        timings.append(time.perf_counter() - started)
+    figures = {"reports.pdf_pl_year_s": round(statistics.median(timings), 3)}
+
+    customers = Customer.objects.bulk_create(
+        Customer(business=shop, name=f"Bench customer {n:03d}", phone=f"2547{n:08d}")
+        for n in range(STATEMENT_CUSTOMERS)
+    )
+    movements = []
+    for customer in customers:
+        for month in range(12):
+            day = year.date_from + dt.timedelta(days=30 * month)
+            movements += [
+                CustomerTransaction(business=shop, customer=customer, tx_date=day, kind=CustomerTxKind.SALE,
+                                    amount=Decimal("1160.00"), reference=f"S{month}a"),
+                CustomerTransaction(business=shop, customer=customer, tx_date=day + dt.timedelta(days=9),
+                                    kind=CustomerTxKind.SALE, amount=Decimal("580.50"), reference=f"S{month}b"),
+                CustomerTransaction(business=shop, customer=customer, tx_date=day + dt.timedelta(days=20),
+                                    kind=CustomerTxKind.PAYMENT, amount=Decimal("-1500.00"), reference=f"P{month}"),
+            ]  # fmt: skip
+    CustomerTransaction.objects.bulk_create(movements, batch_size=2000)
+    timings, count, pdf = [], 0, b""
+    for _ in range(3):
+        out = io.BytesIO()
+        started = time.perf_counter()
+        count = statements_pdf_render(
+            out, business=shop, customer_ids=None, date_from=year.date_from, date_to=today, generated_by="bench"
+        )
+        timings.append(time.perf_counter() - started)
+        pdf = out.getvalue()
+    figures["reports.pdf_statements_s"] = round(statistics.median(timings), 3)
+    figures["reports.pdf_statements_customers"] = count
+    figures["reports.pdf_statements_pages"] = len(PdfReader(io.BytesIO(pdf)).pages)
     return figures
 
 
