@@ -31,7 +31,7 @@ from django.utils import timezone
 from reportlab.platypus import Flowable, PageBreak
 from unfold.widgets import UnfoldAdminSelectWidget
 
-from accounts.forms import DateInput
+from accounts.forms import REPORT_FIRST_DAY, REPORT_LAST_DAY, DateInput
 from accounts.pdf import (
     LINE,
     SECTION,
@@ -311,6 +311,13 @@ class DailySummaryForm(forms.Form):
         if owner:
             choices.insert(0, (ALL, "All businesses (a section each)"))
         self.fields["business"].choices = choices  # type: ignore[attr-defined]
+
+    def clean_day(self) -> dt.date:
+        """A day the figures can be read for (a day near year 1 or 9999 overflows the day's bounds)."""
+        day: dt.date = self.cleaned_data["day"]
+        if not REPORT_FIRST_DAY <= day <= REPORT_LAST_DAY:
+            raise forms.ValidationError(f"Choose a date from {REPORT_FIRST_DAY.year} to {REPORT_LAST_DAY.year}.")
+        return day
 
 
 def daily_summary_view(request: HttpRequest) -> HttpResponseBase:

@@ -1,7 +1,8 @@
 """The Jobs page: what runs in the background, its progress, its result, cancel and "run again".
 
 Who sees a job: the owner every job; a staff member the jobs of his businesses and the jobs he
-launched himself (a job over every business, business empty, included). Downloads follow the same
+launched over every business (business empty); a job of a business he was taken off is gone for
+him, even one he launched. Downloads follow the same
 rule. Cancelling: the launcher may cancel his own job; anyone else needs "change job".
 """
 
@@ -169,17 +170,23 @@ class JobAdmin(BusinessScopedAdmin):
         qs = ModelAdmin.get_queryset(self, request)
         if sees_all_businesses(request.user):
             return qs
-        return qs.filter(Q(business__in=visible_business_ids(request.user)) | Q(requested_by=request.user.pk))
+        own_global = Q(requested_by=request.user.pk, business__isnull=True)
+        return qs.filter(Q(business__in=visible_business_ids(request.user)) | own_global)
+
+    def _launched_in_scope(self, request: HttpRequest, obj: Any) -> bool:
+        """He launched `obj` and still sees its business (or it has none): a staff member taken off
+        a business loses its jobs' files with it, even those he launched."""
+        if obj is None or obj.requested_by_id is None or obj.requested_by_id != request.user.pk:
+            return False
+        return obj.business_id is None or super()._owns(request, obj)
 
     def _owns(self, request: HttpRequest, obj: Any) -> bool:
-        if obj is not None and obj.requested_by_id is not None and obj.requested_by_id == request.user.pk:
-            return True
-        return super()._owns(request, obj)
+        return self._launched_in_scope(request, obj) or super()._owns(request, obj)
 
     def has_view_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         """The list needs "view job"; the page and the download of a job he launched do not (the
-        "your job is ready" notice links to them)."""
-        if obj is not None and obj.requested_by_id is not None and obj.requested_by_id == request.user.pk:
+        "your job is ready" notice links to them), while he still sees its business."""
+        if self._launched_in_scope(request, obj):
             return bool(request.user.is_active and request.user.is_staff)
         return super().has_view_permission(request, obj)
 

@@ -208,12 +208,15 @@ def describe_filters(changelist: Any, request: HttpRequest) -> list[tuple[str, s
 
 
 def describe_ordering(changelist: Any) -> str:
+    default = changelist.model_admin.ordering or changelist.model._meta.ordering or ["pk"]
+    default_text = "the list's default: " + ", ".join(str(part) for part in default)
     columns = changelist.get_ordering_field_columns()
     if not columns or "o" not in changelist.params:
-        default = changelist.model_admin.ordering or changelist.model._meta.ordering or ["pk"]
-        return "the list's default: " + ", ".join(str(part) for part in default)
+        return default_text
     words = []
     for index, direction in columns.items():
+        if not 0 <= index < len(changelist.list_display):
+            continue  # "o=99" by hand: the list ignores a column it does not have, and so does this
         name = changelist.list_display[index]
         try:
             label = str(label_for_field(name, changelist.model, changelist.model_admin))
@@ -221,7 +224,7 @@ def describe_ordering(changelist: Any) -> str:
             label = str(name)
         label = label[:1].upper() + label[1:]
         words.append(f"{label} ({'ascending' if direction == 'asc' else 'descending'})")
-    return ", ".join(words)
+    return ", ".join(words) or default_text
 
 
 def business_scope(user: Any) -> str:

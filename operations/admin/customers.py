@@ -20,7 +20,7 @@ from import_export.admin import ImportExportModelAdmin
 from unfold.decorators import action
 from unfold.widgets import UnfoldAdminSelectWidget
 
-from accounts.forms import DateInput
+from accounts.forms import REPORT_FIRST_DAY, REPORT_LAST_DAY, DateInput
 from jobs.admin_exports import EXPORT_ACTION, AsOfForm, ExcelExportMixin
 from jobs.exports import Column
 from jobs.services import job_launch
@@ -119,6 +119,11 @@ class StatementsForm(forms.Form):
 
     def clean(self) -> dict[str, Any]:
         data = super().clean() or {}
+        for name in ("date_from", "date_to"):
+            day = data.get(name)
+            if day is not None and not REPORT_FIRST_DAY <= day <= REPORT_LAST_DAY:
+                self.add_error(name, f"Choose a date from {REPORT_FIRST_DAY.year} to {REPORT_LAST_DAY.year}.")
+                return data
         if data.get("date_from") and data.get("date_to") and data["date_from"] > data["date_to"]:
             raise forms.ValidationError("The period starts after it ends.")
         return data

@@ -199,3 +199,17 @@ def test_helpers() -> None:
     assert date_serial(dt.date(1900, 3, 1)) == 61
     assert date_serial(dt.date(2025, 1, 1)) == 45658
     assert date_serial(dt.datetime(2025, 1, 1, 12, 0)) == 45658.5
+
+
+def test_text_that_looks_like_a_formula_is_stored_as_text_never_as_a_formula(tmp_path: Path) -> None:
+    """A customer named '=HYPERLINK(...)' is a string cell: no <f> element, in text and auto columns."""
+    path = tmp_path / "names.xlsx"
+    risky = ['=HYPERLINK("http://evil.example","click")', "+1-1", "-2+3", "@SUM(A1)", "=1+1"]
+    with XlsxWriter(path) as book:
+        sheet = book.sheet("Names", [XlsxColumn("text"), XlsxColumn("auto")], header=["text", "auto"])
+        for name in risky:
+            sheet.row([name, name])
+    with zipfile.ZipFile(path) as archive:
+        assert b"<f>" not in archive.read("xl/worksheets/sheet1.xml")
+    cells = list(load_workbook(path)["Names"].iter_rows(min_row=2))
+    assert [(c.data_type, c.value) for row in cells for c in row] == [("s", n) for n in risky for _ in (0, 1)]
