@@ -122,7 +122,7 @@ def statement_params(*, report: str, business: str, period: Period, compare: str
     return {"report": report, "business": business, **period.params(), "compare": compare}
 
 
-@job_kind(STATEMENT_PDF, label="PDF: financial statement")
+@job_kind(STATEMENT_PDF, label="PDF: financial statement", permission="accounts.view_reports")
 def statement_pdf_job(ctx: JobContext) -> None:
     """Params {"report", "business": id or "all", "period", "date_from", "date_to", "compare"}.
 

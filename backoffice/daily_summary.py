@@ -277,7 +277,7 @@ def _user_of(ctx: JobContext) -> Any:
     return get_user_model().objects.filter(pk=ctx.job.requested_by_id).first()
 
 
-@job_kind(DAILY_SUMMARY, label="PDF: daily summary")
+@job_kind(DAILY_SUMMARY, label="PDF: daily summary", permission=PERMISSION)
 def daily_summary_job(ctx: JobContext) -> None:
     """params {"day": "YYYY-MM-DD"}; the job's business, or none: every business (the owner's). The
     worker checks again that the person who asked sees those businesses and holds the permission."""

@@ -23,6 +23,7 @@ from unfold.admin import ModelAdmin
 from unfold.contrib.filters.admin import ChoicesDropdownFilter, RangeDateFilter
 from unfold.decorators import action, display
 
+from jobs.access import job_readable_by
 from jobs.models import Job, JobState
 from jobs.registry import REGISTRY, JobError, kind_label
 from jobs.services import job_cancel, job_retry
@@ -174,11 +175,11 @@ class JobAdmin(BusinessScopedAdmin):
         return qs.filter(Q(business__in=visible_business_ids(request.user)) | own_global)
 
     def _launched_in_scope(self, request: HttpRequest, obj: Any) -> bool:
-        """He launched `obj` and still sees its business (or it has none): a staff member taken off
-        a business loses its jobs' files with it, even those he launched."""
+        """He launched `obj` and may still read it (jobs.access): a staff member taken off a business,
+        or who lost the right the job needed, loses its files with it, even those he launched."""
         if obj is None or obj.requested_by_id is None or obj.requested_by_id != request.user.pk:
             return False
-        return obj.business_id is None or super()._owns(request, obj)
+        return job_readable_by(user=request.user, job=obj)
 
     def _owns(self, request: HttpRequest, obj: Any) -> bool:
         return self._launched_in_scope(request, obj) or super()._owns(request, obj)
@@ -188,6 +189,8 @@ class JobAdmin(BusinessScopedAdmin):
         "your job is ready" notice links to them), while he still sees its business."""
         if self._launched_in_scope(request, obj):
             return bool(request.user.is_active and request.user.is_staff)
+        if obj is not None and not job_readable_by(user=request.user, job=obj):
+            return False  # a job of his business made with a right he does not hold
         return super().has_view_permission(request, obj)
 
     def has_retry_permission(self, request: HttpRequest) -> bool:

@@ -41,6 +41,7 @@ from django.http import HttpRequest, QueryDict
 from django.urls import reverse
 from django.utils import timezone
 
+from jobs.models import Job
 from jobs.registry import JobContext, JobFailed, job_kind
 from jobs.xlsx import XlsxColumn, XlsxWriter
 from tenancy.scoping import sees_all_businesses, visible_businesses
@@ -555,7 +556,19 @@ def write_workbook(
     return done
 
 
-@job_kind(CHANGELIST_XLSX, label="Excel: export of a list")
+def export_permission(job: Job) -> str | None:
+    """Reading an export needs the exported model's view right (what opening its list needs)."""
+    from django.apps import apps
+    from django.contrib.auth import get_permission_codename
+
+    try:
+        opts = apps.get_model(str(job.params.get("model", "")))._meta
+    except (LookupError, ValueError):
+        return "jobs.change_job"  # a label no model has: the owner's (or an admin's) only
+    return f"{opts.app_label}.{get_permission_codename('view', opts)}"
+
+
+@job_kind(CHANGELIST_XLSX, label="Excel: export of a list", permission=export_permission)
 def export_changelist(ctx: JobContext) -> None:
     """Export the rows a changelist showed its user (params: model, query, options) to .xlsx."""
     params = ctx.params

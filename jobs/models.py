@@ -6,6 +6,7 @@ The table keeps its first name (celeryconf_job): the model moved here from celer
 from __future__ import annotations
 
 from django.conf import settings
+from django.contrib.postgres.fields import ArrayField
 from django.db import models
 
 
@@ -32,6 +33,9 @@ class Job(models.Model):
         related_name="jobs",
         help_text="Empty for work over every business (owner only).",
     )
+    # A job over no single business reads the businesses its launcher saw when he launched it: kept
+    # here (empty: every business, the owner's), so he loses its file when he loses one of them.
+    scope_business_ids = ArrayField(models.BigIntegerField(), default=list, blank=True)
     requested_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
     )

@@ -11,8 +11,8 @@ from typing import Any
 
 from django.utils import timezone
 
+from jobs.access import job_readable_by
 from jobs.models import FINISHED_STATES, Job
-from tenancy.scoping import sees_all_businesses, visible_business_ids
 
 # At most this many notices on one page; the rest come on the next one.
 NOTICE_LIMIT = 5
@@ -24,7 +24,9 @@ def jobs_to_notify(*, user: Any) -> list[Job]:
         return []
     return list(
         Job.objects.filter(requested_by=user.pk, notified_at__isnull=True, state__in=FINISHED_STATES)
-        .only("pk", "kind", "business", "state", "message", "result_file", "finished_at")
+        .only(
+            "pk", "kind", "business", "scope_business_ids", "params", "state", "message", "result_file", "finished_at"
+        )
         .order_by("finished_at", "pk")[:NOTICE_LIMIT]
     )
 
@@ -32,12 +34,11 @@ def jobs_to_notify(*, user: Any) -> list[Job]:
 def job_notices_take(*, user: Any) -> list[Job]:
     """The jobs to tell `user` about, each marked told; a job is handed out once even to two pages
     loading at the same moment (the conditional UPDATE decides which one gets it). A job of a
-    business he no longer sees is marked told without telling (its page and file are gone for him)."""
+    business he no longer sees (or needing a right he lost) is marked told without telling: its page
+    and file are gone for him."""
     pending = jobs_to_notify(user=user)
     if not pending:
         return []
-    everything = sees_all_businesses(user)
-    visible = set() if everything else visible_business_ids(user)
     now = timezone.now()
     told = [job for job in pending if Job.objects.filter(pk=job.pk, notified_at__isnull=True).update(notified_at=now)]
-    return [job for job in told if everything or job.business_id is None or job.business_id in visible]
+    return [job for job in told if job_readable_by(user=user, job=job)]

@@ -42,6 +42,10 @@ class JobKind:
     # Exceptions worth another try (network, lock timeouts); anything else fails at once.
     retry_on: tuple[type[BaseException], ...] = field(default=())
     max_attempts: int = 3
+    # The right needed to read what the job made ("app.codename"), or a function of the job giving it
+    # (an export needs the exported model's view right). Checked again when its page or file is opened,
+    # so a person who lost the right loses the files with it. None: the job's page shows no data.
+    permission: str | Callable[[Job], str | None] | None = None
 
 
 REGISTRY: dict[str, JobKind] = {}
@@ -54,6 +58,7 @@ def job_kind(
     queue: str = QUEUE_REPORTS,
     retry_on: tuple[type[BaseException], ...] = (),
     max_attempts: int = 3,
+    permission: str | Callable[[Job], str | None] | None = None,
 ) -> Callable[[Callable[[JobContext], None]], Callable[[JobContext], None]]:
     """Register a job handler under `key` (stable: it is stored in Job rows)."""
     if queue not in QUEUES:
@@ -62,10 +67,18 @@ def job_kind(
     def register(handler: Callable[[JobContext], None]) -> Callable[[JobContext], None]:
         if key in REGISTRY and REGISTRY[key].handler is not handler:
             raise ValueError(f"job kind {key!r} registered twice")
-        REGISTRY[key] = JobKind(key, label, handler, queue, retry_on, max_attempts)
+        REGISTRY[key] = JobKind(key, label, handler, queue, retry_on, max_attempts, permission)
         return handler
 
     return register
+
+
+def kind_permission(job: Job) -> str | None:
+    """The right needed to read `job`'s result (see JobKind.permission); None when the kind asks none."""
+    kind = REGISTRY.get(job.kind)
+    if kind is None or kind.permission is None:
+        return None
+    return kind.permission(job) if callable(kind.permission) else kind.permission
 
 
 def kind_label(key: str) -> str:

@@ -13,6 +13,7 @@ from django.utils import timezone
 from jobs.models import Job, JobState
 from jobs.registry import REGISTRY, JobError
 from jobs.tasks import job_enqueue
+from tenancy.scoping import sees_all_businesses, visible_business_ids
 
 
 def job_launch(*, kind: str, acting_user: Any, business: Any = None, params: dict[str, Any] | None = None) -> Job:
@@ -22,10 +23,14 @@ def job_launch(*, kind: str, acting_user: Any, business: Any = None, params: dic
     """
     if kind not in REGISTRY:
         raise JobError(f"Unknown job kind {kind!r}.")
+    scope: list[int] = []
+    if business is None and getattr(acting_user, "pk", None) and not sees_all_businesses(acting_user):
+        scope = sorted(visible_business_ids(acting_user))
     with transaction.atomic():
         job = Job.objects.create(
             kind=kind,
             business=business,
+            scope_business_ids=scope,
             requested_by=acting_user if getattr(acting_user, "pk", None) else None,
             params=params or {},
             message="Waiting for a worker",

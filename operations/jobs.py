@@ -19,7 +19,7 @@ EXPORT_BUSINESSES = "operations.export_businesses"
 CLOSING = "operations.closing"
 
 
-@job_kind(EXPORT_BUSINESSES, label="Excel: businesses and staff")
+@job_kind(EXPORT_BUSINESSES, label="Excel: businesses and staff", permission="tenancy.view_business")
 def export_businesses_and_staff(ctx: JobContext) -> None:
     """Write an .xlsx with a Businesses sheet and a Staff sheet.
 
@@ -76,7 +76,7 @@ def export_businesses_and_staff(ctx: JobContext) -> None:
     ctx.progress(100, f"{total} businesses exported")
 
 
-@job_kind(CLOSING, label="End-of-day closing", queue=QUEUE_DEFAULT)
+@job_kind(CLOSING, label="End-of-day closing", queue=QUEUE_DEFAULT, permission="operations.view_dayclosing")
 def run_closing(ctx: JobContext) -> None:
     """Close one business day: params {"day": "YYYY-MM-DD", "counted_cash": "1234.00" | null}.
 

@@ -244,7 +244,7 @@ def _requested_by(ctx: JobContext) -> Any:
     return get_user_model().objects.filter(pk=ctx.job.requested_by_id).first()
 
 
-@job_kind(CUSTOMER_STATEMENTS, label="PDF: customer statements")
+@job_kind(CUSTOMER_STATEMENTS, label="PDF: customer statements", permission="operations.view_customer")
 def customer_statements_job(ctx: JobContext) -> None:
     """params {"customer_ids": [..] | null, "date_from": "YYYY-MM-DD", "date_to": "YYYY-MM-DD"}; the
     job's business. The worker checks again what the admin checked: the person who asked still sees

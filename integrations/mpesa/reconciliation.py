@@ -525,7 +525,7 @@ def reconciliation_launch(*, run: ReconciliationRun, acting_user: Any) -> Any:
         return job_launch(kind=RECONCILE_JOB, acting_user=acting_user, business=run.business, params={"run_id": run.pk})
 
 
-@job_kind(RECONCILE_JOB, label="M-Pesa: reconcile a statement")
+@job_kind(RECONCILE_JOB, label="M-Pesa: reconcile a statement", permission="integrations.view_reconciliationrun")
 def reconcile_job(ctx: JobContext) -> None:
     run_id = int(ctx.params["run_id"])
     ctx.progress(10, "Reading the statement")

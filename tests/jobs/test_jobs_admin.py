@@ -15,6 +15,7 @@ from django.utils import timezone
 from jobs.models import Job, JobState
 from operations.jobs import EXPORT_BUSINESSES
 from tenancy.models import Business
+from tenancy.scoping import sees_all_businesses, visible_business_ids
 from tests.factories.tenancy import login, staff_with_perms
 
 pytestmark = pytest.mark.django_db
@@ -28,8 +29,12 @@ def _media(settings: Any, tmp_path: Any) -> None:
 
 
 def job(**fields: Any) -> Job:
+    """A Job row as job_launch makes it (a staff member's job over no business records what he sees)."""
     fields.setdefault("kind", EXPORT_BUSINESSES)
     fields.setdefault("state", JobState.QUEUED)
+    user = fields.get("requested_by")
+    if fields.get("business") is None and user is not None and not sees_all_businesses(user):
+        fields.setdefault("scope_business_ids", sorted(visible_business_ids(user)))
     return Job.objects.create(**fields)
 
 
@@ -52,8 +57,8 @@ def cancel_from_list(client: Client, *jobs: Job) -> Any:
 def test_a_staff_member_sees_his_businesses_jobs_and_his_own_but_not_others(
     water: Business, laundry: Business, owner: Any
 ) -> None:
-    staff = staff_with_perms(water, ["jobs.view_job"], username="wanjiru")
-    other = staff_with_perms(laundry, ["jobs.view_job"], username="otieno")
+    staff = staff_with_perms(water, ["jobs.view_job", "tenancy.view_business"], username="wanjiru")
+    other = staff_with_perms(laundry, ["jobs.view_job", "tenancy.view_business"], username="otieno")
     his_business = job(business=water, requested_by=owner)
     his_own_global = with_file(job(business=None, requested_by=staff))  # over every business
     others_global = with_file(job(business=None, requested_by=other))
@@ -86,8 +91,8 @@ def test_the_launcher_opens_and_downloads_his_job_without_the_view_job_right(wat
 
 
 def test_the_launcher_cancels_his_own_job_from_the_list_but_not_a_colleagues(water: Business) -> None:
-    staff = staff_with_perms(water, ["jobs.view_job"], username="wanjiru")
-    colleague = staff_with_perms(water, ["jobs.view_job"], username="akinyi")
+    staff = staff_with_perms(water, ["jobs.view_job", "tenancy.view_business"], username="wanjiru")
+    colleague = staff_with_perms(water, ["jobs.view_job", "tenancy.view_business"], username="akinyi")
     mine = job(business=water, requested_by=staff)
     theirs = job(business=water, requested_by=colleague)
     client = login(staff)
@@ -102,7 +107,7 @@ def test_the_launcher_cancels_his_own_job_from_the_list_but_not_a_colleagues(wat
 
 
 def test_cancel_is_not_offered_to_staff_who_launched_nothing_and_lack_change_job(water: Business) -> None:
-    staff = staff_with_perms(water, ["jobs.view_job"], username="viewer")
+    staff = staff_with_perms(water, ["jobs.view_job", "tenancy.view_business"], username="viewer")
     queued = job(business=water)
     client = login(staff)
     assert "cancel_selected" not in client.get(reverse(LIST)).content.decode()
@@ -114,7 +119,7 @@ def test_cancel_is_not_offered_to_staff_who_launched_nothing_and_lack_change_job
 def test_change_job_cancels_anyones_job_of_his_business_never_another_business(
     water: Business, laundry: Business, owner: Any
 ) -> None:
-    manager = staff_with_perms(water, ["jobs.view_job", "jobs.change_job"], username="manager")
+    manager = staff_with_perms(water, ["jobs.view_job", "tenancy.view_business", "jobs.change_job"], username="manager")
     ours = job(business=water, requested_by=owner, state=JobState.RUNNING)
     theirs = job(business=laundry, requested_by=owner)
     response = cancel_from_list(login(manager), ours, theirs).content.decode()
@@ -127,8 +132,8 @@ def test_change_job_cancels_anyones_job_of_his_business_never_another_business(
 
 
 def test_the_cancel_button_on_the_job_page(water: Business) -> None:
-    staff = staff_with_perms(water, ["jobs.view_job"], username="wanjiru")
-    colleague = staff_with_perms(water, ["jobs.view_job"], username="akinyi")
+    staff = staff_with_perms(water, ["jobs.view_job", "tenancy.view_business"], username="wanjiru")
+    colleague = staff_with_perms(water, ["jobs.view_job", "tenancy.view_business"], username="akinyi")
     mine = job(business=water, requested_by=staff)
     theirs = job(business=water, requested_by=colleague)
     client = login(staff)

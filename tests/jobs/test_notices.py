@@ -68,7 +68,7 @@ def test_failed_and_cancelled_jobs_are_told_with_the_reason(water: Business, own
 
 
 def test_nobody_else_is_told_and_unfinished_jobs_wait(water: Business, owner: Any) -> None:
-    staff = staff_with_perms(water, ["jobs.view_job"], username="wanjiru")
+    staff = staff_with_perms(water, ["jobs.view_job", "tenancy.view_business"], username="wanjiru")
     theirs = finished(owner, JobState.SUCCEEDED, "Done", business=water)
     running = Job.objects.create(kind=EXPORT_BUSINESSES, requested_by=staff, business=water, state=JobState.RUNNING)
     page = login(staff).get(reverse(INDEX)).content.decode()
