@@ -13,7 +13,6 @@ from collections.abc import Sequence
 from decimal import Decimal
 from typing import IO, Any
 
-from django.contrib.auth import get_user_model
 from django.utils.text import slugify
 from reportlab.platypus import Flowable, KeepTogether
 
@@ -137,7 +136,7 @@ def statement_pdf_job(ctx: JobContext) -> None:
         period, compare = period_from_params(params)
     except (KeyError, ValueError) as exc:
         raise JobFailed(f"Bad period: {exc}") from exc
-    user = get_user_model().objects.filter(pk=ctx.job.requested_by_id).first() if ctx.job.requested_by_id else None
+    user = ctx.launcher()
     if user is None or not user.is_active or not user.has_perm("accounts.view_reports"):
         raise JobFailed("The person who asked for this statement may no longer view reports.")
     business = str(params.get("business", ""))

@@ -20,7 +20,6 @@ from typing import IO, Any
 
 from django import forms
 from django.contrib import admin, messages
-from django.contrib.auth import get_user_model
 from django.core.exceptions import PermissionDenied
 from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponseRedirect
@@ -271,12 +270,6 @@ def daily_summary_pdf_render(
     return summaries
 
 
-def _user_of(ctx: JobContext) -> Any:
-    if not ctx.job.requested_by_id:
-        return None
-    return get_user_model().objects.filter(pk=ctx.job.requested_by_id).first()
-
-
 @job_kind(DAILY_SUMMARY, label="PDF: daily summary", permission=PERMISSION)
 def daily_summary_job(ctx: JobContext) -> None:
     """params {"day": "YYYY-MM-DD"}; the job's business, or none: every business (the owner's). The
@@ -285,7 +278,7 @@ def daily_summary_job(ctx: JobContext) -> None:
     businesses = list(Business.objects.order_by("name"))
     if ctx.job.business_id:
         businesses = [b for b in businesses if b.pk == ctx.job.business_id]
-    user = _user_of(ctx)
+    user = ctx.launcher()
     if user is not None:
         if not user.has_perm(PERMISSION):
             raise JobFailed(f"{user} may not read the daily summary.")

@@ -35,7 +35,6 @@ from typing import Any
 
 from django.contrib.admin.options import IncorrectLookupParameters
 from django.contrib.admin.utils import label_for_field
-from django.contrib.auth import get_user_model
 from django.db.models import Model, QuerySet
 from django.http import HttpRequest, QueryDict
 from django.urls import reverse
@@ -573,7 +572,7 @@ def export_changelist(ctx: JobContext) -> None:
     """Export the rows a changelist showed its user (params: model, query, options) to .xlsx."""
     params = ctx.params
     model_admin = _model_admin(params["model"])
-    user = get_user_model().objects.filter(pk=ctx.job.requested_by_id).first() if ctx.job.requested_by_id else None
+    user = ctx.launcher()
     if user is None:
         raise JobFailed("The person who asked for this export no longer exists.")
     request = changelist_request(model_admin=model_admin, user=user, query=params.get("query", ""))

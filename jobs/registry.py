@@ -102,6 +102,15 @@ class JobContext:
     def params(self) -> dict[str, Any]:
         return dict(self.job.params)
 
+    def launcher(self) -> Any:
+        """The user who launched the job, read afresh (his rights may have changed since); None if
+        nobody did (a schedule) or he was deleted."""
+        from django.contrib.auth import get_user_model
+
+        if not self.job.requested_by_id:
+            return None
+        return get_user_model().objects.filter(pk=self.job.requested_by_id).first()
+
     def progress(self, percent: int, message: str = "") -> None:
         """Record progress (0-100) where the admin shows it; committed at once. Raises JobCancelled."""
         self._report(progress=max(0, min(100, int(percent))), message=message)

@@ -6,7 +6,6 @@ import datetime as dt
 import io
 from decimal import Decimal
 
-from django.contrib.auth import get_user_model
 from django.utils import timezone
 
 from accounts.exceptions import LedgerError
@@ -92,7 +91,7 @@ def run_closing(ctx: JobContext) -> None:
     params = ctx.params
     day = dt.date.fromisoformat(params["day"])
     counted = params.get("counted_cash")
-    user = get_user_model().objects.filter(pk=ctx.job.requested_by_id).first() if ctx.job.requested_by_id else None
+    user = ctx.launcher()
     ctx.progress(10, f"Closing {business} for {day}")
     try:
         closing = closing_run(

@@ -14,7 +14,6 @@ import io
 from collections.abc import Callable, Sequence
 from typing import IO, Any
 
-from django.contrib.auth import get_user_model
 from reportlab.lib.units import mm
 from reportlab.platypus import Flowable, PageBreak, Table, TableStyle
 
@@ -238,12 +237,6 @@ def statements_pdf_render(
     return total
 
 
-def _requested_by(ctx: JobContext) -> Any:
-    if not ctx.job.requested_by_id:
-        return None
-    return get_user_model().objects.filter(pk=ctx.job.requested_by_id).first()
-
-
 @job_kind(CUSTOMER_STATEMENTS, label="PDF: customer statements", permission="operations.view_customer")
 def customer_statements_job(ctx: JobContext) -> None:
     """params {"customer_ids": [..] | null, "date_from": "YYYY-MM-DD", "date_to": "YYYY-MM-DD"}; the
@@ -253,7 +246,7 @@ def customer_statements_job(ctx: JobContext) -> None:
     if not ctx.job.business_id:
         raise JobFailed("Customer statements are for one business.")
     business = Business.objects.get(pk=ctx.job.business_id)
-    user = _requested_by(ctx)
+    user = ctx.launcher()
     if user is not None and (business.pk not in visible_business_ids(user) or not user.has_perm(STATEMENT_PERMISSION)):
         raise JobFailed(f"{user} may not print statements of {business}.")
     params = ctx.params
