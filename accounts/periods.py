@@ -39,7 +39,7 @@ class Period:
         """ "Jan 2026", "Q1 2026", "2026", "5 Jan 2026" or "1 Jan 2026 to 15 Jan 2026"."""
         start = self.date_from
         if self.kind == DAY:
-            return _day(start)
+            return day_text(start)
         if self.kind == MONTH:
             return start.strftime("%b %Y")
         if self.kind == QUARTER:
@@ -47,8 +47,8 @@ class Period:
         if self.kind == YEAR:
             return str(start.year)
         if self.date_from == self.date_to:
-            return _day(start)
-        return f"{_day(self.date_from)} to {_day(self.date_to)}"
+            return day_text(start)
+        return f"{day_text(self.date_from)} to {day_text(self.date_to)}"
 
     @property
     def slug(self) -> str:
@@ -68,15 +68,16 @@ class Period:
     def dates(self) -> str:
         """ "1 Jan 2026 to 31 Jan 2026" (or one day)."""
         if self.date_from == self.date_to:
-            return _day(self.date_from)
-        return f"{_day(self.date_from)} to {_day(self.date_to)}"
+            return day_text(self.date_from)
+        return f"{day_text(self.date_from)} to {day_text(self.date_to)}"
 
     def params(self) -> dict[str, str]:
         """The period as job parameters (JSON); `period_from_params` reads them back."""
         return {"period": self.kind, "date_from": self.date_from.isoformat(), "date_to": self.date_to.isoformat()}
 
 
-def _day(day: dt.date) -> str:
+def day_text(day: dt.date) -> str:
+    """2026-01-05 -> "5 Jan 2026", as the statements print a day."""
     return f"{day.day} {day:%b %Y}"
 
 

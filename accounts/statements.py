@@ -21,7 +21,7 @@ from decimal import Decimal
 from accounts import selectors
 from accounts.fields import ZERO
 from accounts.models import AccountType
-from accounts.periods import CUSTOM, Period, comparison_period
+from accounts.periods import CUSTOM, Period, comparison_period, day_text
 from accounts.selectors import Column, StatementRow
 from tenancy.models import Business
 
@@ -109,19 +109,15 @@ class Statement:
     def period_text(self) -> str:
         """ "Jan 2026: 1 Jan 2026 to 31 Jan 2026 (compared with Dec 2025)" or "As of 31 Jan 2026 (...)"."""
         if self.report in AS_OF_REPORTS:
-            text = f"As of {_day(self.period.date_to)} (end of {self.period.label})"
+            text = f"As of {day_text(self.period.date_to)} (end of {self.period.label})"
             if self.comparison:
-                text += f", compared with {_day(self.comparison.date_to)}"
+                text += f", compared with {day_text(self.comparison.date_to)}"
             return text
         text = self.period.dates if self.period.kind == CUSTOM else f"{self.period.label}: {self.period.dates}"
         if self.comparison:
             other = self.comparison
             text += f" (compared with {other.dates if other.kind == CUSTOM else other.label})"
         return text
-
-
-def _day(day: object) -> str:
-    return f"{day.day} {day:%b %Y}"  # type: ignore[attr-defined]
 
 
 def _change(amounts: tuple[Decimal, ...]) -> tuple[Decimal, ...]:
@@ -147,7 +143,7 @@ def _layouts(report: str, business_ids: list[int] | None, period: Period, compar
         return Column(label, ids, p.date_to, None if as_of else p.date_from)
 
     def period_header(p: Period) -> str:
-        return _day(p.date_to) if as_of else p.label
+        return day_text(p.date_to) if as_of else p.label
 
     layouts = []
     if business_ids is None:
