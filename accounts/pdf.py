@@ -212,6 +212,21 @@ def _fit(text: str, width: float, font: str, size: float, align: int = TA_LEFT, 
     return Paragraph(xml_escape(text), style)
 
 
+def grid_style(*, header_rows: int = 1) -> list[tuple[Any, ...]]:
+    """The look every report table shares: muted bold header rows with a rule under the last one,
+    8.5 pt rows below, tight padding. Add a table's own commands after these."""
+    last = header_rows - 1
+    return [
+        ("FONT", (0, 0), (-1, last), "Helvetica-Bold", 8.5),
+        ("TEXTCOLOR", (0, 0), (-1, last), MUTED),
+        ("LINEBELOW", (0, last), (-1, last), 0.6, INK),
+        ("FONT", (0, header_rows), (-1, -1), "Helvetica", 8.5),
+        ("VALIGN", (0, 0), (-1, -1), "MIDDLE"),
+        ("TOPPADDING", (0, 0), (-1, -1), 2.2),
+        ("BOTTOMPADDING", (0, 0), (-1, -1), 2.2),
+    ]
+
+
 def report_table(
     columns: Sequence[str],
     rows: Sequence[Row],
@@ -247,16 +262,7 @@ def report_table(
         [_fit(columns[0], label_w, "Helvetica-Bold", 8.5, TA_LEFT, MUTED)]
         + [_fit(c, figure_w, "Helvetica-Bold", 8.5, TA_RIGHT, MUTED) for c in columns[1:]]
     )
-    style += [
-        ("FONT", (0, top), (-1, top), "Helvetica-Bold", 8.5),
-        ("TEXTCOLOR", (0, 0), (-1, top), MUTED),
-        ("LINEBELOW", (0, top), (-1, top), 0.6, INK),
-        ("FONT", (0, top + 1), (-1, -1), "Helvetica", 8.5),
-        ("ALIGN", (1, top), (-1, -1), "RIGHT"),
-        ("VALIGN", (0, 0), (-1, -1), "MIDDLE"),
-        ("TOPPADDING", (0, 0), (-1, -1), 2.2),
-        ("BOTTOMPADDING", (0, 0), (-1, -1), 2.2),
-    ]
+    style += [*grid_style(header_rows=top + 1), ("ALIGN", (1, top), (-1, -1), "RIGHT")]
     for i, row in enumerate(rows, start=top + 1):
         cells = list(row.cells) + [""] * (figures - len(row.cells))
         label = f"{row.label} *" if row.marked else row.label

@@ -26,6 +26,7 @@ from accounts.pdf import (
     NextPagesHeader,
     PdfHeader,
     gap,
+    grid_style,
     head_summary,
     heading,
     money,
@@ -87,20 +88,7 @@ def statement_customers(
 
 def _grid(data: list[list[Any]], widths: Sequence[float], style: list[tuple[Any, ...]]) -> Table:
     table = Table(data, colWidths=list(widths), repeatRows=1, hAlign="LEFT")
-    table.setStyle(
-        TableStyle(
-            [
-                ("FONT", (0, 0), (-1, -1), "Helvetica", 8.5),
-                ("FONT", (0, 0), (-1, 0), "Helvetica-Bold", 8.5),
-                ("TEXTCOLOR", (0, 0), (-1, 0), MUTED),
-                ("LINEBELOW", (0, 0), (-1, 0), 0.6, INK),
-                ("VALIGN", (0, 0), (-1, -1), "MIDDLE"),
-                ("TOPPADDING", (0, 0), (-1, -1), 2.2),
-                ("BOTTOMPADDING", (0, 0), (-1, -1), 2.2),
-                *style,
-            ]
-        )
-    )
+    table.setStyle(TableStyle([*grid_style(), *style]))
     return table
 
 
