@@ -62,11 +62,17 @@ def job_run(*, job_id: int, retry: Callable[[int, BaseException], Exception]) ->
     try:
         kind.handler(context)
     except JobCancelled:
-        _finish(job, JobState.CANCELLED, message="Cancelled while running; no result was kept")
+        # The partial file goes first and the state last, in one update: whoever sees "cancelled"
+        # never sees a file that is about to vanish.
         job.refresh_from_db(fields=["result_file"])
         if job.result_file:  # a partial file from an earlier step is not a result
             job.result_file.delete(save=False)
-            Job.objects.filter(pk=job.pk).update(result_file="", result_size=None, expires_at=None)
+        _finish(
+            job,
+            JobState.CANCELLED,
+            message="Cancelled while running; no result was kept",
+            extra={"result_file": "", "result_size": None, "expires_at": None},
+        )
     except JobFailed as exc:
         _finish(job, JobState.FAILED, message=str(exc)[:255], error=str(exc), tb=traceback.format_exc())
     except kind.retry_on as exc:
@@ -102,7 +108,9 @@ def _max_countdown() -> int:
     return LIMITS.max_countdown
 
 
-def _finish(job: Job, state: str, *, message: str, error: str = "", tb: str = "") -> None:
+def _finish(
+    job: Job, state: str, *, message: str, error: str = "", tb: str = "", extra: dict[str, Any] | None = None
+) -> None:
     fields: dict[str, Any] = {
         "state": state,
         "message": message,
@@ -113,4 +121,5 @@ def _finish(job: Job, state: str, *, message: str, error: str = "", tb: str = ""
     }
     if state == JobState.SUCCEEDED:
         fields["progress"] = 100
+    fields.update(extra or {})
     Job.objects.filter(pk=job.pk).update(**fields)
