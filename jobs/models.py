@@ -88,3 +88,36 @@ class Job(models.Model):
     @property
     def is_active(self) -> bool:
         return self.state in ACTIVE_STATES
+
+
+class TaskEventKind(models.TextChoices):
+    FAILED = "failed", "Failed"
+    RETRIED = "retried", "Retried"
+    SUCCEEDED = "succeeded", "Succeeded"
+
+
+class TaskEvent(models.Model):
+    """A Celery task that failed or was retried (any task), or a periodic task that succeeded.
+
+    Written by Celery signal handlers in the worker (jobs/taskevents.py), so it covers every task,
+    not only those behind a Job row. Successes are recorded only for tasks sent by beat (their
+    "periodic_task_name" header): the System page shows each periodic task's last success; recording
+    every payment's success would double the writes of the payment path for nothing.
+    """
+
+    kind = models.CharField(max_length=10, choices=TaskEventKind.choices, db_index=True)
+    task_name = models.CharField(max_length=200, db_index=True)
+    task_id = models.CharField(max_length=64, blank=True)
+    # The django-celery-beat PeriodicTask name when beat sent it; empty for other tasks.
+    periodic_task = models.CharField(max_length=200, blank=True, db_index=True)
+    worker = models.CharField(max_length=200, blank=True)
+    exception = models.TextField(blank=True)
+    traceback = models.TextField(blank=True)
+    at = models.DateTimeField(db_index=True)
+
+    class Meta:
+        ordering = ["-at", "-id"]
+        indexes = [models.Index(fields=["periodic_task", "kind", "-at"], name="taskevent_periodic_last")]
+
+    def __str__(self) -> str:
+        return f"{self.task_name} {self.kind} at {self.at:%Y-%m-%d %H:%M}"

@@ -8,6 +8,8 @@ operations without a copy (tenancy/migrations/0001_initial.py).
 
 from __future__ import annotations
 
+import datetime as dt
+
 from django.conf import settings
 from django.db import models
 
@@ -24,6 +26,11 @@ class Business(models.Model):
     currency = models.CharField(max_length=3, default="KES", editable=False)
     timezone = models.CharField(max_length=64, default="Africa/Nairobi", editable=False)
     is_active = models.BooleanField(default=True)
+    # End of the business day, Africa/Nairobi: the automatic end-of-day closing runs then.
+    closing_time = models.TimeField(
+        default=dt.time(21, 0),
+        help_text="End of the business day (Nairobi time): the day is closed automatically then.",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
