@@ -133,7 +133,8 @@ class EmailLog(models.Model):
     subject = models.CharField(max_length=255)
     recipients = models.TextField()
     body = models.TextField(blank=True)
-    attachment_name = models.CharField(max_length=255, blank=True)
+    # Kept so a retry sends the same file; deleted with the job files' clean-up age.
+    attachment = models.FileField(upload_to="emails/%Y/%m/", blank=True, max_length=255)
     state = models.CharField(max_length=10, choices=EmailState.choices, default=EmailState.QUEUED, db_index=True)
     attempts = models.PositiveSmallIntegerField(default=0)
     last_error = models.TextField(blank=True)
