@@ -133,8 +133,12 @@ class EmailLog(models.Model):
     subject = models.CharField(max_length=255)
     recipients = models.TextField()
     body = models.TextField(blank=True)
-    # Kept so a retry sends the same file; deleted with the job files' clean-up age.
+    # The same content as HTML (an alternative part); empty: plain text only.
+    body_html = models.TextField(blank=True)
+    # Kept so a retry sends the same file; deleted JOB_FILES_KEEP_DAYS after the email was made
+    # (backoffice.emails.email_files_cleanup), when attachment_deleted_at is set.
     attachment = models.FileField(upload_to="emails/%Y/%m/", blank=True, max_length=255)
+    attachment_deleted_at = models.DateTimeField(null=True, blank=True)
     state = models.CharField(max_length=10, choices=EmailState.choices, default=EmailState.QUEUED, db_index=True)
     attempts = models.PositiveSmallIntegerField(default=0)
     last_error = models.TextField(blank=True)
@@ -145,6 +149,7 @@ class EmailLog(models.Model):
     class Meta:
         ordering = ["-created_at", "-id"]
         constraints = [models.UniqueConstraint(fields=["kind", "period"], name="emaillog_kind_period_uniq")]
+        permissions = [("resend_email", "Can send a failed email again")]
 
     def __str__(self) -> str:
         return self.subject

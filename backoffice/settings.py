@@ -283,6 +283,8 @@ EMAIL_BACKEND = env_str(
 DEFAULT_FROM_EMAIL = env_str("DEFAULT_FROM_EMAIL", "backoffice@localhost")
 # A failing email is retried with backoff (1, 2, 4... minutes) this many times in all, then left "failed".
 EMAIL_MAX_ATTEMPTS = env_int("EMAIL_MAX_ATTEMPTS", 5)
+# The first retry's wait, doubled at each attempt (capped by CELERY_MAX_COUNTDOWN). Tests shorten it.
+EMAIL_RETRY_BACKOFF_SECONDS = env_int("EMAIL_RETRY_BACKOFF_SECONDS", 60)
 
 # django-import-export: importing needs the model's change right (scoped admins also ask for add),
 # exporting its view right; without these every staff user could import (docs/permissions.md).
