@@ -27,6 +27,8 @@ from unfold.decorators import action
 from unfold.forms import AdminPasswordChangeForm, UserChangeForm, UserCreationForm
 from unfold.widgets import UnfoldAdminSelectWidget, UnfoldAdminTextInputWidget
 
+# The owner's emails and the email log: a module of their own, whose admins register on import.
+from backoffice import email_admin  # noqa: F401
 from tenancy.models import Membership
 from tenancy.scoping import sees_all_businesses, visible_business_ids
 

@@ -9,6 +9,8 @@ from django.conf import settings
 from django.http import HttpRequest
 from django.urls import reverse_lazy
 
+from tenancy.scoping import sees_all_businesses
+
 
 def _can_view(perm: str) -> Callable[[HttpRequest], bool]:
     return lambda request: bool(request.user.has_perm(perm))
@@ -27,6 +29,14 @@ def model_link(title: str, icon: str, model: str) -> dict[str, Any]:
 
 def _is_owner(request: HttpRequest) -> bool:
     return bool(request.user.is_superuser)
+
+
+def owner_model_link(title: str, icon: str, model: str) -> dict[str, Any]:
+    """A sidebar item for a page only the owner (every business) may open, with its view right."""
+    link = model_link(title, icon, model)
+    can_view = link["permission"]
+    link["permission"] = lambda request: sees_all_businesses(request.user) and can_view(request)
+    return link
 
 
 def sidebar_navigation(request: HttpRequest) -> list[dict[str, Any]]:
@@ -145,6 +155,14 @@ def sidebar_navigation(request: HttpRequest) -> list[dict[str, Any]]:
                 model_link("Crontabs", "calendar_month", "django_celery_beat.crontabschedule"),
                 model_link("Clocked", "alarm", "django_celery_beat.clockedschedule"),
                 model_link("Solar", "wb_sunny", "django_celery_beat.solarschedule"),
+            ],
+        },
+        {
+            "title": "Emails",
+            "collapsible": True,
+            "items": [
+                owner_model_link("Owner emails", "mail", "backoffice.owneremail"),
+                owner_model_link("Email log", "outgoing_mail", "backoffice.emaillog"),
             ],
         },
         {

@@ -18,6 +18,7 @@ from django.test import Client, RequestFactory
 from django.urls import reverse
 from django_celery_beat.models import PeriodicTask
 
+from backoffice.models import EmailLog, OwnerEmail
 from integrations.mpesa.admin import ReconciliationLineAdmin
 from integrations.mpesa.models import (
     InboxMessage,
@@ -94,6 +95,19 @@ ACTIONS = [
     (PeriodicTask, "run_tasks", _model_perms(PeriodicTask, "view"), "django_celery_beat.change_periodictask"),
     (PeriodicTask, "toggle_tasks", _model_perms(PeriodicTask, "view"), "django_celery_beat.change_periodictask"),
     (AccessAttempt, "cleanup_expired_attempts", _model_perms(AccessAttempt, "view"), "axes.delete_accessattempt"),
+    # The owner's emails: owner-level users (every business) only, each action with its right.
+    (
+        EmailLog,
+        "send_again",
+        [*_model_perms(EmailLog, "view"), "tenancy.view_all_businesses"],
+        "backoffice.resend_email",
+    ),
+    (
+        OwnerEmail,
+        "send_test",
+        [*_model_perms(OwnerEmail, "view"), "tenancy.view_all_businesses"],
+        "backoffice.change_owneremail",
+    ),
 ]
 
 
