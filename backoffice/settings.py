@@ -267,7 +267,7 @@ SECURE_CONTENT_TYPE_NOSNIFF = True
 X_FRAME_OPTIONS = "DENY"
 SESSION_COOKIE_AGE = env_int("DJANGO_SESSION_SECONDS", 12 * 3600)
 
-# Email: the console in development; SMTP from the environment in production (docs/deploy.md).
+# Email: the console in development; SMTP from the environment in production (docs/emails.md).
 # With EMAIL_HOST set and no EMAIL_BACKEND, the SMTP backend is used.
 EMAIL_HOST = env_str("EMAIL_HOST", "")
 EMAIL_PORT = env_int("EMAIL_PORT", 587)
