@@ -190,7 +190,13 @@ def email_deliver(*, email_id: int) -> str:
         if log.state in (EmailState.SENT, EmailState.FAILED):
             return str(log.state)
         log.attempts += 1
-        message = _message(log)
+        try:
+            message = _message(log)
+        except OSError as exc:  # its attachment gone from the disk: no retry brings it back
+            log.state, log.last_error = EmailState.FAILED, f"Attachment unreadable: {type(exc).__name__}: {exc}"[:2000]
+            log.save(update_fields=["attempts", "last_error", "state", "updated_at"])
+            logger.error("email %s failed: %s", log.pk, log.last_error)
+            return str(log.state)
         try:
             get_connection(timeout=settings.EMAIL_TIMEOUT).send_messages([message])
         except RETRYABLE as exc:

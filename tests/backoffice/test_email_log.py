@@ -155,6 +155,17 @@ def test_a_5xx_refusal_fails_at_once_and_a_4xx_is_retried(
     assert smtp_server.recorder.messages == []
 
 
+@pytest.mark.django_db
+def test_an_attachment_gone_from_the_disk_fails_the_email_at_once(smtp_server: SmtpServer, media: Path) -> None:  # noqa: F811
+    log = queue(attachment=Attachment("summary.pdf", PDF))
+    (media / log.attachment.name).unlink()
+    assert email_deliver(email_id=log.pk) == EmailState.FAILED
+    log.refresh_from_db()
+    assert (log.state, log.attempts) == (EmailState.FAILED, 1)
+    assert log.last_error.startswith("Attachment unreadable: FileNotFoundError")
+    assert smtp_server.recorder.messages == []
+
+
 @pytest.mark.django_db(transaction=True)
 def test_no_recipients_is_recorded_as_failed_and_nothing_is_queued(clean_broker: redis.Redis, media: Path) -> None:
     log = queue(recipients=[])
