@@ -121,6 +121,30 @@ def _send_after_commit(email_id: int) -> None:
     transaction.on_commit(lambda: send_email.delay(email_id))
 
 
+# An email still queued this long after its last change lost its message (Redis restarted without
+# it, the publish failed after commit): the sweeper sends it again. Longer than any retry's countdown.
+STUCK_AFTER = dt.timedelta(minutes=15)
+
+
+def emails_resend_stuck(*, now: dt.datetime | None = None) -> list[int]:
+    """Enqueue again every email queued or retrying whose row has not moved for STUCK_AFTER plus the
+    longest retry countdown. Returns their ids. Safe beside a message that was not lost after all:
+    `email_deliver` locks the row and sends only what is not sent yet."""
+    from celeryconf.app import LIMITS
+
+    now = now or timezone.now()
+    cutoff = now - STUCK_AFTER - dt.timedelta(seconds=LIMITS.max_countdown)
+    ids = list(
+        EmailLog.objects.filter(state__in=(EmailState.QUEUED, EmailState.RETRYING), updated_at__lt=cutoff)
+        .order_by("pk")
+        .values_list("pk", flat=True)[:500]
+    )
+    for email_id in ids:
+        logger.warning("email %s waited since before %s without a send: enqueued again", email_id, cutoff)
+        _send_after_commit(email_id)
+    return ids
+
+
 def email_requeue(*, email_id: int, recipients: list[str]) -> EmailLog:
     """Send failed email `email_id` again, to `recipients` (the caller decides: an owner email's
     current recipients, say): attempts start again from zero, the last error is cleared and a

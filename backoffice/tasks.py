@@ -12,7 +12,7 @@ from typing import Any
 from celery import shared_task
 from django.conf import settings
 
-from backoffice.emails import EmailRetryError, email_deliver, email_files_cleanup
+from backoffice.emails import EmailRetryError, email_deliver, email_files_cleanup, emails_resend_stuck
 from backoffice.owner_emails import owner_emails_send_due
 
 
@@ -36,8 +36,10 @@ def send_email(self: Any, email_id: int) -> str:
 @shared_task(name="reports.owner_emails_due", time_limit=600, soft_time_limit=570)
 def owner_emails_due() -> list[str]:
     """Every 5 minutes on beat: queue the owner's daily and weekly emails that are due and not yet in
-    the email log (backoffice.owner_emails). Safe to run any number of times, and side by side."""
-    return [f"{log.kind} {log.period}" for log in owner_emails_send_due()]
+    the email log (backoffice.owner_emails), and enqueue again any email whose message was lost
+    (backoffice.emails.emails_resend_stuck). Safe to run any number of times, and side by side."""
+    resent = emails_resend_stuck()
+    return [f"{log.kind} {log.period}" for log in owner_emails_send_due()] + [f"resent #{pk}" for pk in resent]
 
 
 @shared_task(name="backoffice.email_files_cleanup", time_limit=600, soft_time_limit=570)

@@ -28,6 +28,7 @@ from backoffice.emails import (
     email_files_cleanup,
     email_queue,
     email_requeue,
+    emails_resend_stuck,
     recipients_parse,
     recipients_validate,
 )
@@ -234,6 +235,32 @@ def test_a_send_task_delivered_twice_sends_once(transactional_db: None, clean_br
     assert attachment_of(server.recorder.messages[0].message) == ("summary.pdf", PDF)
     log.refresh_from_db()
     assert (log.state, log.attempts) == (EmailState.SENT, 1)
+
+
+@pytest.mark.worker
+def test_an_email_whose_message_redis_lost_is_sent_by_the_sweeper(
+    transactional_db: None, clean_broker: redis.Redis, media: Path
+) -> None:
+    """Redis restarted without persistence: the row says queued, no message exists. The 5-minute
+    check enqueues it again once it has not moved for longer than any retry could wait."""
+    log = queue()
+    assert clean_broker.llen("default") == 1
+    clean_broker.delete("default")  # the message is gone, the row stays queued
+    assert emails_resend_stuck() == []  # too young: its message may still be on its way
+    EmailLog.objects.filter(pk=log.pk).update(updated_at=timezone.now() - dt.timedelta(hours=1))
+    fresh = queue(period="2026-11-30")
+    clean_broker.delete("default")  # lost too, but recent: left alone this time
+    server = SmtpServer().start()
+    worker = WorkerProcess("mail", queues="default", env=worker_env(MEDIA_ROOT=str(media), **server.env())).start()
+    try:
+        assert emails_resend_stuck() == [log.pk]
+        wait_for(lambda: EmailLog.objects.filter(pk=log.pk, state=EmailState.SENT).exists(), 30, "the resent email")
+    finally:
+        worker.stop()
+        server.stop()
+    assert [m.message["Subject"] for m in server.recorder.messages] == [log.subject]
+    fresh.refresh_from_db()
+    assert fresh.state == EmailState.QUEUED
 
 
 # ------------------------------------------------------------------------------------ send again
