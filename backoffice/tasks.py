@@ -26,3 +26,12 @@ def send_email(self: Any, email_id: int) -> str:
         return email_deliver(email_id=email_id)
     except EmailRetryError as exc:
         raise self.retry(countdown=_backoff(exc.attempts, LIMITS.max_countdown), exc=exc) from exc
+
+
+@shared_task(name="backoffice.check_alerts", soft_time_limit=100, time_limit=120)
+def check_alerts() -> str:
+    """Judge every alert rule now (backoffice.alerts.alerts_check); on beat every minute, with an
+    expiry, so checks missed while the worker was down are dropped rather than run in a burst."""
+    from backoffice.alerts import alerts_check
+
+    return str(alerts_check())
