@@ -9,6 +9,8 @@ from django.conf import settings
 from django.http import HttpRequest
 from django.urls import reverse_lazy
 
+from tenancy.scoping import sees_all_businesses
+
 
 def _can_view(perm: str) -> Callable[[HttpRequest], bool]:
     return lambda request: bool(request.user.has_perm(perm))
@@ -27,6 +29,10 @@ def model_link(title: str, icon: str, model: str) -> dict[str, Any]:
 
 def _is_owner(request: HttpRequest) -> bool:
     return bool(request.user.is_superuser)
+
+
+def _sees_all_businesses(request: HttpRequest) -> bool:
+    return sees_all_businesses(request.user)
 
 
 def sidebar_navigation(request: HttpRequest) -> list[dict[str, Any]]:
@@ -49,6 +55,20 @@ def sidebar_navigation(request: HttpRequest) -> list[dict[str, Any]]:
                     "permission": _is_owner,
                 },
                 {"title": "Health", "icon": "monitor_heart", "link": reverse_lazy("healthz"), "permission": _is_owner},
+                {
+                    "title": "System",
+                    "icon": "dns",
+                    "link": reverse_lazy("system"),
+                    "permission": _sees_all_businesses,
+                },
+                {
+                    "title": "Alert rules",
+                    "icon": "notifications",
+                    "link": reverse_lazy("admin:backoffice_alertrule_changelist"),
+                    "permission": lambda request: (
+                        _sees_all_businesses(request) and request.user.has_perm("backoffice.view_alertrule")
+                    ),
+                },
             ],
         },
         {
