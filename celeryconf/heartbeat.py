@@ -76,24 +76,56 @@ def _rss(process: psutil.Process) -> int:
         return 0
 
 
-class WorkerSampler:
-    """What a worker's main process reports each beat: its memory, its pool's, its task count."""
+def pool_pids_of(consumer: Any) -> Callable[[], list[int]] | None:
+    """The prefork pool's process ids, read from the pool itself; None for another pool kind."""
+    processes = getattr(getattr(getattr(consumer, "pool", None), "_pool", None), "_pool", None)
+    if not isinstance(processes, list):
+        return None
+    return lambda: [int(p.pid) for p in list(processes) if p.pid]
 
-    def __init__(self, *, hostname: str, queues: list[str], started_at: float) -> None:
+
+class WorkerSampler:
+    """What a worker's main process reports each beat: its memory, its pool's, its task count.
+
+    The pool's pids come from the pool (`pool_pids`) when it can say: psutil's children() scans
+    every process of the machine (~15 ms with 200 processes), reading one /proc file per pool
+    process costs ~0.05 ms."""
+
+    def __init__(
+        self,
+        *,
+        hostname: str,
+        queues: list[str],
+        started_at: float,
+        pool_pids: Callable[[], list[int]] | None = None,
+    ) -> None:
         self.hostname = hostname
         self.queues = list(queues)
         self.started_at = started_at
         self.process = psutil.Process(os.getpid())
+        self.pool_pids = pool_pids
+        self.children: dict[int, psutil.Process] = {}
         self.seen_children: set[int] = set()
+
+    def _pool(self) -> list[psutil.Process]:
+        if self.pool_pids is None:
+            try:
+                return self.process.children(recursive=False)
+            except psutil.Error:
+                return []
+        current: dict[int, psutil.Process] = {}
+        for pid in self.pool_pids():
+            try:
+                current[pid] = self.children.get(pid) or psutil.Process(pid)
+            except psutil.Error:  # already gone
+                continue
+        self.children = current
+        return list(current.values())
 
     def __call__(self) -> dict[str, Any]:
         from celery.worker import state
 
-        try:
-            children = self.process.children(recursive=False)
-        except psutil.Error:
-            children = []
-        pool = [{"pid": child.pid, "rss": _rss(child)} for child in children]
+        pool = [{"pid": child.pid, "rss": _rss(child)} for child in self._pool()]
         self.seen_children.update(p["pid"] for p in pool)
         return {
             "hostname": self.hostname,
@@ -210,7 +242,7 @@ def _remember_queues(sender: str, instance: Any, **_: Any) -> None:
 @worker_ready.connect
 def _worker_heartbeat(sender: Any, **_: Any) -> None:
     hostname = sender.hostname
-    sample = WorkerSampler(hostname=hostname, queues=_queues, started_at=_started_at)
+    sample = WorkerSampler(hostname=hostname, queues=_queues, started_at=_started_at, pool_pids=pool_pids_of(sender))
     _start([worker_reading_key(hostname), *(worker_key(q, hostname) for q in _queues)], sample)
 
 
