@@ -17,6 +17,7 @@ import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import psutil
 import redis
@@ -175,21 +176,27 @@ def _broker(now: dt.datetime) -> tuple[dict[str, QueueStatus], list[WorkerStatus
         depths = queue_depths(broker)
         raw_workers = workers_read(client)
         raw_beat = beat_read(client)
-        workers = [
-            WorkerStatus(
-                hostname=w["hostname"],
-                pid=int(w["pid"]),
-                queues=list(w.get("queues", [])),
-                rss=int(w.get("rss", 0)),
-                pool=[ProcessMemory(pid=int(p["pid"]), rss=int(p["rss"]), role="pool") for p in w.get("pool", [])],
-                tasks_done=int(w.get("tasks_done", 0)),
-                started_at=_at(float(w.get("started_at", w["at"]))),
-                seen_at=_at(float(w["at"])),
-                restarts_last_hour=restarts_count(client, w["hostname"], now=stamp),
-                pool_started=int(w.get("pool_started", 0)),
-            )
-            for w in raw_workers
-        ]
+        workers = []
+        for w in raw_workers:
+            try:
+                workers.append(
+                    WorkerStatus(
+                        hostname=str(w["hostname"]),
+                        pid=int(w["pid"]),
+                        queues=[str(q) for q in w.get("queues", [])],
+                        rss=int(w.get("rss", 0)),
+                        pool=[
+                            ProcessMemory(pid=int(p["pid"]), rss=int(p["rss"]), role="pool") for p in w.get("pool", [])
+                        ],
+                        tasks_done=int(w.get("tasks_done", 0)),
+                        started_at=_at(float(w.get("started_at", w["at"]))),
+                        seen_at=_at(float(w["at"])),
+                        restarts_last_hour=restarts_count(client, str(w["hostname"]), now=stamp),
+                        pool_started=int(w.get("pool_started", 0)),
+                    )
+                )
+            except (KeyError, TypeError, ValueError):  # a malformed reading: not a worker we can show
+                continue
     finally:
         client.close()
         broker.close()
@@ -203,18 +210,24 @@ def _broker(now: dt.datetime) -> tuple[dict[str, QueueStatus], list[WorkerStatus
         )
         for name, d in depths.items()
     }
-    beat = None
-    if raw_beat is not None:
-        tick = raw_beat.get("last_tick")
-        beat = BeatStatus(
-            hostname=str(raw_beat.get("hostname", "")),
-            pid=int(raw_beat.get("pid", 0)),
-            rss=int(raw_beat.get("rss", 0)),
-            seen_at=_at(float(raw_beat["at"])),
+    return queues, workers, _beat(raw_beat)
+
+
+def _beat(raw: dict[str, Any] | None) -> BeatStatus | None:
+    if raw is None:
+        return None
+    try:
+        tick = raw.get("last_tick")
+        return BeatStatus(
+            hostname=str(raw.get("hostname", "")),
+            pid=int(raw.get("pid", 0)),
+            rss=int(raw.get("rss", 0)),
+            seen_at=_at(float(raw["at"])),
             last_tick_at=None if tick is None else _at(float(tick)),
-            started_at=_at(float(raw_beat["started_at"])) if raw_beat.get("started_at") else None,
+            started_at=_at(float(raw["started_at"])) if raw.get("started_at") else None,
         )
-    return queues, workers, beat
+    except (TypeError, ValueError):  # not a reading we can trust: as if beat had said nothing
+        return None
 
 
 def _existing(path: Path) -> Path:

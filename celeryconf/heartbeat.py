@@ -208,19 +208,29 @@ def restarts_count(
     return sum(1 for score in scores[1:] if score >= now - within_seconds)
 
 
+def _reading(raw: bytes | str | None, *required: str) -> dict[str, Any] | None:
+    """A heartbeat's JSON; None when absent or not one we can read (an older or foreign writer)."""
+    if raw is None:
+        return None
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        return None
+    if not isinstance(value, dict) or any(key not in value for key in required):
+        return None
+    return value
+
+
 def workers_read(client: redis.Redis) -> list[dict[str, Any]]:
-    """Every live worker's last reading (their keys have not expired), by hostname."""
+    """Every live worker's last reading (their keys have not expired), by hostname. A key expired
+    between SCAN and MGET, or holding something else than a reading, is left out."""
     keys = sorted(client.scan_iter(f"{KEY_PREFIX}:worker:*", count=100))
-    readings = []
-    for raw in client.mget(keys) if keys else []:
-        if raw is not None:  # expired between SCAN and MGET
-            readings.append(json.loads(raw))
-    return sorted(readings, key=lambda r: r["hostname"])
+    readings = [r for raw in (client.mget(keys) if keys else []) if (r := _reading(raw, "hostname", "pid", "at"))]
+    return sorted(readings, key=lambda r: str(r["hostname"]))
 
 
 def beat_read(client: redis.Redis) -> dict[str, Any] | None:
-    raw = client.get(BEAT_KEY)
-    return None if raw is None else dict(json.loads(raw))
+    return _reading(client.get(BEAT_KEY), "at")
 
 
 @celeryd_after_setup.connect

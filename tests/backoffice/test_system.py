@@ -5,7 +5,9 @@ last backup, open alerts; /healthz lists open alerts without changing its status
 from __future__ import annotations
 
 import datetime as dt
+import json
 import re
+import time
 from decimal import Decimal
 from html import unescape
 from typing import Any
@@ -19,6 +21,7 @@ from django_celery_beat.models import IntervalSchedule, PeriodicTask
 
 from accounts.services import chart_ensure_default
 from backoffice.models import Alert, AlertCheck, AlertRule, Backup, BackupState, VerifyState
+from celeryconf.heartbeat import BEAT_KEY, worker_reading_key
 from integrations.mpesa.models import InboxKind, InboxMessage, InboxState, ReconciliationRun, ReconciliationState, Till
 from integrations.mpesa.payloads import NAIROBI
 from integrations.mpesa.payments import payment_record
@@ -225,6 +228,23 @@ def test_the_broker_down_is_said_and_the_rest_still_shown(owner_client: Client, 
     assert "does not answer" in part(page, "broker-error")
     assert "Unknown (the broker does not answer)" in part(page, "queues")
     assert "Database size" in part(page, "host")
+
+
+def test_malformed_heartbeats_are_left_out_not_a_crash(owner_client: Client, clean_broker: redis.Redis) -> None:
+    """Whatever sits under the heartbeat keys (an older writer, a hand-typed SET), the page answers."""
+    clean_broker.set(worker_reading_key("garbage@box"), b"{not json")
+    clean_broker.set(worker_reading_key("list@box"), json.dumps([1, 2]))
+    clean_broker.set(worker_reading_key("partial@box"), json.dumps({"hostname": "partial@box"}))
+    clean_broker.set(worker_reading_key("types@box"), json.dumps({"hostname": "types@box", "pid": "x", "at": 1}))
+    good = {"hostname": "good@box", "pid": 42, "queues": ["default"], "at": time.time(), "rss": 50 * 1024 * 1024}
+    clean_broker.set(worker_reading_key("good@box"), json.dumps(good))
+    clean_broker.set(BEAT_KEY, json.dumps({"at": "yesterday"}))
+    page = owner_client.get(URL)
+    assert page.status_code == 200
+    workers = part(page, "workers")
+    assert "good@box 42 default 50.0 MB" in workers
+    assert not any(f"{name}@box" in workers for name in ("garbage", "list", "partial", "types"))
+    assert "No heartbeat from beat" in part(page, "beat")
 
 
 def test_auto_refresh_only_when_asked(owner_client: Client) -> None:
