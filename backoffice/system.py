@@ -19,6 +19,7 @@ from django.core.exceptions import PermissionDenied
 from django.http import HttpRequest
 from django.template.response import TemplateResponse
 from django.utils import timezone
+from django.views.decorators.http import require_GET
 
 from backoffice.alerts import alerts_checked_at, open_alerts
 from backoffice.readings import MB, Readings, readings_collect
@@ -173,6 +174,7 @@ def system_context(readings: Readings) -> dict[str, Any]:
     }
 
 
+@require_GET
 def system_view(request: HttpRequest) -> TemplateResponse:
     """The page (GET only: nothing on it changes data)."""
     if not sees_all_businesses(request.user):

@@ -267,6 +267,7 @@ def test_only_the_owner_may_open_it(water: Business) -> None:
     assert login(staff).get(URL).status_code == 403
     partner = UserFactory.create(username="partner", perms=["tenancy.view_all_businesses"])
     assert login(partner).get(URL).status_code == 200
+    assert login(partner).post(URL).status_code == 405  # nothing on it changes data
 
 
 def test_the_sidebar_offers_the_page_to_the_owner_only(water: Business, owner_client: Client) -> None:
