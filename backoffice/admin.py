@@ -156,3 +156,7 @@ class AccessLogAdmin(BaseAccessLogAdmin, ModelAdmin):  # type: ignore[misc]
 @admin.register(AccessFailureLog)
 class AccessFailureLogAdmin(BaseAccessFailureLogAdmin, ModelAdmin):  # type: ignore[misc]
     pass
+
+
+# The site's own models, each in its module (registered on import).
+from backoffice import admin_alerts  # noqa: E402,F401

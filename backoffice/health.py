@@ -3,7 +3,8 @@
 Anyone gets only {"status": "ok"|"down"} (with 200/503): the details - which worker is missing,
 database and broker error text - are for the owner (logged in as a superuser or holder of
 tenancy.view_all_businesses) or a monitor presenting HEALTHZ_TOKEN (`Authorization: Bearer ...`,
-or `?token=...` for probes that cannot set headers; the logs show it as ***).
+or `?token=...` for probes that cannot set headers; the logs show it as ***). The details list the
+open alerts too (docs/monitoring.md); they do not change the status.
 """
 
 from __future__ import annotations
@@ -52,6 +53,31 @@ def _status_queries_waiting() -> int | None:
         return status_queries_waiting_for_person().count()
     except Exception:  # the database entry already says why
         return None
+
+
+def _alerts() -> dict[str, Any] | None:
+    """Open alerts (backoffice.alerts), and when the rules were last judged; None when the database is down."""
+    from backoffice.alerts import alerts_checked_at
+    from backoffice.models import Alert
+
+    try:
+        rows = [
+            {
+                "rule": a.rule.name,
+                "check": a.rule.check_kind,
+                "message": a.message,
+                "value": a.value,
+                "since": a.first_seen_at.isoformat(),
+            }
+            for a in Alert.objects.filter(resolved_at__isnull=True).select_related("rule").order_by("first_seen_at")
+        ]
+    except DatabaseError:
+        return None
+    checked = alerts_checked_at()
+    return {
+        "open": rows,
+        "checked_seconds_ago": None if checked is None else round(time.time() - checked.timestamp(), 1),
+    }
 
 
 def _spool() -> dict[str, Any]:
@@ -112,6 +138,12 @@ def healthz(request: HttpRequest) -> JsonResponse:
     # is back (an old "oldest_pending_seconds" with the database up means the import fails);
     # rejected ones wait for a person (docs/mpesa.md, "When PostgreSQL is down").
     body["spool"] = _spool()
+    # Open alerts are listed, not judged here: they never turn "ok" into "down" by themselves. The
+    # outages among them (a queue without a worker, beat gone, the broker or database down) are
+    # checked live below and make the 503 already; the rest (disk, memory, backups, backlogs) are
+    # for a person, and a probe that restarts or unroutes the web process would not fix them.
+    # They are judged once a minute by a worker, so a stale row must not fail a live check either.
+    body["alerts"] = _alerts() if body["database"]["ok"] else None
     client = redis_client()
     try:
         client.ping()

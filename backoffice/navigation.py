@@ -39,6 +39,10 @@ def owner_model_link(title: str, icon: str, model: str) -> dict[str, Any]:
     return link
 
 
+def _sees_all_businesses(request: HttpRequest) -> bool:
+    return sees_all_businesses(request.user)
+
+
 def sidebar_navigation(request: HttpRequest) -> list[dict[str, Any]]:
     return [
         {
@@ -59,6 +63,20 @@ def sidebar_navigation(request: HttpRequest) -> list[dict[str, Any]]:
                     "permission": _is_owner,
                 },
                 {"title": "Health", "icon": "monitor_heart", "link": reverse_lazy("healthz"), "permission": _is_owner},
+                {
+                    "title": "System",
+                    "icon": "dns",
+                    "link": reverse_lazy("system"),
+                    "permission": _sees_all_businesses,
+                },
+                {
+                    "title": "Alert rules",
+                    "icon": "notifications",
+                    "link": reverse_lazy("admin:backoffice_alertrule_changelist"),
+                    "permission": lambda request: (
+                        _sees_all_businesses(request) and request.user.has_perm("backoffice.view_alertrule")
+                    ),
+                },
             ],
         },
         {

@@ -47,3 +47,12 @@ def email_files_cleanup_task() -> dict[str, int]:
     """Daily on beat: delete old email attachments and orphan files (backoffice.emails); idempotent."""
     result = email_files_cleanup()
     return {"expired": result.expired, "orphans": result.orphans}
+
+
+@shared_task(name="backoffice.check_alerts", soft_time_limit=100, time_limit=120)
+def check_alerts() -> str:
+    """Judge every alert rule now (backoffice.alerts.alerts_check); on beat every minute, with an
+    expiry, so checks missed while the worker was down are dropped rather than run in a burst."""
+    from backoffice.alerts import alerts_check
+
+    return str(alerts_check())

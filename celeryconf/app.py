@@ -71,5 +71,6 @@ def _close_old_connections(**_: Any) -> None:
     close_old_connections()
 
 
-# Heartbeats for /healthz: imported for its signal handlers.
-from celeryconf import heartbeat  # noqa: E402,F401
+# Heartbeats (/healthz, the System page) and the publish-time stamp on every message (queue age):
+# imported for their signal handlers, in every process that loads the app (web, workers, beat).
+from celeryconf import heartbeat, queues  # noqa: E402,F401

@@ -17,7 +17,7 @@ import redis
 from django.conf import settings
 from django.db import connection
 
-from celeryconf.heartbeat import worker_key
+from celeryconf.heartbeat import worker_key, worker_reading_key
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -149,6 +149,7 @@ class WorkerProcess:
         client = redis.Redis.from_url(self.env["REDIS_URL"])
         for queue in self.queues.split(","):
             client.delete(worker_key(queue, self.hostname))
+        client.delete(worker_reading_key(self.hostname))
         client.close()
 
 

@@ -7,15 +7,20 @@ the same rows.
 from __future__ import annotations
 
 import datetime as dt
+from dataclasses import dataclass
 from decimal import Decimal
 
-from django.db.models import Count, QuerySet, Sum
+from django.db.models import Count, Exists, Min, OuterRef, QuerySet, Sum
+from django.db.models.functions import TruncDate
+from django.utils import timezone
 
 from integrations.mpesa.models import (
     InboxMessage,
     InboxState,
     Payment,
     PaymentStatus,
+    ReconciliationRun,
+    ReconciliationState,
     StatusQuery,
     StatusQueryState,
 )
@@ -48,3 +53,49 @@ def payments_received(*, business_id: int, start: dt.datetime, end: dt.datetime)
         .aggregate(n=Count("id"), s=Sum("amount"))
     )
     return totals["n"], totals["s"] or Decimal("0.00")
+
+
+@dataclass(frozen=True)
+class InboxBacklog:
+    count: int  # callbacks received and not processed yet (new, or failed and waiting for a retry)
+    oldest_received_at: dt.datetime | None
+
+
+def inbox_backlog() -> InboxBacklog:
+    """Callbacks not processed yet, and the oldest one's arrival (the partial index inbox_pending_idx
+    answers it). A minute-old backlog is normal under load; an old one means processing is stuck."""
+    totals = InboxMessage.objects.filter(state__in=[InboxState.RECEIVED, InboxState.FAILED]).aggregate(
+        n=Count("id"), oldest=Min("received_at")
+    )
+    return InboxBacklog(count=totals["n"], oldest_received_at=totals["oldest"])
+
+
+@dataclass(frozen=True)
+class UnreconciledDay:
+    till_id: int
+    till: str
+    business: str
+    day: dt.date
+
+
+def unreconciled_days(*, first: dt.date, last: dt.date) -> list[UnreconciledDay]:
+    """Days in [first, last] (business dates, Africa/Nairobi) on which a till received M-Pesa payments that no
+    finished reconciliation run of that till covers (its statement period includes the day)."""
+    covered = ReconciliationRun.objects.filter(
+        till=OuterRef("till"),
+        state=ReconciliationState.DONE,
+        period_start__lte=OuterRef("day"),
+        period_end__gte=OuterRef("day"),
+    )
+    start = timezone.make_aware(dt.datetime.combine(first, dt.time.min))
+    end = timezone.make_aware(dt.datetime.combine(last + dt.timedelta(days=1), dt.time.min))
+    rows = (
+        Payment.objects.filter(paid_at__gte=start, paid_at__lt=end)
+        .annotate(day=TruncDate("paid_at"))
+        .annotate(covered=Exists(covered))
+        .filter(covered=False)
+        .values_list("till_id", "till__name", "till__business__name", "day")
+        .distinct()
+        .order_by("day", "till__name")
+    )
+    return [UnreconciledDay(till_id=t, till=name, business=b, day=day) for t, name, b, day in rows]
