@@ -8,12 +8,19 @@ import datetime as dt
 from decimal import Decimal
 
 import pytest
+import redis
 from django.core.exceptions import ValidationError
+from django.db import connection
+from django.db.migrations.executor import MigrationExecutor
+from django.utils import timezone
+from django_celery_beat.models import PeriodicTask
 
 from accounts.models import Account, Books, JournalEntry, PeriodClose
+from celeryconf.app import app
 from integrations.mpesa.inbox import inbox_process, inbox_store
 from integrations.mpesa.models import InboxKind, InboxMessage, InboxState, Payment
 from integrations.mpesa.payloads import NAIROBI
+from jobs.models import TaskEvent, TaskEventKind
 from operations.exceptions import ClosingsFailed, DayClosed, InvalidInput
 from operations.models import ClosingStatus, DayClosing, Item, ItemKind, PaymentMethod, Sale, SaleStatus
 from operations.selectors import AUTO_CLOSE_FIRST_DAYS, closing_days_due
@@ -21,6 +28,7 @@ from operations.services.closing import closing_catch_up, closing_run, closings_
 from operations.services.postings import business_open_day
 from operations.services.sales import LineInput, sale_create, sale_refund
 from tenancy.models import Business
+from tests.celery_support import WorkerProcess, wait_for
 from tests.factories.mpesa import TillFactory, c2b_confirmation
 from tests.factories.operations import ItemFactory
 from tests.operations.ledger import D, lines_by_role
@@ -258,3 +266,58 @@ def test_the_money_fields_stay_decimal(retail: Business, today: dt.date) -> None
     cash_sale(retail, service(retail, "sales_shop", price="0.10"), today - DAY, quantity="3")
     [closing] = closing_catch_up(business=retail, now=at(today, 7, 0))
     assert isinstance(closing.expected_cash, Decimal) and closing.expected_cash == D("0.30")
+
+
+SCHEDULE_MIGRATION = ("operations", "0008_closing_schedule")
+
+
+def apply_schedule_migration() -> None:
+    """The data migration's operations, as `migrate` runs them (transactional tests empty every table)."""
+    executor = MigrationExecutor(connection)
+    migration = executor.loader.graph.nodes[SCHEDULE_MIGRATION]
+    state = executor.loader.project_state(SCHEDULE_MIGRATION, at_end=False)
+    with connection.schema_editor(atomic=migration.atomic) as editor:
+        migration.apply(state, editor)
+
+
+@pytest.mark.worker
+@pytest.mark.django_db(transaction=True)
+def test_the_schedule_is_seeded_and_a_default_worker_runs_it_as_beat_sends_it(
+    retail: Business, clean_broker: redis.Redis
+) -> None:
+    apply_schedule_migration()
+    apply_schedule_migration()  # safe to run twice
+    schedule = PeriodicTask.objects.get(task="operations.close_due_days")
+    assert schedule.enabled and schedule.queue == "default" and schedule.interval is None
+    crontab = schedule.crontab
+    assert (crontab.minute, crontab.hour, crontab.day_of_month, crontab.month_of_year, crontab.day_of_week) == (
+        "*/5",
+        "*",
+        "*",
+        "*",
+        "*",
+    )
+    assert str(crontab.timezone) == "Africa/Nairobi"
+
+    today = timezone.localdate()
+    cash_sale(retail, service(retail, "sales_shop"), today - 2 * DAY)
+    due_before = closing_days_due(business=retail, now=timezone.now())
+    worker = WorkerProcess("closing", queues="default").start()
+    try:
+        # as beat sends it: by name, to the default queue, with django-celery-beat's header
+        app.send_task(
+            schedule.task, queue="default", routing_key="default", headers={"periodic_task_name": schedule.name}
+        )
+        wait_for(
+            lambda: TaskEvent.objects.filter(kind=TaskEventKind.SUCCEEDED, periodic_task=schedule.name).exists(),
+            30,
+            "the closing task's success",
+        )
+    finally:
+        worker.stop()
+    due_after = closing_days_due(business=Business.objects.get(pk=retail.pk), now=timezone.now())
+    assert due_after in ([], [today])  # (today only if its closing time passed during the test)
+    closed = closed_days(retail)
+    assert closed[: len(due_before)] == due_before and closed[0] == today - 2 * DAY
+    assert all(c.automatic for c in DayClosing.objects.filter(business=retail))
+    assert not TaskEvent.objects.filter(kind=TaskEventKind.FAILED).exists()
