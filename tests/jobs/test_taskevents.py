@@ -23,7 +23,7 @@ from jobs.models import TaskEvent, TaskEventKind
 from jobs.selectors import periodic_task_status, task_failures
 from jobs.taskevents import PERIODIC_HEADER, periodic_task_name, task_event_record, task_events_prune
 from jobs.tasks import cleanup_files
-from tests.celery_support import WorkerProcess, wait_for
+from tests.celery_support import BeatProcess, WorkerProcess, wait_for
 from tests.conftest import TEST_APP_ROLE
 from tests.worker_tasks import runs_key
 
@@ -138,6 +138,38 @@ def test_a_database_refusing_the_record_is_logged_and_the_task_is_unaffected(
         owner_cursor.execute(f"GRANT INSERT, UPDATE ON jobs_taskevent TO {TEST_APP_ROLE}")
     again = send("tests.succeed", "granted", periodic=PERIODIC)
     wait_for(lambda: event(again), 30, "a record once the database takes it again")
+
+
+@pytest.mark.worker
+@pytest.mark.slow
+def test_what_beat_sends_carries_its_periodic_task_name_to_the_record(
+    events_worker: WorkerProcess, redis_client: redis.Redis
+) -> None:
+    """The real chain: celery beat's DatabaseScheduler (django-celery-beat) sends the row's task with
+    its header; the worker's records name the PeriodicTask, success and failure alike."""
+    every, _ = IntervalSchedule.objects.get_or_create(every=1, period=IntervalSchedule.SECONDS)
+    PeriodicTask.objects.create(
+        name="Beat: fine", task="tests.succeed", args='["by-beat"]', interval=every, queue="default"
+    )
+    PeriodicTask.objects.create(
+        name="Beat: broken", task="tests.fail", args='["by-beat"]', interval=every, queue="default"
+    )
+    beat = BeatProcess()
+    try:
+        beat.start()
+        wait_for(
+            lambda: (
+                TaskEvent.objects.filter(periodic_task="Beat: fine", kind=TaskEventKind.SUCCEEDED).exists()
+                and TaskEvent.objects.filter(periodic_task="Beat: broken", kind=TaskEventKind.FAILED).exists()
+            ),
+            30,
+            "beat's tasks to be recorded under their PeriodicTask names",
+        )
+    finally:
+        beat.stop()
+    assert redis_client.lrange(runs_key("by-beat"), 0, -1)
+    rows = {r["name"]: r for r in periodic_task_status()}
+    assert rows["Beat: broken"]["failing"] and not rows["Beat: fine"]["failing"]
 
 
 # -- in this process: the connection rules, the header, the selectors and the pruning --------------
