@@ -139,8 +139,6 @@ class PeriodicTaskAdmin(beat_admin.PeriodicTaskAdmin, ModelAdmin):  # type: igno
         """Each task with its last success and last failure (jobs.TaskEvent), one subquery each, on the
         (periodic_task, kind, -at) index."""
         events = TaskEvent.objects.filter(periodic_task=OuterRef("name"))
-        # Whether this user may read the failures' exceptions and tracebacks, carried on each row
-        # (the admin object is shared by every request: nothing per-request is kept on it).
         successes = events.filter(kind=TaskEventKind.SUCCEEDED).order_by("-at")
         failures = events.filter(kind=TaskEventKind.FAILED).order_by("-at", "-id")
         return (
@@ -151,6 +149,8 @@ class PeriodicTaskAdmin(beat_admin.PeriodicTaskAdmin, ModelAdmin):  # type: igno
                 last_failure_at=Subquery(failures.values("at")[:1]),
                 last_failure_id=Subquery(failures.values("pk")[:1]),
                 last_failure_error=Subquery(failures.values("exception")[:1]),
+                # Whether this user may read the failures' exceptions and tracebacks, carried on each
+                # row (the admin object serves every request: nothing per request is kept on it).
                 reader_sees_events=Value(may_view_task_events(request.user), output_field=BooleanField()),
             )
         )
@@ -169,14 +169,6 @@ class PeriodicTaskAdmin(beat_admin.PeriodicTaskAdmin, ModelAdmin):  # type: igno
             "last_success_display",
             "last_failure_display",
         ]
-
-    def get_object(self, request: HttpRequest, object_id: str, from_field: str | None = None) -> Any:
-        # The change page reads the same annotations as the list.
-        queryset = self.get_queryset(request)
-        try:
-            return queryset.get(pk=int(object_id))
-        except (PeriodicTask.DoesNotExist, ValueError):
-            return None
 
     @display(description="Last result", label=PERIODIC_STATUS_LABELS)
     def status_display(self, obj: PeriodicTask) -> str:

@@ -84,6 +84,8 @@ def test_the_change_page_shows_the_last_runs(owner_client: Any, tasks: dict[str,
     failure = TaskEvent.objects.get(periodic_task="Broken", kind=TaskEventKind.FAILED)
     assert "Last runs" in body and "Failing" in body
     assert reverse("admin:jobs_taskevent_change", args=[failure.pk]) in body
+    add = owner_client.get(reverse("admin:django_celery_beat_periodictask_add"))
+    assert add.status_code == 200 and "Last runs" not in add.content.decode()
 
 
 def test_without_the_task_events_right_the_failure_time_shows_but_not_its_text(
