@@ -5,6 +5,7 @@ is recorded after the closing (a late M-Pesa payment, a late sale) going to the 
 from __future__ import annotations
 
 import datetime as dt
+import threading
 from decimal import Decimal
 
 import pytest
@@ -12,6 +13,8 @@ import redis
 from django.core.exceptions import ValidationError
 from django.db import connection
 from django.db.migrations.executor import MigrationExecutor
+from django.test import Client
+from django.urls import reverse
 from django.utils import timezone
 from django_celery_beat.models import PeriodicTask
 
@@ -179,6 +182,38 @@ def test_one_business_failing_does_not_stop_the_others_and_is_caught_up_once_fix
     assert DayClosing.objects.get(business=retail, day=yesterday).variance == D("50.00")
 
 
+@pytest.mark.django_db(transaction=True)
+def test_two_runs_at_once_close_each_day_once(retail: Business, today: dt.date) -> None:
+    """Beat sending twice (a restart, "Run now" beside the schedule): both runs go through the days
+    together; each day is closed once, the later run finding it closed."""
+    item = service(retail, "sales_shop")
+    for back in (3, 2, 1):
+        cash_sale(retail, item, today - back * DAY)
+    now = at(today, 9, 0)
+    barrier = threading.Barrier(2)
+    outcomes: list[object] = []
+
+    def run() -> None:
+        try:
+            barrier.wait(5)
+            outcomes.append([c.day for c in closing_catch_up(business=retail, now=now)])
+        except Exception as exc:  # collected for the assertion below
+            outcomes.append(exc)
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=run) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    days = [today - 3 * DAY, today - 2 * DAY, today - DAY]
+    assert outcomes == [days, days]
+    assert closed_days(retail) == days and DayClosing.objects.filter(business=retail).count() == 3
+    moves = list(PeriodClose.objects.filter(books__business=retail).order_by("id").values_list("lock_date", flat=True))
+    assert moves == days
+
+
 def test_an_inactive_business_is_left_alone(retail: Business, today: dt.date) -> None:
     cash_sale(retail, service(retail, "sales_shop"), today - DAY)
     Business.objects.filter(pk=retail.pk).update(is_active=False)
@@ -321,3 +356,21 @@ def test_the_schedule_is_seeded_and_a_default_worker_runs_it_as_beat_sends_it(
     assert closed[: len(due_before)] == due_before and closed[0] == today - 2 * DAY
     assert all(c.automatic for c in DayClosing.objects.filter(business=retail))
     assert not TaskEvent.objects.filter(kind=TaskEventKind.FAILED).exists()
+
+
+def test_the_day_closings_list_tells_automatic_closings_apart(
+    retail: Business, today: dt.date, owner_client: Client
+) -> None:
+    item = service(retail, "sales_shop")
+    cash_sale(retail, item, today - 2 * DAY)
+    by_hand = closing_run(business=retail, day=today - 2 * DAY, counted_cash=D("100.00"))
+    cash_sale(retail, item, today - DAY)
+    [automatic] = closing_catch_up(business=retail, now=at(today, 9, 0))
+
+    url = reverse("admin:operations_dayclosing_changelist")
+    page = owner_client.get(url, {"automatic__exact": "1"}).content.decode()
+    assert f"/dayclosing/{automatic.pk}/change/" in page and f"/dayclosing/{by_hand.pk}/change/" not in page
+    page = owner_client.get(url, {"automatic__exact": "0"}).content.decode()
+    assert f"/dayclosing/{by_hand.pk}/change/" in page and f"/dayclosing/{automatic.pk}/change/" not in page
+    detail = owner_client.get(reverse("admin:operations_dayclosing_change", args=[automatic.pk])).content.decode()
+    assert "closed automatically" in detail.lower()
