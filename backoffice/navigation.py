@@ -9,6 +9,7 @@ from django.conf import settings
 from django.http import HttpRequest
 from django.urls import reverse_lazy
 
+from jobs.admin import may_view_task_events
 from tenancy.scoping import sees_all_businesses
 
 
@@ -169,6 +170,13 @@ def sidebar_navigation(request: HttpRequest) -> list[dict[str, Any]]:
             "collapsible": True,
             "items": [
                 model_link("Periodic tasks", "schedule", "django_celery_beat.periodictask"),
+                {
+                    # Failed and retried tasks: the page's own rule (every business and the right).
+                    "title": "Task failures",
+                    "icon": "report",
+                    "link": reverse_lazy("admin:jobs_taskevent_changelist"),
+                    "permission": lambda request: may_view_task_events(request.user),
+                },
                 model_link("Intervals", "timer", "django_celery_beat.intervalschedule"),
                 model_link("Crontabs", "calendar_month", "django_celery_beat.crontabschedule"),
                 model_link("Clocked", "alarm", "django_celery_beat.clockedschedule"),

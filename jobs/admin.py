@@ -24,7 +24,7 @@ from unfold.contrib.filters.admin import ChoicesDropdownFilter, RangeDateFilter
 from unfold.decorators import action, display
 
 from jobs.access import job_readable_by
-from jobs.models import Job, JobState
+from jobs.models import Job, JobState, TaskEvent, TaskEventKind
 from jobs.registry import REGISTRY, JobError, kind_label
 from jobs.services import job_cancel, job_retry
 from tenancy.scoping import BusinessScopedAdmin, sees_all_businesses, visible_business_ids
@@ -318,4 +318,86 @@ class JobAdmin(BusinessScopedAdmin):
             raise Http404("No such result.")
         return FileResponse(
             job.result_file.open("rb"), as_attachment=True, filename=job.result_file.name.rsplit("/", 1)[-1]
+        )
+
+
+TASK_EVENT_LABELS = {
+    TaskEventKind.FAILED: "danger",
+    TaskEventKind.RETRIED: "warning",
+    TaskEventKind.SUCCEEDED: "success",
+}
+
+
+class _DistinctValueFilter(admin.SimpleListFilter):
+    """A filter offering the values a TaskEvent column holds (the table keeps 30 days: a few names)."""
+
+    field = ""
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        values = TaskEvent.objects.exclude(**{self.field: ""}).values_list(self.field, flat=True)
+        return [(v, v) for v in values.distinct().order_by(self.field)]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[TaskEvent]) -> QuerySet[TaskEvent]:
+        return queryset.filter(**{self.field: self.value()}) if self.value() else queryset
+
+
+class TaskNameFilter(_DistinctValueFilter):
+    title = "task"
+    parameter_name = "task"
+    field = "task_name"
+
+
+class PeriodicTaskFilter(_DistinctValueFilter):
+    title = "periodic task"
+    parameter_name = "periodic"
+    field = "periodic_task"
+
+
+def may_view_task_events(user: Any) -> bool:
+    """Task events are about every business (a traceback may show any business's data): the owner,
+    or someone who sees every business and holds "view task event"."""
+    return bool(user.is_active and user.is_staff and sees_all_businesses(user) and user.has_perm("jobs.view_taskevent"))
+
+
+@admin.register(TaskEvent)
+class TaskEventAdmin(ModelAdmin):  # type: ignore[type-arg]
+    """Failed and retried Celery tasks, and periodic tasks' last successes, as the workers recorded
+    them (jobs/taskevents.py). Read-only: the workers write them, the daily clean-up deletes them."""
+
+    list_display = ["at", "kind_display", "task_name", "periodic_task", "exception_short", "worker"]
+    list_display_links = ["at", "kind_display"]
+    list_filter = [("kind", ChoicesDropdownFilter), TaskNameFilter, PeriodicTaskFilter, ("at", RangeDateFilter)]
+    list_filter_submit = True
+    search_fields = ["task_name", "periodic_task", "exception", "task_id"]
+    fields = ["at", "kind", "task_name", "task_id", "periodic_task", "worker", "exception", "traceback_display"]
+    readonly_fields = fields
+    date_hierarchy = "at"
+
+    def has_view_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return may_view_task_events(request.user)
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False  # kept 30 days by the daily clean-up (jobs.taskevents.task_events_prune)
+
+    @display(description="What", label=TASK_EVENT_LABELS)
+    def kind_display(self, obj: TaskEvent) -> str:
+        return obj.kind
+
+    @display(description="Exception")
+    def exception_short(self, obj: TaskEvent) -> str:
+        text = obj.exception.splitlines()[0] if obj.exception else ""
+        return text if len(text) <= 120 else text[:119] + "..."
+
+    @display(description="Traceback")
+    def traceback_display(self, obj: TaskEvent) -> str:
+        if not obj.traceback:
+            return "-"
+        return format_html(
+            '<pre class="task-traceback" style="white-space:pre-wrap;font-size:12px">{}</pre>', obj.traceback
         )

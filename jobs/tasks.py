@@ -1,5 +1,5 @@
 """The one task behind every Job (the job kinds decide what it does), the one place that enqueues
-it, and the daily clean-up of result files (sent by beat to the default queue).
+it, and the daily clean-up of result files and old task events (sent by beat to the default queue).
 
 The task names `jobs.run` and `jobs.cleanup_files` are stable: messages already queued and beat's
 schedule rows name them.
@@ -15,6 +15,7 @@ from jobs.cleanup import job_files_cleanup
 from jobs.models import Job
 from jobs.registry import REGISTRY
 from jobs.runner import job_run
+from jobs.taskevents import task_events_prune
 
 
 @shared_task(name="jobs.run", bind=True, max_retries=None)
@@ -36,6 +37,8 @@ def job_enqueue(job: Job) -> None:
 
 @shared_task(name="jobs.cleanup_files", time_limit=600, soft_time_limit=570)
 def cleanup_files() -> dict[str, int]:
-    """Delete expired result files and orphan files (jobs.cleanup); idempotent."""
+    """Delete task events older than 30 days (jobs.taskevents), then expired result files and orphan
+    files (jobs.cleanup); idempotent. (One daily housekeeping run rather than a schedule of its own.)"""
+    pruned = task_events_prune()
     result = job_files_cleanup()
-    return {"expired": result.expired, "orphans": result.orphans}
+    return {"expired": result.expired, "orphans": result.orphans, "task_events": pruned}

@@ -29,3 +29,8 @@ class InvalidState(OperationError):  # noqa: N818 - named for what the person se
 
 class InvalidInput(OperationError):  # noqa: N818 - named for what the person sees
     """Something entered is missing or wrong (no lines, a customer of another business...)."""
+
+
+class ClosingsFailed(OperationError):  # noqa: N818 - named for what the person sees
+    """The end-of-day schedule could not close some businesses (the others were closed); the message
+    names each one with its error."""

@@ -1,5 +1,5 @@
 """The reads of the day-to-day that matter: customer balances and statements, stock value as of a
-date, low stock, uncollected laundry. Each is one or two SQL queries."""
+date, low stock, uncollected laundry, the days due for closing. Each is one or two SQL queries."""
 
 from __future__ import annotations
 
@@ -9,11 +9,12 @@ from decimal import Decimal
 from typing import Any
 
 from django.db import connection
-from django.db.models import Count, F, Q, QuerySet, Sum
+from django.db.models import Count, F, Min, Q, QuerySet, Sum
+from django.utils import timezone
 
 from accounts.fields import ZERO
-from accounts.models import JournalLine
-from accounts.selectors import account_for_role
+from accounts.models import JournalEntry, JournalLine
+from accounts.selectors import account_for_role, books_lock_date
 from operations.models import (
     OPEN_STATUSES,
     ClosingStatus,
@@ -49,6 +50,52 @@ def cash_expected(*, business: Business, day: dt.date) -> Decimal:
         debit=Sum("debit"), credit=Sum("credit")
     )
     return (totals["debit"] or ZERO) - (totals["credit"] or ZERO)
+
+
+# A business never closed is closed automatically from its first activity, but never further back
+# than this: a month, so the first run after the schedule is switched on (or a business's history
+# imported) writes at most a month of closings; older days are the owner's to close (docs/operations.md).
+AUTO_CLOSE_FIRST_DAYS = 31
+
+
+def closing_last_due_day(*, business: Business, now: dt.datetime) -> dt.date:
+    """The last day of `business` that has ended at `now`: today once its closing time (Nairobi) has
+    passed, else yesterday."""
+    local = timezone.localtime(now)
+    if local.time() >= business.closing_time:
+        return local.date()
+    return local.date() - dt.timedelta(days=1)
+
+
+def first_activity_day(*, business: Business) -> dt.date | None:
+    """The first day `business` has anything on: a ledger entry, a stock movement (production moves
+    stock without an entry) or a closing entered by hand; None for a business with nothing yet."""
+    days = [
+        JournalEntry.objects.filter(business=business).aggregate(d=Min("entry_date"))["d"],
+        StockMovement.objects.filter(business=business).aggregate(d=Min("movement_date"))["d"],
+        DayClosing.objects.filter(business=business).aggregate(d=Min("day"))["d"],
+    ]
+    found = [d for d in days if d is not None]
+    return min(found) if found else None
+
+
+def closing_days_due(*, business: Business, now: dt.datetime) -> list[dt.date]:
+    """The days of `business` that have ended at `now` and are not closed, oldest first.
+
+    From the day after the books' lock date (a closing moves it to its day); for books never locked,
+    from the first day with activity, at most AUTO_CLOSE_FIRST_DAYS days back, nothing for a business
+    with no activity at all. Up to today once the business's closing time has passed, else yesterday.
+    """
+    last = closing_last_due_day(business=business, now=now)
+    lock_date = books_lock_date(business_id=business.pk)
+    if lock_date is not None:
+        start = lock_date + dt.timedelta(days=1)
+    else:
+        first = first_activity_day(business=business)
+        if first is None:
+            return []
+        start = max(first, last - dt.timedelta(days=AUTO_CLOSE_FIRST_DAYS - 1))
+    return [start + dt.timedelta(days=n) for n in range((last - start).days + 1)]
 
 
 def customer_balance(*, customer: Customer, as_of: dt.date | None = None) -> Decimal:

@@ -48,7 +48,7 @@ class BusinessAdmin(BusinessScopedAdmin, ImportExportModelAdmin):  # type: ignor
     resource_classes = [BusinessResource]
     import_form_class = ImportForm
     export_form_class = ExportForm
-    list_display = ["name", "kind", "currency", "timezone", "is_active", "staff_count"]
+    list_display = ["name", "kind", "currency", "timezone", "closing_time", "is_active", "staff_count"]
     list_filter = ["kind", "is_active"]
     search_fields = ["name"]
     readonly_fields = ["currency", "timezone", "created_at"]

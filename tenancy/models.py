@@ -11,7 +11,11 @@ from __future__ import annotations
 import datetime as dt
 
 from django.conf import settings
+from django.core.exceptions import ValidationError
 from django.db import models
+
+# The earliest closing time a business may set (see Business.clean).
+EARLIEST_CLOSING_TIME = dt.time(12, 0)
 
 
 class BusinessKind(models.TextChoices):
@@ -44,6 +48,17 @@ class Business(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+    def clean(self) -> None:
+        # The automatic closing closes today once this time has passed: a time in the early morning
+        # would close each day as it starts, and everything recorded that day would go to the next.
+        if self.closing_time is not None and self.closing_time < EARLIEST_CLOSING_TIME:
+            raise ValidationError(
+                {
+                    "closing_time": f"The end of the business day must be {EARLIEST_CLOSING_TIME:%H:%M} or later "
+                    "(the day is closed automatically then)."
+                }
+            )
 
 
 class MembershipRole(models.TextChoices):

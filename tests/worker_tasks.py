@@ -75,3 +75,42 @@ def counts_rows(ctx: JobContext) -> None:
 def quick_default(ctx: JobContext) -> None:
     _record(ctx.params["token"], "ran")
     ctx.progress(100, "quick")
+
+
+@shared_task(name="tests.succeed")
+def succeed(token: str) -> str:
+    _record(token, "done")
+    return "ok"
+
+
+@shared_task(name="tests.fail")
+def fail(token: str) -> None:
+    _record(token, "ran")
+    raise ValueError(f"the test task failed on purpose ({token})")
+
+
+@shared_task(name="tests.retry_once", bind=True, max_retries=3)
+def retry_once(self, token: str) -> None:  # type: ignore[no-untyped-def]
+    """Fails with a transient error the first time, asks to be retried, succeeds the second time."""
+    _record(token, f"attempt{self.request.retries}")
+    if self.request.retries == 0:
+        raise self.retry(countdown=1, exc=ConnectionError("transient trouble, try again"))
+
+
+@shared_task(name="tests.fail_in_open_transaction")
+def fail_in_open_transaction(token: str, how: str) -> None:
+    """Leaves the worker's connection inside a transaction aborted by an error, then fails:
+    "raw" by a BEGIN sent behind Django's back, "autocommit" with Django's autocommit switched off."""
+    import contextlib
+
+    from django.db import DatabaseError, connection, transaction
+
+    _record(token, "ran")
+    if how == "autocommit":
+        transaction.set_autocommit(False)
+    with connection.cursor() as cursor:
+        if how == "raw":
+            cursor.execute("BEGIN")
+        with contextlib.suppress(DatabaseError):
+            cursor.execute("SELECT 1 / 0")
+    raise RuntimeError(f"failed inside an aborted transaction ({how})")

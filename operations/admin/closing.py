@@ -26,8 +26,9 @@ class DayClosingAdmin(DocumentAdmin):
         "counted_cash",
         "variance",
         "closed_by",
+        "automatic",
     ]
-    list_filter = ["status", ("day", admin.DateFieldListFilter)]
+    list_filter = ["status", "automatic", ("day", admin.DateFieldListFilter)]
     list_select_related = ["business", "closed_by"]
     date_hierarchy = "day"
     fields = [
@@ -42,6 +43,7 @@ class DayClosingAdmin(DocumentAdmin):
         "entry",
         "closed_by",
         "closed_at",
+        "automatic",
     ]
     readonly_fields = [
         "status",
@@ -52,6 +54,7 @@ class DayClosingAdmin(DocumentAdmin):
         "entry",
         "closed_by",
         "closed_at",
+        "automatic",
     ]
     actions = ["run_closing"]
 

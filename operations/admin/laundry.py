@@ -20,6 +20,7 @@ from operations.services.laundry import (
     laundry_order_collect,
     laundry_order_receive,
 )
+from operations.services.postings import business_open_day
 
 
 class LaundryOrderLineInline(DraftInline):
@@ -138,20 +139,23 @@ class LaundryOrderAdmin(ExcelExportMixin, DocumentAdmin):
 
     @action(description="Collected today, balance paid in cash", permissions=["change"])
     def collect_orders(self, request: HttpRequest, queryset: QuerySet[LaundryOrder]) -> None:
-        today = timezone.localdate()
+        # Today, or the next day once today is closed (a collection at 21:30 after the closing).
         self.run_service(
             request,
             queryset,
-            lambda o: laundry_order_collect(order=o, collected_date=today, acting_user=request.user),
+            lambda o: laundry_order_collect(
+                order=o, collected_date=business_open_day(o.business), acting_user=request.user
+            ),
             "Orders collected",
         )
 
     @action(description="Cancel selected orders (deposit back in cash)", permissions=["change"])
     def cancel_orders(self, request: HttpRequest, queryset: QuerySet[LaundryOrder]) -> None:
-        today = timezone.localdate()
         self.run_service(
             request,
             queryset,
-            lambda o: laundry_order_cancel(order=o, cancel_date=today, acting_user=request.user),
+            lambda o: laundry_order_cancel(
+                order=o, cancel_date=business_open_day(o.business), acting_user=request.user
+            ),
             "Orders cancelled",
         )

@@ -32,6 +32,16 @@ class DayClosing(models.Model):
         settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
     )
     closed_at = models.DateTimeField(null=True, blank=True, editable=False)
+    # Closed by the end-of-day schedule (operations.close_due_days) rather than by a person: closed_by
+    # alone cannot tell (a launcher deleted later, seed_demo), and the owner wants to see which days
+    # nobody counted.
+    automatic = models.BooleanField(
+        default=False,
+        editable=False,
+        verbose_name="closed automatically",
+        help_text="Closed by the end-of-day schedule at the business's closing time (no cash count unless "
+        "one was entered beforehand).",
+    )
 
     class Meta:
         ordering = ["-day", "business__name"]

@@ -70,16 +70,31 @@ class Roles(LedgerRoles):
         return InvalidInput(f"{self.business} has no ledger account for {role!r}; ask the accountant")
 
 
+def business_open_day(business: Business) -> dt.date:
+    """The day new work is dated on: today, or the next day once today is closed (the automatic
+    end-of-day closing at the business's closing time, or a closing by hand). What is recorded
+    after the closing belongs to the next business day, as late M-Pesa payments do (docs/operations.md)."""
+    today = timezone.localdate()
+    lock_date = books_lock_date(business_id=business.pk)
+    if lock_date is not None and lock_date >= today:
+        return lock_date + dt.timedelta(days=1)
+    return today
+
+
 def day_open_check(business: Business, day: dt.date) -> None:
     """Raise DayClosed if `day` is on or before the business's lock date, InvalidInput if it is
-    a day that has not come yet."""
-    if day > timezone.localdate():
-        raise InvalidInput(f"{day:%d %b %Y} is in the future: record it on the day it happens.")
+    a day that has not come yet. Once today is closed, the next day is open: work recorded after
+    the closing (a sale at 21:30) is dated on it rather than refused until midnight."""
     lock_date = books_lock_date(business_id=business.pk)
+    today = timezone.localdate()
+    latest = lock_date + dt.timedelta(days=1) if lock_date is not None and lock_date >= today else today
+    if day > latest:
+        raise InvalidInput(f"{day:%d %b %Y} is in the future: record it on the day it happens.")
     if lock_date is not None and day <= lock_date:
+        first_open = lock_date + dt.timedelta(days=1)
         raise DayClosed(
             f"{day:%d %b %Y} is closed for {business}: the books are closed up to {lock_date:%d %b %Y}. "
-            "Record it on an open day."
+            f"Record it on an open day ({first_open:%d %b %Y} or later)."
         )
 
 

@@ -17,7 +17,6 @@ from typing import Any
 
 from django.db import transaction
 from django.db.models import Sum
-from django.utils import timezone
 
 from accounts.fields import ZERO
 from accounts.journal import Journal
@@ -40,6 +39,7 @@ from operations.models import (
 from operations.services.postings import (
     Roles,
     acting,
+    business_open_day,
     day_open_check,
     money,
     sales_role_of,
@@ -267,12 +267,13 @@ def sale_void(*, sale: Sale, reason: str = "", acting_user: Any = None) -> Sale:
 
 
 def sale_refund(*, sale: Sale, refund_date: dt.date | None = None, reason: str = "", acting_user: Any = None) -> Sale:
-    """Refund a whole sale: a reversal entry dated `refund_date` (default today) - cash goes back out
+    """Refund a whole sale: a reversal entry dated `refund_date` (default: today, or the next day
+    once today is closed: postings.business_open_day) - cash goes back out
     of the drawer, or the customer's account is credited - and the stock comes back at its cost.
     Idempotent (key "sale-refund:<id>")."""
     return _sale_reverse(
         sale=sale,
-        day=refund_date or timezone.localdate(),
+        day=refund_date or business_open_day(sale.business),
         status=SaleStatus.REFUNDED,
         acting_user=acting_user,
         reason=reason or "refunded",
