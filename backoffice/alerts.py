@@ -42,7 +42,7 @@ from backoffice.models import (
     OwnerEmailKind,
     VerifyState,
 )
-from backoffice.readings import MB, Readings, readings_collect
+from backoffice.readings import MB, Readings, failing_recently, first_line, readings_collect
 from celeryconf.config import QUEUES
 from tenancy.scoping import sees_all_businesses
 
@@ -362,10 +362,10 @@ def _payments_waiting(rule: AlertRule, r: Readings) -> Finding | None:
 def _periodic_task_failed(rule: AlertRule, r: Readings) -> Finding | None:
     if r.periodic is None:
         return None
-    failing = [p for p in r.periodic if p.failing(r.at)]
+    failing = [p for p in r.periodic if failing_recently(p, r.at)]
     if len(failing) <= rule.threshold:
         return CLEAR
-    parts = [f"{p.name} ({p.last_failure or 'no exception recorded'})" for p in failing]
+    parts = [f"{p['name']} ({first_line(p['last_error']) or 'no exception recorded'})" for p in failing]
     return Finding(True, "Failed in the last 24 h, no success since: " + "; ".join(parts), str(len(failing)))
 
 

@@ -25,7 +25,6 @@ from django.conf import settings
 from django.db import DatabaseError, connection
 from django.utils import timezone
 
-from backoffice.taskstatus import PeriodicTaskStatus, periodic_task_status
 from celeryconf.heartbeat import beat_read, redis_client, restarts_count, workers_read
 from celeryconf.queues import broker_client, queue_depths
 from integrations.mpesa.selectors import (
@@ -35,6 +34,7 @@ from integrations.mpesa.selectors import (
     status_queries_waiting_for_person,
     unreconciled_days,
 )
+from jobs.selectors import PeriodicTaskStatus, periodic_task_status
 
 MB = 1024 * 1024
 # The System page lists days with M-Pesa payments and no finished reconciliation this far back.
@@ -43,6 +43,22 @@ UNRECONCILED_LOOKBACK_DAYS = 30
 
 def _at(epoch: float) -> dt.datetime:
     return dt.datetime.fromtimestamp(epoch, tz=dt.UTC)
+
+
+# A periodic task counts as failing (System page, "a periodic task failed" rule) when its last failure
+# came after its last success and within this window: one that failed weeks ago and has not run
+# since (disabled, say) is history, not an alarm.
+FAILURE_WINDOW = dt.timedelta(hours=24)
+
+
+def failing_recently(status: PeriodicTaskStatus, now: dt.datetime) -> bool:
+    failed_at = status["last_failure_at"]
+    return bool(status["failing"] and failed_at is not None and failed_at >= now - FAILURE_WINDOW)
+
+
+def first_line(text: str) -> str:
+    """The first line of an exception text, cut to 300 characters (a whole traceback stays on its page)."""
+    return (text.splitlines() or [""])[0][:300]
 
 
 @dataclass(frozen=True)

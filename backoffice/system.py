@@ -22,8 +22,8 @@ from django.utils import timezone
 from django.views.decorators.http import require_GET
 
 from backoffice.alerts import alerts_checked_at, open_alerts
-from backoffice.readings import MB, Readings, readings_collect
-from backoffice.taskstatus import task_failures
+from backoffice.readings import MB, Readings, failing_recently, first_line, readings_collect
+from jobs.selectors import task_failures
 from tenancy.scoping import sees_all_businesses
 
 FAILURES_SHOWN = 100
@@ -91,14 +91,14 @@ def system_context(readings: Readings) -> dict[str, Any]:
     beat = readings.beat
     periodic = [
         {
-            "name": p.name,
-            "task": p.task,
-            "enabled": p.enabled,
-            "last_run": _local(p.last_run_at) or "never",
-            "last_success": _local(p.last_success_at) or "none recorded",
-            "last_failure": _local(p.last_failure_at),
-            "exception": p.last_failure,
-            "failing": p.failing(now),
+            "name": p["name"],
+            "task": p["task"],
+            "enabled": p["enabled"],
+            "last_run": _local(p["last_run_at"]) or "never",
+            "last_success": _local(p["last_success_at"]) or "none recorded",
+            "last_failure": _local(p["last_failure_at"]),
+            "exception": first_line(p["last_error"]),
+            "failing": failing_recently(p, now),
         }
         for p in readings.periodic or []
     ]
@@ -201,7 +201,7 @@ def system_view(request: HttpRequest) -> TemplateResponse:
             for a in open_alerts(request.user)
         ],
         "alerts_checked": ago(checked, now) if checked else "unknown",
-        "failures": list(task_failures(since=now - dt.timedelta(hours=24))[:FAILURES_SHOWN]),
+        "failures": list(task_failures(now - dt.timedelta(hours=24), limit=FAILURES_SHOWN)),
         "refresh": refresh if refresh in REFRESH_CHOICES else 0,
         "refresh_choices": REFRESH_CHOICES,
     }

@@ -53,11 +53,11 @@ from backoffice.readings import (
     WorkerStatus,
     readings_collect,
 )
-from backoffice.taskstatus import PeriodicTaskStatus
 from celeryconf.config import QUEUES
 from celeryconf.queues import queue_depths
 from integrations.mpesa.models import InboxKind, InboxMessage, InboxState
 from jobs.models import TaskEvent, TaskEventKind
+from jobs.selectors import PeriodicTaskStatus, is_failing
 from tenancy.models import Business
 from tests.celery_support import WorkerProcess, wait_for
 from tests.factories.mpesa import TillFactory
@@ -172,13 +172,17 @@ def periodic(*, failed_hours_ago: float | None, succeeded_hours_ago: float | Non
 
     return [
         PeriodicTaskStatus(
+            id=1,
             name="Backups: nightly",
             task="backoffice.backup",
             enabled=True,
+            schedule="At 02:00 AM",
             last_run_at=at(1),
             last_success_at=at(succeeded_hours_ago),
             last_failure_at=at(failed_hours_ago),
-            last_failure="CalledProcessError: pg_dump exited with 1" if failed_hours_ago is not None else "",
+            last_error="CalledProcessError: pg_dump exited with 1" if failed_hours_ago is not None else "",
+            last_failure_id=7 if failed_hours_ago is not None else None,
+            failing=is_failing(last_success_at=at(succeeded_hours_ago), last_failure_at=at(failed_hours_ago)),
         )
     ]
 
