@@ -327,6 +327,9 @@ class Takings:
     mpesa: Decimal = ZERO
     total: Decimal = ZERO
 
+    def __add__(self, other: Takings) -> Takings:
+        return Takings(cash=self.cash + other.cash, mpesa=self.mpesa + other.mpesa, total=self.total + other.total)
+
 
 _TAKINGS_SQL = """
 SELECT e.business_id, e.entry_date, a.role, sum(l.debit) - sum(l.credit)
