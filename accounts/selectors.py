@@ -327,6 +327,49 @@ class Takings:
     mpesa: Decimal = ZERO
     total: Decimal = ZERO
 
+    def __add__(self, other: Takings) -> Takings:
+        return Takings(cash=self.cash + other.cash, mpesa=self.mpesa + other.mpesa, total=self.total + other.total)
+
+
+_TAKINGS_SQL = """
+SELECT e.business_id, e.entry_date, a.role, sum(l.debit) - sum(l.credit)
+  FROM accounts_journalentry e
+  JOIN accounts_journalline l ON l.entry_id = e.id
+  JOIN accounts_account a ON a.id = l.account_id
+  LEFT JOIN accounts_journalentry o ON o.id = e.reverses_id
+ WHERE e.business_id = ANY(%(ids)s) AND e.entry_date BETWEEN %(date_from)s AND %(date_to)s
+   AND a.role = ANY(%(roles)s)
+   AND (e.source_type = ANY(%(sources)s) OR (e.source_type = 'reversal' AND o.source_type = ANY(%(sources)s)))
+ GROUP BY e.business_id, e.entry_date, a.role
+"""
+
+
+def takings_by_day(
+    *, business_ids: Sequence[int], date_from: dt.date, date_to: dt.date
+) -> dict[tuple[int, dt.date], Takings]:
+    """Per (business, day) from `date_from` to `date_to`: the takings, as `takings_by_business` counts them.
+
+    One query over the journal lines of those days (the daily totals cannot tell a sale's cash from
+    an owner's deposit). Only days with takings are in the result: a missing key is Takings().
+    """
+    if not business_ids:
+        return {}
+    params = {
+        "ids": list(business_ids),
+        "date_from": date_from,
+        "date_to": date_to,
+        "roles": list(TAKINGS_ROLES),
+        "sources": list(TAKINGS_SOURCES),
+    }
+    amounts: dict[tuple[int, dt.date], dict[str, Decimal]] = {}
+    for business_id, day, role, amount in _fetch(_TAKINGS_SQL, params):
+        amounts.setdefault((business_id, day), {})[role] = Decimal(amount)
+    result = {}
+    for key, by_role in amounts.items():
+        cash, mpesa = by_role.get("cash", ZERO), by_role.get("mpesa_clearing", ZERO)
+        result[key] = Takings(cash=cash, mpesa=mpesa, total=cash + mpesa)
+    return result
+
 
 def takings_by_business(*, business_ids: list[int], day: dt.date) -> dict[int, Takings]:
     """Per business: the day's sales and payments received into cash and the M-Pesa till.
@@ -334,28 +377,79 @@ def takings_by_business(*, business_ids: list[int], day: dt.date) -> dict[int, T
     For entries dated `day` whose source is a sale, an M-Pesa receipt or a payment - or which
     reverse such an entry, so a reversed sale nets out - the sum of debits minus credits on the
     accounts with roles "cash" and "mpesa_clearing". Every requested id is in the result.
+    Read from the lines, so postings made earlier in the caller's transaction count (closing needs it).
     """
-    result = dict.fromkeys(business_ids, Takings())
+    by_day = takings_by_day(business_ids=business_ids, date_from=day, date_to=day)
+    return {b: by_day.get((b, day), Takings()) for b in business_ids}
+
+
+# Roles whose expense is the cost of what was sold (gross profit = income - these); every other
+# expense account is an operating expense.
+COST_OF_SALES_ROLES = ("cost_of_sales", "stock_variance")
+
+
+@dataclass(frozen=True)
+class Trading:
+    """What a business earned and spent in a day (or a period), from its income and expense accounts.
+
+    `income` is every income account (sales net of VAT), `cost_of_sales` the accounts with the roles
+    in COST_OF_SALES_ROLES, `expenses` every other expense account (rent, wages, M-Pesa charges,
+    cash over and short...). Each is signed the natural way: a reversal brings it down.
+    """
+
+    income: Decimal = ZERO
+    cost_of_sales: Decimal = ZERO
+    expenses: Decimal = ZERO
+
+    @property
+    def gross_profit(self) -> Decimal:
+        return self.income - self.cost_of_sales
+
+    @property
+    def net_profit(self) -> Decimal:
+        return self.gross_profit - self.expenses
+
+    def __add__(self, other: Trading) -> Trading:
+        return Trading(
+            income=self.income + other.income,
+            cost_of_sales=self.cost_of_sales + other.cost_of_sales,
+            expenses=self.expenses + other.expenses,
+        )
+
+
+_TRADING_SQL = """
+SELECT t.business_id, t.day,
+       coalesce(sum(t.credit - t.debit) FILTER (WHERE a.type = 'income'), 0),
+       coalesce(sum(t.debit - t.credit) FILTER (WHERE a.type = 'expense' AND a.role = ANY(%(cost_roles)s)), 0),
+       coalesce(sum(t.debit - t.credit) FILTER (WHERE a.type = 'expense' AND a.role <> ALL(%(cost_roles)s)), 0)
+  FROM accounts_accountdaytotal t JOIN accounts_account a ON a.id = t.account_id
+ WHERE t.business_id = ANY(%(ids)s) AND t.day BETWEEN %(date_from)s AND %(date_to)s
+   AND a.type IN ('income', 'expense')
+ GROUP BY t.business_id, t.day
+"""
+
+
+def trading_by_day(
+    *, business_ids: Sequence[int], date_from: dt.date, date_to: dt.date
+) -> dict[tuple[int, dt.date], Trading]:
+    """Per (business, day) from `date_from` to `date_to`: income, cost of sales and expenses.
+
+    One query over the daily account totals (entries dated those days, whatever their source), so it
+    costs the same on a year of data as on a week; what the P&L of the same days would show, split.
+    Only days with income or expense postings are in the result: a missing key is Trading().
+    """
     if not business_ids:
-        return result
-    rows = _fetch(
-        "SELECT e.business_id, a.role, sum(l.debit) - sum(l.credit)"
-        " FROM accounts_journalentry e"
-        " JOIN accounts_journalline l ON l.entry_id = e.id"
-        " JOIN accounts_account a ON a.id = l.account_id"
-        " LEFT JOIN accounts_journalentry o ON o.id = e.reverses_id"
-        " WHERE e.business_id = ANY(%s) AND e.entry_date = %s AND a.role = ANY(%s)"
-        "   AND (e.source_type = ANY(%s) OR (e.source_type = 'reversal' AND o.source_type = ANY(%s)))"
-        " GROUP BY e.business_id, a.role",
-        [list(business_ids), day, list(TAKINGS_ROLES), list(TAKINGS_SOURCES), list(TAKINGS_SOURCES)],
-    )
-    amounts: dict[int, dict[str, Decimal]] = {}
-    for business_id, role, amount in rows:
-        amounts.setdefault(business_id, {})[role] = Decimal(amount)
-    for business_id, by_role in amounts.items():
-        cash, mpesa = by_role.get("cash", ZERO), by_role.get("mpesa_clearing", ZERO)
-        result[business_id] = Takings(cash=cash, mpesa=mpesa, total=cash + mpesa)
-    return result
+        return {}
+    params = {
+        "ids": list(business_ids),
+        "date_from": date_from,
+        "date_to": date_to,
+        "cost_roles": list(COST_OF_SALES_ROLES),
+    }
+    return {
+        (business_id, day): Trading(income=Decimal(income), cost_of_sales=Decimal(cost), expenses=Decimal(other))
+        for business_id, day, income, cost, other in _fetch(_TRADING_SQL, params)
+    }
 
 
 # --- statements in columns: periods side by side, businesses side by side ----------------------

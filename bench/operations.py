@@ -8,6 +8,8 @@ migrates it, and measures:
   ops.sales_per_s       sale_create (2 lines: a stocked good and a service, cash, cost of sales
                         posted) one per transaction, one connection, on top of that year of data
   ops.sales_admin_ms    the sales changelist rendered for the owner with that year (median of 5)
+  dashboard.*           the admin dashboard on that year, for the owner and a staff member, time
+                        and queries (bench/dashboard.py)
   ops.rows_*            row counts after the year (sales, sale lines, journal entries, stock movements,
                         laundry orders, M-Pesa payments)
   reports.pdf_pl_year_s the consolidated profit and loss PDF of the year (the three businesses side by
@@ -132,6 +134,9 @@ def _inner() -> dict[str, float]:
         timings.append((time.perf_counter() - started) * 1000)
         assert response.status_code == 200
     figures["ops.sales_admin_ms"] = round(statistics.median(timings), 1)
+    from bench.dashboard import measure as dashboard_measure
+
+    figures.update(dashboard_measure())  # the year, with today's 1,000 sales of the shop
     figures.update(_reports(shop, today))
     connection.close()
     return figures

@@ -4,12 +4,14 @@ date, low stock, uncollected laundry, the days due for closing. Each is one or t
 from __future__ import annotations
 
 import datetime as dt
+import zoneinfo
+from collections.abc import Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
 from django.db import connection
-from django.db.models import Count, F, Min, Q, QuerySet, Sum
+from django.db.models import Count, F, Max, Min, Q, QuerySet, Sum
 from django.utils import timezone
 
 from accounts.fields import ZERO
@@ -24,6 +26,7 @@ from operations.models import (
     DocumentStatus,
     Expense,
     Item,
+    ItemKind,
     LaundryOrder,
     OrderStatus,
     PaidFrom,
@@ -61,7 +64,7 @@ AUTO_CLOSE_FIRST_DAYS = 31
 def closing_last_due_day(*, business: Business, now: dt.datetime) -> dt.date:
     """The last day of `business` that has ended at `now`: today once its closing time (Nairobi) has
     passed, else yesterday."""
-    local = timezone.localtime(now)
+    local = timezone.localtime(now, zoneinfo.ZoneInfo(business.timezone or "Africa/Nairobi"))
     if local.time() >= business.closing_time:
         return local.date()
     return local.date() - dt.timedelta(days=1)
@@ -320,3 +323,94 @@ def supplier_balance(*, supplier: Supplier) -> Decimal:
 
 def catalogue(*, business: Business) -> QuerySet[Item]:
     return Item.objects.filter(business=business, is_active=True).order_by("name")
+
+
+@dataclass(frozen=True)
+class ItemSales:
+    """What one catalogue item brought in over a period: quantity and value (VAT included)."""
+
+    item_id: int
+    business_id: int
+    name: str
+    quantity: Decimal
+    value: Decimal
+
+
+_TOP_ITEMS_SQL = """
+WITH sold AS (
+  SELECT l.item_id, l.quantity, l.amount
+    FROM operations_saleline l JOIN operations_sale s ON s.id = l.sale_id
+   WHERE s.business_id = ANY(%(ids)s) AND s.sale_date BETWEEN %(date_from)s AND %(date_to)s
+     AND s.status = %(posted)s
+  UNION ALL
+  SELECT l.item_id, l.quantity, l.amount
+    FROM operations_laundryorderline l JOIN operations_laundryorder o ON o.id = l.order_id
+   WHERE o.business_id = ANY(%(ids)s) AND o.collected_date BETWEEN %(date_from)s AND %(date_to)s
+     AND o.status = %(collected)s
+)
+SELECT i.id, i.business_id, i.name, sum(sold.quantity), sum(sold.amount) AS value
+  FROM sold JOIN operations_item i ON i.id = sold.item_id
+ WHERE i.kind <> %(deposit)s
+ GROUP BY i.id, i.business_id, i.name
+ ORDER BY value DESC, i.name, i.id
+ LIMIT %(limit)s
+"""
+
+
+def top_items(*, business_ids: Sequence[int], date_from: dt.date, date_to: dt.date, limit: int = 10) -> list[ItemSales]:
+    """The items that brought in most from `date_from` to `date_to`, biggest first (at most `limit`).
+
+    One query: lines of posted sales dated in the period (a sale voided or refunded since is left
+    out: its money went back) and lines of laundry orders collected in the period (their revenue
+    day), valued VAT included as the customer paid. Deposits (bottles, cylinders) are left out: they
+    are the customer's money held, not a sale. Items are per business, so the same name in two
+    businesses is two rows.
+    """
+    if not business_ids or limit <= 0:
+        return []
+    params: dict[str, Any] = {
+        "ids": list(business_ids),
+        "date_from": date_from,
+        "date_to": date_to,
+        "posted": SaleStatus.POSTED.value,
+        "collected": OrderStatus.COLLECTED.value,
+        "deposit": ItemKind.DEPOSIT.value,
+        "limit": limit,
+    }
+    with connection.cursor() as cursor:
+        cursor.execute(_TOP_ITEMS_SQL, params)
+        return [ItemSales(*row) for row in cursor.fetchall()]
+
+
+@dataclass(frozen=True)
+class UnclosedDays:
+    """The ended business days of a business with no closing since its last closed day."""
+
+    business_id: int
+    last_closed: dt.date | None
+    first_day: dt.date | None  # the oldest day not closed; None when every ended day is closed
+    count: int
+
+
+def unclosed_days(*, businesses: Sequence[Business], now: dt.datetime) -> dict[int, UnclosedDays]:
+    """Per active business: the ended days after its last closed day (since it was created, if it was
+    never closed) that have no closing yet. One query (the last closed day of each business).
+
+    A closing locks the books up to its day, so days before the last closing cannot be closed any
+    more: only the days after it are counted. Inactive businesses count none.
+    """
+    ids = [b.pk for b in businesses]
+    last = dict(
+        DayClosing.objects.filter(business_id__in=ids, status=ClosingStatus.CLOSED)
+        .values("business_id")
+        .annotate(day=Max("day"))
+        .values_list("business_id", "day")
+    )
+    result = {}
+    for business in businesses:
+        closed = last.get(business.pk)
+        start = closed + dt.timedelta(days=1) if closed else timezone.localtime(business.created_at).date()
+        end = closing_last_due_day(business=business, now=now)
+        count = (end - start).days + 1 if business.is_active and end >= start else 0
+        result[business.pk] = UnclosedDays(business.pk, closed, start if count else None, count)
+    return result

@@ -10,12 +10,15 @@ import pytest
 from accounts.models import AccountType
 from accounts.selectors import (
     Takings,
+    Trading,
     account_balance,
     balance_sheet,
     cash_balance,
     cash_flow_statement,
     income_statement,
     takings_by_business,
+    takings_by_day,
+    trading_by_day,
     trial_balance,
 )
 from accounts.services import entry_reverse
@@ -131,6 +134,53 @@ def test_takings_count_sales_and_receipts_into_cash_and_mpesa(water, laundry, re
     assert result[laundry.pk] == Takings(cash=D("0.00"), mpesa=D("0.00"), total=D("0.00"))
     assert result[retail.pk] == Takings()
     assert takings_by_business(business_ids=[], day=today) == {}
+
+
+def test_takings_by_day_groups_the_same_takings_per_business_and_day(water, laundry, retail, today):
+    yesterday = today - dt.timedelta(days=1)
+    sale(water, "116.00")
+    sale(water, "232.00", via="mpesa_clearing", source_type="mpesa")
+    sale(water, "999.00", day=yesterday)
+    post(water, [("cash", "500.00", 0), ("owner_equity", 0, "500.00")], source_type="manual")  # not takings
+    entry_reverse(entry=sale(laundry, "58.00", day=yesterday), entry_date=today)  # refunded today: -58 today
+    sale(retail, "10.00", day=today - dt.timedelta(days=5))  # before the window
+
+    result = takings_by_day(business_ids=[water.pk, laundry.pk, retail.pk], date_from=yesterday, date_to=today)
+
+    assert result == {
+        (water.pk, today): Takings(cash=D("116.00"), mpesa=D("232.00"), total=D("348.00")),
+        (water.pk, yesterday): Takings(cash=D("999.00"), mpesa=D("0.00"), total=D("999.00")),
+        (laundry.pk, yesterday): Takings(cash=D("58.00"), mpesa=D("0.00"), total=D("58.00")),
+        (laundry.pk, today): Takings(cash=D("-58.00"), mpesa=D("0.00"), total=D("-58.00")),
+    }
+    # The same figures as the one-day selector, day by day.
+    for day in (yesterday, today):
+        one_day = takings_by_business(business_ids=[water.pk, laundry.pk, retail.pk], day=day)
+        assert all(one_day[b] == result.get((b, day), Takings()) for b in one_day)
+    assert takings_by_day(business_ids=[], date_from=yesterday, date_to=today) == {}
+
+
+def test_trading_by_day_splits_income_cost_of_sales_and_expenses(water, laundry, activity, today):
+    start = today - dt.timedelta(days=30)
+    water_day = today - dt.timedelta(days=18)  # the activity's M-Pesa sale and its cost
+    post(water, [("stock_variance", "12.50", 0), ("inventory", 0, "12.50")], day=water_day, source_type="stock")
+
+    result = trading_by_day(business_ids=[water.pk, laundry.pk], date_from=start, date_to=today)
+
+    # 580.00 VAT inclusive is 500.00 of sales; cost of sales 900.00 plus a 12.50 stock count shortage.
+    assert result[(water.pk, water_day)] == Trading(income=D("500.00"), cost_of_sales=D("912.50"), expenses=D("0.00"))
+    assert result[(water.pk, water_day)].gross_profit == D("-412.50")
+    # Rent and M-Pesa charges are expenses below gross profit.
+    assert result[(water.pk, water_day + dt.timedelta(days=1))] == Trading(expenses=D("3007.00"))
+    # Over the period the split adds up to the P&L of the same days, per business.
+    for business in (water, laundry):
+        pnl = income_statement(business_ids=[business.pk], date_from=start, date_to=today)
+        days = [t for (b, _), t in result.items() if b == business.pk]
+        total = sum(days, Trading())
+        assert total.income == pnl.total_income
+        assert total.cost_of_sales + total.expenses == pnl.total_expenses
+        assert total.net_profit == pnl.net_income
+    assert trading_by_day(business_ids=[], date_from=start, date_to=today) == {}
 
 
 def test_statements_read_only_the_businesses_asked_for(water, laundry, activity, today):
