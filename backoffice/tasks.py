@@ -1,4 +1,4 @@
-"""The site's tasks: sending email (and, below, backups, owner emails and alert checks).
+"""The site's tasks: sending email, the nightly backup (and owner emails and alert checks).
 
 Names are stable: queued messages and beat's schedule rows name them.
 """
@@ -8,8 +8,13 @@ from __future__ import annotations
 from typing import Any
 
 from celery import shared_task
+from django.contrib.auth import get_user_model
 
+from backoffice.backups import backup_run, backup_verify
 from backoffice.emails import EmailRetryError, email_deliver
+from backoffice.models import BackupState, VerifyState
+from celeryconf.app import LIMITS
+from celeryconf.config import QUEUE_REPORTS
 
 
 def _backoff(attempts: int, cap: int) -> int:
@@ -26,3 +31,46 @@ def send_email(self: Any, email_id: int) -> str:
         return email_deliver(email_id=email_id)
     except EmailRetryError as exc:
         raise self.retry(countdown=_backoff(exc.attempts, LIMITS.max_countdown), exc=exc) from exc
+
+
+# A backup and its restore check take minutes on a year of data (docs/backups.md: measured); 40 minutes,
+# or less when the visibility timeout would not cover it (celeryconf.config.check_reliability).
+BACKUP_TIME_LIMIT = min(40 * 60, LIMITS.visibility_timeout - LIMITS.max_countdown - LIMITS.visibility_margin)
+BACKUP_SOFT_TIME_LIMIT = BACKUP_TIME_LIMIT - 60
+
+
+class BackupFailedError(Exception):
+    """The backup or its restore check failed: the task fails, so beat's record shows it."""
+
+
+# The reports queue: long and low priority (worker-reports runs one task at a time, on one CPU, under
+# SCHED_IDLE, which pg_dump and pg_restore inherit), so a backup never holds up payments or the default
+# queue's housekeeping; that worker mounts the backups volume (docker-compose.prod.yml).
+@shared_task(
+    name="backoffice.backup",
+    queue=QUEUE_REPORTS,
+    routing_key=QUEUE_REPORTS,
+    time_limit=BACKUP_TIME_LIMIT,
+    soft_time_limit=BACKUP_SOFT_TIME_LIMIT,
+)
+def backup(requested_by_id: int | None = None) -> dict[str, Any]:
+    """Back up (backoffice.backups.backup_run), then prove the backup by restoring it (backup_verify).
+
+    Safe to deliver twice: a second delivery makes a second backup (rotation keeps the count), or stops
+    at once while the first still runs (BackupBusyError, the task fails without a row).
+    """
+    user = get_user_model().objects.filter(pk=requested_by_id).first() if requested_by_id else None
+    row = backup_run(requested_by=user)
+    if row.state == BackupState.SUCCEEDED:
+        row = backup_verify(backup=row)
+    result = {"backup": row.pk, "state": row.state, "verify_state": row.verify_state, "size": row.size_bytes}
+    if row.state != BackupState.SUCCEEDED:
+        raise BackupFailedError(f"backup #{row.pk} failed: {row.error}")
+    if row.verify_state != VerifyState.VERIFIED:
+        raise BackupFailedError(f"backup #{row.pk} failed its restore check: {row.verify_message}")
+    return result
+
+
+def backup_enqueue(*, requested_by_id: int | None) -> None:
+    """Queue a backup now (the admin's "Back up now")."""
+    backup.apply_async(kwargs={"requested_by_id": requested_by_id}, queue=QUEUE_REPORTS, routing_key=QUEUE_REPORTS)
