@@ -154,3 +154,7 @@ class AccessLogAdmin(BaseAccessLogAdmin, ModelAdmin):  # type: ignore[misc]
 @admin.register(AccessFailureLog)
 class AccessFailureLogAdmin(BaseAccessFailureLogAdmin, ModelAdmin):  # type: ignore[misc]
     pass
+
+
+# The Backups page (read-only, "Back up now"): its own module, registered with the admin here.
+from backoffice import backups_admin  # noqa: E402,F401

@@ -47,6 +47,7 @@ import dj_database_url
 import psycopg
 from django.conf import settings
 from django.db import connection
+from django.template.defaultfilters import filesizeformat
 from django.utils import timezone
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
@@ -727,7 +728,9 @@ def scratch_database(target: PgTarget) -> Iterator[PgTarget]:
 
 def _run(argv: list[str], *, env: dict[str, str], timeout: float) -> subprocess.CompletedProcess[str]:
     # subprocess.run kills the child on any exception, a soft time limit included.
-    return subprocess.run(argv, env=env, capture_output=True, text=True, timeout=timeout, check=False)  # noqa: S603
+    return subprocess.run(  # noqa: S603
+        argv, env=env, capture_output=True, text=True, errors="replace", timeout=timeout, check=False
+    )
 
 
 def _last_line(text: str) -> str:
@@ -1040,12 +1043,12 @@ class BackupStatus:
 
     @property
     def summary(self) -> str:
-        """One line: "Backup 30 Nov 02:00 (5 h ago), 12.3 MB, verified." or what is wrong."""
+        """One line: "Backup 30 Nov 02:00 (5 h ago), 11.8 MB, verified." or what is wrong."""
         good = self.last_good
         if good is None:
             return "No backup yet."
         when = timezone.localtime(good.started_at).strftime("%d %b %H:%M")
-        size = f"{(good.size_bytes or 0) / 1_000_000:.1f} MB"
+        size = str(filesizeformat(good.size_bytes or 0)).replace("\xa0", " ")
         proof = {VerifyState.VERIFIED: "verified", VerifyState.FAILED: "VERIFICATION FAILED"}.get(
             VerifyState(good.verify_state), "not verified yet"
         )

@@ -9,6 +9,8 @@ from django.conf import settings
 from django.http import HttpRequest
 from django.urls import reverse_lazy
 
+from tenancy.scoping import sees_all_businesses
+
 
 def _can_view(perm: str) -> Callable[[HttpRequest], bool]:
     return lambda request: bool(request.user.has_perm(perm))
@@ -23,6 +25,11 @@ def model_link(title: str, icon: str, model: str) -> dict[str, Any]:
         "link": reverse_lazy(f"admin:{app_label}_{model_name}_changelist"),
         "permission": _can_view(f"{app_label}.view_{model_name}"),
     }
+
+
+def _sees_backups(request: HttpRequest) -> bool:
+    """The Backups page's own rule (backoffice/backups_admin.py): "view backup" and every business."""
+    return sees_all_businesses(request.user) and bool(request.user.has_perm("backoffice.view_backup"))
 
 
 def _is_owner(request: HttpRequest) -> bool:
@@ -49,6 +56,12 @@ def sidebar_navigation(request: HttpRequest) -> list[dict[str, Any]]:
                     "permission": _is_owner,
                 },
                 {"title": "Health", "icon": "monitor_heart", "link": reverse_lazy("healthz"), "permission": _is_owner},
+                {
+                    "title": "Backups",
+                    "icon": "backup",
+                    "link": reverse_lazy("admin:backoffice_backup_changelist"),
+                    "permission": _sees_backups,
+                },
             ],
         },
         {

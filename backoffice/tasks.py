@@ -49,7 +49,6 @@ class BackupFailedError(Exception):
 @shared_task(
     name="backoffice.backup",
     queue=QUEUE_REPORTS,
-    routing_key=QUEUE_REPORTS,
     time_limit=BACKUP_TIME_LIMIT,
     soft_time_limit=BACKUP_SOFT_TIME_LIMIT,
 )

@@ -29,7 +29,8 @@ class Command(BaseCommand):
         if backup.state != BackupState.SUCCEEDED:
             raise CommandError(f"Backup #{backup.pk} failed: {backup.error}", returncode=1)
         self.stdout.write(
-            f"Backup #{backup.pk}: {backup.database_file} ({filesizeformat(backup.size_bytes)} with the media archive) "
+            f"Backup #{backup.pk}: {backup.database_file} "
+            f"({filesizeformat(backup.size_bytes or 0)} with the media archive) "
             f"in {backup.duration_seconds:.1f} s, SHA-256 {backup.sha256}."
         )
         if backup.offsite_location or backup.offsite_error:
