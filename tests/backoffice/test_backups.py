@@ -28,6 +28,7 @@ from django.db.migrations.executor import MigrationExecutor
 from django.utils import timezone
 from django_celery_beat.models import PeriodicTask
 
+from accounts.anchors import ANCHORS_FILE, anchor_parse, anchor_sign
 from accounts.db_roles import app_role_problems, ensure_role
 from accounts.models import JournalEntry
 from accounts.services import chart_ensure_default
@@ -634,3 +635,41 @@ def test_a_reports_worker_backs_up_and_verifies(
     assert backup.state == BackupState.SUCCEEDED and backup.requested_by == owner
     assert (backups / backup.database_file).is_file()
     assert "backoffice.backup" in worker.output() and "succeeded" in worker.output()
+
+
+def test_the_anchors_beside_the_dump(backups: Path, books: dict[str, Any], settings: Any) -> None:
+    """The hourly anchors signed before the dump's snapshot (a damaged line kept, so the check names it),
+    then a signed anchor of every head in the dump; verify_ledger proves them all on the restored copy."""
+    water = books["water"]
+    entries = JournalEntry.objects.filter(business=water).select_related("seal").order_by("number")
+    first, last = entries.first(), entries.last()
+    assert first is not None and last is not None and first != last
+    now = timezone.now()
+    old = anchor_sign(
+        business_id=water.pk, number=1, hash=first.seal.hash, source="beat", at=now - dt.timedelta(hours=2)
+    )
+    # Signed "after" the snapshot (a clock ahead, or written while the dump ran): it may name a newer head.
+    ahead = anchor_sign(
+        business_id=water.pk, number=last.number, hash=last.seal.hash, source="beat", at=now + dt.timedelta(hours=1)
+    )
+    damaged = '{"v":1,"business":1,"number":1}'
+    history = Path(settings.LEDGER_ANCHOR_DIR) / ANCHORS_FILE
+    history.parent.mkdir(parents=True, exist_ok=True)
+    history.write_text(old.as_line() + damaged + "\n" + ahead.as_line() + '{"v":1,"busin')  # a torn last line
+
+    backup = backup_run()
+    lines = (backups / backup_files(backup)["anchors"]).read_text().splitlines()
+    assert lines[:2] == [old.as_line().strip(), damaged]
+    signed = [anchor_parse(line) for line in lines[2:]]
+    assert [(a.business_id, a.number, a.hash, a.source) for a in signed] == [
+        (int(b), h["number"], h["hash"], "backup")
+        for b, h in sorted(backup.ledger_heads.items(), key=lambda kv: int(kv[0]))
+    ]
+    backup = backup_verify(backup=backup)
+    assert backup.verify_state == VerifyState.FAILED
+    assert "verify_ledger: Forged anchor" in backup.verify_message and "line 2" in backup.verify_message
+
+    history.write_text(old.as_line() + ahead.as_line())
+    backup = backup_verify(backup=backup_run())
+    assert backup.verify_state == VerifyState.VERIFIED, backup.verify_message
+    assert "3 anchored heads hold" in backup.verify_message  # water's no. 1 and the two heads
