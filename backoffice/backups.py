@@ -436,6 +436,7 @@ def _dump(tools: PgTools, target: PgTarget, snapshot_id: str, out: _Output) -> N
             assert proc.stdout is not None
             while chunk := proc.stdout.read(_CHUNK):
                 out.write(chunk)
+            proc.stdout.close()
             code = proc.wait()
         except BaseException:
             proc.kill()  # a soft time limit or a full disk: the dump stops with us
@@ -462,7 +463,10 @@ def _media_archive(out: _Output) -> int:
                     path = here / filename
                     if path.is_symlink() or not path.is_file():
                         continue
-                    tar.add(path, arcname=str(path.relative_to(root)), recursive=False)
+                    try:
+                        tar.add(path, arcname=str(path.relative_to(root)), recursive=False)
+                    except FileNotFoundError:
+                        continue  # deleted meanwhile (an email attachment's clean-up): nothing to keep
                     files += 1
     return files
 
