@@ -486,47 +486,70 @@ def _interrupted_cleanup(directory: Path, keep: Backup) -> None:
 def backup_run(*, requested_by: Any = None, now: dt.datetime | None = None) -> Backup:
     """Back up the database and the uploaded files; copy off-site; rotate after a good backup.
 
-    Returns the Backup row, SUCCEEDED or FAILED (with `error` and `traceback`); raises BackupBusyError only
-    when another backup holds the lock (then no row is written). Verification is `backup_verify`.
-    Safe to retry: a new run makes a new backup; an interrupted one is marked failed and its partial
-    files deleted by the next run. Nothing is deleted unless this backup succeeded.
+    Returns the Backup row, SUCCEEDED or FAILED (with `error`, and `traceback` when it failed midway; a
+    setting or connection that stops it before it starts is a FAILED row too, so the page says why).
+    Raises BackupBusyError only when another backup holds the lock (then no row is written).
+    Verification is `backup_verify`. Safe to retry: a new run makes a new backup; an interrupted one is
+    marked failed and its partial files deleted by the next run. Nothing is deleted unless this backup
+    succeeded.
     """
     started_at = now or timezone.now()
     clock = time.monotonic()
-    target = backup_target()
-    with _locked(target) as conn:
-        backup = Backup.objects.create(
-            state=BackupState.RUNNING,
+    try:
+        target = backup_target()
+        with _locked(target) as conn:
+            return _backup_locked(conn, target, started_at, clock, requested_by)
+    except BackupBusyError:
+        raise
+    except BackupError as exc:
+        logger.error("backup did not start: %s", exc)
+        return Backup.objects.create(
+            state=BackupState.FAILED,
             tier=backup_tier(timezone.localdate(started_at)),
             started_at=started_at,
+            finished_at=timezone.now(),
+            duration_seconds=round(time.monotonic() - clock, 3),
+            error=str(exc),
             requested_by=requested_by,
         )
-        directory = backup_dir()
-        _interrupted_cleanup(directory, backup)
-        outputs: list[_Output] = []
-        try:
-            _backup_into(backup, conn, target, directory, outputs, started_at)
-            backup.state = BackupState.SUCCEEDED
-        except Exception as exc:
-            for out in outputs:
-                out.discard()
-            for name in backup_files(backup).values():
-                (directory / name).unlink(missing_ok=True)
-            backup.database_file = backup.media_file = ""
-            backup.state = BackupState.FAILED
-            backup.error = str(exc) or type(exc).__name__
-            backup.traceback = traceback.format_exc()
-            logger.error("backup %s failed: %s", backup.pk, backup.error)
-        finally:
-            if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
-                with suppress(psycopg.Error):
-                    conn.execute("ROLLBACK")
-            backup.finished_at = timezone.now()
-            backup.duration_seconds = round(time.monotonic() - clock, 3)
-            backup.save()
-        if backup.state == BackupState.SUCCEEDED:
-            backup_offsite(backup=backup)
-            backup_rotate(now=started_at)
+
+
+def _backup_locked(
+    conn: psycopg.Connection[Any], target: PgTarget, started_at: dt.datetime, clock: float, requested_by: Any
+) -> Backup:
+    backup = Backup.objects.create(
+        state=BackupState.RUNNING,
+        tier=backup_tier(timezone.localdate(started_at)),
+        started_at=started_at,
+        requested_by=requested_by,
+    )
+    directory = backup_dir()
+    _interrupted_cleanup(directory, backup)
+    outputs: list[_Output] = []
+    try:
+        _backup_into(backup, conn, target, directory, outputs, started_at)
+        backup.state = BackupState.SUCCEEDED
+    except Exception as exc:
+        for out in outputs:
+            out.discard()
+        for name in backup_files(backup).values():
+            (directory / name).unlink(missing_ok=True)
+        backup.database_file = backup.media_file = ""
+        backup.state = BackupState.FAILED
+        backup.error = str(exc) or type(exc).__name__
+        backup.traceback = traceback.format_exc()
+        logger.error("backup %s failed: %s", backup.pk, backup.error)
+    finally:
+        if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+            with suppress(psycopg.Error):
+                conn.execute("ROLLBACK")
+        backup.finished_at = timezone.now()
+        backup.duration_seconds = round(time.monotonic() - clock, 3)
+        backup.save()
+    if backup.state == BackupState.SUCCEEDED:
+        # Still under the lock: no other run rotates or writes BACKUP_DIR meanwhile.
+        backup_offsite(backup=backup)
+        backup_rotate(now=started_at)
     return backup
 
 

@@ -330,6 +330,12 @@ def test_the_application_role_cannot_take_a_backup(backups: Path, books: dict[st
     settings.BACKUP_DATABASE_URL = backup_url(("x", "y"), "postgres")
     with pytest.raises(BackupError, match="names the database"):
         backup_target()
+    # A setting that stops the backup before it starts is a failed row too: the Backups page says why.
+    refused = backup_run()
+    assert refused.state == BackupState.FAILED and "names the database 'postgres'" in refused.error
+    settings.BACKUP_DATABASE_URL = backup_url(("nobody", "wrong"))
+    refused = backup_run()
+    assert refused.state == BackupState.FAILED and "Cannot connect to the database as 'nobody'" in refused.error
 
 
 def test_one_backup_at_a_time(backups: Path, books: dict[str, Any], db_roles: DbRoles) -> None:
