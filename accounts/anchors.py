@@ -11,12 +11,11 @@ anchor fixes a head in time, outside the database:
 `number` is the head's entry number, which in an intact chain is also the business's entry count;
 `hash` its seal; `at` the writer's clock (UTC); `source` who wrote it (command, beat, backup, email);
 `mac` = hex HMAC-SHA256(key, "ledger-anchor|v1|business|number|hash|at|source") with the first of
-settings.LEDGER_ANCHOR_KEYS (every key verifies). deploy/ledger-anchors.sh writes the same lines from the
-backup container with psql and sha256sum only.
+settings.LEDGER_ANCHOR_KEYS (every key verifies).
 
 Anchors are appended (JSON lines, fsync'd) to LEDGER_ANCHOR_DIR/anchors.jsonl by `manage.py ledger_anchor`
-and the hourly `ledger.anchor` task, beside every dump by the backup service, and returned by
-`anchor_lines_current` for the owner's daily e-mail. `verify_ledger` checks every anchor of the file: a
+and the hourly `ledger.anchor` task, written beside every dump by the nightly backup (backoffice/backups.py),
+and returned by `anchor_lines_current` for the owner's daily e-mail. `verify_ledger` checks every anchor of the file: a
 line whose HMAC fails is forged or damaged; a business whose entry no. N no longer has the anchored hash
 was re-sealed; one with fewer than N entries was cut off.
 """
@@ -44,7 +43,7 @@ _SOURCE = re.compile(r"[a-z][a-z0-9-]{0,31}")
 _AT = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ")
 
 # Each business's head: its highest-numbered entry and that entry's seal (the (business, number) index,
-# read backwards: one index probe per business). The same query is in deploy/ledger-anchors.sh.
+# read backwards: one index probe per business). The backup reads it in its dump's snapshot.
 HEADS_SQL = """
 SELECT b.business_id, e.number, s.hash
   FROM accounts_books b

@@ -281,5 +281,6 @@ class AccessFailureLogAdmin(BaseAccessFailureLogAdmin, ModelAdmin):  # type: ign
     pass
 
 
-# The site's own models, each in its module (registered on import).
-from backoffice import admin_alerts  # noqa: E402,F401
+# The site's own models, each in its module, registered on import: alert rules and alerts; the Backups
+# page (read-only, "Back up now").
+from backoffice import admin_alerts, backups_admin  # noqa: E402,F401

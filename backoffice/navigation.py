@@ -28,6 +28,11 @@ def model_link(title: str, icon: str, model: str) -> dict[str, Any]:
     }
 
 
+def _sees_backups(request: HttpRequest) -> bool:
+    """The Backups page's own rule (backoffice/backups_admin.py): "view backup" and every business."""
+    return sees_all_businesses(request.user) and bool(request.user.has_perm("backoffice.view_backup"))
+
+
 def _is_owner(request: HttpRequest) -> bool:
     return bool(request.user.is_superuser)
 
@@ -77,6 +82,12 @@ def sidebar_navigation(request: HttpRequest) -> list[dict[str, Any]]:
                     "permission": lambda request: (
                         _sees_all_businesses(request) and request.user.has_perm("backoffice.view_alertrule")
                     ),
+                },
+                {
+                    "title": "Backups",
+                    "icon": "backup",
+                    "link": reverse_lazy("admin:backoffice_backup_changelist"),
+                    "permission": _sees_backups,
                 },
             ],
         },

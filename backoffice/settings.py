@@ -233,6 +233,27 @@ MEDIA_URL = "media/"
 MEDIA_ROOT = Path(env_str("MEDIA_ROOT", str(BASE_DIR / "var" / "media")))
 # Job result files (reports, exports) are deleted this many days after they are made.
 JOB_FILES_KEEP_DAYS = env_int("JOB_FILES_KEEP_DAYS", 7)
+# Backups (backoffice/backups.py, docs/backups.md): dumps, media archives and their checksums, mode 0600.
+BACKUP_DIR = Path(env_str("BACKUP_DIR", str(BASE_DIR / "var" / "backups")))
+# The role that dumps (reads every table and sequence: pg_read_all_data) and restores the dump into a scratch
+# database to prove it (CREATEDB). The application role may do neither; empty: DATABASE_URL (enough when that
+# is a superuser or the tables' owner with CREATEDB, as in a single-role development database).
+BACKUP_DATABASE_URL = env_str("BACKUP_DATABASE_URL")
+# pg_dump/pg_restore of the server's major version; empty: found (backoffice.backups.pg_tools).
+PG_BIN_DIR = env_str("PG_BIN_DIR")
+# Rotation: good backups of this many most recent dates are kept per tier (daily, Sunday, first of the month).
+BACKUP_KEEP_DAILY = env_int("BACKUP_KEEP_DAILY", 7)
+BACKUP_KEEP_WEEKLY = env_int("BACKUP_KEEP_WEEKLY", 4)
+BACKUP_KEEP_MONTHLY = env_int("BACKUP_KEEP_MONTHLY", 12)
+# A last good backup older than this is "stale" (backup_status: the alerts and the morning email).
+BACKUP_STALE_HOURS = env_int("BACKUP_STALE_HOURS", 26)
+# Off-site copies (either, both or none): a mounted directory, and/or an S3-compatible bucket (boto3; the
+# credentials come from boto3's own AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY variables).
+BACKUP_OFFSITE_DIR = env_str("BACKUP_OFFSITE_DIR")
+BACKUP_S3_BUCKET = env_str("BACKUP_S3_BUCKET")
+BACKUP_S3_PREFIX = env_str("BACKUP_S3_PREFIX", "backoffice/")
+BACKUP_S3_ENDPOINT_URL = env_str("BACKUP_S3_ENDPOINT_URL")
+BACKUP_S3_REGION = env_str("BACKUP_S3_REGION")
 # Daraja callbacks that arrive while PostgreSQL is down wait here (integrations/mpesa/spool.py). Web and the
 # payments worker must see the same directory: a volume mounted into both in production (docs/deploy.md).
 MPESA_SPOOL_DIR = Path(env_str("MPESA_SPOOL_DIR", str(BASE_DIR / "var" / "mpesa-spool")))

@@ -1,4 +1,5 @@
-"""The site's tasks: sending email, the owner's scheduled emails and the clean-up of attachments.
+"""The site's tasks: sending email, the owner's scheduled emails and the clean-up of attachments,
+alert checks and the nightly backup.
 
 Names are stable: queued messages and beat's schedule rows name them. `reports.owner_emails_due`
 carries the "reports." prefix so the task routes send it to the reports worker (celeryconf.config),
@@ -11,9 +12,14 @@ from typing import Any
 
 from celery import shared_task
 from django.conf import settings
+from django.contrib.auth import get_user_model
 
+from backoffice.backups import backup_run, backup_verify
 from backoffice.emails import EmailRetryError, email_deliver, email_files_cleanup, emails_resend_stuck
+from backoffice.models import BackupState, VerifyState
 from backoffice.owner_emails import owner_emails_send_due
+from celeryconf.app import LIMITS
+from celeryconf.config import QUEUE_REPORTS
 
 
 def _backoff(attempts: int, cap: int) -> int:
@@ -56,3 +62,45 @@ def check_alerts() -> str:
     from backoffice.alerts import alerts_check
 
     return str(alerts_check())
+
+
+# A backup and its restore check take minutes on a year of data (docs/backups.md: measured); 40 minutes,
+# or less when the visibility timeout would not cover it (celeryconf.config.check_reliability).
+BACKUP_TIME_LIMIT = min(40 * 60, LIMITS.visibility_timeout - LIMITS.max_countdown - LIMITS.visibility_margin)
+BACKUP_SOFT_TIME_LIMIT = BACKUP_TIME_LIMIT - 60
+
+
+class BackupFailedError(Exception):
+    """The backup or its restore check failed: the task fails, so beat's record shows it."""
+
+
+# The reports queue: long and low priority (worker-reports runs one task at a time, on one CPU, under
+# SCHED_IDLE, which pg_dump and pg_restore inherit), so a backup never holds up payments or the default
+# queue's housekeeping; that worker mounts the backups volume (docker-compose.prod.yml).
+@shared_task(
+    name="backoffice.backup",
+    queue=QUEUE_REPORTS,
+    time_limit=BACKUP_TIME_LIMIT,
+    soft_time_limit=BACKUP_SOFT_TIME_LIMIT,
+)
+def backup(requested_by_id: int | None = None) -> dict[str, Any]:
+    """Back up (backoffice.backups.backup_run), then prove the backup by restoring it (backup_verify).
+
+    Safe to deliver twice: a second delivery makes a second backup (rotation keeps the count), or stops
+    at once while the first still runs (BackupBusyError, the task fails without a row).
+    """
+    user = get_user_model().objects.filter(pk=requested_by_id).first() if requested_by_id else None
+    row = backup_run(requested_by=user)
+    if row.state == BackupState.SUCCEEDED:
+        row = backup_verify(backup=row)
+    result = {"backup": row.pk, "state": row.state, "verify_state": row.verify_state, "size": row.size_bytes}
+    if row.state != BackupState.SUCCEEDED:
+        raise BackupFailedError(f"backup #{row.pk} failed: {row.error}")
+    if row.verify_state != VerifyState.VERIFIED:
+        raise BackupFailedError(f"backup #{row.pk} failed its restore check: {row.verify_message}")
+    return result
+
+
+def backup_enqueue(*, requested_by_id: int | None) -> None:
+    """Queue a backup now (the admin's "Back up now")."""
+    backup.apply_async(kwargs={"requested_by_id": requested_by_id}, queue=QUEUE_REPORTS, routing_key=QUEUE_REPORTS)

@@ -35,7 +35,10 @@ if [ "$started_local" = 1 ]; then
   superuser_url="$DATABASE_URL"
   DATABASE_OWNER_URL="${superuser_url/\/\/postgres@/\/\/backoffice_owner@}"
   DATABASE_URL="${superuser_url/\/\/postgres@/\/\/backoffice_app@}"
-  export DATABASE_URL DATABASE_OWNER_URL
+  # The backups dump as, and restore their scratch copy as, the embedded superuser (the application role may
+  # neither read the ledger's sequences nor create databases; docs/backups.md). Its pg_dump is the package's.
+  BACKUP_DATABASE_URL="${BACKUP_DATABASE_URL:-$superuser_url}"
+  export DATABASE_URL DATABASE_OWNER_URL BACKUP_DATABASE_URL
 fi
 
 # .env: the development settings for `python manage.py ...` in another shell (README, "Next to make run"),
@@ -53,6 +56,7 @@ if [ ! -f .env ]; then
         echo "# The embedded servers (var/local), up while \`make run\` runs."
         echo "DATABASE_URL=${DATABASE_URL}"
         echo "DATABASE_OWNER_URL=${DATABASE_OWNER_URL}"
+        echo "BACKUP_DATABASE_URL=${BACKUP_DATABASE_URL}"
         echo "REDIS_URL=${REDIS_URL}"
       fi
       echo "MPESA_ENCRYPTION_KEY=${mpesa_key}"
@@ -75,6 +79,10 @@ if not any(line.startswith("DATABASE_OWNER_URL=") for line in lines):
 path.write_text("\n".join(lines) + "\n")
 PY
   echo "Updated .env: DATABASE_URL is the application role now, DATABASE_OWNER_URL the owner's." >&2
+fi
+if [ "$started_local" = 1 ] && ! grep -q '^BACKUP_DATABASE_URL=' .env; then
+  # A .env from before the backups: `manage.py backup_run` in another shell needs the backup connection too.
+  echo "BACKUP_DATABASE_URL=${BACKUP_DATABASE_URL}" >>.env
 fi
 # What .env sets and the shell does not (its demo passwords, say), for this script too.
 eval "$(python -m backoffice.envfile)"

@@ -35,7 +35,6 @@ LONG_RUNNING = (
     "postgres",
     "redis",
     "proxy",
-    "backup",
 )
 ONE_SHOT = ("migrate",)
 REQUIRED = LONG_RUNNING + ONE_SHOT
@@ -148,7 +147,6 @@ def test_healthchecks_check_the_right_thing(services: dict[str, dict[str, Any]])
     assert "redis-cli ping" in healthcheck_text(services["redis"])
     assert "healthcheck" in healthcheck_text(services["flower"])
     assert "wget" in healthcheck_text(services["proxy"])
-    assert ".last-success" in healthcheck_text(services["backup"])
 
 
 def test_worker_and_beat_healthchecks_use_the_heartbeat_keys(services: dict[str, dict[str, Any]]) -> None:
@@ -195,7 +193,7 @@ def test_redis_is_durable_and_never_evicts(services: dict[str, dict[str, Any]]) 
     [
         ("postgres", "/var/lib/postgresql/data"),
         ("redis", "/data"),
-        ("backup", "/backups"),
+        ("worker-reports", "/app/var/backups"),
     ],
 )
 def test_data_lives_in_named_volumes(compose: dict[str, Any], name: str, mount_point: str) -> None:
@@ -387,9 +385,6 @@ def test_deploy_files_exist() -> None:
     assert "{$SITE_DOMAIN}" in caddyfile
     assert "reverse_proxy web:8000" in caddyfile
     assert "reverse_proxy flower:5555" in caddyfile
-    backup = (ROOT / "deploy" / "backup.sh").read_text()
-    assert "pg_dump --format=custom" in backup
-    assert "BACKUP_KEEP_DAYS" in backup
     example = (ROOT / "deploy" / "env.prod.example").read_text()
     for variable in (
         "DJANGO_SECRET_KEY",
@@ -404,6 +399,10 @@ def test_deploy_files_exist() -> None:
         "FLOWER_BASIC_AUTH",
         "FLOWER_URL",
         "CELERY_VISIBILITY_TIMEOUT",
+        "POSTGRES_BACKUP_USER",
+        "POSTGRES_BACKUP_PASSWORD",
+        "BACKUP_S3_BUCKET",
+        "BACKUP_OFFSITE_DIR",
     ):
         assert re.search(rf"^#?\s*{variable}=", example, re.MULTILINE), f"{variable} missing from env.prod.example"
 
@@ -476,26 +475,25 @@ def test_ledger_anchors_live_on_their_own_volume_written_by_the_default_worker(
     compose: dict[str, Any], services: dict[str, dict[str, Any]]
 ) -> None:
     """The anchors must survive a database superuser: a named volume of their own (not pgdata), mounted
-    into worker-default (the ledger.anchor task's queue), read-only into backup (copied beside each dump)."""
+    into worker-default (the ledger.anchor task's queue), read-only into worker-reports (the backup copies
+    them beside each dump)."""
     anchor_dir = compose["x-app-environment"]["LEDGER_ANCHOR_DIR"]
     assert f"LEDGER_ANCHOR_DIR={anchor_dir}" in DOCKERFILE.read_text()
     assert "ledger_anchors" in (compose.get("volumes") or {})
     worker = [str(v) for v in services["worker-default"].get("volumes", [])]
     assert f"ledger_anchors:{anchor_dir}" in worker
     assert "default" in option_values(as_argv(services["worker-default"]["command"]), "-Q")[0].split(",")
-    backup = [str(v) for v in services["backup"].get("volumes", [])]
-    assert "ledger_anchors:/ledger-anchors:ro" in backup
-    assert "./deploy/ledger-anchors.sh:/usr/local/bin/ledger-anchors.sh:ro" in backup
-    assert services["backup"]["environment"]["LEDGER_ANCHORS_HISTORY"] == "/ledger-anchors/anchors.jsonl"
+    reports = [str(v) for v in services["worker-reports"].get("volumes", [])]
+    assert f"ledger_anchors:{anchor_dir}:ro" in reports
     for name, service in services.items():
         mounts = [str(v) for v in service.get("volumes", [])]
         assert not any(m.startswith("pgdata:") for m in mounts) or name == "postgres"
-        assert not any(m.startswith("ledger_anchors:") for m in mounts) or name in {"worker-default", "backup"}
+        assert not any(m.startswith("ledger_anchors:") for m in mounts) or name in {"worker-default", "worker-reports"}
 
 
-def test_the_app_and_the_backup_get_the_ledger_anchor_key(services: dict[str, dict[str, Any]]) -> None:
+def test_the_app_gets_the_ledger_anchor_key(services: dict[str, dict[str, Any]]) -> None:
     """Settings refuse to start in production without it; the backup signs the heads beside each dump."""
-    for name in (*APP_SERVICES, "backup"):
+    for name in APP_SERVICES:
         env = services[name].get("environment") or {}
         assert str(env.get("LEDGER_ANCHOR_KEY", "")).startswith("${LEDGER_ANCHOR_KEY:?"), name
     for name in ("postgres", "redis", "proxy"):
@@ -503,5 +501,50 @@ def test_the_app_and_the_backup_get_the_ledger_anchor_key(services: dict[str, di
     example = (ROOT / "deploy" / "env.prod.example").read_text()
     assert re.search(r"^LEDGER_ANCHOR_KEY=", example, re.MULTILINE)
     assert "LEDGER_ANCHOR_KEY" in DOCKERFILE.read_text()  # collectstatic's throwaway key
-    backup = (ROOT / "deploy" / "backup.sh").read_text()
-    assert backup.index('LEDGER_ANCHORS_SCRIPT" "$anchors_partial"') < backup.index("pg_dump --format=custom")
+
+
+def test_the_backup_runs_in_the_reports_worker_as_the_backup_role(
+    compose: dict[str, Any], services: dict[str, dict[str, Any]]
+) -> None:
+    """backoffice.backup (reports queue): the backups volume at BACKUP_DIR, and the backup role (reads
+    everything, creates the scratch database) in BACKUP_DATABASE_URL of worker-reports only."""
+    reports = services["worker-reports"]
+    assert option_values(as_argv(reports["command"]), "-Q") == ["reports"]
+    env = reports["environment"]
+    assert _url_user_variable(env["BACKUP_DATABASE_URL"]) == "POSTGRES_BACKUP_USER"
+    assert "${POSTGRES_BACKUP_PASSWORD" in env["BACKUP_DATABASE_URL"]
+    assert env["BACKUP_DATABASE_URL"].endswith(
+        "@postgres:5432/${POSTGRES_DB:?set POSTGRES_DB in .env.prod and pass --env-file .env.prod}"
+    )
+    assert _url_user_variable(env["DATABASE_URL"]) == "POSTGRES_APP_USER"  # the app itself stays the app role
+    assert env["AWS_SECRET_ACCESS_KEY"] == "${AWS_SECRET_ACCESS_KEY:-}"
+    for name in APP_SERVICES:
+        if name != "worker-reports":
+            other = services[name]["environment"]
+            assert other.get("BACKUP_DATABASE_URL") == "" and other.get("POSTGRES_BACKUP_PASSWORD") == "", name
+            assert other.get("AWS_SECRET_ACCESS_KEY") == "", name
+    backup_dir = re.search(r"BACKUP_DIR=(\S+)", DOCKERFILE.read_text())
+    assert backup_dir, "the Dockerfile sets no BACKUP_DIR"
+    assert f"backups:{backup_dir.group(1)}" in [str(v) for v in reports["volumes"]]
+    assert "backups" in (compose.get("volumes") or {})
+    # No second backup system: the old pg_dump container and its scripts are gone.
+    assert "backup" not in services
+    assert not (ROOT / "deploy" / "backup.sh").exists() and not (ROOT / "deploy" / "ledger-anchors.sh").exists()
+    postgres = services["postgres"]["environment"]
+    for variable in ("POSTGRES_BACKUP_USER", "POSTGRES_BACKUP_PASSWORD"):
+        assert postgres[variable].startswith("${" + variable), variable
+    script = (ROOT / "deploy" / "initdb-roles.sh").read_text()
+    assert "CREATE ROLE :\"backup\" LOGIN PASSWORD :'backup_password'\n  NOSUPERUSER CREATEDB NOCREATEROLE" in script
+    assert 'GRANT pg_read_all_data TO :"backup";' in script
+
+
+def test_the_image_has_the_client_tools_of_the_servers_major() -> None:
+    """pg_dump/pg_restore of the postgres image's major (the backup refuses any other, backoffice/backups.py)."""
+    compose = yaml.safe_load(COMPOSE_FILE.read_text())
+    image = compose["services"]["postgres"]["image"]
+    major = re.fullmatch(r"postgres:(\d+)(?:[.-].*)?", image)
+    assert major, image
+    text = DOCKERFILE.read_text()
+    assert f"ARG PG_MAJOR={major.group(1)}" in text
+    assert '"postgresql-client-${PG_MAJOR}"' in text
+    assert "ENV PG_BIN_DIR=/usr/lib/postgresql/${PG_MAJOR}/bin" in text

@@ -26,7 +26,7 @@ from django.db import DEFAULT_DB_ALIAS, connection, connections
 from django.db.migrations.recorder import MigrationRecorder
 from django_celery_beat.models import PeriodicTask
 
-from accounts.anchors import ANCHORS_FILE, anchor_lines_current, anchors_check, anchors_read, ledger_heads
+from accounts.anchors import ANCHORS_FILE, anchor_lines_current, anchors_check, anchors_read
 from accounts.models import EntrySeal, JournalEntry
 from accounts.tasks import anchor_heads
 from celeryconf.app import app as celery_app
@@ -331,61 +331,7 @@ def test_the_hourly_schedule_exists_after_migrate_on_the_default_queue():
     assert route["queue"].name == "default"
 
 
-# The backup service's anchors (deploy/ledger-anchors.sh: psql + sha256sum in the postgres image, no Python).
-
-SCRIPT = Path(__file__).resolve().parents[2] / "deploy" / "ledger-anchors.sh"
-
-
-def backup_anchors(settings: Any, output: Path, history: Path | None = None) -> None:
-    """Run the backup's anchor script against the test database, as backup.sh does before pg_dump."""
-    db = connection.settings_dict
-    env = {
-        "PATH": os.environ["PATH"],
-        "PGHOST": db["HOST"] or "127.0.0.1",
-        "PGPORT": str(db["PORT"] or 5432),
-        "PGUSER": db["USER"],
-        "PGPASSWORD": db["PASSWORD"] or "",
-        "PGDATABASE": db["NAME"],
-        "LEDGER_ANCHOR_KEY": ",".join(settings.LEDGER_ANCHOR_KEYS),
-    }
-    args = ["sh", str(SCRIPT), str(output)] + ([str(history)] if history else [])
-    subprocess.run(args, env=env, check=True, capture_output=True, timeout=60)
-
-
-def test_the_backup_script_signs_the_same_heads_as_the_app(water, laundry, settings, tmp_path):
-    # Given hourly anchors so far, then more postings, and a key longer than HMAC's block (hashed first)
-    settings.LEDGER_ANCHOR_KEYS = ["k" * 80, "an-old-key-" + "z" * 30]
-    sale(water)
-    run("ledger_anchor")
-    sale(water)
-    sale(laundry)
-    history = anchors_file(settings)
-    # When the backup writes its anchors beside the dump
-    output = tmp_path / "backoffice-20260101T230000Z.anchors.jsonl"
-    backup_anchors(settings, output, history)
-    # Then the file holds the history, then every current head, signed with the first key
-    assert output.read_bytes().startswith(history.read_bytes())
-    anchors = anchors_read(output)
-    assert not anchors.forged and not anchors.torn
-    assert [(a.business_id, a.number, a.hash) for a in anchors.anchors if a.source == "backup"] == [
-        (b, n, h) for b, n, h in ledger_heads()
-    ]
-    assert output.stat().st_mode & 0o077 == 0
-    assert "Ledger verified" in run("verify_ledger", "--anchors", str(output))
-    # And a restored database missing the newest entries (a cut-off) fails against it
-    cut_off([JournalEntry.objects.get(business=water, number=2)])
-    with pytest.raises(CommandError, match="cut off"):
-        run("verify_ledger", "--anchors", str(output))
-
-
-def test_the_backup_script_without_history_or_key(water, settings, tmp_path):
-    sale(water)
-    backup_anchors(settings, tmp_path / "fresh.jsonl", tmp_path / "no-such-history.jsonl")
-    assert [a.source for a in anchors_read(tmp_path / "fresh.jsonl").anchors] == ["backup"]
-    settings.LEDGER_ANCHOR_KEYS = [""]
-    with pytest.raises(subprocess.CalledProcessError) as excinfo:
-        backup_anchors(settings, tmp_path / "nokey.jsonl")
-    assert b"LEDGER_ANCHOR_KEY must be set" in excinfo.value.stderr
+# The anchors written beside every dump: tests/backoffice/test_backups.py.
 
 
 # The key: required in production, like DJANGO_SECRET_KEY.
@@ -396,7 +342,12 @@ def settings_in_a_new_process(**env: str) -> subprocess.CompletedProcess[str]:
     environ.update({"DJANGO_SETTINGS_MODULE": "backoffice.settings", "DJANGO_ENV_FILE": "", **env})
     code = "import django; django.setup(); from django.conf import settings; print(settings.LEDGER_ANCHOR_KEYS)"
     return subprocess.run(
-        [sys.executable, "-c", code], cwd=SCRIPT.parents[1], env=environ, capture_output=True, text=True, timeout=60
+        [sys.executable, "-c", code],
+        cwd=Path(__file__).resolve().parents[2],
+        env=environ,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
 
 
