@@ -33,6 +33,7 @@ from accounts.fields import ZERO
 from accounts.selectors import Takings, Trading, takings_by_day, trading_by_day
 from backoffice import dashboard_charts as charts
 from backoffice.alerts import open_alerts
+from backoffice.backups import backup_status
 from backoffice.models import Alert, Backup, BackupState, VerifyState
 from integrations.mpesa.models import InboxMessage, StatusQuery, UnallocatedPayment
 from integrations.mpesa.selectors import (
@@ -52,7 +53,6 @@ TOP_ITEMS = 10
 BUSINESS_PARAM = "business"
 ALL = "all"
 # A backup older than this is stale (the alert rule's default threshold, issue 13).
-BACKUP_STALE_HOURS = 26
 VIEW_REPORTS = "accounts.view_reports"
 VIEW_SALES = "operations.view_sale"
 
@@ -167,21 +167,20 @@ def _suspense(business_ids: list[int]) -> dict[int, tuple[int, Decimal]]:
     return {business_id: (n, amount or ZERO) for business_id, n, amount in rows}
 
 
-# --- the site's own state, read from the models until backoffice.alerts.open_alerts(user) and
-# backoffice.backups.backup_status() are merged (they are another part of issue 13) ---------------
+# --- the site's own state: the last backup in the dashboard's words -------------------------------
 
 
 @dataclass(frozen=True)
 class BackupStatus:
     backup: Backup | None
     age_hours: float | None  # since it finished (or started, when it has not)
-    ok: bool  # succeeded, verified by a restore and younger than BACKUP_STALE_HOURS
+    ok: bool  # succeeded, verified by a restore and younger than settings.BACKUP_STALE_HOURS
     problem: str  # why not ok, in words
 
 
 def dashboard_backup_status(*, now: dt.datetime) -> BackupStatus:
-    """The last backup started, and whether it is one to rely on: one query."""
-    backup = Backup.objects.order_by("-started_at", "-id").first()
+    """The last backup started (backoffice.backups.backup_status), and whether it is one to rely on."""
+    backup = backup_status(now=now).last
     if backup is None:
         return BackupStatus(None, None, False, "none made yet")
     when = backup.finished_at or backup.started_at
@@ -196,8 +195,8 @@ def dashboard_backup_status(*, now: dt.datetime) -> BackupStatus:
         problem = "not verified by a restore yet"
     else:
         problem = ""
-    if not problem and age > BACKUP_STALE_HOURS:
-        problem = f"older than {BACKUP_STALE_HOURS} hours"
+    if not problem and age > settings.BACKUP_STALE_HOURS:
+        problem = f"older than {settings.BACKUP_STALE_HOURS} hours"
     return BackupStatus(backup, age, not problem and backup.state == BackupState.SUCCEEDED, problem)
 
 

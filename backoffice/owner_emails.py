@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
+from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.template.loader import render_to_string
@@ -59,7 +60,6 @@ DEFAULTS = {
     OwnerEmailKind.WEEKLY: {"send_time": dt.time(7, 0), "weekday": 0},
 }
 # A backup whose last good (succeeded and verified) copy is older than this is stale (the 26 hours).
-BACKUP_STALE_AFTER = dt.timedelta(hours=26)
 GENERATED_BY = "the scheduled email"
 
 
@@ -443,13 +443,13 @@ def _backup_line(*, now: dt.datetime | None = None) -> str:
         .order_by("-started_at", "-id")
         .first()
     )
-    stale = good is None or now - good.started_at > BACKUP_STALE_AFTER
+    stale = good is None or now - good.started_at > dt.timedelta(hours=settings.BACKUP_STALE_HOURS)
     if good is None:
         text += " No verified backup yet: STALE."
     elif good.pk != last.pk:
         text += f" Last verified one: {_when(good.started_at, now)}{': STALE' if stale else ''}."
     elif stale:
-        text += " STALE: older than 26 hours."
+        text += f" STALE: older than {settings.BACKUP_STALE_HOURS} hours."
     return text
 
 

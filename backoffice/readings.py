@@ -280,11 +280,15 @@ def _database_bytes() -> int:
 
 
 def _backup() -> BackupStatus:
-    # Read directly until the backups' own status reader is merged (backoffice.backups).
+    from backoffice.backups import backup_status
     from backoffice.models import Backup, BackupState
 
-    good = Backup.objects.filter(state=BackupState.SUCCEEDED).order_by("-finished_at", "-id").first()
-    last = Backup.objects.exclude(state=BackupState.RUNNING).order_by("-started_at", "-id").first()
+    status = backup_status()
+    good = status.last_good
+    # The last one that ended: a backup still running has no fate yet.
+    last = status.last
+    if last is not None and last.state == BackupState.RUNNING:
+        last = Backup.objects.exclude(state=BackupState.RUNNING).order_by("-started_at", "-id").first()
     if last is None:
         return BackupStatus(last_good_at=None)
     return BackupStatus(
