@@ -13,6 +13,8 @@ PSS shares each shared page among the processes that map it, so PSS adds up and 
   soak.rss_growth_mb.<process>                               RSS after SOAK_TASKS more mixed tasks minus RSS
                                                              after the burst (goal <= 2 MB); a recycled pool
                                                              process is compared with the one before it
+  soak.rss_growth_second_half_mb.<process>                   the growth over the soak's second half only:
+                                                             a leak goes on growing, a cache filling stops
   soak.tasks, soak.pool_recycles, soak.pg_connections_before/after, soak.redis_used_mb_before/after
 
 Processes: web.master, web.worker<N> (gunicorn), <queue>.main and <queue>.pool<N> for each Celery
@@ -363,6 +365,19 @@ def _send_callbacks(run: StackRun, count: int, rate: float, seed: int) -> set[st
     return {c.receipt for c in calls if c.receipt}
 
 
+def _connections(run: StackRun) -> int:
+    with _db(run.superuser_url) as db:
+        (count,) = db.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = 'backoffice'").fetchone()
+    return int(count)
+
+
+def _soak_half(run: StackRun, tasks: int, *, tag: str, seed: int) -> set[str]:
+    """`tasks` tasks: 60 % M-Pesa callbacks, 12 % closing jobs, 3 % reports, the rest emails."""
+    payments, closings, reports = int(tasks * 0.6), int(tasks * 0.12), int(tasks * 0.03)
+    _launch(run, reports=reports, closings=closings, emails=tasks - payments - closings - reports, tag=tag)
+    return _send_callbacks(run, payments, 100.0, seed=seed)
+
+
 def _launch(run: StackRun, *, reports: int, closings: int, emails: int, tag: str) -> None:
     spec = json.dumps({"reports": reports, "closings": closings, "emails": emails, "tag": tag})
     run.manage("shell", "-c", LAUNCH, extra_env={"STACK_LAUNCH": spec})
@@ -415,35 +430,26 @@ def run(database_url: str = "") -> dict[str, float]:
         celery = [v for k, v in rss.items() if k.split(".")[0] in ("payments", "default", "reports")]
         figures["stack.celery_max_rss_mb"] = round(max(celery), 1)
 
-        # The soak: SOAK_TASKS more tasks of every kind; the burst above was its warm-up.
+        # The soak: SOAK_TASKS more tasks of every kind, in two halves; the burst above was its warm-up.
+        # Growth over the second half tells a leak (it goes on) from caches filling up (they stop).
         broker = redis.Redis(port=stack.redis_port)
-        with _db(stack.superuser_url) as db:
-            (connections_before,) = db.execute(
-                "SELECT count(*) FROM pg_stat_activity WHERE datname = 'backoffice'"
-            ).fetchone()
+        connections_before = _connections(stack)
         redis_before = int(broker.info("memory")["used_memory"]) / MB
         base_rss, base_pids = rss, pids
-        payments_share, reports_share, closings_share = 0.6, 0.03, 0.12
-        emails = soak_tasks - int(soak_tasks * payments_share) - int(soak_tasks * reports_share)
-        emails -= int(soak_tasks * closings_share)
-        _launch(
-            stack,
-            reports=int(soak_tasks * reports_share),
-            closings=int(soak_tasks * closings_share),
-            emails=emails,
-            tag="soak",
-        )
-        receipts |= _send_callbacks(stack, int(soak_tasks * payments_share), 100.0, seed=2)
-        _settled(stack, receipts, 3600)
-        time.sleep(10)
-        rss, pss, pids = sample(root, stack.pgdata, stack.redis_port)
-        with _db(stack.superuser_url) as db:
-            (connections_after,) = db.execute(
-                "SELECT count(*) FROM pg_stat_activity WHERE datname = 'backoffice'"
-            ).fetchone()
+        half_rss: dict[str, float] = {}
+        for half in (1, 2):
+            receipts |= _soak_half(stack, soak_tasks // 2, tag=f"soak{half}", seed=1 + half)
+            _settled(stack, receipts, 3600)
+            time.sleep(10)
+            rss, pss, pids = sample(root, stack.pgdata, stack.redis_port)
+            if half == 1:
+                half_rss = rss
+        connections_after = _connections(stack)
         for name, value in rss.items():
             if name in base_rss and name != "postgres":
                 figures[f"soak.rss_growth_mb.{name}"] = round(value - base_rss[name], 1)
+            if name in half_rss and name != "postgres":
+                figures[f"soak.rss_growth_second_half_mb.{name}"] = round(value - half_rss[name], 1)
         figures["soak.pool_recycles"] = float(
             sum(1 for k, pid in pids.items() if ".pool" in k and base_pids.get(k) not in (None, pid))
         )
