@@ -6,5 +6,7 @@ class AccountsConfig(AppConfig):
     verbose_name = "Ledger"
 
     def ready(self) -> None:
-        # The statement PDF job kind registers itself on import, in the web process and in workers.
-        from accounts import reports  # noqa: F401
+        # The statement PDF job kind: its module (ReportLab) is imported when a job of it first runs.
+        from jobs.registry import job_kinds_lazy
+
+        job_kinds_lazy("accounts.reports", "accounts.statement_pdf")

@@ -9,5 +9,8 @@ class BackofficeConfig(AppConfig):
     verbose_name = "Back office"
 
     def ready(self) -> None:
-        # The daily summary's job kind registers itself on import, in the web process and in workers.
-        from backoffice import daily_summary  # noqa: F401
+        # The daily summary's job kind: its module (ReportLab, the page's form) is imported when a job
+        # of it first runs, or by the URLconf in the web process.
+        from jobs.registry import job_kinds_lazy
+
+        job_kinds_lazy("backoffice.daily_summary", "backoffice.daily_summary")

@@ -13,6 +13,7 @@ import binascii
 import hashlib
 import hmac
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -116,12 +117,25 @@ LEDGER_ANCHOR_DIR = Path(env_str("LEDGER_ANCHOR_DIR", str(BASE_DIR / "var" / "le
 ALLOWED_HOSTS = env_list("DJANGO_ALLOWED_HOSTS", "127.0.0.1,localhost" if DEBUG else "")
 CSRF_TRUSTED_ORIGINS = env_list("DJANGO_CSRF_TRUSTED_ORIGINS")
 
+# True in `celery ... worker|beat|flower` (and `python -m celery ...`); DJANGO_ADMIN_AUTODISCOVER=1 forces
+# the admin's autodiscovery back on in them.
+_ARGV0 = Path(sys.argv[0] if sys.argv else "")
+CELERY_PROCESS = (
+    (_ARGV0.name == "celery" or (_ARGV0.name == "__main__.py" and _ARGV0.parent.name == "celery"))
+    and any(arg in {"worker", "beat", "flower"} for arg in sys.argv[1:])
+    and not env_bool("DJANGO_ADMIN_AUTODISCOVER", False)
+)
+
 INSTALLED_APPS = [
     "unfold",
     "unfold.contrib.filters",
     "unfold.contrib.forms",
     "unfold.contrib.import_export",
-    "django.contrib.admin",
+    # Celery processes (workers, beat, Flower) serve no admin page: without autodiscovery they do not
+    # import every admin module (and Unfold, import-export, openpyxl, ReportLab with them), ~10 MB
+    # each (docs/worker-memory.md). backoffice/urls.py autodiscovers, so a task that reverses an admin
+    # URL or reads the admin's registry (jobs/exports.py) loads the admin modules on first use.
+    "django.contrib.admin.apps.SimpleAdminConfig" if CELERY_PROCESS else "django.contrib.admin",
     "django.contrib.auth",
     "django.contrib.contenttypes",
     "django.contrib.sessions",

@@ -7,6 +7,10 @@ from backoffice.daily_summary import daily_summary_view
 from backoffice.health import healthz
 from backoffice.system import system_view
 
+# Explicit, for Celery processes, whose settings install the admin without autodiscovery: loading
+# the URLconf (a task's first reverse()) registers every ModelAdmin there too. A no-op in web processes.
+admin.autodiscover()
+
 urlpatterns = [
     path("healthz", healthz, name="healthz"),
     # An admin page that belongs to no model (before admin.site.urls, which would answer 404).

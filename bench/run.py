@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "results.json"
-MODULES = ["bench.ledger", "bench.mpesa", "bench.operations", "bench.reports_export"]
+MODULES = ["bench.ledger", "bench.mpesa", "bench.operations", "bench.reports_export", "bench.stack"]
 
 
 def main(argv: list[str]) -> int:

@@ -14,6 +14,12 @@ class JobsConfig(AppConfig):
 
         signals.worker_init.connect(_connect_task_events, dispatch_uid="jobs.taskevents.connect", weak=False)
 
+        # "Export to Excel" of a changelist: imported by the admin in the web process, on first use in a
+        # Celery process (which installs the admin without autodiscovery).
+        from jobs.registry import job_kinds_lazy
+
+        job_kinds_lazy("jobs.exports", "jobs.changelist_xlsx")
+
 
 def _connect_task_events(**kwargs: Any) -> None:
     from jobs import taskevents

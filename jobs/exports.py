@@ -159,6 +159,9 @@ def changelist_request(*, model_admin: Any, user: Any, query: str) -> HttpReques
 def _model_admin(label: str) -> Any:
     from django.contrib import admin
 
+    # Celery processes install the admin without autodiscovery (settings.CELERY_PROCESS): the first
+    # export in a pool process loads the admin modules; later calls find them imported (a no-op).
+    admin.autodiscover()
     for model, model_admin in admin.site._registry.items():
         if model._meta.label_lower == label:
             if not hasattr(model_admin, "get_excel_export"):

@@ -7,6 +7,7 @@ count goes up; after `max_attempts` it fails).
 from __future__ import annotations
 
 import datetime as dt
+import importlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,7 +49,51 @@ class JobKind:
     permission: str | Callable[[Job], str | None] | None = None
 
 
-REGISTRY: dict[str, JobKind] = {}
+class KindRegistry(dict[str, JobKind]):
+    """The job kinds by key. A kind whose module is heavy (ReportLab for the PDFs) is declared with
+    `job_kinds_lazy` and its module imported the first time the kind is looked up, so a Celery
+    process that never draws a PDF never loads ReportLab (docs/worker-memory.md)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lazy: dict[str, str] = {}
+
+    def _load(self, key: object) -> None:
+        module = self.lazy.get(key) if isinstance(key, str) else None
+        if module is not None and not dict.__contains__(self, key):
+            importlib.import_module(module)
+
+    def load_all(self) -> None:
+        for module in sorted(set(self.lazy.values())):
+            importlib.import_module(module)
+
+    def __missing__(self, key: str) -> JobKind:
+        self._load(key)
+        if dict.__contains__(self, key):
+            return dict.__getitem__(self, key)
+        raise KeyError(key)
+
+    def __contains__(self, key: object) -> bool:
+        self._load(key)
+        return dict.__contains__(self, key)
+
+    def get(self, key: str, default: Any = None) -> Any:  # type: ignore[override]
+        self._load(key)
+        return dict.get(self, key, default)
+
+    def items(self) -> Any:
+        self.load_all()
+        return dict.items(self)
+
+
+REGISTRY = KindRegistry()
+
+
+def job_kinds_lazy(module: str, *keys: str) -> None:
+    """Declare that importing `module` registers the kinds `keys` (imported on first lookup).
+    tests/jobs/test_registry.py checks that each module registers exactly what it declares."""
+    for key in keys:
+        REGISTRY.lazy[key] = module
 
 
 def job_kind(
@@ -65,7 +110,7 @@ def job_kind(
         raise ValueError(f"unknown queue {queue!r}")
 
     def register(handler: Callable[[JobContext], None]) -> Callable[[JobContext], None]:
-        if key in REGISTRY and REGISTRY[key].handler is not handler:
+        if dict.__contains__(REGISTRY, key) and dict.__getitem__(REGISTRY, key).handler is not handler:
             raise ValueError(f"job kind {key!r} registered twice")
         REGISTRY[key] = JobKind(key, label, handler, queue, retry_on, max_attempts, permission)
         return handler

@@ -6,18 +6,26 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$PWD/.venv/bin:$PATH"
 
+# Where the embedded servers live and which ports they take (bench/stack.py runs a second stack beside
+# yours with its own), and the development settings file (DJANGO_ENV_FILE, as backoffice/settings.py reads it).
+LOCAL_DIR="${BACKOFFICE_LOCAL_DIR:-var/local}"
+local_ports=()
+if [ -n "${BACKOFFICE_LOCAL_PG_PORT:-}" ]; then local_ports+=(--pg-port "$BACKOFFICE_LOCAL_PG_PORT"); fi
+if [ -n "${BACKOFFICE_LOCAL_REDIS_PORT:-}" ]; then local_ports+=(--redis-port "$BACKOFFICE_LOCAL_REDIS_PORT"); fi
+ENV_FILE="${DJANGO_ENV_FILE-.env}"
+
 started_local=0
 cleanup() {
   if [ "$started_local" = 1 ]; then
     echo "Stopping the embedded PostgreSQL and Redis..." >&2
-    python scripts/localservices.py stop --dir var/local >&2 || true
+    python scripts/localservices.py stop --dir "$LOCAL_DIR" >&2 || true
   fi
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 if [ -z "${DATABASE_URL:-}" ] || [ -z "${REDIS_URL:-}" ]; then
-  eval "$(python scripts/localservices.py start --dir var/local)"
+  eval "$(python scripts/localservices.py start --dir "$LOCAL_DIR" "${local_ports[@]}")"
   started_local=1
   if [ -z "${DATABASE_URL:-}" ] || [ -z "${REDIS_URL:-}" ]; then
     echo "Could not start the embedded PostgreSQL / Redis (see the messages above)." >&2
@@ -44,7 +52,7 @@ fi
 # .env: the development settings for `python manage.py ...` in another shell (README, "Next to make run"),
 # read by backoffice/settings.py; exported variables win over it. Written on the first start only, so its
 # M-Pesa key stays the one the embedded database's till credentials are encrypted with. Never committed.
-if [ ! -f .env ]; then
+if [ -n "$ENV_FILE" ] && [ ! -f "$ENV_FILE" ]; then
   mpesa_key="$(python -c 'from cryptography.fernet import Fernet; print(Fernet.generate_key().decode())')"
   (
     umask 077
@@ -53,7 +61,7 @@ if [ ! -f .env ]; then
       echo "# Variables exported in the shell win. Delete this file to have it written again."
       echo "DJANGO_DEBUG=1"
       if [ "$started_local" = 1 ]; then
-        echo "# The embedded servers (var/local), up while \`make run\` runs."
+        echo "# The embedded servers ($LOCAL_DIR), up while \`make run\` runs."
         echo "DATABASE_URL=${DATABASE_URL}"
         echo "DATABASE_OWNER_URL=${DATABASE_OWNER_URL}"
         echo "BACKUP_DATABASE_URL=${BACKUP_DATABASE_URL}"
@@ -62,23 +70,23 @@ if [ ! -f .env ]; then
       echo "MPESA_ENCRYPTION_KEY=${mpesa_key}"
       echo "DEMO_OWNER_PASSWORD=${DEMO_OWNER_PASSWORD:-owner-demo-2026}"
       echo "DEMO_STAFF_PASSWORD=${DEMO_STAFF_PASSWORD:-staff-demo-2026}"
-    } >.env
+    } >"$ENV_FILE"
   )
-  echo "Wrote .env (development settings for manage.py in another shell; see README)." >&2
-elif [ -n "$superuser_url" ] && grep -qxF "DATABASE_URL=${superuser_url}" .env; then
+  echo "Wrote $ENV_FILE (development settings for manage.py in another shell; see README)." >&2
+elif [ -n "$ENV_FILE" ] && [ -n "$superuser_url" ] && grep -qxF "DATABASE_URL=${superuser_url}" "$ENV_FILE"; then
   # A .env from before the two roles: manage.py in another shell connects as the application role too.
-  python - "$superuser_url" "$DATABASE_URL" "$DATABASE_OWNER_URL" <<'PY'
+  python - "$superuser_url" "$DATABASE_URL" "$DATABASE_OWNER_URL" "$ENV_FILE" <<'PY'
 import sys
 from pathlib import Path
 
-old, app, owner = sys.argv[1:]
-path = Path(".env")
+old, app, owner, env_file = sys.argv[1:]
+path = Path(env_file)
 lines = [f"DATABASE_URL={app}" if line == f"DATABASE_URL={old}" else line for line in path.read_text().splitlines()]
 if not any(line.startswith("DATABASE_OWNER_URL=") for line in lines):
     lines.append(f"DATABASE_OWNER_URL={owner}")
 path.write_text("\n".join(lines) + "\n")
 PY
-  echo "Updated .env: DATABASE_URL is the application role now, DATABASE_OWNER_URL the owner's." >&2
+  echo "Updated $ENV_FILE: DATABASE_URL is the application role now, DATABASE_OWNER_URL the owner's." >&2
 fi
 if [ "$started_local" = 1 ] && ! grep -q '^BACKUP_DATABASE_URL=' .env; then
   # A .env from before the backups: `manage.py backup_run` in another shell needs the backup connection too.

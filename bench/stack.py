@@ -1,0 +1,472 @@
+"""Memory of the whole stack as `make run` starts it: every process idle, after a burst, and over a soak.
+
+`run()` starts `scripts/run.sh` itself (embedded PostgreSQL and Redis of its own in a temporary folder,
+on free ports; web, the three workers, beat and Flower from the Procfile) with production settings
+(DJANGO_DEBUG=0: no query log, as on the server), then measures each process's RSS and PSS (psutil;
+PSS shares each shared page among the processes that map it, so PSS adds up and RSS does not):
+
+  stack.idle.rss_mb.<process>, stack.idle.pss_mb.<process>   a minute after start, nothing to do
+  stack.idle.total_rss_mb, stack.idle.total_pss_mb
+  stack.rss_mb.<process>, stack.pss_mb.<process>             after a burst of mixed work (M-Pesa
+  stack.total_rss_mb, stack.total_pss_mb                     callbacks, exports, PDFs, closings, emails)
+  stack.celery_max_rss_mb                                    the largest Celery process (goal < 100 MB)
+  soak.rss_growth_mb.<process>                               RSS after SOAK_TASKS more mixed tasks minus RSS
+                                                             after the burst (goal <= 2 MB); a recycled pool
+                                                             process is compared with the one before it
+  soak.rss_growth_second_half_mb.<process>                   the growth over the soak's second half only:
+                                                             a leak goes on growing, a cache filling stops
+  soak.tasks, soak.pool_recycles, soak.pg_connections_before/after, soak.redis_used_mb_before/after
+
+Processes: web.master, web.worker<N> (gunicorn), <queue>.main and <queue>.pool<N> for each Celery
+worker, beat, flower, honcho (the supervisor `make run` uses; docker takes its place in production),
+postgres (every server process, summed; stack.processes.postgres says how many) and redis.
+Environment: STACK_SOAK_TASKS (10000), STACK_IDLE_SECONDS (60).
+Usage: python -m bench.run bench.stack   (the DATABASE_URL given to it is not used: own servers)
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import http.client
+import json
+import os
+import random
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+MB = 1024 * 1024
+SHELLS = {"sh", "bash", "dash"}
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _wait(predicate: Any, timeout: float, what: str, interval: float = 1.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(interval)
+    raise RuntimeError(f"timed out after {timeout:.0f}s waiting for {what}")
+
+
+def _healthy(port: int) -> bool:
+    """/healthz says ok: database, broker, beat and a worker on every queue."""
+    try:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+        conn.request("GET", "/healthz")
+        status = conn.getresponse().status
+        conn.close()
+        return status == 200
+    except (OSError, http.client.HTTPException):
+        return False
+
+
+def _answers(port: int, path: str) -> bool:
+    try:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+        conn.request("GET", path)
+        status = conn.getresponse().status
+        conn.close()
+        return status < 500
+    except (OSError, http.client.HTTPException):
+        return False
+
+
+def _role(proc: Any, parent_cmd: str) -> str | None:
+    """The name of a process of the stack from its command line, or None for shells and strangers."""
+    cmd = " ".join(proc.cmdline())
+    if "gunicorn" in cmd:
+        return "web.worker" if "gunicorn" in parent_cmd else "web.master"
+    if "celery" in cmd and " worker" in cmd:
+        queue = re.search(r"-Q\s+(\S+)", cmd)
+        name = queue.group(1) if queue else "worker"
+        return f"{name}.pool" if ("celery" in parent_cmd and " worker" in parent_cmd) else f"{name}.main"
+    if "celery" in cmd and " beat" in cmd:
+        return "beat"
+    if "celery" in cmd and " flower" in cmd:
+        return "flower"
+    if "honcho" in cmd:
+        return "honcho"
+    return None
+
+
+def processes(root_pid: int, pgdata: list[Path], redis_port: int) -> dict[str, list[Any]]:
+    """{role: [psutil.Process, ...]} of the stack under `root_pid`, and its PostgreSQL and Redis."""
+    import psutil
+
+    found: dict[str, list[Any]] = {}
+    root = psutil.Process(root_pid)
+    for proc in root.children(recursive=True):
+        try:
+            if proc.name() in SHELLS:  # honcho's `sh -c` wrappers: a shell, not the process
+                continue
+            parent = proc.parent()
+            while parent is not None and parent.name() in SHELLS:
+                parent = parent.parent()
+            role = _role(proc, " ".join(parent.cmdline()) if parent is not None else "")
+        except psutil.Error:
+            continue
+        if role:
+            found.setdefault(role, []).append(proc)
+    postmaster = _postmaster(pgdata)
+    if postmaster is not None:
+        found["postgres"] = [postmaster, *postmaster.children(recursive=True)]
+    for proc in psutil.process_iter(["cmdline"]):
+        if "redis-server" in " ".join(proc.info["cmdline"] or []) and f":{redis_port}" in " ".join(
+            proc.info["cmdline"]
+        ):
+            found["redis"] = [proc]
+    return found
+
+
+def _postmaster(pgdata: list[Path]) -> Any:
+    """The postmaster of the first of `pgdata` that has one running (its postmaster.pid)."""
+    import psutil
+
+    for folder in pgdata:
+        try:
+            pid = int((folder / "postmaster.pid").read_text().split()[0])
+            return psutil.Process(pid)
+        except (OSError, ValueError, IndexError, psutil.Error):
+            continue
+    return None
+
+
+def sample(
+    root_pid: int, pgdata: list[Path], redis_port: int
+) -> tuple[dict[str, float], dict[str, float], dict[str, int]]:
+    """(rss MB, pss MB, pids) per named process; numbered roles (web.worker1, default.pool2) by pid."""
+    import psutil
+
+    rss: dict[str, float] = {}
+    pss: dict[str, float] = {}
+    pids: dict[str, int] = {}
+    for role, procs in sorted(processes(root_pid, pgdata, redis_port).items()):
+        summed = role == "postgres"
+        numbered = role.endswith((".worker", ".pool")) or role == "honcho"
+        for n, proc in enumerate(sorted(procs, key=lambda p: p.pid), start=1):
+            try:
+                info = proc.memory_full_info()
+            except psutil.Error:
+                continue
+            name = role if summed or not numbered else f"{role}{n}"
+            if not numbered and not summed and name in rss:
+                name = f"{role}.{proc.pid}"  # two of a kind that should be one: keep both, visibly
+            rss[name] = rss.get(name, 0.0) + info.rss / MB
+            pss[name] = pss.get(name, 0.0) + info.pss / MB
+            pids[name] = proc.pid
+        if summed:
+            pids["postgres.processes"] = len(procs)
+    return rss, pss, pids
+
+
+def _figures(prefix: str, rss: dict[str, float], pss: dict[str, float]) -> dict[str, float]:
+    out = {f"{prefix}.rss_mb.{k}": round(v, 1) for k, v in rss.items()}
+    out.update({f"{prefix}.pss_mb.{k}": round(v, 1) for k, v in pss.items()})
+    out[f"{prefix}.total_rss_mb"] = round(sum(rss.values()), 1)
+    out[f"{prefix}.total_pss_mb"] = round(sum(pss.values()), 1)
+    return out
+
+
+# Run by `manage.py shell` inside the stack's environment: launches work as the owner would.
+LAUNCH = r"""
+import datetime as dt, json, os
+from django.contrib.auth import get_user_model
+from django.utils import timezone
+from accounts.periods import period_containing
+from accounts.statements import REPORT_TITLES
+from backoffice.emails import email_queue
+from jobs.services import job_launch
+from operations.models import DayClosing
+from tenancy.models import Business
+
+spec = json.loads(os.environ["STACK_LAUNCH"])
+owner = get_user_model().objects.filter(is_superuser=True).order_by("pk").first()
+today = timezone.localdate()
+businesses = list(Business.objects.order_by("pk"))
+month = period_containing("month", today)
+report = next(iter(REPORT_TITLES))
+kinds = [
+    ("operations.export_businesses", None, {}),
+    ("backoffice.daily_summary", None, {"day": (today - dt.timedelta(days=1)).isoformat()}),
+    ("accounts.statement_pdf", None, {"report": report, "business": "all", **month.params(), "compare": "previous"}),
+]
+for n in range(spec["reports"]):
+    kind, business, params = kinds[n % len(kinds)]
+    job_launch(kind=kind, acting_user=owner, business=business, params=params)
+# Closings: each past day of the seeded week, oldest first, per business; once a day is closed the
+# rest are the idempotent re-runs a double-clicking operator makes (the same job path, a no-op service).
+days = [today - dt.timedelta(days=d) for d in range(7, 0, -1)]
+for n in range(spec["closings"]):
+    business = businesses[n % len(businesses)]
+    day = days[(n // len(businesses)) % len(days)]
+    job_launch(kind="operations.closing", acting_user=owner, business=business, params={"day": day.isoformat()})
+for n in range(spec["emails"]):
+    email_queue(
+        kind="test", period=f"{spec['tag']}-{n}", subject=f"Stack bench {n}",
+        recipients=["owner@example.com"], body="x" * 2000,
+    )
+print("LAUNCHED", spec)
+"""
+
+
+class StackRun:
+    """`scripts/run.sh` in its own process group, on free ports, in a temporary folder."""
+
+    def __init__(self) -> None:
+        self.dir = Path(tempfile.mkdtemp(prefix="bench-stack-"))
+        self.pg_port, self.redis_port = _free_port(), _free_port()
+        self.web_port, self.flower_port = _free_port(), _free_port()
+        env = {k: v for k, v in os.environ.items() if k not in {"DATABASE_URL", "REDIS_URL", "CELERY_BROKER_URL"}}
+        env.update(
+            {
+                "BACKOFFICE_LOCAL_DIR": str(self.dir / "local"),
+                "BACKOFFICE_LOCAL_PG_PORT": str(self.pg_port),
+                "BACKOFFICE_LOCAL_REDIS_PORT": str(self.redis_port),
+                "DJANGO_ENV_FILE": str(self.dir / "env"),
+                "PORT": str(self.web_port),
+                "FLOWER_PORT": str(self.flower_port),
+                # Production settings, over plain HTTP as behind the TLS proxy; throw-away secrets.
+                "DJANGO_DEBUG": "0",
+                "DJANGO_SECRET_KEY": "bench-only-" + os.urandom(16).hex(),
+                "LEDGER_ANCHOR_KEY": "bench-only-" + os.urandom(24).hex(),
+                "MPESA_ENCRYPTION_KEY": base64.urlsafe_b64encode(os.urandom(32)).decode(),
+                "DJANGO_SECURE_SSL_REDIRECT": "0",
+                "DJANGO_SECURE_COOKIES": "0",
+                "DJANGO_HSTS_SECONDS": "0",
+                "MEDIA_ROOT": str(self.dir / "media"),
+                "MPESA_SPOOL_DIR": str(self.dir / "spool"),
+                "LEDGER_ANCHOR_DIR": str(self.dir / "anchors"),
+                "BACKUP_DIR": str(self.dir / "backups"),
+                "LOG_LEVEL": "WARNING",
+                "PYTHONUNBUFFERED": "1",
+            }
+        )
+        self.env = env
+        self.log = self.dir / "run.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def pgdata(self) -> list[Path]:
+        """Where scripts/localservices.py puts the cluster: under our folder, or (as root, when the
+        postgres system user cannot reach it) in /tmp under a hash of that folder."""
+        base = (self.dir / "local").resolve()
+        fallback = (
+            Path(tempfile.gettempdir())
+            / f"backoffice-localservices-{hashlib.sha256(str(base).encode()).hexdigest()[:12]}"
+        )
+        return [base / "pgdata", fallback / "pgdata"]
+
+    @property
+    def superuser_url(self) -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.pg_port}/backoffice"
+
+    def start(self) -> None:
+        with self.log.open("ab") as log:
+            self.proc = subprocess.Popen(
+                ["bash", "scripts/run.sh"],
+                cwd=ROOT,
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        _wait(lambda: self._alive() and _healthy(self.web_port), 600, "the stack to be healthy (see run.log)", 2)
+        _wait(lambda: _answers(self.flower_port, "/healthcheck"), 120, "Flower", 2)
+
+    def _alive(self) -> bool:
+        if self.proc is not None and self.proc.poll() is not None:
+            raise RuntimeError(f"make run stopped:\n{self.log.read_text()[-3000:]}")
+        return True
+
+    def manage(self, *args: str, extra_env: dict[str, str] | None = None) -> str:
+        """`manage.py ...` as a developer beside `make run` would (the env file names the app role)."""
+        env = {**self.env, **(extra_env or {})}
+        for name in ("DATABASE_URL", "REDIS_URL"):
+            env.pop(name, None)
+        done = subprocess.run(
+            [sys.executable, "manage.py", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=900
+        )
+        if done.returncode:
+            raise RuntimeError(f"manage.py {' '.join(args)} failed:\n{done.stdout[-2000:]}\n{done.stderr[-3000:]}")
+        return done.stdout
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGINT)  # honcho stops its processes, run.sh its servers
+            try:
+                self.proc.wait(90)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+        subprocess.run(
+            [sys.executable, "scripts/localservices.py", "stop", "--dir", str(self.dir / "local")],
+            cwd=ROOT,
+            capture_output=True,
+        )
+        if not os.environ.get("BENCH_KEEP_DB"):
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def _db(url: str) -> Any:
+    import psycopg
+
+    return psycopg.connect(url, autocommit=True)
+
+
+def _send_callbacks(run: StackRun, count: int, rate: float, seed: int) -> set[str]:
+    """POST `count` Daraja callbacks (unique receipts, STK + C2B twins, failures) at `rate`/s; the
+    receipts that must end up posted."""
+    from integrations.mpesa.simulate import Callback, scenario
+
+    with _db(run.superuser_url) as db:
+        token, shortcode = db.execute(
+            "SELECT callback_token, shortcode FROM integrations_till ORDER BY id LIMIT 1"
+        ).fetchone()
+    rng = random.Random(seed)
+    calls: list[Callback] = []
+    while len(calls) < count:
+        calls.extend(scenario(rng, shortcode))
+    calls = calls[:count]
+
+    def send(call: Callback) -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", run.web_port, timeout=15)
+        try:
+            conn.request(
+                "POST", f"/daraja/{token}/{call.path}", body=call.body, headers={"Content-Type": "application/json"}
+            )
+            conn.getresponse().read()
+        except (OSError, http.client.HTTPException):
+            pass  # counted at the end: a receipt not posted is the figure that matters
+        finally:
+            conn.close()
+
+    start = time.monotonic()
+    with ThreadPoolExecutor(16) as pool:
+        for n, call in enumerate(calls):
+            delay = start + n / rate - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+            pool.submit(send, call)
+    return {c.receipt for c in calls if c.receipt}
+
+
+def _connections(run: StackRun) -> int:
+    with _db(run.superuser_url) as db:
+        (count,) = db.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = 'backoffice'").fetchone()
+    return int(count)
+
+
+def _soak_half(run: StackRun, tasks: int, *, tag: str, seed: int) -> set[str]:
+    """`tasks` tasks: 60 % M-Pesa callbacks, 12 % closing jobs, 3 % reports, the rest emails."""
+    payments, closings, reports = int(tasks * 0.6), int(tasks * 0.12), int(tasks * 0.03)
+    _launch(run, reports=reports, closings=closings, emails=tasks - payments - closings - reports, tag=tag)
+    return _send_callbacks(run, payments, 100.0, seed=seed)
+
+
+def _launch(run: StackRun, *, reports: int, closings: int, emails: int, tag: str) -> None:
+    spec = json.dumps({"reports": reports, "closings": closings, "emails": emails, "tag": tag})
+    run.manage("shell", "-c", LAUNCH, extra_env={"STACK_LAUNCH": spec})
+
+
+def _settled(run: StackRun, receipts: set[str], timeout: float) -> None:
+    """Wait until every receipt is posted, no job or email is waiting, and the queues are empty."""
+    import redis
+
+    broker = redis.Redis(port=run.redis_port)
+
+    def done() -> bool:
+        with _db(run.superuser_url) as db:
+            posted = {r for (r,) in db.execute("SELECT receipt FROM integrations_payment").fetchall()}
+            (jobs,) = db.execute(
+                "SELECT count(*) FROM celeryconf_job WHERE state IN ('queued', 'running', 'retrying')"
+            ).fetchone()
+            (mails,) = db.execute(
+                "SELECT count(*) FROM backoffice_emaillog WHERE state IN ('queued', 'retrying')"
+            ).fetchone()
+        queued = sum(int(broker.llen(q)) for q in ("payments", "default", "reports"))
+        return receipts <= posted and jobs == 0 and mails == 0 and queued == 0
+
+    _wait(done, timeout, "the work to be done", 2)
+
+
+def run(database_url: str = "") -> dict[str, float]:
+    import redis
+
+    soak_tasks = int(os.environ.get("STACK_SOAK_TASKS", "10000"))
+    idle_seconds = float(os.environ.get("STACK_IDLE_SECONDS", "60"))
+    stack = StackRun()
+    figures: dict[str, float] = {}
+    try:
+        stack.start()
+        assert stack.proc is not None
+        root = stack.proc.pid
+        time.sleep(idle_seconds)
+        rss, pss, pids = sample(root, stack.pgdata, stack.redis_port)
+        figures.update(_figures("stack.idle", rss, pss))
+        figures["stack.processes.postgres"] = float(pids.get("postgres.processes", 0))
+
+        # The burst: every kind of work once, at a realistic pace.
+        receipts = _send_callbacks(stack, 1000, 100.0, seed=1)
+        _launch(stack, reports=30, closings=21, emails=100, tag="burst")
+        _settled(stack, receipts, 900)
+        time.sleep(10)
+        rss, pss, pids = sample(root, stack.pgdata, stack.redis_port)
+        figures.update(_figures("stack", rss, pss))
+        celery = [v for k, v in rss.items() if k.split(".")[0] in ("payments", "default", "reports")]
+        figures["stack.celery_max_rss_mb"] = round(max(celery), 1)
+
+        # The soak: SOAK_TASKS more tasks of every kind, in two halves; the burst above was its warm-up.
+        # Growth over the second half tells a leak (it goes on) from caches filling up (they stop).
+        broker = redis.Redis(port=stack.redis_port)
+        connections_before = _connections(stack)
+        redis_before = int(broker.info("memory")["used_memory"]) / MB
+        base_rss, base_pids = rss, pids
+        half_rss: dict[str, float] = {}
+        for half in (1, 2):
+            receipts |= _soak_half(stack, soak_tasks // 2, tag=f"soak{half}", seed=1 + half)
+            _settled(stack, receipts, 3600)
+            time.sleep(10)
+            rss, pss, pids = sample(root, stack.pgdata, stack.redis_port)
+            if half == 1:
+                half_rss = rss
+        connections_after = _connections(stack)
+        for name, value in rss.items():
+            if name in base_rss and name != "postgres":
+                figures[f"soak.rss_growth_mb.{name}"] = round(value - base_rss[name], 1)
+            if name in half_rss and name != "postgres":
+                figures[f"soak.rss_growth_second_half_mb.{name}"] = round(value - half_rss[name], 1)
+        figures["soak.pool_recycles"] = float(
+            sum(1 for k, pid in pids.items() if ".pool" in k and base_pids.get(k) not in (None, pid))
+        )
+        figures["soak.tasks"] = float(soak_tasks)
+        figures["soak.pg_connections_before"] = float(connections_before)
+        figures["soak.pg_connections_after"] = float(connections_after)
+        figures["soak.redis_used_mb_before"] = round(redis_before, 2)
+        figures["soak.redis_used_mb_after"] = round(int(broker.info("memory")["used_memory"]) / MB, 2)
+        return figures
+    except Exception:
+        print(f"bench.stack: see {stack.log}", file=sys.stderr)
+        if stack.log.exists():
+            print(stack.log.read_text()[-4000:], file=sys.stderr)
+        raise
+    finally:
+        stack.stop()
+
+
+if __name__ == "__main__":
+    print(json.dumps(run(), indent=2, sort_keys=True))

@@ -1,0 +1,58 @@
+"""Job kinds declared lazily (their modules imported on first lookup) are what those modules register."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from jobs.registry import REGISTRY
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_each_lazy_module_registers_exactly_the_kinds_it_is_declared_for() -> None:
+    assert REGISTRY.lazy, "no kind is declared lazily: the test has nothing to check"
+    REGISTRY.load_all()
+    for key, module in REGISTRY.lazy.items():
+        assert dict.__contains__(REGISTRY, key), f"{module} does not register {key}"
+        assert REGISTRY[key].handler.__module__ == module
+
+
+def test_a_lookup_imports_the_kind_module_in_a_fresh_process() -> None:
+    """A Celery process starts without ReportLab; looking the PDF kind up imports it and finds it."""
+    code = (
+        "import sys; sys.argv = ['/usr/bin/celery', '-A', 'celeryconf', 'worker']\n"
+        "import django; django.setup()\n"
+        "from jobs.registry import REGISTRY\n"
+        "assert 'reportlab' not in sys.modules, 'ReportLab loaded at start'\n"
+        "assert 'operations.admin' not in sys.modules, 'admin modules loaded at start'\n"
+        "kind = REGISTRY.get('accounts.statement_pdf')\n"
+        "assert kind is not None and kind.key == 'accounts.statement_pdf'\n"
+        "assert 'reportlab' in sys.modules\n"
+        "assert 'operations.customer_statements' in REGISTRY\n"
+        "print('ok')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "ok"
+
+
+def test_a_celery_process_knows_every_kind_the_web_process_knows() -> None:
+    """The web process imports every admin module (and the kinds they import); a Celery process does
+    not, so any kind registered only by an admin-imported module must be declared lazily."""
+    from django.contrib import admin
+
+    admin.autodiscover()
+    web = sorted(k for k in dict.keys(REGISTRY) if not k.startswith("tests."))  # tests/worker_tasks.py's
+    code = (
+        "import sys; sys.argv = ['/usr/bin/celery', '-A', 'celeryconf', 'worker']\n"
+        "import django; django.setup()\n"
+        "from celeryconf.app import app; app.loader.import_default_modules()\n"
+        "from jobs.registry import REGISTRY\n"
+        "REGISTRY.load_all()\n"
+        "print(','.join(sorted(dict.keys(REGISTRY))))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().split(",") == web
