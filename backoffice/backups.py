@@ -54,6 +54,7 @@ from psycopg.conninfo import make_conninfo
 
 from accounts.anchors import HEADS_SQL, anchor_parse, anchor_sign, anchors_path
 from backoffice.models import Backup, BackupState, BackupTier, VerifyState
+from celeryconf.config import QUEUE_REPORTS
 from tenancy.models import Business
 
 logger = logging.getLogger(__name__)
@@ -1105,3 +1106,10 @@ def backup_status(*, now: dt.datetime | None = None) -> BackupStatus:
         unverified=good is None or good.verify_state != VerifyState.VERIFIED,
         stale_hours=hours,
     )
+
+
+def backup_enqueue(*, requested_by_id: int | None) -> None:
+    """Queue a backup now (the admin's "Back up now"), on the reports worker."""
+    from backoffice.tasks import backup
+
+    backup.apply_async(kwargs={"requested_by_id": requested_by_id}, queue=QUEUE_REPORTS, routing_key=QUEUE_REPORTS)

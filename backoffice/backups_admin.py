@@ -20,9 +20,8 @@ from unfold.admin import ModelAdmin
 from unfold.contrib.filters.admin import ChoicesDropdownFilter
 from unfold.decorators import action, display
 
-from backoffice.backups import backup_status
+from backoffice.backups import backup_enqueue, backup_status
 from backoffice.models import Backup, BackupState, VerifyState
-from backoffice.tasks import backup_enqueue
 from tenancy.scoping import sees_all_businesses
 
 STATE_LABELS = {BackupState.RUNNING: "warning", BackupState.SUCCEEDED: "success", BackupState.FAILED: "danger"}

@@ -99,8 +99,3 @@ def backup(requested_by_id: int | None = None) -> dict[str, Any]:
     if row.verify_state != VerifyState.VERIFIED:
         raise BackupFailedError(f"backup #{row.pk} failed its restore check: {row.verify_message}")
     return result
-
-
-def backup_enqueue(*, requested_by_id: int | None) -> None:
-    """Queue a backup now (the admin's "Back up now")."""
-    backup.apply_async(kwargs={"requested_by_id": requested_by_id}, queue=QUEUE_REPORTS, routing_key=QUEUE_REPORTS)

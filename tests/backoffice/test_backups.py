@@ -36,6 +36,7 @@ from backoffice.backups import (
     BackupBusyError,
     BackupError,
     PgTarget,
+    backup_enqueue,
     backup_files,
     backup_rotate,
     backup_run,
@@ -50,7 +51,6 @@ from backoffice.backups import (
     scratch_database,
 )
 from backoffice.models import Backup, BackupState, BackupTier, VerifyState
-from backoffice.tasks import backup_enqueue
 from celeryconf.app import LIMITS, app, task_time_limits
 from celeryconf.config import check_reliability
 from operations.models import OpeningStock
