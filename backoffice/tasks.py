@@ -17,7 +17,6 @@ from django.contrib.auth import get_user_model
 from backoffice.backups import backup_run, backup_verify
 from backoffice.emails import EmailRetryError, email_deliver, email_files_cleanup, emails_resend_stuck
 from backoffice.models import BackupState, VerifyState
-from backoffice.owner_emails import owner_emails_send_due
 from celeryconf.app import LIMITS
 from celeryconf.config import QUEUE_REPORTS
 
@@ -44,6 +43,9 @@ def owner_emails_due() -> list[str]:
     """Every 5 minutes on beat: queue the owner's daily and weekly emails that are due and not yet in
     the email log (backoffice.owner_emails), and enqueue again any email whose message was lost
     (backoffice.emails.emails_resend_stuck). Safe to run any number of times, and side by side."""
+    # Imported here: building the emails draws PDFs (ReportLab), which a worker loads only when needed.
+    from backoffice.owner_emails import owner_emails_send_due
+
     resent = emails_resend_stuck()
     return [f"{log.kind} {log.period}" for log in owner_emails_send_due()] + [f"resent #{pk}" for pk in resent]
 

@@ -24,6 +24,7 @@ def test_a_lookup_imports_the_kind_module_in_a_fresh_process() -> None:
     code = (
         "import sys; sys.argv = ['/usr/bin/celery', '-A', 'celeryconf', 'worker']\n"
         "import django; django.setup()\n"
+        "from celeryconf.app import app; app.loader.import_default_modules()\n"
         "from jobs.registry import REGISTRY\n"
         "assert 'reportlab' not in sys.modules, 'ReportLab loaded at start'\n"
         "assert 'operations.admin' not in sys.modules, 'admin modules loaded at start'\n"
