@@ -32,7 +32,7 @@ def _procfile_flower_args() -> list[str]:
 
 def test_flower_asks_for_the_password_and_keeps_a_bounded_history(clean_broker: redis.Redis) -> None:
     args = _procfile_flower_args()
-    assert "--max-tasks=10000" in args and "--basic-auth=${FLOWER_BASIC_AUTH}" in args
+    assert "--max-tasks=1000" in args and "--basic-auth=${FLOWER_BASIC_AUTH}" in args
     port = _free_port()
     env = worker_env(FLOWER_PORT=str(port), FLOWER_BASIC_AUTH="owner:s3cret-flower")
     expanded = [os.path.expandvars(a) if "$" in a else a for a in args]
