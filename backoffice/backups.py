@@ -975,8 +975,9 @@ def backup_restore(*, path: Path, database: str, dry_run: bool = False, verify: 
     Refuses an existing database, the live one's name, and a dump whose SHA-256 differs from the Backup
     row or the .sha256 file beside it. A dry run only checks that and lists the archive. With `verify`,
     the restored database is checked like a nightly verification (against the Backup row, else the
-    manifest beside the dump). The new database and its objects belong to BACKUP_DATABASE_URL's role;
-    docs/deploy.md says how to hand them to the owner role and grant the application role.
+    manifest beside the dump); a copy that fails the check is dropped. The new database and its objects
+    belong to BACKUP_DATABASE_URL's role; docs/deploy.md says how to hand them to the owner role and
+    grant the application role.
     """
     target = backup_target()
     if not _DB_NAME.fullmatch(database):
@@ -1015,7 +1016,17 @@ def backup_restore(*, path: Path, database: str, dry_run: bool = False, verify: 
         raise
     report.restored = True
     if verify:
-        report.verified = restored_check(new, _expected_for_file(path, listing))
+        try:
+            report.verified = restored_check(new, _expected_for_file(path, listing))
+        except BackupError as exc:
+            # A copy that failed its check is not one to switch to, and a leftover would make the next
+            # attempt under the same name fail ("exists"): docs/deploy.md promises step 2 changes nothing.
+            with target.connect() as conn:
+                conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(database)))
+            raise BackupError(
+                f"{exc} - the restored copy failed its check, so {database!r} was dropped "
+                "(restore without --verify to look into it)."
+            ) from exc
     return report
 
 

@@ -558,6 +558,23 @@ def test_backup_restore_dry_run_and_refusals(
     assert not database_exists(db_roles, new)
 
 
+def test_backup_restore_whose_check_fails_drops_the_database(
+    backups: Path, books: dict[str, Any], db_roles: DbRoles
+) -> None:
+    """docs/deploy.md: "If step 2 fails, nothing was changed" - so step 2 can be run again with another
+    dump under the same name. A restore whose --verify fails must not leave the database behind."""
+    backup = backup_run()
+    dump = backups / backup.database_file
+    new = f"{connection.settings_dict['NAME']}_drill"
+    Backup.objects.filter(pk=backup.pk).update(row_counts={**backup.row_counts, "accounts_account": 999})
+    try:
+        with pytest.raises(CommandError, match=r"accounts_account 999 -> .*dropped"):
+            call_command("backup_restore", str(dump), database=new, verify=True)
+        assert not database_exists(db_roles, new)
+    finally:
+        drop_database(db_roles, new)
+
+
 def test_backup_run_command(backups: Path, books: dict[str, Any], capsys: Any) -> None:
     call_command("backup_run")
     out = capsys.readouterr().out
