@@ -101,8 +101,11 @@ def _heartbeats(client: redis.Redis) -> tuple[dict[str, Any], dict[str, Any]]:
     if raw is None:
         beat: dict[str, Any] = {"ok": False, "error": "no heartbeat from beat"}
     else:
-        seen = json.loads(raw)
-        beat = {"ok": True, "seconds_ago": round(time.time() - float(seen.get("at", 0)), 1)}
+        try:
+            seen = json.loads(raw)
+            beat = {"ok": True, "seconds_ago": round(time.time() - float(seen.get("at", 0)), 1)}
+        except (ValueError, TypeError, AttributeError) as exc:  # a key written by something else: not beat's
+            beat = {"ok": False, "error": f"unreadable heartbeat from beat: {exc}"[:200]}
     return queues, beat
 
 

@@ -80,6 +80,17 @@ def test_no_beat_and_no_workers_is_503(clean_broker: redis.Redis) -> None:
     assert not any(q["ok"] for q in body["queues"].values())
 
 
+def test_an_unreadable_beat_heartbeat_is_down_not_a_500(clean_broker: redis.Redis) -> None:
+    from celeryconf.heartbeat import BEAT_KEY
+
+    for raw in (b"not json", b"[1, 2]", b'{"at": "yesterday"}'):
+        clean_broker.set(BEAT_KEY, raw, ex=20)
+        response = monitor().get("/healthz")
+        body = response.json()
+        assert response.status_code == 503, raw
+        assert body["beat"]["ok"] is False and body["beat"]["error"].startswith("unreadable heartbeat"), raw
+
+
 def test_broker_down_is_503(settings: object, clean_broker: redis.Redis) -> None:
     settings.REDIS_URL = "redis://127.0.0.1:1/0"  # type: ignore[attr-defined]  # nothing listens there
     response = monitor().get("/healthz")
