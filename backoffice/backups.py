@@ -883,6 +883,21 @@ def _expected_from_row(backup: Backup, listing: str) -> Expected:
     )
 
 
+def backup_verify_when_free(*, backup: Backup, wait_seconds: float, poll_seconds: float = 5.0) -> Backup:
+    """`backup_verify`, waiting up to `wait_seconds` for another backup or verification (a
+    `manage.py backup_run` started by hand between the nightly task's dump and its check) to finish,
+    instead of leaving the nightly backup unverified. BackupBusyError when it is still busy then."""
+    deadline = time.monotonic() + wait_seconds
+    while True:
+        try:
+            return backup_verify(backup=backup)
+        except BackupBusyError:
+            if time.monotonic() + poll_seconds > deadline:
+                raise
+            logger.info("backup #%s: another backup or verification is running; checking again shortly", backup.pk)
+            time.sleep(poll_seconds)
+
+
 def backup_verify(*, backup: Backup) -> Backup:
     """Prove a backup: its files' SHA-256, the media archive readable, the dump restored into a scratch
     database and checked there (`restored_check`), the scratch database dropped whatever happens.

@@ -14,7 +14,7 @@ from celery import shared_task
 from django.conf import settings
 from django.contrib.auth import get_user_model
 
-from backoffice.backups import backup_run, backup_verify
+from backoffice.backups import backup_run, backup_verify_when_free
 from backoffice.emails import EmailRetryError, email_deliver, email_files_cleanup, emails_resend_stuck
 from backoffice.models import BackupState, VerifyState
 from celeryconf.app import LIMITS
@@ -94,7 +94,8 @@ def backup(requested_by_id: int | None = None) -> dict[str, Any]:
     user = get_user_model().objects.filter(pk=requested_by_id).first() if requested_by_id else None
     row = backup_run(requested_by=user)
     if row.state == BackupState.SUCCEEDED:
-        row = backup_verify(backup=row)
+        # The lock is let go between the dump and its check: a backup started by hand in between is waited for.
+        row = backup_verify_when_free(backup=row, wait_seconds=BACKUP_SOFT_TIME_LIMIT / 2)
     result = {"backup": row.pk, "state": row.state, "verify_state": row.verify_state, "size": row.size_bytes}
     if row.state != BackupState.SUCCEEDED:
         raise BackupFailedError(f"backup #{row.pk} failed: {row.error}")

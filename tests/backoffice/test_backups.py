@@ -14,6 +14,7 @@ import shutil
 import socket
 import stat
 import tarfile
+import threading
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -44,6 +45,7 @@ from backoffice.backups import (
     backup_target,
     backup_tier,
     backup_verify,
+    backup_verify_when_free,
     file_sha256,
     pg_tool_candidates,
     restore_into,
@@ -348,6 +350,24 @@ def test_one_backup_at_a_time(backups: Path, books: dict[str, Any], db_roles: Db
         with pytest.raises(BackupBusyError):
             backup_verify(backup=Backup(state=BackupState.SUCCEEDED))
     assert not Backup.objects.exists()
+
+
+def test_the_nightly_check_waits_for_a_backup_started_by_hand(
+    backups: Path, books: dict[str, Any], db_roles: DbRoles
+) -> None:
+    backup = backup_run()
+    assert backup.state == BackupState.SUCCEEDED
+    with connect_as_superuser(db_roles, connection.settings_dict["NAME"]) as other:
+        other.execute("SELECT pg_advisory_lock(hashtext('backoffice.backup'))")
+        with pytest.raises(BackupBusyError):
+            backup_verify_when_free(backup=backup, wait_seconds=0.3, poll_seconds=0.1)
+        release = threading.Timer(1.0, lambda: other.execute("SELECT pg_advisory_unlock_all()"))
+        release.start()
+        try:
+            checked = backup_verify_when_free(backup=backup, wait_seconds=60, poll_seconds=0.2)
+        finally:
+            release.join()
+    assert checked.verify_state == VerifyState.VERIFIED, checked.verify_message
 
 
 def test_an_interrupted_backup_is_marked_failed_and_its_partial_files_deleted(
