@@ -27,7 +27,7 @@ from jobs.selectors import task_failures
 from tenancy.scoping import sees_all_businesses
 
 FAILURES_SHOWN = 100
-UNRECONCILED_SHOWN = 60
+UNRECONCILED_SHOWN = 8  # the oldest first; the reconciliation list has them all
 REFRESH_CHOICES = (15, 30, 60)
 
 
@@ -133,6 +133,7 @@ def system_context(readings: Readings) -> dict[str, Any]:
                 "status_queries_waiting": mpesa.status_queries_waiting,
                 "unreconciled_count": len(mpesa.unreconciled),
                 "unreconciled": mpesa.unreconciled[:UNRECONCILED_SHOWN],
+                "unreconciled_more": max(0, len(mpesa.unreconciled) - UNRECONCILED_SHOWN),
             }
             if mpesa
             else None
