@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import sys
+from pathlib import Path
 from typing import Any
 
 from celery import Celery, Task, signals
@@ -10,7 +12,18 @@ from django.db import close_old_connections
 
 from celeryconf.config import Limits, ReliabilityError, build_config, check_reliability
 
-os.environ.setdefault("DJANGO_SETTINGS_MODULE", "backoffice.settings")
+# Flower only watches the broker's events and queues: it needs none of Django. Without
+# DJANGO_SETTINGS_MODULE Celery installs no Django fix-up, so `celery -A celeryconf flower` does not
+# set Django up (every app, model and the ORM: ~45 MB, docs/worker-memory.md). Every other process
+# that loads this app (web, workers, beat, manage.py) gets the settings.
+_ARGV0 = Path(sys.argv[0]) if sys.argv else Path()
+FLOWER_PROCESS = (_ARGV0.name == "celery" or _ARGV0.parts[-2:] == ("celery", "__main__.py")) and "flower" in sys.argv[
+    1:
+]
+if FLOWER_PROCESS:
+    os.environ.pop("DJANGO_SETTINGS_MODULE", None)
+else:
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "backoffice.settings")
 # Celery's Django fix-up runs Django's system checks at every worker and beat start and throws the
 # result away; running them loads the whole URLconf (every view, the admin's URLs) into each worker
 # for nothing (~1.6 MiB per process, docs/worker-memory.md). `manage.py migrate` and `check` run

@@ -67,3 +67,23 @@ def test_flower_asks_for_the_password_and_keeps_a_bounded_history(clean_broker: 
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(15)
+
+
+def test_flower_loads_the_celery_app_without_django() -> None:
+    """`celery -A celeryconf flower` gets the app (broker, queues) but no Django fix-up: no settings,
+    no apps, no ORM in the process; a worker loading the same app gets Django set up."""
+    code = (
+        "import sys; sys.argv = ['/usr/bin/celery', '-A', 'celeryconf', '{cmd}']\n"
+        "import os\n"
+        "from celeryconf.app import app\n"
+        "app.loader.import_default_modules()\n"
+        "from django.apps import apps\n"
+        "print(os.environ.get('DJANGO_SETTINGS_MODULE', '-'), apps.ready, app.conf.broker_url.startswith('redis://'))\n"
+    )
+    env = {k: v for k, v in worker_env().items() if k != "DJANGO_SETTINGS_MODULE"}
+    for cmd, expected in (("flower", "- False True"), ("worker", "backoffice.settings True True")):
+        done = subprocess.run(
+            [sys.executable, "-c", code.format(cmd=cmd)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
+        )
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert done.stdout.strip().splitlines()[-1] == expected, cmd
