@@ -20,10 +20,8 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import posixpath
 import re
 import smtplib
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 from django.conf import settings
@@ -36,6 +34,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from backoffice.models import EmailLog, EmailState
+from jobs.cleanup import orphan_files_delete
 
 logger = logging.getLogger(__name__)
 
@@ -244,7 +243,6 @@ def email_deliver(*, email_id: int) -> str:
 
 # Where attachments live in the storage (EmailLog.attachment's upload_to starts with it).
 EMAILS_DIR = "emails"
-ORPHAN_MIN_AGE = dt.timedelta(days=1)
 BATCH = 500
 
 
@@ -256,17 +254,6 @@ class EmailCleanupResult:
 
 def _storage() -> Storage:
     return EmailLog._meta.get_field("attachment").storage  # type: ignore[attr-defined,no-any-return]
-
-
-def _walk(storage: Storage, directory: str) -> Iterator[str]:
-    try:
-        dirs, files = storage.listdir(directory)
-    except FileNotFoundError:
-        return
-    for name in files:
-        yield posixpath.join(directory, name)
-    for sub in dirs:
-        yield from _walk(storage, posixpath.join(directory, sub))
 
 
 def email_files_cleanup(*, now: dt.datetime | None = None) -> EmailCleanupResult:
@@ -292,14 +279,13 @@ def email_files_cleanup(*, now: dt.datetime | None = None) -> EmailCleanupResult
         if cleared:
             storage.delete(name)  # no error for a file already gone
             expired += 1
-    orphans = 0
-    candidates = [n for n in _walk(storage, EMAILS_DIR) if storage.get_modified_time(n) <= now - ORPHAN_MIN_AGE]
-    for start in range(0, len(candidates), BATCH):
-        batch = candidates[start : start + BATCH]
-        referenced = set(EmailLog.objects.filter(attachment__in=batch).values_list("attachment", flat=True))
-        for name in batch:
-            if name not in referenced:
-                storage.delete(name)
-                orphans += 1
+    orphans = orphan_files_delete(
+        storage=storage,
+        directory=EMAILS_DIR,
+        referenced=lambda names: set(
+            EmailLog.objects.filter(attachment__in=names).values_list("attachment", flat=True)
+        ),
+        now=now,
+    )
     logger.info("email attachments: %s expired, %s orphans deleted", expired, orphans)
     return EmailCleanupResult(expired=expired, orphans=orphans)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import posixpath
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from django.core.files.storage import Storage
@@ -80,20 +80,34 @@ def _walk(storage: Storage, directory: str) -> Iterator[str]:
         yield from _walk(storage, posixpath.join(directory, sub))
 
 
-def job_files_delete_orphans(*, now: dt.datetime | None = None) -> int:
-    """Delete files under jobs/ older than a day that no Job row points to. Returns how many."""
-    now = now or timezone.now()
-    storage = _storage()
+def orphan_files_delete(
+    *, storage: Storage, directory: str, referenced: Callable[[list[str]], set[str]], now: dt.datetime
+) -> int:
+    """Delete the files under `directory` older than ORPHAN_MIN_AGE that no row points to
+    (`referenced(names)` gives those of `names` a row points to), in batches. Returns how many. The age
+    spares a file whose row is still being written (its transaction not committed yet)."""
     deleted = 0
-    candidates = [name for name in _walk(storage, JOBS_DIR) if storage.get_modified_time(name) <= now - ORPHAN_MIN_AGE]
+    candidates = [name for name in _walk(storage, directory) if storage.get_modified_time(name) <= now - ORPHAN_MIN_AGE]
     for start in range(0, len(candidates), BATCH):
         batch = candidates[start : start + BATCH]
-        referenced = set(Job.objects.filter(Q(result_file__in=batch)).values_list("result_file", flat=True))
+        kept = referenced(batch)
         for name in batch:
-            if name not in referenced:
+            if name not in kept:
                 storage.delete(name)
                 deleted += 1
     return deleted
+
+
+def job_files_delete_orphans(*, now: dt.datetime | None = None) -> int:
+    """Delete files under jobs/ older than a day that no Job row points to. Returns how many."""
+    return orphan_files_delete(
+        storage=_storage(),
+        directory=JOBS_DIR,
+        referenced=lambda names: set(
+            Job.objects.filter(Q(result_file__in=names)).values_list("result_file", flat=True)
+        ),
+        now=now or timezone.now(),
+    )
 
 
 def job_files_cleanup(*, now: dt.datetime | None = None) -> CleanupResult:
