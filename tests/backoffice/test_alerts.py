@@ -13,7 +13,6 @@ import pytest
 import redis
 from django.contrib.auth.models import AnonymousUser, User
 from django.db import IntegrityError, connection, transaction
-from django.db.migrations.executor import MigrationExecutor
 from django.test import Client
 from django.urls import reverse
 from django.utils import timezone
@@ -62,6 +61,7 @@ from tenancy.models import Business
 from tests.celery_support import WorkerProcess, wait_for
 from tests.factories.mpesa import TillFactory
 from tests.factories.tenancy import OwnerFactory, UserFactory, login, staff_with_perms
+from tests.migration_support import data_migration_apply
 from tests.worker_tasks import record_and_sleep
 
 RULES_MIGRATION = ("backoffice", "0004_alert_rules")
@@ -70,12 +70,7 @@ NOW = dt.datetime(2026, 11, 30, 6, 0, tzinfo=dt.UTC)
 
 
 def apply_migration(node: tuple[str, str]) -> None:
-    """A data migration's operations, as `migrate` runs them (transactional tests empty every table)."""
-    executor = MigrationExecutor(connection)
-    migration = executor.loader.graph.nodes[node]
-    state = executor.loader.project_state(node, at_end=False)
-    with connection.schema_editor(atomic=migration.atomic) as editor:
-        migration.apply(state, editor)
+    data_migration_apply(node)
 
 
 @pytest.fixture

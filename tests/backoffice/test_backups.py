@@ -25,7 +25,6 @@ from django.conf import settings as django_settings
 from django.core.management import call_command
 from django.core.management.base import CommandError
 from django.db import connection
-from django.db.migrations.executor import MigrationExecutor
 from django.utils import timezone
 from django_celery_beat.models import PeriodicTask
 
@@ -64,6 +63,7 @@ from tests.celery_support import WorkerProcess, wait_for, worker_env
 from tests.conftest import TEST_APP_ROLE, DbRoles, cursor_as
 from tests.factories.accounts import sale as ledger_sale
 from tests.factories.operations import ItemFactory
+from tests.migration_support import data_migration_apply
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -621,12 +621,7 @@ SCHEDULE_MIGRATION = ("backoffice", "0006_backup_schedule")
 
 
 def apply_schedule_migration() -> None:
-    """The data migration's operations, as `migrate` runs them (transactional tests empty every table)."""
-    executor = MigrationExecutor(connection)
-    migration = executor.loader.graph.nodes[SCHEDULE_MIGRATION]
-    state = executor.loader.project_state(SCHEDULE_MIGRATION, at_end=False)
-    with connection.schema_editor(atomic=migration.atomic) as editor:
-        migration.apply(state, editor)
+    data_migration_apply(SCHEDULE_MIGRATION)
 
 
 def test_the_backup_is_scheduled_nightly_on_the_reports_queue() -> None:

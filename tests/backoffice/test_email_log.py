@@ -15,8 +15,6 @@ from typing import Any
 import pytest
 import redis
 from django.core.exceptions import ValidationError
-from django.db import connection
-from django.db.migrations.executor import MigrationExecutor
 from django.utils import timezone
 from django_celery_beat.models import PeriodicTask
 
@@ -44,6 +42,7 @@ from tests.backoffice.smtp_support import (
     use_smtp,
 )
 from tests.celery_support import WorkerProcess, wait_for, worker_env
+from tests.migration_support import data_migration_apply
 
 PDF = b"%PDF-1.4 test attachment"
 
@@ -347,12 +346,7 @@ MIGRATION = ("backoffice", "0003_owner_email_schedules")
 
 
 def apply_schedule_migration() -> None:
-    """The data migration's operations, as `migrate` runs them (transactional tests empty every table)."""
-    executor = MigrationExecutor(connection)
-    migration = executor.loader.graph.nodes[MIGRATION]
-    state = executor.loader.project_state(MIGRATION, at_end=False)
-    with connection.schema_editor(atomic=migration.atomic) as editor:
-        migration.apply(state, editor)
+    data_migration_apply(MIGRATION)
 
 
 @pytest.mark.django_db(transaction=True)

@@ -12,8 +12,6 @@ from typing import Any
 import pytest
 import redis
 from django.core.files.base import ContentFile
-from django.db import connection
-from django.db.migrations.executor import MigrationExecutor
 from django.utils import timezone
 from django_celery_beat.models import PeriodicTask
 
@@ -22,6 +20,7 @@ from jobs.cleanup import job_files_cleanup
 from jobs.models import Job, JobState
 from operations.jobs import EXPORT_BUSINESSES
 from tests.celery_support import WorkerProcess, wait_for, worker_env
+from tests.migration_support import data_migration_apply
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -94,12 +93,7 @@ def test_nothing_to_do_without_a_jobs_directory(media_root: Path) -> None:
 
 
 def apply_schedule_migration() -> None:
-    """The data migration's operations, as `migrate` runs them (transactional tests empty every table)."""
-    executor = MigrationExecutor(connection)
-    migration = executor.loader.graph.nodes[SCHEDULE_MIGRATION]
-    state = executor.loader.project_state(SCHEDULE_MIGRATION, at_end=False)
-    with connection.schema_editor(atomic=migration.atomic) as editor:
-        migration.apply(state, editor)
+    data_migration_apply(SCHEDULE_MIGRATION)
 
 
 def test_the_clean_up_is_scheduled_daily_on_the_default_queue() -> None:

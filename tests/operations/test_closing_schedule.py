@@ -12,7 +12,6 @@ import pytest
 import redis
 from django.core.exceptions import ValidationError
 from django.db import connection
-from django.db.migrations.executor import MigrationExecutor
 from django.test import Client
 from django.urls import reverse
 from django.utils import timezone
@@ -34,6 +33,7 @@ from tenancy.models import Business
 from tests.celery_support import WorkerProcess, wait_for
 from tests.factories.mpesa import TillFactory, c2b_confirmation
 from tests.factories.operations import ItemFactory
+from tests.migration_support import data_migration_apply
 from tests.operations.ledger import D, lines_by_role
 
 pytestmark = pytest.mark.django_db
@@ -307,12 +307,7 @@ SCHEDULE_MIGRATION = ("operations", "0008_closing_schedule")
 
 
 def apply_schedule_migration() -> None:
-    """The data migration's operations, as `migrate` runs them (transactional tests empty every table)."""
-    executor = MigrationExecutor(connection)
-    migration = executor.loader.graph.nodes[SCHEDULE_MIGRATION]
-    state = executor.loader.project_state(SCHEDULE_MIGRATION, at_end=False)
-    with connection.schema_editor(atomic=migration.atomic) as editor:
-        migration.apply(state, editor)
+    data_migration_apply(SCHEDULE_MIGRATION)
 
 
 @pytest.mark.worker

@@ -10,8 +10,6 @@ from itertools import pairwise
 
 import pytest
 import redis
-from django.db import connection
-from django.db.migrations.executor import MigrationExecutor
 from django.utils import timezone
 from django_celery_beat.models import PeriodicTask
 
@@ -20,6 +18,7 @@ from integrations.mpesa.inbox import inbox_store
 from integrations.mpesa.models import InboxKind, InboxMessage, InboxState, Payment, Till
 from tests.celery_support import BeatProcess, WorkerProcess, wait_for, worker_env
 from tests.factories.mpesa import c2b_confirmation
+from tests.migration_support import data_migration_apply
 
 pytestmark = [pytest.mark.worker, pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 
@@ -31,14 +30,7 @@ RECOVER_EVERY = 3  # (the migration says 120)
 
 
 def apply_schedule_migration() -> None:
-    """Apply the data migration's operations as `migrate` does (historical models, its own
-    transaction), without touching the migration recorder: transactional tests empty every table
-    after they run, so the rows it created when the test database was built may be gone."""
-    executor = MigrationExecutor(connection)
-    migration = executor.loader.graph.nodes[SCHEDULE_MIGRATION]
-    state = executor.loader.project_state(SCHEDULE_MIGRATION, at_end=False)
-    with connection.schema_editor(atomic=migration.atomic) as editor:
-        migration.apply(state, editor)
+    data_migration_apply(SCHEDULE_MIGRATION)
 
 
 def sends(beat: BeatProcess, task: str) -> list[dt.datetime]:
