@@ -88,9 +88,9 @@ path.write_text("\n".join(lines) + "\n")
 PY
   echo "Updated $ENV_FILE: DATABASE_URL is the application role now, DATABASE_OWNER_URL the owner's." >&2
 fi
-if [ "$started_local" = 1 ] && ! grep -q '^BACKUP_DATABASE_URL=' .env; then
+if [ "$started_local" = 1 ] && [ -n "$ENV_FILE" ] && [ -f "$ENV_FILE" ] && ! grep -q '^BACKUP_DATABASE_URL=' "$ENV_FILE"; then
   # A .env from before the backups: `manage.py backup_run` in another shell needs the backup connection too.
-  echo "BACKUP_DATABASE_URL=${BACKUP_DATABASE_URL}" >>.env
+  echo "BACKUP_DATABASE_URL=${BACKUP_DATABASE_URL}" >>"$ENV_FILE"
 fi
 # What .env sets and the shell does not (its demo passwords, say), for this script too.
 eval "$(python -m backoffice.envfile)"
