@@ -27,7 +27,10 @@ def _backoff(attempts: int, cap: int) -> int:
     return int(min(cap, settings.EMAIL_RETRY_BACKOFF_SECONDS * 2 ** max(0, attempts - 1)))
 
 
-@shared_task(name="backoffice.send_email", bind=True, max_retries=None)
+# A short time limit (an SMTP exchange is bounded by EMAIL_TIMEOUT): the worker's main process keeps a
+# timer per task for its limits until they fall due, so a 15-minute default made memory grow with the
+# number of emails of the last 15 minutes (docs/worker-memory.md).
+@shared_task(name="backoffice.send_email", bind=True, max_retries=None, time_limit=180, soft_time_limit=170)
 def send_email(self: Any, email_id: int) -> str:
     """Send EmailLog `email_id` (backoffice.emails.email_deliver); retried with backoff on SMTP errors."""
     from celeryconf.app import LIMITS
