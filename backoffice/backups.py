@@ -770,7 +770,8 @@ def dump_listing(tools: PgTools, path: Path) -> str:
     """`pg_restore --list`: the archive's table of contents (BackupError when it is not readable)."""
     out = _run([tools.pg_restore, "--list", str(path)], env=dict(os.environ), timeout=300)
     if out.returncode != 0:
-        raise BackupError(f"pg_restore cannot read {path.name}: {_last_line(out.stderr)}")
+        reason = _last_line(out.stderr) or f"exit status {out.returncode}"
+        raise BackupError(f"pg_restore cannot read {path.name}: {reason}")
     return out.stdout
 
 
