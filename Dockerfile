@@ -70,7 +70,8 @@ USER app
 
 EXPOSE 8000
 
-# The web process. Workers, beat, flower and migrate override the command in docker-compose.prod.yml.
+# The web process. Workers, beat (`python -m celeryconf worker|beat`), flower and migrate override the command in
+# docker-compose.prod.yml.
 # --worker-tmp-dir /dev/shm: gunicorn's worker heartbeat files stay in RAM, not on the overlay filesystem.
 # --forwarded-allow-ips '*': only the proxy can reach port 8000 (it is not published), so trust its
 # X-Forwarded-* headers.

@@ -117,11 +117,17 @@ LEDGER_ANCHOR_DIR = Path(env_str("LEDGER_ANCHOR_DIR", str(BASE_DIR / "var" / "le
 ALLOWED_HOSTS = env_list("DJANGO_ALLOWED_HOSTS", "127.0.0.1,localhost" if DEBUG else "")
 CSRF_TRUSTED_ORIGINS = env_list("DJANGO_CSRF_TRUSTED_ORIGINS")
 
-# True in `celery ... worker|beat|flower` (and `python -m celery ...`); DJANGO_ADMIN_AUTODISCOVER=1 forces
-# the admin's autodiscovery back on in them.
+# True in `python -m celeryconf worker|beat` (how Procfile and compose start workers and beat,
+# celeryconf/__main__.py), `celery ... worker|beat|flower` and `python -m celery ...`; DJANGO_ADMIN_AUTODISCOVER=1
+# forces the admin's autodiscovery back on in them. With `python -m X`, sys.argv[0] is X's __main__.py, or "-m"
+# while X's package is still being imported (then the interpreter's own command line, sys.orig_argv, names X).
 _ARGV0 = Path(sys.argv[0] if sys.argv else "")
+if sys.argv[:1] == ["-m"]:
+    _MAIN_MODULE = next((b for a, b in zip(sys.orig_argv, sys.orig_argv[1:], strict=False) if a == "-m"), "")
+else:
+    _MAIN_MODULE = _ARGV0.parent.name if _ARGV0.name == "__main__.py" else ""
 CELERY_PROCESS = (
-    (_ARGV0.name == "celery" or (_ARGV0.name == "__main__.py" and _ARGV0.parent.name == "celery"))
+    (_ARGV0.name == "celery" or _MAIN_MODULE in {"celery", "celeryconf"})
     and any(arg in {"worker", "beat", "flower"} for arg in sys.argv[1:])
     and not env_bool("DJANGO_ADMIN_AUTODISCOVER", False)
 )

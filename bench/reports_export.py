@@ -5,7 +5,7 @@ with one sale each through sale_create, then copies those rows in SQL (INSERT ..
 column from the real row) into 2,500 sales x 4 lines (10,000 lines) for the first business and
 25,000 sales x 4 lines (100,000 lines) for the second. Each export is launched as the owner would
 (jobs.changelist_xlsx, the sales changelist filtered to one business) and run by a fresh
-`celery -A celeryconf worker -Q reports --concurrency 1` with production settings (DJANGO_DEBUG=0, so
+`python -m celeryconf worker -Q reports --concurrency 1` with production settings (DJANGO_DEBUG=0, so
 no query log; throw-away secrets), whose pool process RSS is sampled with psutil every 50 ms:
 
   reports.export_100k_rows_s            job started_at -> finished_at, 100,000 sale lines (goal <= 10 s)
@@ -63,7 +63,7 @@ def run(database_url: str) -> dict[str, float]:
         made = _child(env, "--make")
         for size, lines in SIZES.items():
             worker = subprocess.Popen(
-                [python, "-m", "celery", "-A", "celeryconf", "worker", "-Q", "reports", "--concurrency", "1",
+                [python, "-m", "celeryconf", "worker", "-Q", "reports", "--concurrency", "1",
                  "-P", "prefork", "--without-gossip", "--without-mingle", "-l", "WARNING",
                  "-n", f"bench-reports-{size}@%h"],
                 env=worker_env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,

@@ -1,4 +1,5 @@
-"""The Celery app. Workers, beat and Flower all start from here (`celery -A celeryconf ...`)."""
+"""The Celery app. Workers, beat and Flower all start from here: workers and beat with `python -m celeryconf
+worker|beat` (celeryconf/__main__.py), Flower and the rest of the command line with `celery -A celeryconf ...`."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from celery import Celery, Task, signals
 from django.db import close_old_connections
 
 from celeryconf.config import Limits, ReliabilityError, build_config, check_reliability
+from celeryconf.footprint import pdeathsig_through_ctypes
 
 # Flower only watches the broker's events and queues: it needs none of Django. Without
 # DJANGO_SETTINGS_MODULE Celery installs no Django fix-up, so `celery -A celeryconf flower` does not
@@ -31,6 +33,8 @@ else:
 os.environ.setdefault("CELERY_SKIP_CHECKS", "1")
 
 LIMITS = Limits.from_env()
+# Pool processes set their parent-death signal through ctypes, not cffi and pycparser (~2 MB each).
+pdeathsig_through_ctypes()
 
 
 class ReliableTask(Task):  # type: ignore[misc]

@@ -1,4 +1,7 @@
+from types import ModuleType
+
 from django.apps import AppConfig
+from django.conf import settings
 
 
 class CeleryConfConfig(AppConfig):
@@ -7,3 +10,12 @@ class CeleryConfConfig(AppConfig):
 
     name = "celeryconf"
     verbose_name = "Celery"
+
+    def __init__(self, app_name: str, app_module: ModuleType | None) -> None:
+        super().__init__(app_name, app_module)
+        # Before any model class is defined (Django creates every app config first): django-celery-beat's
+        # crontab model then builds its time-zone choices for the project's zones only (celeryconf/footprint.py).
+        if settings.CELERY_PROCESS:
+            from celeryconf.footprint import crontab_time_zones_trim
+
+            crontab_time_zones_trim()

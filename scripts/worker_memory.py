@@ -1,14 +1,17 @@
 #!/usr/bin/env python3
 """Measure a Celery worker's memory: RSS and PSS of its main and pool processes, idle and after work.
 
-Starts `celery -A celeryconf worker -Q QUEUES -c N` with the caller's environment (DATABASE_URL,
-REDIS_URL, DJANGO_DEBUG...), waits for its heartbeat key, lets it settle, reads /proc/PID/status
-(VmRSS) and /proc/PID/smaps_rollup (Pss, Private_*) of each process, then sends it work through
-`manage.py shell` and reads them again, and stops it. See docs/worker-memory.md.
+Starts `python -m celeryconf worker -Q QUEUES -c N` (as Procfile and compose do; `--via celery`: the
+`celery -A celeryconf worker` command line instead, to compare) with the caller's environment
+(DATABASE_URL, REDIS_URL, DJANGO_DEBUG...), waits for its heartbeat key, lets it settle, reads
+/proc/PID/status (VmRSS) and /proc/PID/smaps_rollup (Pss, Private_*) of each process, then sends it
+work through `manage.py shell` - sampling the processes' RSS every half second meanwhile, for the
+peak - reads them again, and stops it. `--beat` measures beat instead. See docs/worker-memory.md.
 
     python scripts/worker_memory.py --queues payments --concurrency 2 --callbacks 400
     python scripts/worker_memory.py --queues default --concurrency 2 --jobs 20
     python scripts/worker_memory.py --queues reports --concurrency 1 --jobs 20
+    python scripts/worker_memory.py --beat
 
 Use a scratch database (the workload creates a business, a till, callbacks and jobs in it).
 Figures are KiB; a process's RSS counts pages it shares with the others after fork, PSS splits them.
@@ -23,6 +26,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -91,7 +95,11 @@ print("STATES", sorted(Job.objects.filter(pk__in=ids).values_list("state", flat=
 """
 
 
-CELERY = [sys.executable, "-m", "celery", "-A", "celeryconf", "worker"]
+# How the process is started: as Procfile and docker-compose.prod.yml do, or through the `celery` program.
+VIA = {
+    "celeryconf": [sys.executable, "-m", "celeryconf"],
+    "celery": [sys.executable, "-m", "celery", "-A", "celeryconf"],
+}
 
 
 def read_memory(pid: int) -> dict[str, int]:
@@ -124,6 +132,27 @@ def sample(main_pid: int) -> dict[str, object]:
     }
 
 
+class PeakSampler(threading.Thread):
+    """The highest RSS (KiB) of the main process and of any pool process, sampled every half second
+    while the workload runs (as bench/mpesa.py samples the payments worker)."""
+
+    def __init__(self, main_pid: int) -> None:
+        super().__init__(daemon=True)
+        self.main_pid = main_pid
+        self.peak = {"main": 0, "pool": 0}
+        self.stopped = threading.Event()
+
+    def run(self) -> None:
+        while not self.stopped.is_set():
+            try:
+                self.peak["main"] = max(self.peak["main"], read_memory(self.main_pid)["rss"])
+                for pid in children(self.main_pid):
+                    self.peak["pool"] = max(self.peak["pool"], read_memory(pid)["rss"])
+            except (OSError, KeyError):  # a pool process replaced between the listing and the read
+                pass
+            self.stopped.wait(0.5)
+
+
 def shell(code: str, env: dict[str, str]) -> str:
     return subprocess.run(
         [sys.executable, "manage.py", "shell", "-c", code],
@@ -142,6 +171,8 @@ def main() -> int:
     parser.add_argument("--callbacks", type=int, default=0, help="M-Pesa callbacks to post (payments queue)")
     parser.add_argument("--jobs", type=int, default=0, help="jobs to launch (exports and closings)")
     parser.add_argument("--settle", type=float, default=5.0, help="seconds to wait before each reading")
+    parser.add_argument("--via", choices=sorted(VIA), default="celeryconf", help="how the worker is started")
+    parser.add_argument("--beat", action="store_true", help="measure beat instead of a worker")
     args = parser.parse_args()
 
     import redis
@@ -152,18 +183,29 @@ def main() -> int:
     setup_out = shell(SETUP, env)
     _, token, shortcode, business = next(line for line in setup_out.splitlines() if line.startswith("TILL")).split()
 
+    if args.beat:
+        command = [*VIA[args.via], "beat", "-l", "WARNING"]
+    else:
+        command = [*VIA[args.via], "worker", "-Q", args.queues, "-c", str(args.concurrency), "-n", hostname]
+        command += ["-l", "WARNING"]
+    broker = redis.Redis.from_url(redis_url)
+    result: dict[str, object] = {"via": args.via}
+    if args.beat:
+        result["beat"] = True
+        key = "backoffice:heartbeat:beat"
+        broker.delete(key)  # an earlier beat's
+    else:
+        result.update(queues=args.queues, concurrency=args.concurrency)
+        key = f"backoffice:heartbeat:queue:{args.queues.split(',')[0]}:{hostname}"
     worker = subprocess.Popen(
-        [*CELERY, "-Q", args.queues, "-c", str(args.concurrency), "-n", hostname, "-l", "WARNING"],
+        command,
         cwd=ROOT,
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         start_new_session=True,
     )
-    broker = redis.Redis.from_url(redis_url)
-    result: dict[str, object] = {"queues": args.queues, "concurrency": args.concurrency}
     try:
-        key = f"backoffice:heartbeat:queue:{args.queues.split(',')[0]}:{hostname}"
         deadline = time.monotonic() + 60
         while not broker.exists(key):
             if time.monotonic() > deadline or worker.poll() is not None:
@@ -172,12 +214,17 @@ def main() -> int:
         time.sleep(args.settle)
         result["idle"] = sample(worker.pid)
         if args.callbacks or args.jobs:
+            peaks = PeakSampler(worker.pid)
+            peaks.start()
             if args.callbacks:
                 out = shell(PAYMENTS.format(token=token, shortcode=shortcode, n=args.callbacks), env)
                 result["workload"] = out.strip().splitlines()[-1]
             if args.jobs:
                 out = shell(JOBS.format(business=business, n=args.jobs, queues=args.queues), env)
                 result["workload"] = out.strip().splitlines()[-1]
+            peaks.stopped.set()
+            peaks.join()
+            result["peak_rss"] = peaks.peak
             time.sleep(args.settle)
             result["after_tasks"] = sample(worker.pid)
     finally:

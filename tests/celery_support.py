@@ -58,7 +58,8 @@ def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: 
 
 
 class WorkerProcess:
-    """`celery worker` in its own process group; killable with SIGKILL like a crashed box."""
+    """A worker started as Procfile and compose start one (`python -m celeryconf worker`), in its own process
+    group; killable with SIGKILL like a crashed box."""
 
     def __init__(
         self,
@@ -83,8 +84,6 @@ class WorkerProcess:
                 [
                     sys.executable,
                     "-m",
-                    "celery",
-                    "-A",
                     "celeryconf",
                     "worker",
                     "-Q",
@@ -154,7 +153,7 @@ class WorkerProcess:
 
 
 class BeatProcess:
-    """`celery beat` with the DatabaseScheduler, as `make run` and production start it."""
+    """Beat with the DatabaseScheduler, as `make run` and production start it (`python -m celeryconf beat`)."""
 
     def __init__(self, env: dict[str, str] | None = None) -> None:
         self.env = env or worker_env()
@@ -169,8 +168,6 @@ class BeatProcess:
                 [
                     sys.executable,
                     "-m",
-                    "celery",
-                    "-A",
                     "celeryconf",
                     "beat",
                     "-l",

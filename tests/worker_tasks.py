@@ -5,11 +5,16 @@ Each records its runs in a Redis list, so a test can see a task run, and run aga
 
 from __future__ import annotations
 
+import ctypes
+import json
 import os
+import sys
 import time
+from typing import Any
 
 import redis
 from celery import shared_task
+from celery.signals import worker_ready
 from django.conf import settings
 
 from jobs.registry import JobContext, job_kind
@@ -114,3 +119,60 @@ def fail_in_open_transaction(token: str, how: str) -> None:
         with contextlib.suppress(DatabaseError):
             cursor.execute("SELECT 1 / 0")
     raise RuntimeError(f"failed inside an aborted transaction ({how})")
+
+
+# What a worker started as Procfile and compose start it must not carry (docs/worker-memory.md): the `celery`
+# program and its plugins (Flower's, the `celery amqp` shell), the admin's modules, cffi's C parser.
+LEFT_OUT_MODULES = (
+    "celery.bin.celery",
+    "click_repl",
+    "prompt_toolkit",
+    "flower",
+    "tornado",
+    "prometheus_client",
+    "operations.admin",
+    "import_export.admin",
+    "openpyxl",
+    "pycparser",
+)
+
+
+def modules_key(token: str) -> str:
+    return f"test:modules:{token}"
+
+
+def main_modules_key(hostname: str) -> str:
+    return f"test:modules:main:{hostname}"
+
+
+def _left_out_loaded() -> list[str]:
+    return [name for name in LEFT_OUT_MODULES if name in sys.modules]
+
+
+@worker_ready.connect
+def _record_main_modules(sender: Any, **_: Any) -> None:
+    """The worker's main process, once ready: which of LEFT_OUT_MODULES it has loaded."""
+    client = redis.Redis.from_url(settings.REDIS_URL)
+    client.set(main_modules_key(sender.hostname), json.dumps(_left_out_loaded()), ex=600)
+    client.close()
+
+
+@shared_task(name="tests.process_modules", bind=True)
+def process_modules(self, token: str) -> None:  # type: ignore[no-untyped-def]
+    """Records, from the pool process running it: its queue, pid and parent, which of LEFT_OUT_MODULES it
+    has loaded, its parent-death signal (prctl PR_GET_PDEATHSIG) and the crontab time-zone choices."""
+    from django_celery_beat.models import CrontabSchedule
+
+    signal = ctypes.c_int()
+    ctypes.CDLL(None).prctl(2, ctypes.byref(signal))  # PR_GET_PDEATHSIG
+    reading = {
+        "queue": self.request.delivery_info.get("routing_key"),
+        "pid": os.getpid(),
+        "ppid": os.getppid(),
+        "loaded": _left_out_loaded(),
+        "pdeathsig": signal.value,
+        "time_zone_choices": len(CrontabSchedule._meta.get_field("timezone").choices or []),
+    }
+    client = redis.Redis.from_url(settings.REDIS_URL)
+    client.rpush(modules_key(token), json.dumps(reading))
+    client.close()
