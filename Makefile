@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat requirements.txt requirements-dev.txt | cksum | cut -d' ' -f1)
 
-.PHONY: run test bench lint venv services-stop clean
+.PHONY: run test bench chaos lint venv services-stop clean
 
 $(STAMP): requirements.txt requirements-dev.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -24,6 +24,9 @@ test: venv
 
 bench: venv
 	@bash scripts/bench.sh
+
+chaos: venv
+	@bash scripts/chaos.sh
 
 lint: venv
 	@bash scripts/test.sh --lint-only

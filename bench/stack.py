@@ -18,7 +18,8 @@ PSS shares each shared page among the processes that map it, so PSS adds up and 
   soak.tasks, soak.pool_recycles, soak.pg_connections_before/after, soak.redis_used_mb_before/after
 
 Processes: web.master, web.worker<N> (gunicorn), <queue>.main and <queue>.pool<N> for each Celery
-worker, beat, flower, honcho (the supervisor `make run` uses; docker takes its place in production),
+worker, beat, flower, supervise (scripts/supervise.py, the supervisor `make run` uses; docker takes its place
+in production),
 postgres (every server process, summed; stack.processes.postgres says how many) and redis.
 Environment: STACK_SOAK_TASKS (10000), STACK_IDLE_SECONDS (60).
 Usage: python -m bench.run bench.stack   (the DATABASE_URL given to it is not used: own servers)
@@ -100,8 +101,8 @@ def _role(proc: Any, parent_cmd: str) -> str | None:
         return "beat"
     if "celery" in cmd and " flower" in cmd:
         return "flower"
-    if "honcho" in cmd:
-        return "honcho"
+    if "supervise.py" in cmd:
+        return "supervise"
     return None
 
 
@@ -113,7 +114,7 @@ def processes(root_pid: int, pgdata: list[Path], redis_port: int) -> dict[str, l
     root = psutil.Process(root_pid)
     for proc in root.children(recursive=True):
         try:
-            if proc.name() in SHELLS:  # honcho's `sh -c` wrappers: a shell, not the process
+            if proc.name() in SHELLS:  # `sh -c` wrappers: a shell, not the process
                 continue
             parent = proc.parent()
             while parent is not None and parent.name() in SHELLS:
@@ -158,7 +159,7 @@ def sample(
     pids: dict[str, int] = {}
     for role, procs in sorted(processes(root_pid, pgdata, redis_port).items()):
         summed = role == "postgres"
-        numbered = role.endswith((".worker", ".pool")) or role == "honcho"
+        numbered = role.endswith((".worker", ".pool")) or role == "supervise"
         for n, proc in enumerate(sorted(procs, key=lambda p: p.pid), start=1):
             try:
                 info = proc.memory_full_info()
@@ -308,7 +309,7 @@ class StackRun:
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGINT)  # honcho stops its processes, run.sh its servers
+            os.killpg(self.proc.pid, signal.SIGINT)  # the supervisor stops its processes, run.sh its servers
             try:
                 self.proc.wait(90)
             except subprocess.TimeoutExpired:

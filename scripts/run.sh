@@ -131,5 +131,7 @@ cat <<INFO
   Ctrl-C stops everything.
 
 INFO
-# Not exec: the EXIT trap must run after honcho to stop the embedded servers.
-honcho start -f Procfile
+# Not exec: the EXIT trap must run after the supervisor to stop the embedded servers. It restarts a process
+# that dies (as docker compose does in production) and lists the processes in $LOCAL_DIR/processes.json.
+mkdir -p "$LOCAL_DIR"
+python scripts/supervise.py --procfile Procfile --state "$LOCAL_DIR/processes.json"
