@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import urlsplit
 
 from django.conf import settings
 from django.http import HttpRequest
-from django.urls import reverse_lazy
+from django.urls import reverse, reverse_lazy
 
 from jobs.admin import may_view_task_events
 from tenancy.scoping import sees_all_businesses
@@ -49,7 +50,31 @@ def _sees_all_businesses(request: HttpRequest) -> bool:
     return sees_all_businesses(request.user)
 
 
+def _local_path(item: dict[str, Any]) -> str:
+    """The path of an item's link on this site; "" for a link to another site (Flower)."""
+    url = urlsplit(str(item["link"]))
+    return "" if url.netloc else url.path
+
+
+def _mark_active(request: HttpRequest, groups: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Highlight one item: the one whose link is the longest start of the page's path (the dashboard
+    only on itself). Unfold's own rule highlights every link whose path occurs anywhere in the page's,
+    which lit Flower's "/" on every page and "Books and period close" on the statements under it."""
+    index = reverse("admin:index")
+    paths = [_local_path(item) for group in groups for item in group["items"]]
+    matching = [p for p in paths if p and (request.path == p if p == index else request.path.startswith(p))]
+    best = max(matching, key=len, default="")
+    for group in groups:
+        for item in group["items"]:
+            item["active"] = bool(best) and _local_path(item) == best
+    return groups
+
+
 def sidebar_navigation(request: HttpRequest) -> list[dict[str, Any]]:
+    return _mark_active(request, _groups())
+
+
+def _groups() -> list[dict[str, Any]]:
     return [
         {
             "title": "Overview",

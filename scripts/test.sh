@@ -39,6 +39,14 @@ DJANGO_DEBUG=0 DJANGO_SECRET_KEY="$(python -c 'import secrets; print(secrets.tok
   LEDGER_ANCHOR_KEY="$(python -c 'import secrets; print(secrets.token_urlsafe(32))')" \
   DJANGO_ALLOWED_HOSTS=backoffice.example.com python manage.py check --deploy --fail-level WARNING
 if [ "${1:-}" = "--lint-only" ]; then exit 0; fi
+# The real-browser tests (tests/browser) drive the system's Chromium through Playwright; without one
+# they are skipped (pytest says so too). tests/browser/support.py looks for it the same way.
+chromium="${CHROMIUM:-$(command -v chromium || command -v chromium-browser || true)}"
+if [ -n "$chromium" ] && [ -f "$chromium" ]; then
+  echo "== browser tests: Chromium at $chromium"
+else
+  echo "== browser tests: skipped, no Chromium found (apt-get install chromium)"
+fi
 echo "== pytest"
 # Three processes: most tests wait on real workers, Redis and PostgreSQL rather than on the CPU.
 # Each gets its own test database and Redis database (tests/envdefaults.py).

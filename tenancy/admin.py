@@ -8,7 +8,6 @@ from django.contrib import admin, messages
 from django.core.exceptions import ValidationError
 from django.db.models import QuerySet
 from django.http import HttpRequest
-from import_export import resources
 from import_export.admin import ImportExportModelAdmin
 from unfold.admin import TabularInline
 from unfold.contrib.import_export.forms import ExportForm, ImportForm
@@ -17,10 +16,10 @@ from unfold.decorators import action
 from jobs.services import job_launch
 from operations.jobs import EXPORT_BUSINESSES
 from tenancy.models import Business, Membership
-from tenancy.scoping import BusinessScopedAdmin, sees_all_businesses
+from tenancy.scoping import BusinessScopedAdmin, CheckedResource, sees_all_businesses
 
 
-class BusinessResource(resources.ModelResource):
+class BusinessResource(CheckedResource):
     """Businesses themselves: only the owner may import them (a staff member could otherwise rename
     or deactivate another business by uploading a file). Exports are scoped by the admin's queryset."""
 

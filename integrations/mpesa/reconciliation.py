@@ -50,7 +50,7 @@ from integrations.mpesa.models import (
     ReconciliationState,
     Till,
 )
-from integrations.mpesa.payloads import NAIROBI, RECEIPT_MAX_LENGTH
+from integrations.mpesa.payloads import MAX_AMOUNT, NAIROBI, RECEIPT_MAX_LENGTH
 from integrations.mpesa.payments import payment_record, post_once
 from integrations.mpesa.status_queries import split_party
 from jobs.registry import JobContext, JobFailed, job_kind
@@ -89,6 +89,10 @@ _COLUMNS = {
     "a/c no.": "account_no",
     "a/c no": "account_no",
 }
+# M-Pesa began in 2007: a time outside these years is a misread cell (and year 1 in Nairobi time is
+# before year 1 in UTC, which PostgreSQL stores but Python cannot read back).
+FIRST_YEAR, LAST_YEAR = 2000, 2099
+CENT = Decimal("0.01")
 
 
 class StatementError(ValueError):
@@ -141,16 +145,22 @@ def parse_when(value: Any) -> dt.datetime | None:
     if value in (None, ""):
         return None
     if isinstance(value, dt.datetime):
-        return value if value.tzinfo else value.replace(tzinfo=NAIROBI)
-    if isinstance(value, dt.date):
-        return dt.datetime.combine(value, dt.time(), tzinfo=NAIROBI)
-    text = str(value).strip()
-    for fmt in DATE_FORMATS:
-        try:
-            return dt.datetime.strptime(text, fmt).replace(tzinfo=NAIROBI)
-        except ValueError:
-            continue
-    raise StatementError(f"unrecognised date {text!r}")
+        when = value if value.tzinfo else value.replace(tzinfo=NAIROBI)
+    elif isinstance(value, dt.date):
+        when = dt.datetime.combine(value, dt.time(), tzinfo=NAIROBI)
+    else:
+        text = str(value).strip()
+        for fmt in DATE_FORMATS:
+            try:
+                when = dt.datetime.strptime(text, fmt).replace(tzinfo=NAIROBI)
+                break
+            except ValueError:
+                continue
+        else:
+            raise StatementError(f"unrecognised date {text[:40]!r}")
+    if not FIRST_YEAR <= when.year <= LAST_YEAR:
+        raise StatementError(f"date {when.date().isoformat()} is not of an M-Pesa statement")
+    return when
 
 
 def parse_amount(value: Any) -> Decimal:
@@ -161,27 +171,36 @@ def parse_amount(value: Any) -> Decimal:
     try:
         amount = Decimal(text)
     except InvalidOperation as exc:
-        raise StatementError(f"unrecognised amount {value!r}") from exc
-    return abs(amount).quantize(Decimal("0.01"))
+        raise StatementError(f"unrecognised amount {text[:40]!r}") from exc
+    # NaN, Infinity and amounts no money column holds (they used to crash the run that followed).
+    if not amount.is_finite() or abs(amount) > MAX_AMOUNT:
+        raise StatementError(f"unrecognised amount {text[:40]!r}")
+    return abs(amount).quantize(CENT)
 
 
 def _rows_of(content: bytes, filename: str) -> list[list[Any]]:
     if filename.lower().endswith((".xlsx", ".xlsm")) or content[:2] == b"PK":
         from openpyxl import load_workbook
 
+        # A read-only workbook parses its sheets while they are iterated: a damaged one fails there.
         try:
             book = load_workbook(io.BytesIO(content), read_only=True, data_only=True)
+            try:
+                return [list(row) for row in book.worksheets[0].iter_rows(values_only=True)]
+            finally:
+                book.close()
         except Exception as exc:
-            raise StatementError(f"not a readable XLSX file: {exc}") from exc
-        sheet = book.worksheets[0]
-        rows = [list(row) for row in sheet.iter_rows(values_only=True)]
-        book.close()
-        return rows
+            raise StatementError(f"not a readable XLSX file: {str(exc)[:200]}") from exc
     try:
         text = content.decode("utf-8-sig")
     except UnicodeDecodeError:
         text = content.decode("latin-1")
-    return list(csv.reader(io.StringIO(text)))
+    if "\x00" in text:  # no column holds one (PostgreSQL text cannot); a UTF-16 file has them everywhere
+        raise StatementError("the file holds NUL characters: not a CSV statement (save it as CSV, UTF-8)")
+    try:
+        return list(csv.reader(io.StringIO(text)))
+    except csv.Error as exc:  # a field over csv.field_size_limit(), a malformed quote
+        raise StatementError(f"not a readable CSV file: {exc}") from exc
 
 
 def _header_at(rows: list[list[Any]]) -> int:
@@ -209,11 +228,15 @@ def _key_value(row: list[Any]) -> tuple[str, str]:
 
 
 def _balance(value: str) -> Decimal | None:
+    """A balance named above the header; None when it is not one a money column holds."""
     text = value.replace(",", "").replace("KES", "").replace("Ksh", "").strip()
     try:
-        return Decimal(text).quantize(Decimal("0.01"))
+        balance = Decimal(text)
     except InvalidOperation:
         return None
+    if not balance.is_finite() or abs(balance) > MAX_AMOUNT:
+        return None
+    return balance.quantize(CENT)
 
 
 def parse_statement_header(content: bytes, filename: str = "statement.csv") -> StatementHeader:
@@ -280,6 +303,34 @@ def parse_statement(content: bytes, filename: str = "statement.csv") -> list[Sta
     return parsed
 
 
+def _charge_key(receipt: str) -> str:
+    return f"mpesa-charge:{receipt}"
+
+
+def _charges_posted(run: ReconciliationRun, rows: list[StatementRow]) -> dict[str, JournalEntry]:
+    """The statement's charges already in the books (a run of this or another statement), by receipt.
+
+    A charge posted with another amount refuses the statement here, before anything is posted. (Posted
+    again, it would be an idempotency conflict after the charges before it were posted; and one posted
+    before its day was closed is found here, not posted again on the first open day.)"""
+    charges: dict[str, StatementRow] = {}
+    for row in rows:
+        if row.completed and row.is_charge and row.withdrawn > 0:
+            charges.setdefault(_charge_key(row.receipt), row)
+    posted: dict[str, JournalEntry] = {}
+    entries = JournalEntry.objects.filter(business=run.business, idempotency_key__in=list(charges)).annotate(
+        amount=Sum("lines__debit")
+    )
+    for entry in entries:
+        row = charges[entry.idempotency_key]
+        if entry.amount != row.withdrawn:
+            raise StatementError(
+                f"charge {row.receipt} of {row.withdrawn} is in the books as {entry.amount} (entry #{entry.number})"
+            )
+        posted[row.receipt] = entry
+    return posted
+
+
 def _post_charge(run: ReconciliationRun, row: StatementRow) -> JournalEntry:
     business = run.business
     charges = account_for_role(business=business, role="mpesa_charges")
@@ -294,7 +345,7 @@ def _post_charge(run: ReconciliationRun, row: StatementRow) -> JournalEntry:
             memo=f"M-Pesa charge {row.receipt}" + (f" for {row.linked}" if row.linked else ""),
             source_type=SourceType.MPESA,
             source_ref=row.receipt,
-            idempotency_key=f"mpesa-charge:{row.receipt}",
+            idempotency_key=_charge_key(row.receipt),
         )
 
     return post_once(business=business, wanted=wanted, post=post)
@@ -368,7 +419,7 @@ def reconciliation_run(*, run_id: int) -> ReconciliationRun:
             )
         raise
     # Each charge in a short transaction of its own (idempotent): the books are locked per posting.
-    charge_entries: dict[str, JournalEntry] = {}
+    charge_entries = _charges_posted(run, rows)
     for row in rows:
         if row.completed and row.is_charge and row.withdrawn > 0 and row.receipt not in charge_entries:
             with transaction.atomic():
@@ -445,8 +496,12 @@ def reconciliation_run(*, run_id: int) -> ReconciliationRun:
         else:
             statement_movement = header.closing_balance - header.opening_balance
             books, basis = _books_movement(run, lines)
-            run.books_movement = books
-            run.balance_difference = statement_movement - books
+            difference = statement_movement - books
+            if max(abs(statement_movement), abs(books), abs(difference)) > MAX_AMOUNT:
+                # Beyond any money column (and any till): compared, the run could not be saved.
+                notes.append("the balances move by more than a till can hold: balances not compared")
+            else:
+                run.books_movement, run.balance_difference = books, difference
             if run.balance_difference:
                 lines.append(
                     ReconciliationLine(

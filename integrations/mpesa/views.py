@@ -64,6 +64,9 @@ _known_tokens: set[str] = set()
 
 
 def _till(token: str) -> Till:
+    if len(token) > TOKEN_MAX_LENGTH or "\x00" in token:
+        # No till has such a token, and PostgreSQL refuses a NUL in a query parameter (a 500, not a 404).
+        raise Http404("unknown callback URL")
     now = time.monotonic()
     cached = _till_cache.get(token)
     if cached is not None and cached[0] > now:

@@ -8,7 +8,7 @@ from decimal import Decimal
 import pytest
 from django.contrib import admin
 from django.core.management import call_command
-from django.test import Client
+from django.test import Client, RequestFactory
 from django.urls import reverse
 
 from jobs.models import Job, JobState
@@ -90,6 +90,24 @@ def test_sidebar_groups_links_by_area(owner_client: Client) -> None:
     for group in ("Overview", "Businesses and people", "Scheduling", "Security"):
         assert group in body
     assert reverse("admin:jobs_job_changelist") in body
+
+
+@pytest.mark.parametrize(
+    ("path", "highlighted"),
+    [
+        ("/admin/", ["Dashboard"]),
+        ("/admin/operations/sale/12/change/", ["Sales"]),
+        ("/admin/accounts/books/", ["Books and period close"]),
+        ("/admin/accounts/books/reports/profit-and-loss/", ["Profit and loss"]),
+        ("/admin/password_change/", []),
+    ],
+)
+def test_the_sidebar_highlights_the_one_item_of_the_page(owner, path: str, highlighted: list[str]) -> None:  # type: ignore[no-untyped-def]
+    """Not Flower's external link on every page, nor "Books and period close" on the statements mounted under it."""
+    request = RequestFactory().get(path)
+    request.user = owner
+    sidebar = admin.site.get_sidebar_list(request)  # type: ignore[attr-defined]
+    assert [item["title"] for group in sidebar for item in group["items"] if item["active"]] == highlighted
 
 
 def test_dashboard_takings_come_from_the_ledger(demo: None, owner_client: Client) -> None:

@@ -15,6 +15,7 @@ from django.test import Client
 from django.urls import reverse
 
 from accounts.models import JournalEntry, JournalLine
+from accounts.services import books_close_period
 from integrations.mpesa.models import (
     LineStatus,
     Payment,
@@ -171,6 +172,31 @@ def test_reconciliation_matches_receipt_by_receipt_and_posts_charges(till: Till)
     reconciliation_run(run_id=run.pk)
     assert ReconciliationLine.objects.filter(run=run).count() == 7
     assert JournalEntry.objects.filter(idempotency_key__startswith="mpesa-charge:").count() == 1
+
+
+def test_run_again_once_its_charges_day_is_closed_it_finds_the_charge_posted(till: Till) -> None:
+    """The charge is not posted again on the first open day (an idempotency conflict, found by the
+    fuzzing: the job failed with a traceback)."""
+    run = reconciliation_run(run_id=new_run(till, PREAMBLE + CSV).pk)
+    books_close_period(business=till.business, lock_date=dt.date(2025, 11, 30))
+    entries = JournalEntry.objects.count()
+
+    again = reconciliation_run(run_id=run.pk)
+
+    assert again.state == ReconciliationState.DONE and again.charges_count == 1
+    assert JournalEntry.objects.count() == entries
+
+
+def test_a_charge_in_the_books_with_another_amount_refuses_the_statement_before_posting(till: Till) -> None:
+    reconciliation_run(run_id=new_run(till, PREAMBLE + CSV).pk)  # charge TK61ABCD02 of 5.00
+    entries = JournalEntry.objects.count()
+    other = CSV.replace(b",-5.00,", b",-6.00,")
+    other += b"TK61ABCD09,06-11-2025 18:00:00,,Business Pay Bill Charge,Completed,,-3.00\n"
+
+    with pytest.raises(StatementError, match=r"charge TK61ABCD02 of 6\.00 is in the books as 5\.00"):
+        reconciliation_run(run_id=new_run(till, PREAMBLE + other).pk)
+
+    assert JournalEntry.objects.count() == entries  # TK61ABCD09 was not posted either
 
 
 def test_a_receipt_missing_from_the_books_can_be_posted_once(till: Till, owner: Any) -> None:
