@@ -15,7 +15,7 @@ from decimal import Decimal
 from typing import Any, NoReturn
 
 import psycopg
-from django.db import DatabaseError, IntegrityError, connection, transaction
+from django.db import DEFAULT_DB_ALIAS, DatabaseError, IntegrityError, connection, connections, transaction
 from django.utils import timezone
 
 from accounts.charts import default_chart
@@ -39,6 +39,7 @@ from accounts.selectors import books_first_open_date
 from tenancy.models import Business
 
 MAX_AMOUNT = Decimal("999999999999.99")
+SOURCE_TYPES = frozenset(SourceType.values)
 MAX_LINES = 500
 
 # The idempotency keys the system's own postings use ("<prefix>:<id>"). A manual entry under one of
@@ -160,53 +161,130 @@ def _same_content(entry: JournalEntry, *, header: dict[str, Any], lines: list[_L
     return sorted(stored) == sorted(line.key() for line in lines)
 
 
-# One statement posts the entry and its lines. The line arrays keep its text the same for any
-# number of lines, so it is prepared once per connection.
+# One statement posts the entry and its lines. The lines go in as four arrays, passed as array
+# literals (psycopg's adaptation of Python lists costs more than the rest of the call), so the text
+# is the same for any number of lines and each connection prepares it once.
+#
+# Its own transaction (no caller's atomic block): a refusal just ends that transaction.
 _POST_SQL = """
 WITH e AS (
   INSERT INTO accounts_journalentry (business_id, entry_date, memo, source_type, source_ref, created_by_id,
                                      idempotency_key, reverses_id, currency)
-  VALUES (%s, %s, %s, %s, %s, %s, %s, %s, 'KES')
+  VALUES (%(business)s, %(day)s, %(memo)s, %(source_type)s, %(source_ref)s, %(user)s, %(key)s, %(reverses)s, 'KES')
   RETURNING id, number, posted_at
 ), l AS (
   INSERT INTO accounts_journalline (entry_id, account_id, debit, credit, memo)
   SELECT e.id, v.account_id, v.debit, v.credit, v.memo
-    FROM e CROSS JOIN unnest(%s::bigint[], %s::numeric[], %s::numeric[], %s::text[])
-         WITH ORDINALITY AS v(account_id, debit, credit, memo, n)
+    FROM e CROSS JOIN unnest(%(accounts)s::bigint[], %(debits)s::numeric[], %(credits)s::numeric[],
+                             %(memos)s::text[]) WITH ORDINALITY AS v(account_id, debit, credit, memo, n)
    ORDER BY v.n
 )
 SELECT id, number, posted_at FROM e
 """
 
+# Inside a caller's transaction, without a savepoint: the statement inserts nothing (instead of
+# failing, which would abort the caller's transaction) when PostgreSQL would refuse the posting -
+# period closed, an account that is not an active leaf account of the business, a reversal the
+# rules forbid - or when the idempotency key (or the reversed entry) is taken (ON CONFLICT; the
+# entry trigger gives such a row no number). The books row is locked first, so the lock date read
+# is the one the entry trigger sees. The triggers check everything again, as for any insert.
+_POST_CHECKED_SQL = """
+WITH b AS (
+  SELECT lock_date FROM accounts_books WHERE business_id = %(business)s FOR NO KEY UPDATE
+), ok AS (
+  SELECT 1 FROM b
+   WHERE (b.lock_date IS NULL OR b.lock_date < %(day)s)
+     AND (SELECT count(*) FROM accounts_account a
+           WHERE a.id = ANY (%(accounts)s::bigint[]) AND a.business_id = %(business)s AND a.is_active
+             AND NOT EXISTS (SELECT 1 FROM accounts_account c WHERE c.parent_id = a.id)) = %(account_count)s
+     AND (%(reverses)s::bigint IS NULL OR EXISTS (
+           SELECT 1 FROM accounts_journalentry o
+            WHERE o.id = %(reverses)s AND o.business_id = %(business)s AND o.reverses_id IS NULL
+              AND o.entry_date <= %(day)s))
+), e AS (
+  INSERT INTO accounts_journalentry (business_id, entry_date, memo, source_type, source_ref, created_by_id,
+                                     idempotency_key, reverses_id, currency)
+  SELECT %(business)s, %(day)s, %(memo)s, %(source_type)s, %(source_ref)s, %(user)s, %(key)s, %(reverses)s, 'KES'
+    FROM ok
+  ON CONFLICT DO NOTHING
+  RETURNING id, number, posted_at
+), l AS (
+  INSERT INTO accounts_journalline (entry_id, account_id, debit, credit, memo)
+  SELECT e.id, v.account_id, v.debit, v.credit, v.memo
+    FROM e CROSS JOIN unnest(%(accounts)s::bigint[], %(debits)s::numeric[], %(credits)s::numeric[],
+                             %(memos)s::text[]) WITH ORDINALITY AS v(account_id, debit, credit, memo, n)
+   ORDER BY v.n
+)
+SELECT e.id, e.number, e.posted_at, EXISTS (SELECT 1 FROM ok) FROM b LEFT JOIN e ON true
+"""
 
-def _execute_post(params: list[Any]) -> tuple[int, int, dt.datetime]:
-    """Run the posting statement; (id, number, posted_at). One round trip either way.
+# What the checked statement did when it inserted nothing.
+_REFUSED = "refused"  # PostgreSQL would refuse the posting
+_TAKEN = "taken"  # the idempotency key, or the entry to reverse, is taken
+
+
+def _number_array(values: Sequence[int | Decimal]) -> str:
+    """A PostgreSQL array literal of integers or Decimals (str() of a quantized Decimal is plain digits)."""
+    return "{" + ",".join(map(str, values)) + "}"
+
+
+def _text_array(values: Sequence[str]) -> str:
+    """A PostgreSQL array literal of text: each element double-quoted, backslashes and quotes escaped."""
+    return "{" + ",".join('"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"' for value in values) + "}"
+
+
+def _execute_post(params: dict[str, Any]) -> tuple[int, int, dt.datetime] | str:
+    """Post; (id, number, posted_at), or _REFUSED / _TAKEN when, inside a caller's transaction,
+    the checked statement inserted nothing. One round trip and no savepoint.
 
     Uses a server-side-binding cursor on Django's own connection (same transaction state): Django's
     default cursor binds parameters client-side and cannot prepare statements. Errors are wrapped
     as Django's (IntegrityError, OperationalError...), as its own cursors would.
     """
-    connection.ensure_connection()
-    raw = connection.connection
-    with connection.wrap_database_errors, psycopg.Cursor(raw) as cursor:
-        if not connection.in_atomic_block:
+    db = connections[DEFAULT_DB_ALIAS]  # the connection itself, not the per-attribute proxy
+    db.ensure_connection()
+    raw = db.connection
+    with db.wrap_database_errors, psycopg.Cursor(raw) as cursor:
+        if not db.in_atomic_block:
             # Its own transaction: the deferred checks and the seal run as it commits.
             cursor.execute(_POST_SQL, params, prepare=True)
-        else:
-            # Inside the caller's transaction: a savepoint around it, so that a refused posting
-            # leaves that transaction usable; pipelined with the statement (no extra round trips).
-            try:
-                with raw.pipeline():
-                    raw.execute("SAVEPOINT ledger_post")
-                    cursor.execute(_POST_SQL, params, prepare=True)
-                    raw.execute("RELEASE SAVEPOINT ledger_post")
-            except psycopg.Error:
-                raw.execute("ROLLBACK TO SAVEPOINT ledger_post")
-                raw.execute("RELEASE SAVEPOINT ledger_post")
-                raise
+            posted = cursor.fetchone()
+            assert posted is not None
+            return posted[0], posted[1], posted[2]
+        cursor.execute(_POST_CHECKED_SQL, params, prepare=True)
         row = cursor.fetchone()
-    assert row is not None
-    return row[0], row[1], row[2]
+    if row is None:
+        raise LedgerError(f"business {params['business']} has no books row (create its chart first)")
+    entry_id, number, posted_at, checked = row
+    if entry_id is None:
+        return _TAKEN if checked else _REFUSED
+    return entry_id, number, posted_at
+
+
+def _execute_post_in_savepoint(params: dict[str, Any]) -> tuple[int, int, dt.datetime]:
+    """Post with the plain statement in a savepoint, for PostgreSQL's own refusal (a precise error)
+    of a posting the checked statement skipped; the caller's transaction stays usable. Should the
+    posting go through after all (the books changed in between), it is posted."""
+    db = connections[DEFAULT_DB_ALIAS]
+    db.ensure_connection()
+    raw = db.connection
+    with db.wrap_database_errors, psycopg.Cursor(raw) as cursor:
+        try:
+            with raw.pipeline():
+                raw.execute("SAVEPOINT ledger_post")
+                cursor.execute(_POST_SQL, params, prepare=True)
+                raw.execute("RELEASE SAVEPOINT ledger_post")
+        except psycopg.Error:
+            raw.execute("ROLLBACK TO SAVEPOINT ledger_post")
+            raw.execute("RELEASE SAVEPOINT ledger_post")
+            raise
+        posted = cursor.fetchone()
+    assert posted is not None
+    return posted[0], posted[1], posted[2]
+
+
+_ENTRY_FIELDS = [field.attname for field in JournalEntry._meta.concrete_fields]
+_ENTRY_BUSINESS = JournalEntry._meta.get_field("business")
 
 
 def _post(
@@ -224,7 +302,7 @@ def _post(
     """Insert one entry and its lines; (entry, created). See entry_post for the guarantees."""
     if not isinstance(entry_date, dt.date) or isinstance(entry_date, dt.datetime):
         raise LedgerError("entry_date must be a date (the business date), not a datetime")
-    if source_type not in SourceType.values:
+    if source_type not in SOURCE_TYPES:
         raise LedgerError(f"unknown source type {source_type!r}")
     _check_text(memo, field="memo", max_length=255)
     _check_text(source_ref, field="source_ref", max_length=100)
@@ -233,6 +311,78 @@ def _post(
     _check_text(idempotency_key, field="idempotency_key", max_length=200)
     normalised = _normalise_lines(business, lines)
     created_by_id = getattr(acting_user, "pk", None)
+    account_ids = [line.account_id for line in normalised]
+    params: dict[str, Any] = {
+        "business": business.pk,
+        "day": entry_date,
+        "memo": memo,
+        "source_type": source_type,
+        "source_ref": source_ref,
+        "user": created_by_id,
+        "key": idempotency_key,
+        "reverses": reverses_id,
+        "accounts": _number_array(account_ids),
+        "debits": _number_array([line.debit for line in normalised]),
+        "credits": _number_array([line.credit for line in normalised]),
+        "memos": _text_array([line.memo for line in normalised]),
+        "account_count": len(set(account_ids)),
+    }
+    try:
+        outcome = _execute_post(params)
+        if outcome == _TAKEN:
+            return _posted_before(
+                business, idempotency_key, entry_date, memo, source_type, source_ref, reverses_id, normalised
+            ), False
+        if outcome == _REFUSED:
+            outcome = _execute_post_in_savepoint(params)  # raises PostgreSQL's own error
+    except DatabaseError as exc:
+        sqlstate, constraint = database_error_sqlstate(exc)
+        if not (sqlstate == "23505" and constraint == "entry_business_idempotency_uniq"):
+            _raise_ledger_error(exc)
+        # The key was used: by this same request (a retry: return what it posted) or by another one.
+        return _posted_before(
+            business, idempotency_key, entry_date, memo, source_type, source_ref, reverses_id, normalised
+        ), False
+
+    assert isinstance(outcome, tuple)
+    entry_id, number, posted_at = outcome
+    values = {
+        "id": entry_id,
+        "business_id": business.pk,
+        "number": number,
+        "entry_date": entry_date,
+        "posted_at": posted_at,
+        "memo": memo,
+        "source_type": source_type,
+        "source_ref": source_ref,
+        "created_by_id": created_by_id,
+        "idempotency_key": idempotency_key,
+        "reverses_id": reverses_id,
+        "currency": "KES",
+    }
+    entry = JournalEntry.from_db("default", _ENTRY_FIELDS, [values[name] for name in _ENTRY_FIELDS])
+    _ENTRY_BUSINESS.set_cached_value(entry, business)
+    return entry, True
+
+
+def _posted_before(
+    business: Business,
+    idempotency_key: str,
+    entry_date: dt.date,
+    memo: str,
+    source_type: str,
+    source_ref: str,
+    reverses_id: int | None,
+    lines: list[_Line],
+) -> JournalEntry:
+    """The entry already posted under `idempotency_key`, when it has this content (a retry);
+    IdempotencyConflict when it has other content; AlreadyReversed when no entry has the key but the
+    entry to reverse has a reversal (posted meanwhile under another key)."""
+    existing = JournalEntry.objects.filter(business=business, idempotency_key=idempotency_key).first()
+    if existing is None:
+        if reverses_id is not None:
+            raise AlreadyReversed(f"entry {reverses_id} is already reversed")
+        raise LedgerError(f"the posting under key {idempotency_key!r} was not made")
     header = {
         "entry_date": entry_date,
         "memo": memo,
@@ -240,49 +390,11 @@ def _post(
         "source_ref": source_ref,
         "reverses_id": reverses_id,
     }
-
-    params: list[Any] = [
-        business.pk,
-        entry_date,
-        memo,
-        source_type,
-        source_ref,
-        created_by_id,
-        idempotency_key,
-        reverses_id,
-        [line.account_id for line in normalised],
-        [line.debit for line in normalised],
-        [line.credit for line in normalised],
-        [line.memo for line in normalised],
-    ]
-    try:
-        entry_id, number, posted_at = _execute_post(params)
-    except DatabaseError as exc:
-        sqlstate, constraint = database_error_sqlstate(exc)
-        if not (sqlstate == "23505" and constraint == "entry_business_idempotency_uniq"):
-            _raise_ledger_error(exc)
-        # The key was used: by this same request (a retry: return what it posted) or by another one.
-        existing = JournalEntry.objects.get(business=business, idempotency_key=idempotency_key)
-        if not _same_content(existing, header=header, lines=normalised):
-            raise IdempotencyConflict(
-                f"idempotency key {idempotency_key!r} was already used by entry #{existing.number} "
-                "with different content"
-            ) from exc
-        return existing, False
-
-    entry = JournalEntry(
-        id=entry_id,
-        business=business,
-        number=number,
-        posted_at=posted_at,
-        created_by_id=created_by_id,
-        idempotency_key=idempotency_key,
-        currency="KES",
-        **header,
-    )
-    entry._state.adding = False
-    entry._state.db = "default"
-    return entry, True
+    if not _same_content(existing, header=header, lines=lines):
+        raise IdempotencyConflict(
+            f"idempotency key {idempotency_key!r} was already used by entry #{existing.number} with different content"
+        )
+    return existing
 
 
 def entry_post(

@@ -203,6 +203,12 @@ DATABASES = {"default": dj_database_url.parse(DATABASE_URL, conn_max_age=env_int
 if not DATABASES["default"]["ENGINE"].endswith("postgresql"):
     raise ImproperlyConfigured("Only PostgreSQL is supported (DATABASE_URL must be postgresql://...).")
 DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
+# Server-side prepared statements for the cursors that ask for them: the ledger's posting statement
+# (accounts/services.py) is then planned once per connection, not on every posting. Django's own
+# queries bind client-side and are never prepared. Django turns them off by default for connection
+# poolers in transaction mode (PgBouncer before 1.21): behind one, set DB_PREPARED_STATEMENTS=0.
+if env_bool("DB_PREPARED_STATEMENTS", True):
+    DATABASES["default"].setdefault("OPTIONS", {})["prepare_threshold"] = 5
 DATABASES["default"].setdefault("TEST", {})["NAME"] = env_str("TEST_DATABASE_NAME") or None
 # Two roles (docs/deploy.md, "Database roles"): the app connects as the application role (DATABASE_URL),
 # which owns nothing; `migrate` runs as the owner role and `manage.py db_roles grant` then grants

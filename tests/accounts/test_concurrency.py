@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 from django.db import connection, connections, transaction
 
-from accounts.exceptions import PeriodLocked
+from accounts.exceptions import AlreadyReversed, PeriodLocked
 from accounts.models import Books, JournalEntry
-from accounts.services import books_close_period
+from accounts.services import books_close_period, entry_reverse
 from tests.factories.accounts import sale
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -152,3 +152,47 @@ def test_a_posting_that_waits_for_a_close_never_lands_in_the_closed_period(water
     assert isinstance(poster.error, PeriodLocked), poster.error
     assert not JournalEntry.objects.exists()
     assert Books.objects.get(business=water).last_number == 0
+
+
+def test_a_reversal_racing_another_reversal_of_the_same_entry_is_refused_cleanly(water):
+    # Given an entry, and its reversal under one key in flight (not committed) on one connection
+    original = sale(water)
+    posted, release = threading.Event(), threading.Event()
+
+    def first() -> JournalEntry:
+        with transaction.atomic():
+            reversal = entry_reverse(entry=original, idempotency_key="reverse-a")
+            posted.set()
+            release.wait(10)
+        return reversal
+
+    a = Worker(first)
+    a.start()
+    assert posted.wait(10)
+
+    # When another connection reverses it under another key, inside a transaction with work in it
+    def second() -> tuple[str, int]:
+        with transaction.atomic():
+            kept = sale(water)
+            try:
+                entry_reverse(entry=original, idempotency_key="reverse-b")
+            except AlreadyReversed as exc:
+                refused = str(exc)
+            else:
+                refused = ""
+            # the transaction is still usable
+            return refused, JournalEntry.objects.filter(pk=kept.pk).count()
+
+    b = Worker(second)
+    b.start()
+    wait_for_lock_waiters(1)
+    release.set()
+    a.join(10)
+    b.join(10)
+    # Then it is refused as already reversed, its transaction carries on, and no number is lost
+    assert a.error is None and b.error is None, (a.error, b.error)
+    refused, kept = b.result
+    assert "already reversed" in refused and kept == 1
+    assert JournalEntry.objects.filter(reverses=original).count() == 1
+    assert Books.objects.get(business=water).last_number == 3
+    assert sale(water).number == 4

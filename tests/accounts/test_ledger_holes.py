@@ -193,6 +193,41 @@ def test_on_conflict_do_nothing_racing_a_posting_of_the_same_key(water, first_co
     verify_ok()
 
 
+ON_CONFLICT_ROW_SQL = """
+INSERT INTO accounts_journalentry (id, business_id, entry_date, memo, source_type, source_ref, idempotency_key,
+                                   currency, reverses_id)
+VALUES (coalesce(%(id)s, nextval(pg_get_serial_sequence('accounts_journalentry', 'id'))), %(business)s, %(day)s,
+        'again', %(source)s, '', %(key)s, 'KES', %(reverses)s)
+ON CONFLICT DO NOTHING
+RETURNING id
+"""
+
+
+@pytest.mark.parametrize("taken", ["id", "reversal"])
+def test_on_conflict_do_nothing_on_a_taken_id_or_reversal_takes_no_number(water, taken):
+    # Given an entry and its reversal
+    original = sale(water)
+    entry_reverse(entry=original)
+    # When a row is inserted with ON CONFLICT DO NOTHING under a new key, on the original's id or as a
+    # second reversal of it (skipped by the unique index on the id, or on the reversed entry)
+    params = {
+        "id": original.pk if taken == "id" else None,
+        "business": water.pk,
+        "day": timezone.localdate(),
+        "source": "manual" if taken == "id" else "reversal",
+        "key": f"again:{taken}",
+        "reverses": None if taken == "id" else original.pk,
+    }
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute(ON_CONFLICT_ROW_SQL, params)
+        assert cursor.fetchall() == []
+    # Then it took no number (the gap would stop every later posting at commit: the chain needs the
+    # entry numbered one less), and the business goes on posting
+    assert Books.objects.get(business=water).last_number == 2
+    assert sale(water).number == 3
+    verify_ok()
+
+
 # --- 3. Books and their audit trail: no TRUNCATE, every lock-date move audited, append-only ------------
 
 

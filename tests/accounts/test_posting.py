@@ -212,3 +212,59 @@ def test_float_input_is_read_as_typed_never_through_binary(water):
     with connection.cursor() as cursor:
         cursor.execute("SELECT sum(debit) FROM accounts_journalline WHERE entry_id = %s", [entry.pk])
         assert cursor.fetchone()[0] == Decimal("0.30")
+
+
+def test_postings_inside_a_transaction_take_no_savepoint(water):
+    # Given a caller's transaction (the test's own)
+    assert connection.in_atomic_block
+    # When an entry is posted and then retried under the same key
+    entry = sale(water, key="mpesa:QX1")
+    again = sale(water, key="mpesa:QX1")
+    # Then the rows were written by the transaction itself, not by a subtransaction (a savepoint's
+    # rows carry the subtransaction's id: 64 of those in a transaction make every snapshot of the
+    # server slower), and the retry returned the entry without taking a number
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT e.xmin::text = pg_current_xact_id()::text, bool_and(l.xmin::text = pg_current_xact_id()::text)"
+            " FROM accounts_journalentry e JOIN accounts_journalline l ON l.entry_id = e.id WHERE e.id = %s"
+            " GROUP BY e.xmin",
+            [entry.pk],
+        )
+        assert cursor.fetchone() == (True, True)
+    assert again.pk == entry.pk and Books.objects.get(business=water).last_number == 1
+    fire_deferred()
+
+
+def test_a_posting_refused_as_closed_inside_a_transaction_can_be_posted_on_an_open_day(water, today):
+    # Given closed books up to yesterday and a caller's transaction with work in it (as the M-Pesa
+    # payment recording does: it posts on the payment's day, or on the first open day when refused)
+    books_close_period(business=water, lock_date=today - dt.timedelta(days=1))
+    with transaction.atomic():
+        kept = sale(water)
+        with pytest.raises(PeriodLocked):
+            sale(water, key="mpesa:QX2", day=today - dt.timedelta(days=3))
+        # Then the transaction carries on: the same posting on an open day goes through
+        moved = sale(water, key="mpesa:QX2", day=today)
+    assert [kept.number, moved.number] == [1, 2]
+    assert Books.objects.get(business=water).last_number == 2
+    fire_deferred()
+
+
+@pytest.mark.parametrize(
+    "memo", ['a "quoted" memo', "back\\slash", "{braces},commas", "NULL", "  spaced  ", "ünïcødé €", ""]
+)
+def test_line_memos_are_stored_and_sealed_as_given(water, memo):
+    cash, sales = acct(water, "cash"), acct(water, "sales_refill")
+    entry = entry_post(
+        business=water,
+        entry_date=dt.date.today(),
+        memo=memo,
+        source_type="manual",
+        idempotency_key="memo-1",
+        lines=[LineSpec(cash, debit=Decimal(5), memo=memo), LineSpec(sales, credit=Decimal(5), memo=memo + "!")],
+    )
+    assert list(JournalLine.objects.filter(entry=entry).order_by("id").values_list("memo", flat=True)) == [
+        memo,
+        memo + "!",
+    ]
+    fire_deferred()
