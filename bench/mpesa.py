@@ -232,8 +232,8 @@ class _Bench:
     shortcode: str
     host: str
 
-    def payments_worker(self, name: str) -> subprocess.Popen[bytes]:
-        """A payments worker as the bench runs it: 2 processes (-c 2), named `name`@host."""
+    def payments_worker(self, name: str, hostname: str) -> subprocess.Popen[bytes]:
+        """A payments worker as the bench runs it: 2 processes (-c 2), `name` in the stack, `hostname`@host."""
         celery = [self.python, "-m", "celery", "-A", "celeryconf"]
         return self.stack.start(
             name,
@@ -245,7 +245,7 @@ class _Bench:
                 "-c",
                 "2",
                 "-n",
-                f"{name}@{self.host}",
+                f"{hostname}@{self.host}",
                 "--without-gossip",
                 "--without-mingle",
                 "-l",
@@ -481,7 +481,7 @@ def _drain(bench: _Bench, *, seed: int) -> dict[str, float]:
             time.sleep(0.2)
         rows = stored()
         spawned = time.monotonic()
-        bench.payments_worker("bench-drain")
+        bench.payments_worker("worker-drain", "bench-drain")
         first: tuple[float, int] | None = None
         last_left, last_progress = rows, time.monotonic()
         while True:
@@ -582,7 +582,7 @@ def run(database_url: str) -> dict[str, float]:
         celery = [python, "-m", "celery", "-A", "celeryconf"]
         host = socket.gethostname()
         bench = _Bench(stack, python, scratch, redis_url, web_port, token, shortcode, host)
-        payments = bench.payments_worker("bench-payments")
+        payments = bench.payments_worker("worker-payments", "bench-payments")
         stack.start(
             "worker-default",
             [
@@ -630,7 +630,7 @@ def run(database_url: str) -> dict[str, float]:
 
         figures = _load(bench, payments, seed=20261128, prefix="mpesa.", neighbour=False)
         figures |= _load(bench, payments, seed=20261129, prefix="mpesa.neighbour.", neighbour=True)
-        stack.stop("bench-payments")
+        stack.stop("worker-payments")
         figures |= _drain(bench, seed=20261130)
         return figures
     finally:
