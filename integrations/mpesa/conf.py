@@ -14,6 +14,9 @@
   before giving up; the task retries later.
 - MPESA_BATCH_SECONDS (25): a task processing a batch of inbox rows starts no new row after this
   long and sends the rest on in a new message (below the payments tasks' 50 s soft time limit).
+- MPESA_GROUP_SIZE (100): how many payment callbacks (STK callbacks, C2B confirmations) the
+  payments task records in one transaction (inbox.inbox_process_group): its own rows, topped up
+  with rows waiting in the inbox that no other task holds. 1: one row per transaction.
 - MPESA_STATUS_MAX_ATTEMPTS (6): how many times the recovery job asks Transaction Status about a
   lost confirmation without a definite answer before it leaves the query to a person.
 - MPESA_STATUS_RESULT_WAIT_SECONDS (600): how long a query Daraja took (or may have taken) waits
@@ -72,6 +75,10 @@ def lock_timeout_seconds() -> float:
 
 def batch_seconds() -> float:
     return float(_get("MPESA_BATCH_SECONDS", "25"))
+
+
+def group_size() -> int:
+    return max(1, int(_get("MPESA_GROUP_SIZE", "100")))
 
 
 def status_max_attempts() -> int:

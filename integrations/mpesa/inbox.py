@@ -8,7 +8,11 @@ How a payment is posted exactly once (docs/mpesa.md):
 - a payment is one `Payment` row per receipt (unique) and one ledger entry whose idempotency key
   is "mpesa:<receipt>"; an STK callback and the C2B confirmation of the same receipt meet on a
   transaction-scoped advisory lock on the receipt, and the second one only adds what it knows to
-  the Payment row (never a second entry).
+  the Payment row (never a second entry);
+- the payments task records payment callbacks in groups (`inbox_process_group`): up to
+  MPESA_GROUP_SIZE rows in one transaction, each still recorded exactly as `inbox_process` would,
+  all or none of them committed; a row that fails takes no other row down with it (it goes on
+  alone through `inbox_process`, the rest of the group again without it).
 """
 
 from __future__ import annotations
@@ -18,7 +22,8 @@ import hashlib
 import json
 import logging
 import traceback
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from celery.exceptions import SoftTimeLimitExceeded
@@ -30,13 +35,17 @@ from integrations.mpesa import conf
 from integrations.mpesa.exceptions import NeedsAttention, TransientProcessingError
 from integrations.mpesa.models import InboxKind, InboxMessage, InboxState
 from integrations.mpesa.payloads import (
+    C2BTransaction,
     CallbackKind,
     PayloadError,
+    StkCallback,
     parse_account_balance_result,
+    parse_c2b_confirmation,
     parse_c2b_validation,
     parse_result_callback,
+    parse_stk_callback,
 )
-from integrations.mpesa.payments import c2b_confirmation_process
+from integrations.mpesa.payments import PostingGroup, c2b_confirmation_process, c2b_till_check
 from integrations.mpesa.publisher import inbox_enqueue
 from integrations.mpesa.reversals import reversal_result_process, reversal_timeout_process
 from integrations.mpesa.secrets import SecretUnreadable
@@ -281,11 +290,213 @@ def inbox_process(*, inbox_id: int) -> str:
         return msg.outcome
 
 
+# The kinds recorded in groups (inbox_process_group): the payments. Any other kind goes one by one.
+# The partial index inbox_payments_waiting_idx (models.InboxMessage) names the same kinds.
+GROUP_KINDS = (InboxKind.STK_CALLBACK, InboxKind.C2B_CONFIRMATION)
+# Rows of one group that may fail and go on alone before the rest of the group goes one by one too.
+GROUP_MAX_FAILURES = 3
+
+# A group's rows marked processed, each with its outcome, in one statement.
+_PROCESSED_SQL = """
+UPDATE integrations_inboxmessage AS m
+   SET state = %s, attempts = m.attempts + 1, processed_at = %s, error = '', traceback = '', outcome = v.outcome
+  FROM unnest(%s::bigint[], %s::text[]) AS v(id, outcome)
+ WHERE m.id = v.id
+"""
+
+
+@dataclass
+class GroupResult:
+    """What inbox_process_group did: the `outcomes` of the rows it settled (recorded now, or found
+    settled already), by id, and the rows it leaves to `inbox_process`, one by one (`alone`, in id order)."""
+
+    outcomes: dict[int, str] = field(default_factory=dict)
+    alone: list[int] = field(default_factory=list)
+
+
+@dataclass
+class _GroupAttempt:
+    """One transaction of a group: the rows it locked, the row it was recording (when an exception
+    came), and what it decided."""
+
+    locked: list[int] = field(default_factory=list)
+    current: int | None = None
+    outcomes: dict[int, str] = field(default_factory=dict)
+    alone: list[int] = field(default_factory=list)
+
+
+def inbox_process_group(*, inbox_ids: Sequence[int], take: int = 0) -> GroupResult:
+    """Record the payment callbacks among inbox rows `inbox_ids`, and up to `take` others waiting in
+    the inbox, in ONE transaction: the commit, the locks and the reads are shared by the group, and
+    each payment costs a handful of statements (payments.PostingGroup).
+
+    - The rows `inbox_ids` are locked (waiting for a task that holds one, as inbox_process does);
+      the `take` others are the oldest "received" STK callbacks and C2B confirmations that no one
+      holds (SKIP LOCKED): a task with a few rows records, in the same transaction, what waits
+      besides them; the message that brings them later finds them processed.
+    - Each row is recorded exactly as inbox_process records it (stk_callback_process,
+      c2b_confirmation_process) and marked processed in the same transaction, so a crash anywhere
+      leaves every row of the group as it was, and redelivery starts again.
+    - Rows processed or parked already are left alone (their outcome says so). Rows of other kinds,
+      or whose body cannot be read, are left to inbox_process (`alone`), which records why.
+    - A row that raises rolls the group back and goes on alone (inbox_process records its error,
+      or retries it); the rest of the group is recorded again without it. After GROUP_MAX_FAILURES
+      such rows, or on a transient error (a lock waited for too long, a lost connection), every row
+      goes on alone, where each one is retried and counted on its own.
+    """
+    own = list(dict.fromkeys(int(i) for i in inbox_ids))
+    result = GroupResult()
+    settled = _settled_already(own, take)
+    if settled is not None:
+        result.outcomes = settled
+        return result
+    alone: set[int] = set()
+    failures = 0
+    while own or take > 0:
+        attempt = _GroupAttempt()
+        try:
+            with transaction.atomic():
+                _group_record(attempt, own, take)
+        except SoftTimeLimitExceeded:
+            raise  # the task must stop now; the rows are as they were
+        except TRANSIENT_ERRORS as exc:
+            logger.warning("inbox group %s: %s; its rows go on one by one", own or attempt.locked, error_summary(exc))
+            alone.update(own, attempt.locked)
+            break
+        except Exception as exc:
+            failures += 1
+            rows = {*own, *attempt.locked}
+            if attempt.current is None or failures >= GROUP_MAX_FAILURES:
+                summary = error_summary(exc)
+                logger.warning("inbox group %s failed (%s); its rows go on one by one", sorted(rows), summary)
+                alone.update(rows)
+                break
+            logger.info("inbox %s failed in a group (%s); it goes on alone", attempt.current, error_summary(exc))
+            alone.add(attempt.current)
+            own, take = sorted(rows - {attempt.current}), 0
+            continue
+        result.outcomes.update(attempt.outcomes)
+        alone.update(attempt.alone)
+        break
+    result.alone = sorted(alone - set(result.outcomes))
+    return result
+
+
+def _settled_already(own: list[int], take: int) -> dict[int, str] | None:
+    """The outcomes of rows `own` when every one is settled (processed or parked: most messages
+    under load, whose rows an earlier group took) and no payment row waits to be taken; else None.
+    Two short reads and no transaction, where the group's would take five round trips to find the
+    same. A row settled stays settled (a person's Reprocess sends it again)."""
+    if not own:
+        return None
+    states = dict(
+        InboxMessage.objects.filter(pk__in=own)
+        .exclude(state__in=[InboxState.RECEIVED, InboxState.FAILED])
+        .values_list("pk", "state")
+    )
+    if len(states) < len(own):
+        return None
+    if take > 0 and InboxMessage.objects.filter(state=InboxState.RECEIVED, kind__in=GROUP_KINDS).exists():
+        return None
+    return {pk: f"already {state}" for pk, state in states.items()}
+
+
+def _group_record(attempt: _GroupAttempt, own: list[int], take: int) -> None:
+    """One transaction of inbox_process_group (see there)."""
+    _lock_timeout_set()
+    rows = InboxMessage.objects.select_related("till__business")
+    msgs = list(rows.select_for_update(of=("self",)).filter(pk__in=own).order_by("pk")) if own else []
+    if take > 0:
+        # The oldest payment rows waiting that no other transaction holds, through the partial index
+        # inbox_payments_waiting_idx (its predicate is this filter; LIMIT applies after SKIP LOCKED).
+        waiting = (
+            rows.select_for_update(of=("self",), skip_locked=True)
+            .filter(state=InboxState.RECEIVED, kind__in=GROUP_KINDS)
+            .exclude(pk__in=own)
+            .order_by("pk")
+        )
+        msgs += list(waiting[:take])
+    attempt.locked = [msg.pk for msg in msgs]
+    for inbox_id in set(own) - set(attempt.locked):
+        logger.warning("inbox row %s does not exist", inbox_id)
+        attempt.outcomes[inbox_id] = "missing"
+    todo: list[tuple[InboxMessage, StkCallback | C2BTransaction]] = []
+    for msg in msgs:
+        if msg.state in (InboxState.PROCESSED, InboxState.NEEDS_ATTENTION):
+            attempt.outcomes[msg.pk] = f"already {msg.state}"
+            continue
+        parsed = _group_parse(msg)
+        if parsed is None:
+            attempt.alone.append(msg.pk)
+        else:
+            todo.append((msg, parsed))
+    if not todo:
+        return
+    # What every payment of the group needs, read and locked with a few statements.
+    group = PostingGroup(deferred=True)
+    group.requests_lock(p.checkout_request_id for _, p in todo if isinstance(p, StkCallback))
+    group.receipts_lock(receipt for _, p in todo if (receipt := _receipt(p)))
+    phones: dict[int, list[str]] = {}
+    for msg, parsed in todo:
+        numbers = phones.setdefault(msg.till.business_id, [])
+        if isinstance(parsed, StkCallback):
+            request = group.requests.get(parsed.checkout_request_id)
+            numbers += [parsed.phone_number or "", request.phone if request else ""]
+        else:
+            numbers.append(parsed.msisdn)
+    businesses = {msg.till.business_id: msg.till.business for msg, _ in todo}
+    for business_id, numbers in phones.items():
+        group.customers_read(businesses[business_id], [n for n in numbers if n])
+    recorded: list[tuple[int, str]] = []
+    for msg, parsed in todo:
+        attempt.current = msg.pk
+        if isinstance(parsed, StkCallback):
+            outcome = stk_callback_process(msg, callback=parsed, group=group)
+        else:
+            outcome = c2b_confirmation_process(msg, confirmation=parsed, group=group)
+        recorded.append((msg.pk, outcome[:255]))
+    attempt.current = None
+    group.flush()
+    with connection.cursor() as cursor:
+        cursor.execute(
+            _PROCESSED_SQL,
+            [InboxState.PROCESSED, timezone.now(), [pk for pk, _ in recorded], [o for _, o in recorded]],
+        )
+    attempt.outcomes.update(recorded)
+
+
+def _group_parse(msg: InboxMessage) -> StkCallback | C2BTransaction | None:
+    """The parsed body of a row the group can record; None for a row inbox_process must look at
+    alone (another kind, a body it cannot read, a confirmation for another till)."""
+    if msg.kind not in GROUP_KINDS or msg.daraja_id.startswith("malformed:"):
+        return None
+    try:
+        if msg.kind == InboxKind.STK_CALLBACK:
+            return parse_stk_callback(msg.body)
+        tx = parse_c2b_confirmation(msg.body)
+        c2b_till_check(msg.till, tx)
+        return tx
+    except (PayloadError, NeedsAttention):
+        return None
+
+
+def _receipt(parsed: StkCallback | C2BTransaction) -> str | None:
+    if isinstance(parsed, StkCallback):
+        return parsed.mpesa_receipt_number if parsed.succeeded else None
+    return parsed.trans_id
+
+
+def _lock_timeout_set() -> None:
+    """Every lock of this transaction is waited for MPESA_LOCK_TIMEOUT_SECONDS at most (then
+    OperationalError: the task retries later)."""
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT set_config('lock_timeout', %s, true)", [f"{int(conf.lock_timeout_seconds() * 1000)}ms"])
+
+
 def _inbox_lock(inbox_id: int) -> InboxMessage | None:
     """The inbox row, locked until the transaction ends. Any lock of this transaction is waited for
     MPESA_LOCK_TIMEOUT_SECONDS at most (then OperationalError: the task retries later)."""
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT set_config('lock_timeout', %s, true)", [f"{int(conf.lock_timeout_seconds() * 1000)}ms"])
+    _lock_timeout_set()
     msg = (
         InboxMessage.objects.select_for_update(of=("self",))
         .select_related("till__business")

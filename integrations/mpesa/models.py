@@ -166,6 +166,14 @@ class InboxMessage(models.Model):
             models.Index(
                 fields=["received_at"], condition=Q(state__in=["received", "failed"]), name="inbox_pending_idx"
             ),
+            # The payments task's: payment callbacks waiting, oldest first, taken with SKIP LOCKED
+            # (inbox.inbox_process_group). Its predicate is the query's, so the plan is this index
+            # scanned in order, which marks the entries of rows processed since and skips them after.
+            models.Index(
+                fields=["id"],
+                condition=Q(state="received", kind__in=["stk", "c2b_confirmation"]),
+                name="inbox_payments_waiting_idx",
+            ),
         ]
 
     def __str__(self) -> str:

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from dataclasses import dataclass, replace
+from collections.abc import Iterable
+from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from typing import Any, TypeVar
 
@@ -14,12 +15,20 @@ from django.utils import timezone
 
 from accounts.exceptions import InvalidAccount, PeriodLocked
 from accounts.models import Account, JournalEntry, SourceType
-from accounts.selectors import books_first_open_date
+from accounts.selectors import books_lock_date
 from accounts.services import LineSpec, entry_post
 from integrations.mpesa.exceptions import InvalidRequest, NeedsAttention, NotUnallocated, TransientProcessingError
-from integrations.mpesa.matching import Match, Placed, claim_for, match_payment, msisdn_kind
+from integrations.mpesa.matching import (
+    Match,
+    PhoneKey,
+    Placed,
+    claim_for,
+    customers_by_phone,
+    match_payment,
+    msisdn_kind,
+)
 from integrations.mpesa.models import InboxMessage, Payment, PaymentApplication, PaymentRequest, PaymentStatus, Till
-from integrations.mpesa.payloads import NAIROBI, parse_c2b_confirmation
+from integrations.mpesa.payloads import NAIROBI, C2BTransaction, parse_c2b_confirmation
 from operations.exceptions import InvalidInput, InvalidState
 from operations.models import Customer, PaymentMethod, Sale, SaleStatus
 from operations.payments import payment_placed
@@ -37,13 +46,152 @@ def payment_outcome(payment: Payment, created: bool) -> str:
     return f"posted {payment.receipt} KES {payment.amount}: {where}"[:255]
 
 
-def c2b_confirmation_process(msg: InboxMessage) -> str:
-    tx = parse_c2b_confirmation(msg.body)
-    till = msg.till
+# The lock of everything that records a receipt (PostingGroup.receipts_lock).
+_RECEIPT_LOCKS_SQL = """
+SELECT pg_advisory_xact_lock(hashtextextended(k, 0)) FROM unnest(%s::text[]) WITH ORDINALITY AS t(k, n) ORDER BY n
+"""
+
+
+@dataclass
+class PostingGroup:
+    """What one transaction recording payments reads and locks once for all of them.
+
+    inbox.inbox_process_group records up to a hundred payments in one transaction: it takes every
+    receipt's lock and reads their Payment rows, the STK requests and the customers their phone
+    numbers point to with a few statements for the whole group, and each payment then costs a
+    handful (its ledger entry, its Payment and PaymentApplication rows). The accounts and the lock
+    date of a business are read once per group. payment_record without a group makes a group of
+    one: the same locks and reads, for one receipt.
+
+    Only valid in the transaction that filled it (its locks end with it). Locks are taken in one
+    order in every transaction: STK requests, then receipts (sorted), then their Payment rows.
+
+    `deferred`: the new Payment and PaymentApplication rows wait in the group and are inserted
+    together by flush(), which the caller calls before its commit. A payment announced again in the
+    same group is completed in memory before its INSERT; an allocation flushes first (it counts the
+    placings in the table). Nothing else reads them in between: the listeners get the receipt and
+    the entry, not the Payment row.
+    """
+
+    deferred: bool = False
+
+    # Receipts whose lock this transaction holds, and their Payment rows (locked), found or created here.
+    locked: set[str] = field(default_factory=set)
+    payments: dict[str, Payment] = field(default_factory=dict)
+    # STK requests by CheckoutRequestID (locked); `asked` also holds the ids no request has.
+    requests: dict[str, PaymentRequest] = field(default_factory=dict)
+    asked: set[str] = field(default_factory=set)
+    # (business id, phone key) -> the customer a plain or hashed phone number points to, or None.
+    customers: dict[tuple[int, PhoneKey], Customer | None] = field(default_factory=dict)
+    _accounts: dict[int, dict[str, Account]] = field(default_factory=dict)
+    _lock_dates: dict[int, dt.date | None] = field(default_factory=dict)
+    _new_payments: list[Payment] = field(default_factory=list)
+    _new_applications: list[PaymentApplication] = field(default_factory=list)
+
+    def payment_add(self, payment: Payment) -> None:
+        """Insert a new Payment row (in flush() when deferred)."""
+        if self.deferred:
+            self._new_payments.append(payment)
+        else:
+            payment.save(force_insert=True)
+        self.payments[payment.receipt] = payment
+
+    def payment_save(self, payment: Payment, fields: list[str]) -> None:
+        """Save `fields` of a Payment row of the group (nothing to do while its INSERT waits: it
+        inserts them)."""
+        if payment.pk is not None:
+            payment.save(update_fields=fields)
+
+    def application_add(self, application: PaymentApplication) -> None:
+        """Insert a PaymentApplication row (in flush() when deferred)."""
+        if self.deferred:
+            self._new_applications.append(application)
+        else:
+            application.save(force_insert=True)
+
+    def flush(self) -> None:
+        """Insert the Payment rows, then the PaymentApplication rows, waiting in the group: one
+        statement each."""
+        if self._new_payments:
+            Payment.objects.bulk_create(self._new_payments)
+            self._new_payments = []
+        if self._new_applications:
+            PaymentApplication.objects.bulk_create(self._new_applications)
+            self._new_applications = []
+
+    def requests_lock(self, checkout_ids: Iterable[str]) -> None:
+        """Lock and keep the STK requests of `checkout_ids` (those not asked about yet)."""
+        new = sorted(set(checkout_ids) - self.asked)
+        if not new:
+            return
+        for request in PaymentRequest.objects.select_for_update().filter(checkout_request_id__in=new).order_by("pk"):
+            self.requests[request.checkout_request_id] = request
+        self.asked.update(new)
+
+    def receipts_lock(self, receipts: Iterable[str]) -> None:
+        """Take the locks of `receipts` (sorted: two groups never wait for each other in a circle),
+        then read and lock their Payment rows. Serialises everything that records a receipt (an
+        STK callback and the C2B confirmation of one payment meet here) until the transaction ends."""
+        new = sorted(set(receipts) - self.locked)
+        if not new:
+            return
+        with connection.cursor() as cursor:
+            cursor.execute(_RECEIPT_LOCKS_SQL, [[f"mpesa:{receipt}" for receipt in new]])
+        self.locked.update(new)
+        found = Payment.objects.select_for_update(of=("self",)).select_related("business").filter(receipt__in=new)
+        for payment in found.order_by("pk"):
+            self.payments[payment.receipt] = payment
+
+    def customers_read(self, business: Business, msisdns: Iterable[str]) -> None:
+        """Read at once the customers of `business` that plain or hashed numbers `msisdns` point to
+        (matching.customers_by_phone); match_payment then asks no more for them."""
+        self.customers.update(
+            {(business.pk, key): found for key, found in customers_by_phone(business, msisdns).items()}
+        )
+
+    def accounts(self, business: Business, *roles: str) -> list[Account]:
+        """The business's accounts for `roles`, in that order (read once per group and business)."""
+        known = self._accounts.setdefault(business.pk, {})
+        missing = [role for role in roles if role not in known]
+        if missing:
+            wanted = {*missing, *_PAYMENT_ROLES}
+            known.update({a.role: a for a in Account.objects.filter(business=business, role__in=wanted)})
+            for role in missing:
+                if role not in known:
+                    raise InvalidAccount(f"business {business.pk} has no account with role {role!r}")
+        return [known[role] for role in roles]
+
+    def open_date(self, business_id: int, wanted: dt.date) -> dt.date:
+        """`wanted` unless the books are closed on it; then the first open day (the lock date is
+        read once per group and business)."""
+        if business_id not in self._lock_dates:
+            self._lock_dates[business_id] = books_lock_date(business_id=business_id)
+        lock_date = self._lock_dates[business_id]
+        if lock_date is not None and wanted <= lock_date:
+            return lock_date + dt.timedelta(days=1)
+        return wanted
+
+
+# The accounts a receipt's posting uses, read together the first time one of them is needed.
+_PAYMENT_ROLES = ("mpesa_clearing", "receivables", "suspense")
+
+
+def c2b_till_check(till: Till, tx: C2BTransaction) -> None:
+    """A confirmation must be for the till whose URL it came to (NeedsAttention otherwise)."""
     if tx.business_short_code not in {till.shortcode, till.store_number} - {""}:
         raise NeedsAttention(
             f"confirmation for shortcode {tx.business_short_code} arrived on the URL of till {till.shortcode}"
         )
+
+
+def c2b_confirmation_process(
+    msg: InboxMessage, *, confirmation: C2BTransaction | None = None, group: PostingGroup | None = None
+) -> str:
+    """Record the payment a C2B confirmation announces. `confirmation`: the body already parsed;
+    `group`: the transaction's PostingGroup (inbox.inbox_process_group)."""
+    tx = confirmation or parse_c2b_confirmation(msg.body)
+    till = msg.till
+    c2b_till_check(till, tx)
     payment, created = payment_record(
         till=till,
         receipt=tx.trans_id,
@@ -53,27 +201,23 @@ def c2b_confirmation_process(msg: InboxMessage) -> str:
         payer_name=tx.payer_name,
         account_reference=tx.bill_ref_number,
         payment_request=None,
+        group=group,
     )
     return payment_outcome(payment, created)
 
 
-def _lock_receipt(receipt: str) -> None:
-    """Serialise everything that records this receipt, until the transaction ends."""
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", [f"mpesa:{receipt}"])
+def post_once(*, business: Business, wanted: dt.date, post: Any, group: PostingGroup | None = None) -> JournalEntry:
+    """Post on `wanted`, or on the first open date when the books are closed on it.
 
-
-def post_once(*, business: Business, wanted: dt.date, post: Any) -> JournalEntry:
-    """Post on `wanted`, or, when PostgreSQL refuses that date as closed, on the first open date
-    (the refused attempt leaves the transaction usable: entry_post posts in a savepoint).
-    If the lock date moves again meanwhile, the caller retries later."""
+    The lock date is read before posting, so the posting is not refused for it and nothing has to
+    be undone inside the caller's transaction (no savepoint needed). If the lock date moves past the
+    date meanwhile, PostgreSQL refuses the posting and the caller retries later
+    (TransientProcessingError)."""
+    day = (group or PostingGroup()).open_date(business.pk, wanted)
     try:
-        return post(wanted)  # type: ignore[no-any-return]
-    except PeriodLocked:
-        try:
-            return post(books_first_open_date(business_id=business.pk, wanted=wanted))  # type: ignore[no-any-return]
-        except PeriodLocked as exc:
-            raise TransientProcessingError(f"the books moved their lock date while posting: {exc}") from exc
+        return post(day)  # type: ignore[no-any-return]
+    except PeriodLocked as exc:
+        raise TransientProcessingError(f"the books moved their lock date while posting: {exc}") from exc
 
 
 def payment_record(
@@ -87,6 +231,7 @@ def payment_record(
     account_reference: str,
     payment_request: PaymentRequest | None,
     acting_user: Any = None,
+    group: PostingGroup | None = None,
 ) -> tuple[Payment, bool]:
     """Record money received on `till` under M-Pesa `receipt`: (payment, created).
 
@@ -97,21 +242,27 @@ def payment_record(
     when that is closed; paid_at keeps the truth).
     Later calls (the STK callback after the C2B confirmation, a reconciliation) only fill in what
     the Payment row lacks, and allocate what sits in suspense if it can now be matched.
-    Runs in the caller's transaction (or its own); safe to retry.
+    Runs in the caller's transaction (or its own); safe to retry. `group`: the transaction's
+    PostingGroup, when it records several payments (its locks and reads are reused).
     """
     # No savepoint of its own: inside inbox_process a failure rolls back to that savepoint anyway.
     with transaction.atomic(savepoint=False):
-        _lock_receipt(receipt)
-        existing = Payment.objects.select_for_update().filter(receipt=receipt).first()
+        group = group or PostingGroup()
+        group.receipts_lock([receipt])  # nothing to do when the group holds it already
+        existing = group.payments.get(receipt)
         if existing is not None:
-            _payment_enrich(existing, till, amount, msisdn, payer_name, account_reference, payment_request)
+            _payment_enrich(existing, till, amount, msisdn, payer_name, account_reference, payment_request, group)
             return existing, False
         business = till.business
         match, how = match_payment(
-            business=business, account_reference=account_reference, request=payment_request, msisdn=msisdn
+            business=business,
+            account_reference=account_reference,
+            request=payment_request,
+            msisdn=msisdn,
+            customers=group.customers,
         )
         split = _payment_split(business, match, amount, credit_role="receivables")
-        clearing, receivables, suspense = _accounts(business, "mpesa_clearing", "receivables", "suspense")
+        clearing, receivables, suspense = group.accounts(business, *_PAYMENT_ROLES)
         lines = [LineSpec(account=clearing, debit=amount)]
         if split.moved:
             lines.append(LineSpec(account=receivables, credit=split.moved))
@@ -131,8 +282,8 @@ def payment_record(
                 acting_user=acting_user,
             )
 
-        entry = post_once(business=business, wanted=local_day, post=post)
-        payment = Payment.objects.create(
+        entry = post_once(business=business, wanted=local_day, post=post, group=group)
+        payment = Payment(
             business=business,
             till=till,
             receipt=receipt,
@@ -143,11 +294,12 @@ def payment_record(
             payer_name=payer_name[:120],
             account_reference=account_reference[:40],
             payment_request=payment_request,
-            status=PaymentStatus.UNALLOCATED,
-            unallocated_amount=amount,
             entry=entry,
         )
-        _payment_placed(payment, split, entry=entry, how=how, credit_role="receivables", acting_user=None)
+        # Inserted as placed (one INSERT, no UPDATE after it), then what the placing records.
+        _placing_set(payment, split, entry=entry, how=how, acting_user=None)
+        group.payment_add(payment)
+        _placing_record(payment, split, entry=entry, credit_role="receivables", group=group)
         return payment, True
 
 
@@ -159,6 +311,7 @@ def _payment_enrich(
     payer_name: str,
     account_reference: str,
     request: PaymentRequest | None,
+    group: PostingGroup,
 ) -> None:
     if payment.till_id != till.pk:
         raise NeedsAttention(f"receipt {payment.receipt} was already recorded on another till ({payment.till_id})")
@@ -181,26 +334,26 @@ def _payment_enrich(
         payment.payment_request = request
         changed.append("payment_request")
     if changed:
-        payment.save(update_fields=changed)
+        group.payment_save(payment, changed)
     if payment.status == PaymentStatus.UNALLOCATED:
         match, how = match_payment(
             business=payment.business,
             account_reference=payment.account_reference,
             request=payment.payment_request,
             msisdn=payment.msisdn,
+            customers=group.customers,
         )
         if match is not None:
             # Nothing moves when the match takes nothing more (e.g. the sale it overpaid): it stays for a person.
-            _allocate(payment, credit_role="receivables", match=match, how=how, acting_user=None, refuse_nothing=False)
-
-
-def _accounts(business: Business, *roles: str) -> list[Account]:
-    """The business's accounts for `roles`, in that order, with one query."""
-    found = {a.role: a for a in Account.objects.filter(business=business, role__in=roles)}
-    missing = [role for role in roles if role not in found]
-    if missing:
-        raise InvalidAccount(f"business {business.pk} has no account with role {missing[0]!r}")
-    return [found[role] for role in roles]
+            _allocate(
+                payment,
+                credit_role="receivables",
+                match=match,
+                how=how,
+                acting_user=None,
+                refuse_nothing=False,
+                group=group,
+            )
 
 
 @dataclass(frozen=True)
@@ -253,23 +406,9 @@ def _payment_split(business: Business, match: Match | None, amount: Decimal, *, 
     return _Split(match, None, applied, zero, over, text[:255])
 
 
-def _payment_placed(
-    payment: Payment, split: _Split, *, entry: JournalEntry, how: str, credit_role: str, acting_user: Any
-) -> None:
-    """After `entry` placed `split` of `payment`: the application row, the payment's state, and the
-    listeners (operations: the sale's amount paid, the customer's transactions). One place for the
-    receipt's own posting and every allocation, so both record the same things."""
-    PaymentApplication.objects.create(
-        payment=payment,
-        entry=entry,
-        credit_role=credit_role,
-        customer_id=split.customer_id,
-        reference_kind=split.match.reference_kind if split.match else "",
-        reference_id=split.match.reference_id if split.match else None,
-        applied=split.applied,
-        credit=split.credit,
-        unallocated=split.unallocated,
-    )
+def _placing_set(payment: Payment, split: _Split, *, entry: JournalEntry, how: str, acting_user: Any) -> list[str]:
+    """Set on `payment` what placing `split` by `entry` changes (its state, what it was matched to,
+    the allocation when `entry` is not its own); the names of the fields set."""
     fields = ["status", "unallocated_amount"]
     payment.unallocated_amount = split.unallocated
     payment.status = PaymentStatus.UNALLOCATED if split.unallocated else PaymentStatus.ALLOCATED
@@ -286,7 +425,30 @@ def _payment_placed(
         payment.allocated_by = acting_user if getattr(acting_user, "pk", None) else None
         payment.allocated_at = timezone.now()
         fields += ["allocation_entry", "allocated_by", "allocated_at"]
-    payment.save(update_fields=fields)
+    return fields
+
+
+def _placing_record(
+    payment: Payment, split: _Split, *, entry: JournalEntry, credit_role: str, group: PostingGroup | None = None
+) -> None:
+    """The application row of a placing of `payment` (through `group` when given), and the
+    listeners (operations: the sale's amount paid, the customer's transactions)."""
+    application = PaymentApplication(
+        payment=payment,
+        entry=entry,
+        credit_role=credit_role,
+        customer_id=split.customer_id,
+        reference_kind=split.match.reference_kind if split.match else "",
+        reference_id=split.match.reference_id if split.match else None,
+        applied=split.applied,
+        credit=split.credit,
+        unallocated=split.unallocated,
+    )
+    if group is not None:
+        group.application_add(application)
+    else:
+        application.save(force_insert=True)
+    match = split.match
     if split.unallocated and match is not None:
         logger.warning("M-Pesa %s: %s", payment.receipt, split.description)
     if match is not None and credit_role == "receivables" and split.moved:
@@ -300,8 +462,33 @@ def _payment_placed(
         payment_placed(business_id=payment.business_id, receipt=payment.receipt, placed=placed)
 
 
+def _payment_placed(
+    payment: Payment,
+    split: _Split,
+    *,
+    entry: JournalEntry,
+    how: str,
+    credit_role: str,
+    acting_user: Any,
+    group: PostingGroup | None = None,
+) -> None:
+    """After `entry` placed `split` of the saved `payment`: the payment's state, the application row
+    and the listeners. One place for the receipt's own posting (payment_record: set before its
+    INSERT) and every allocation, so both record the same things."""
+    fields = _placing_set(payment, split, entry=entry, how=how, acting_user=acting_user)
+    payment.save(update_fields=fields)
+    _placing_record(payment, split, entry=entry, credit_role=credit_role, group=group)
+
+
 def _allocate(
-    payment: Payment, *, credit_role: str, match: Match, how: str, acting_user: Any, refuse_nothing: bool = True
+    payment: Payment,
+    *,
+    credit_role: str,
+    match: Match,
+    how: str,
+    acting_user: Any,
+    refuse_nothing: bool = True,
+    group: PostingGroup | None = None,
 ) -> JournalEntry | None:
     """Move what of `payment` sits in suspense to `match` (see _payment_split): Dr suspense / Cr
     `credit_role`, key "mpesa-allocate:<receipt>" (":<n>" for a later one). The payment is locked
@@ -312,7 +499,9 @@ def _allocate(
         if refuse_nothing:
             raise InvalidRequest(f"{split.description or match.description}: nothing of it can be allocated there")
         return None
-    suspense, credit = _accounts(business, "suspense", credit_role)
+    group = group or PostingGroup()
+    group.flush()  # the placings counted below are all in the table
+    suspense, credit = group.accounts(business, "suspense", credit_role)
     placings = PaymentApplication.objects.filter(payment=payment).count()
     key = f"mpesa-allocate:{payment.receipt}" + (f":{placings}" if placings > 1 else "")
 
@@ -328,8 +517,8 @@ def _allocate(
             acting_user=acting_user,
         )
 
-    entry = post_once(business=business, wanted=timezone.localdate(), post=post)
-    _payment_placed(payment, split, entry=entry, how=how, credit_role=credit_role, acting_user=acting_user)
+    entry = post_once(business=business, wanted=timezone.localdate(), post=post, group=group)
+    _payment_placed(payment, split, entry=entry, how=how, credit_role=credit_role, acting_user=acting_user, group=group)
     return entry
 
 

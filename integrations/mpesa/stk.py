@@ -19,8 +19,8 @@ from integrations.mpesa.exceptions import (
     NeedsAttention,
 )
 from integrations.mpesa.models import InboxMessage, PaymentRequest, PaymentRequestState, Till, TillKind
-from integrations.mpesa.payloads import parse_stk_callback
-from integrations.mpesa.payments import payment_outcome, payment_record
+from integrations.mpesa.payloads import StkCallback, parse_stk_callback
+from integrations.mpesa.payments import PostingGroup, payment_outcome, payment_record
 from integrations.mpesa.secrets import SecretUnreadable
 from integrations.mpesa.tills import daraja_client_for, till_callback_urls
 from operations.exceptions import InvalidInput, InvalidState
@@ -42,9 +42,15 @@ _STK_STATES = {
 }
 
 
-def stk_callback_process(msg: InboxMessage) -> str:
-    cb = parse_stk_callback(msg.body)
-    request = PaymentRequest.objects.select_for_update().filter(checkout_request_id=cb.checkout_request_id).first()
+def stk_callback_process(
+    msg: InboxMessage, *, callback: StkCallback | None = None, group: PostingGroup | None = None
+) -> str:
+    """Settle the STK request an STK callback answers and record its payment, if any. `callback`:
+    the body already parsed; `group`: the transaction's PostingGroup (inbox.inbox_process_group)."""
+    cb = callback or parse_stk_callback(msg.body)
+    group = group or PostingGroup()
+    group.requests_lock([cb.checkout_request_id])
+    request = group.requests.get(cb.checkout_request_id)
     if request is not None and request.till_id != msg.till_id:
         raise NeedsAttention(f"STK request {request.pk} belongs to another till than the callback URL's")
     if not cb.succeeded:
@@ -75,6 +81,7 @@ def stk_callback_process(msg: InboxMessage) -> str:
         payer_name="",
         account_reference=request.account_reference if request else "",
         payment_request=request,
+        group=group,
     )
     return payment_outcome(payment, created)
 

@@ -272,11 +272,13 @@ def test_a_batch_retries_from_the_row_that_met_a_held_lock(
 
 
 def test_a_batch_out_of_time_sends_the_rest_on(transactional_db: None, clean_broker: redis.Redis, till: Till) -> None:
-    """With no time left after a row (MPESA_BATCH_SECONDS=0), each row goes on in a message of its
-    own, and every row is still posted exactly once."""
+    """With no time left after a group (MPESA_BATCH_SECONDS=0; groups of one row here), each row
+    goes on in a message of its own, and every row is still posted exactly once."""
     receipts = ["TKB0000011", "TKB0000012", "TKB0000013"]
     ids = _stored_confirmations(till, receipts)
-    worker = WorkerProcess("batch-time", queues="payments", env=worker_env(MPESA_BATCH_SECONDS="0"))
+    worker = WorkerProcess(
+        "batch-time", queues="payments", env=worker_env(MPESA_BATCH_SECONDS="0", MPESA_GROUP_SIZE="1")
+    )
     try:
         worker.start()
         assert inbox_enqueue(ids)
