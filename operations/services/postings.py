@@ -11,7 +11,8 @@ from dataclasses import dataclass
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
-from django.db import transaction
+from django.db import connection, transaction
+from django.db.models import Model
 from django.utils import timezone
 
 from accounts.fields import CENT, ZERO
@@ -58,16 +59,65 @@ def chart_operations_ensure(*, business: Business) -> None:
 
 
 class Roles(LedgerRoles):
-    """The ledger's accounts by role, with the accounts operations adds (EXTRA_ACCOUNTS) ensured."""
+    """The ledger's accounts by role, with the accounts operations adds (EXTRA_ACCOUNTS) ensured.
 
-    def __init__(self, business: Business) -> None:
+    `ids`: the accounts by role already read (books_open reads them with the lock date); else
+    they are read here, in one query.
+    """
+
+    def __init__(self, business: Business, ids: dict[str, int] | None = None) -> None:
+        self._preloaded = ids
         super().__init__(business)
         if any(spec.role not in self._ids for spec in EXTRA_ACCOUNTS):
             chart_operations_ensure(business=business)
-            self._ids = self._load()
+            self._ids = super()._load()
+
+    def _load(self) -> dict[str, int]:
+        if self._preloaded is not None:
+            ids, self._preloaded = self._preloaded, None
+            return ids
+        return super()._load()
 
     def missing(self, role: str) -> Exception:
         return InvalidInput(f"{self.business} has no ledger account for {role!r}; ask the accountant")
+
+
+@dataclass(frozen=True)
+class OpenBooks:
+    """What a posting service reads before it writes: the business's accounts by role, its lock
+    date, and the primary key reserved for the document it is about to insert (if asked)."""
+
+    roles: Roles
+    lock_date: dt.date | None
+    reserved_id: int | None
+
+
+# One round trip: the lock date, the accounts by role, and optionally the next value of a table's
+# primary-key sequence (the document's number is then known before its row is written).
+_BOOKS_SQL = """
+SELECT (SELECT b.lock_date FROM accounts_books b WHERE b.business_id = %(business)s),
+       ARRAY(SELECT a.role FROM accounts_account a WHERE a.business_id = %(business)s AND a.role <> '' ORDER BY a.id),
+       ARRAY(SELECT a.id FROM accounts_account a WHERE a.business_id = %(business)s AND a.role <> '' ORDER BY a.id),
+       CASE WHEN %(table)s::text IS NULL THEN NULL
+            ELSE nextval(pg_get_serial_sequence(%(table)s::text, %(column)s::text)) END
+"""
+
+
+def books_open(business: Business, day: dt.date, *, reserve_id_of: type[Model] | None = None) -> OpenBooks:
+    """Check that `day` is open for `business` (as day_open_check) and read its accounts by role,
+    in one query. `reserve_id_of`: a model whose next primary key to reserve (nextval of its
+    sequence: the row is then inserted with that pk; a transaction rolled back leaves a gap, as an
+    insert rolled back does). Call it inside the posting's transaction."""
+    table = column = None
+    if reserve_id_of is not None:
+        table, column = reserve_id_of._meta.db_table, reserve_id_of._meta.pk.column
+    with connection.cursor() as cursor:
+        cursor.execute(_BOOKS_SQL, {"business": business.pk, "table": table, "column": column})
+        lock_date, roles, ids, reserved_id = cursor.fetchone()
+    day_open_at(business, day, lock_date)
+    return OpenBooks(
+        roles=Roles(business, dict(zip(roles, ids, strict=True))), lock_date=lock_date, reserved_id=reserved_id
+    )
 
 
 def business_open_day(business: Business) -> dt.date:
@@ -85,7 +135,11 @@ def day_open_check(business: Business, day: dt.date) -> None:
     """Raise DayClosed if `day` is on or before the business's lock date, InvalidInput if it is
     a day that has not come yet. Once today is closed, the next day is open: work recorded after
     the closing (a sale at 21:30) is dated on it rather than refused until midnight."""
-    lock_date = books_lock_date(business_id=business.pk)
+    day_open_at(business, day, books_lock_date(business_id=business.pk))
+
+
+def day_open_at(business: Business, day: dt.date, lock_date: dt.date | None) -> None:
+    """day_open_check with the lock date already read."""
     today = timezone.localdate()
     latest = lock_date + dt.timedelta(days=1) if lock_date is not None and lock_date >= today else today
     if day > latest:

@@ -39,6 +39,7 @@ from operations.models import (
 from operations.services.postings import (
     Roles,
     acting,
+    books_open,
     business_open_day,
     day_open_check,
     money,
@@ -61,8 +62,13 @@ class LineInput:
 
 
 def customer_balance_locked(customer: Customer) -> Decimal:
-    """What the customer owes, with the customer row locked (call inside a transaction)."""
-    Customer.objects.select_for_update().filter(pk=customer.pk).first()
+    """What the customer owes, with the customer row locked (call inside a transaction).
+
+    Two statements on purpose: the sum is read after the lock is granted, so it counts what a
+    transaction that held the lock committed (one statement would sum from its own snapshot,
+    taken before it waited).
+    """
+    Customer.objects.select_for_update().filter(pk=customer.pk).values_list("pk", flat=True).first()
     total = CustomerTransaction.objects.filter(customer=customer).aggregate(s=Sum("amount"))["s"]
     return total or ZERO
 
@@ -96,11 +102,23 @@ def sale_create(
     note: str = "",
     acting_user: Any = None,
 ) -> Sale:
-    """Record a sale with its lines and post it (see sale_post), in one transaction."""
+    """Record a sale with its lines and post it (as sale_post does), in one transaction.
+
+    The items are read again (catalogue price, VAT rate, what stock they move as they are now);
+    everything is checked and the stock locked before anything is written, so a refused sale
+    writes nothing. The sale's number is reserved first, so the sale, its lines, the entry and the
+    stock movements are each written once: a cash sale is a handful of statements.
+    """
     if not lines:
         raise InvalidInput("A sale needs at least one line.")
     with transaction.atomic():
-        sale = Sale.objects.create(
+        books = books_open(business, sale_date, reserve_id_of=Sale)
+        items = _items_read({line.item.pk for line in lines})
+        missing = [line.item for line in lines if line.item.pk not in items]
+        if missing:
+            raise InvalidInput(f"{missing[0]} is not in the catalogue")
+        sale = Sale(
+            pk=books.reserved_id,
             business=business,
             sale_date=sale_date,
             customer=customer,
@@ -109,10 +127,20 @@ def sale_create(
             note=note,
             created_by=acting(acting_user),
         )
-        SaleLine.objects.bulk_create(
-            [SaleLine(sale=sale, item=li.item, quantity=li.quantity, unit_price=li.unit_price) for li in lines]
-        )
-        return sale_post(sale=sale, acting_user=acting_user)
+        sale_lines = [
+            SaleLine(sale=sale, item=items[line.item.pk], quantity=line.quantity, unit_price=line.unit_price)
+            for line in lines
+        ]
+        _sale_book(sale, sale_lines, books.roles, acting_user)
+        sale.save(force_insert=True)
+        SaleLine.objects.bulk_create(sale_lines)
+        _sale_charge(sale)
+    return sale
+
+
+def _items_read(item_ids: set[int]) -> dict[int, Item]:
+    """The items by id with the stock they move and the empties they take back, in one query."""
+    return {item.pk: item for item in Item.objects.filter(pk__in=item_ids).select_related("stock_item", "returns_item")}
 
 
 def sale_post(*, sale: Sale, acting_user: Any = None) -> Sale:
@@ -127,81 +155,95 @@ def sale_post(*, sale: Sale, acting_user: Any = None) -> Sale:
         sale = Sale.objects.select_for_update(of=("self",)).select_related("business", "customer").get(pk=sale.pk)
         if sale.status != SaleStatus.DRAFT:
             return sale
-        business = sale.business
-        day_open_check(business, sale.sale_date)
+        books = books_open(sale.business, sale.sale_date)
         lines = list(sale.lines.select_related("item", "item__stock_item", "item__returns_item"))
-        if not lines:
-            raise InvalidInput("A sale needs at least one line.")
-        customer = sale.customer
-        if customer is not None and customer.business_id != business.pk:
-            raise InvalidInput(f"{customer} is a customer of another business")
-        same_business_items(business, [line.item for line in lines])
-        if sale.payment_method == PaymentMethod.ACCOUNT and customer is None:
-            raise InvalidInput("A sale on account needs a customer.")
-
-        journal = Journal(Roles(business))
-        total = vat_total = cost_total = ZERO
-        for line in lines:
-            item = line.item
-            if item.kind == ItemKind.MATERIAL:
-                raise InvalidInput(f"{item} is stock only and not sold as such (sell the refill or product made of it)")
-            price = item.price if line.unit_price is None else line.unit_price
-            line.amount = money(price * line.quantity)
-            net, line.vat = vat_split(line.amount, item.tax_rate)
-            role = sales_role_of(item)
-            journal.credit(role, net, f"{sale.number} {item}")
-            journal.credit("vat_output", line.vat)
-            total += line.amount
-            vat_total += line.vat
-
-        if sale.payment_method == PaymentMethod.ACCOUNT and customer is not None:
-            credit_check(customer, total)
-
-        stocked = [i for i in (_stock_item(line.item) for line in lines) if i is not None]
-        returned = [line.item.returns_item for line in lines if line.item.returns_item is not None]
-        book = StockBook(stock_lock([*stocked, *returned]), day=sale.sale_date, reference=sale.number)
-        for line in lines:
-            line.cost = ZERO
-            stock_item = _stock_item(line.item)
-            if stock_item is not None:
-                line.cost = book.take_out(stock_item, line.quantity, MovementKind.SALE)
-            if line.item.returns_item is not None:
-                empty = line.item.returns_item
-                value = money(book.unit_cost(empty) * line.quantity)
-                book.take_in(empty, line.quantity, value, MovementKind.EXCHANGE_IN)
-                line.cost -= value
-            cost_total += line.cost
-        # Issued stock out of inventory, empties taken back into it; the difference is the cost.
-        journal.debit("cost_of_sales", cost_total, f"Cost of {sale.number}")
-        journal.credit("inventory", cost_total)
-        debit_role = "cash" if sale.payment_method == PaymentMethod.CASH else "receivables"
-        journal.debit(debit_role, total, f"{sale.number} {sale.get_payment_method_display()}")
-        entry = journal.post(
-            entry_date=sale.sale_date,
-            memo=f"Sale {sale.number} ({sale.get_payment_method_display()})",
-            source_type=SourceType.SALE,
-            source_ref=sale.number,
-            idempotency_key=f"sale:{sale.pk}",
-            acting_user=acting_user,
-        )
-        book.save(entry)
+        _sale_book(sale, lines, books.roles, acting_user)
         SaleLine.objects.bulk_update(lines, ["amount", "vat", "cost"])
-        if customer is not None and sale.payment_method != PaymentMethod.CASH and total:
-            CustomerTransaction.objects.create(
-                business=business,
-                customer=customer,
-                tx_date=sale.sale_date,
-                kind=CustomerTxKind.SALE,
-                amount=total,
-                sale=sale,
-                reference=sale.number,
-                entry=entry,
-            )
-        sale.status, sale.entry = SaleStatus.POSTED, entry
-        sale.total, sale.vat_total, sale.cost_total = total, vat_total, cost_total
-        sale.amount_paid = total if sale.payment_method == PaymentMethod.CASH else ZERO
         sale.save(update_fields=["status", "entry", "total", "vat_total", "cost_total", "amount_paid"])
+        _sale_charge(sale)
     return sale
+
+
+def _sale_book(sale: Sale, lines: list[SaleLine], roles: Roles, acting_user: Any) -> None:
+    """Price the lines, check the sale, move the stock and post the entry (in the caller's
+    transaction, the day checked open): sets the lines' amount, VAT and cost and the sale's totals,
+    status and entry; the caller writes the sale and its lines. Everything that can refuse the
+    sale (input, credit limit, stock) is checked before the entry and the stock are written.
+    """
+    business = sale.business
+    if not lines:
+        raise InvalidInput("A sale needs at least one line.")
+    customer = sale.customer
+    if customer is not None and customer.business_id != business.pk:
+        raise InvalidInput(f"{customer} is a customer of another business")
+    same_business_items(business, [line.item for line in lines])
+    if sale.payment_method == PaymentMethod.ACCOUNT and customer is None:
+        raise InvalidInput("A sale on account needs a customer.")
+
+    journal = Journal(roles)
+    total = vat_total = cost_total = ZERO
+    for line in lines:
+        item = line.item
+        if item.kind == ItemKind.MATERIAL:
+            raise InvalidInput(f"{item} is stock only and not sold as such (sell the refill or product made of it)")
+        price = item.price if line.unit_price is None else line.unit_price
+        line.amount = money(price * line.quantity)
+        net, line.vat = vat_split(line.amount, item.tax_rate)
+        role = sales_role_of(item)
+        journal.credit(role, net, f"{sale.number} {item}")
+        journal.credit("vat_output", line.vat)
+        total += line.amount
+        vat_total += line.vat
+
+    if sale.payment_method == PaymentMethod.ACCOUNT and customer is not None:
+        credit_check(customer, total)
+
+    stocked = [i for i in (_stock_item(line.item) for line in lines) if i is not None]
+    returned = [line.item.returns_item for line in lines if line.item.returns_item is not None]
+    book = StockBook(stock_lock([*stocked, *returned]), day=sale.sale_date, reference=sale.number)
+    for line in lines:
+        line.cost = ZERO
+        stock_item = _stock_item(line.item)
+        if stock_item is not None:
+            line.cost = book.take_out(stock_item, line.quantity, MovementKind.SALE)
+        if line.item.returns_item is not None:
+            empty = line.item.returns_item
+            value = money(book.unit_cost(empty) * line.quantity)
+            book.take_in(empty, line.quantity, value, MovementKind.EXCHANGE_IN)
+            line.cost -= value
+        cost_total += line.cost
+    # Issued stock out of inventory, empties taken back into it; the difference is the cost.
+    journal.debit("cost_of_sales", cost_total, f"Cost of {sale.number}")
+    journal.credit("inventory", cost_total)
+    debit_role = "cash" if sale.payment_method == PaymentMethod.CASH else "receivables"
+    journal.debit(debit_role, total, f"{sale.number} {sale.get_payment_method_display()}")
+    entry = journal.post(
+        entry_date=sale.sale_date,
+        memo=f"Sale {sale.number} ({sale.get_payment_method_display()})",
+        source_type=SourceType.SALE,
+        source_ref=sale.number,
+        idempotency_key=f"sale:{sale.pk}",
+        acting_user=acting_user,
+    )
+    book.save(entry)
+    sale.status, sale.entry = SaleStatus.POSTED, entry
+    sale.total, sale.vat_total, sale.cost_total = total, vat_total, cost_total
+    sale.amount_paid = total if sale.payment_method == PaymentMethod.CASH else ZERO
+
+
+def _sale_charge(sale: Sale) -> None:
+    """What a posted sale not paid in cash adds to its customer's account (none without a customer)."""
+    if sale.customer is not None and sale.payment_method != PaymentMethod.CASH and sale.total:
+        CustomerTransaction.objects.create(
+            business=sale.business,
+            customer=sale.customer,
+            tx_date=sale.sale_date,
+            kind=CustomerTxKind.SALE,
+            amount=sale.total,
+            sale=sale,
+            reference=sale.number,
+            entry=sale.entry,
+        )
 
 
 def _sale_reverse(*, sale: Sale, day: dt.date, status: str, acting_user: Any, reason: str) -> Sale:

@@ -32,16 +32,24 @@ from operations.services.postings import Roles, acting, day_open_check, money, s
 
 
 def stock_lock(items: Iterable[Item]) -> dict[int, StockLevel]:
-    """The stock rows of `items` (created if missing), locked, in primary-key order. In a transaction."""
+    """The stock rows of `items` (created if missing), locked, in primary-key order. In a transaction.
+
+    One query when every row exists (the usual case); a missing row is created first, then the
+    rows are locked again in primary-key order (those already held are not waited for).
+    """
     wanted = {item.pk: item for item in items if item.is_stocked}
     if not wanted:
         return {}
-    existing = set(StockLevel.objects.filter(item_id__in=wanted).values_list("item_id", flat=True))
-    missing = [StockLevel(business_id=item.business_id, item=item) for pk, item in wanted.items() if pk not in existing]
+    levels = {level.item_id: level for level in _levels_locked(wanted)}
+    missing = [StockLevel(business_id=item.business_id, item=item) for pk, item in wanted.items() if pk not in levels]
     if missing:
         StockLevel.objects.bulk_create(missing, ignore_conflicts=True)
-    levels = StockLevel.objects.select_for_update().filter(item_id__in=wanted).order_by("pk")
-    return {level.item_id: level for level in levels}
+        levels = {level.item_id: level for level in _levels_locked(wanted)}
+    return levels
+
+
+def _levels_locked(item_ids: Iterable[int]) -> list[StockLevel]:
+    return list(StockLevel.objects.select_for_update().filter(item_id__in=list(item_ids)).order_by("pk"))
 
 
 class StockBook:
@@ -108,12 +116,16 @@ class StockBook:
         )
 
     def save(self, entry: JournalEntry | None) -> None:
+        """Insert the movements and write the levels moved: two statements whatever the number of lines."""
         for movement in self.movements:
             movement.entry = entry
-        StockMovement.objects.bulk_create(self.movements)
-        for item_id in self._touched:
-            level = self.levels[item_id]
-            level.save(update_fields=["quantity", "value"])
+        if self.movements:
+            StockMovement.objects.bulk_create(self.movements)
+        touched = [self.levels[item_id] for item_id in sorted(self._touched)]
+        if len(touched) == 1:
+            touched[0].save(update_fields=["quantity", "value"])
+        elif touched:
+            StockLevel.objects.bulk_update(touched, ["quantity", "value"])
 
 
 def stock_opening_post(*, opening: OpeningStock, acting_user: Any = None) -> OpeningStock:
