@@ -82,14 +82,25 @@ class Roles(LedgerRoles):
         return InvalidInput(f"{self.business} has no ledger account for {role!r}; ask the accountant")
 
 
-@dataclass(frozen=True)
 class OpenBooks:
-    """What a posting service reads before it writes: the business's accounts by role, its lock
-    date, and the primary key reserved for the document it is about to insert (if asked)."""
+    """What a posting service reads before it writes, in one query (books_read): the business's
+    lock date, its accounts by role (`roles`, built when first used) and the primary key reserved
+    for the document it is about to insert, if it asked for one."""
 
-    roles: Roles
-    lock_date: dt.date | None
-    reserved_id: int | None
+    def __init__(
+        self, business: Business, *, lock_date: dt.date | None, role_ids: dict[str, int], reserved_id: int | None
+    ) -> None:
+        self.business = business
+        self.lock_date = lock_date
+        self.reserved_id = reserved_id
+        self._role_ids = role_ids
+        self._roles: Roles | None = None
+
+    @property
+    def roles(self) -> Roles:
+        if self._roles is None:
+            self._roles = Roles(self.business, self._role_ids)
+        return self._roles
 
 
 # One round trip: the lock date, the accounts by role, and optionally the next value of a table's
@@ -103,21 +114,29 @@ SELECT (SELECT b.lock_date FROM accounts_books b WHERE b.business_id = %(busines
 """
 
 
-def books_open(business: Business, day: dt.date, *, reserve_id_of: type[Model] | None = None) -> OpenBooks:
-    """Check that `day` is open for `business` (as day_open_check) and read its accounts by role,
-    in one query. `reserve_id_of`: a model whose next primary key to reserve (nextval of its
-    sequence: the row is then inserted with that pk; a transaction rolled back leaves a gap, as an
-    insert rolled back does). Call it inside the posting's transaction."""
+def books_read(business: Business, *, reserve_id_of: type[Model] | None = None) -> OpenBooks:
+    """The business's lock date and accounts by role, in one query, read afresh at each call (so
+    nothing is cached across requests or processes). `reserve_id_of`: a model whose next primary
+    key to reserve (nextval of its sequence): the document is then inserted with that pk, once,
+    with its entry, instead of inserted and updated; a rolled-back transaction leaves a gap in the
+    numbers, as a rolled-back insert does."""
     table = column = None
     if reserve_id_of is not None:
         table, column = reserve_id_of._meta.db_table, reserve_id_of._meta.pk.column
     with connection.cursor() as cursor:
         cursor.execute(_BOOKS_SQL, {"business": business.pk, "table": table, "column": column})
         lock_date, roles, ids, reserved_id = cursor.fetchone()
-    day_open_at(business, day, lock_date)
     return OpenBooks(
-        roles=Roles(business, dict(zip(roles, ids, strict=True))), lock_date=lock_date, reserved_id=reserved_id
+        business, lock_date=lock_date, role_ids=dict(zip(roles, ids, strict=True)), reserved_id=reserved_id
     )
+
+
+def books_open(business: Business, day: dt.date, *, reserve_id_of: type[Model] | None = None) -> OpenBooks:
+    """books_read, and `day` checked open for `business` (day_open_check) with the lock date it read.
+    Call it inside the posting's transaction."""
+    books = books_read(business, reserve_id_of=reserve_id_of)
+    day_open_at(business, day, books.lock_date)
+    return books
 
 
 def business_open_day(business: Business) -> dt.date:
@@ -154,6 +173,24 @@ def day_open_at(business: Business, day: dt.date, lock_date: dt.date | None) -> 
 
 def money(value: Decimal) -> Decimal:
     return value.quantize(CENT, rounding=ROUND_HALF_UP)
+
+
+QUANTUM = Decimal("0.001")  # the places of a QuantityField
+
+
+def quantity_checked(value: Decimal, what: str = "A quantity") -> Decimal:
+    """A quantity given to a service as the database stores it (3 decimals, rounded half away from
+    zero as PostgreSQL rounds), refused unless more than zero (the tables refuse it too). For the
+    services that compute with it before the row is written."""
+    quantity = Decimal(value).quantize(QUANTUM, rounding=ROUND_HALF_UP)
+    if quantity <= 0:
+        raise InvalidInput(f"{what} must be more than zero, not {value}.")
+    return quantity
+
+
+def amount_stored(value: Decimal) -> Decimal:
+    """An amount given to a service as a MoneyField stores it (2 decimals, rounded as PostgreSQL rounds)."""
+    return money(Decimal(value))
 
 
 def vat_split(gross: Decimal, tax_rate: str) -> tuple[Decimal, Decimal]:

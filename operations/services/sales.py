@@ -39,10 +39,12 @@ from operations.models import (
 from operations.services.postings import (
     Roles,
     acting,
+    amount_stored,
     books_open,
     business_open_day,
     day_open_check,
     money,
+    quantity_checked,
     sales_role_of,
     same_business,
     same_business_items,
@@ -68,7 +70,7 @@ def customer_balance_locked(customer: Customer) -> Decimal:
     transaction that held the lock committed (one statement would sum from its own snapshot,
     taken before it waited).
     """
-    Customer.objects.select_for_update().filter(pk=customer.pk).values_list("pk", flat=True).first()
+    list(Customer.objects.select_for_update().filter(pk=customer.pk).values_list("pk", flat=True).order_by())
     total = CustomerTransaction.objects.filter(customer=customer).aggregate(s=Sum("amount"))["s"]
     return total or ZERO
 
@@ -128,7 +130,12 @@ def sale_create(
             created_by=acting(acting_user),
         )
         sale_lines = [
-            SaleLine(sale=sale, item=items[line.item.pk], quantity=line.quantity, unit_price=line.unit_price)
+            SaleLine(
+                sale=sale,
+                item=items[line.item.pk],
+                quantity=quantity_checked(line.quantity),
+                unit_price=None if line.unit_price is None else amount_stored(line.unit_price),
+            )
             for line in lines
         ]
         _sale_book(sale, sale_lines, books.roles, acting_user)
@@ -140,7 +147,10 @@ def sale_create(
 
 def _items_read(item_ids: set[int]) -> dict[int, Item]:
     """The items by id with the stock they move and the empties they take back, in one query."""
-    return {item.pk: item for item in Item.objects.filter(pk__in=item_ids).select_related("stock_item", "returns_item")}
+    return {
+        item.pk: item
+        for item in Item.objects.filter(pk__in=item_ids).select_related("stock_item", "returns_item").order_by()
+    }
 
 
 def sale_post(*, sale: Sale, acting_user: Any = None) -> Sale:
@@ -342,28 +352,28 @@ def customer_payment_record(
         raise InvalidInput("The amount paid must be more than zero.")
     with transaction.atomic():
         customer = Customer.objects.select_for_update(of=("self",)).select_related("business").get(pk=customer.pk)
-        day_open_check(customer.business, payment_date)
-        tx = CustomerTransaction.objects.create(
+        books = books_open(customer.business, payment_date, reserve_id_of=CustomerTransaction)
+        journal = Journal(books.roles)
+        journal.debit(paid_to, amount, f"Payment from {customer.name}")
+        journal.credit("receivables", amount, f"Payment from {customer.name}")
+        entry = journal.post(
+            entry_date=payment_date,
+            memo=f"Payment from {customer.name} {reference}".strip(),
+            source_type=SourceType.PAYMENT,
+            source_ref=reference or f"customer {customer.pk}",
+            idempotency_key=f"customer-payment:{books.reserved_id}",
+            acting_user=acting_user,
+        )
+        return CustomerTransaction.objects.create(
+            pk=books.reserved_id,
             business=customer.business,
             customer=customer,
             tx_date=payment_date,
             kind=CustomerTxKind.PAYMENT,
             amount=-amount,
             reference=reference[:40],
+            entry=entry,
         )
-        journal = Journal(Roles(customer.business))
-        journal.debit(paid_to, amount, f"Payment from {customer.name}")
-        journal.credit("receivables", amount, f"Payment from {customer.name}")
-        tx.entry = journal.post(
-            entry_date=payment_date,
-            memo=f"Payment from {customer.name} {reference}".strip(),
-            source_type=SourceType.PAYMENT,
-            source_ref=reference or f"customer {customer.pk}",
-            idempotency_key=f"customer-payment:{tx.pk}",
-            acting_user=acting_user,
-        )
-        tx.save(update_fields=["entry"])
-    return tx
 
 
 def sale_mpesa_paid(
@@ -375,31 +385,41 @@ def sale_mpesa_paid(
     Called by the M-Pesa module's listener (operations.payments) with at most what the sale owes:
     what is paid over it is the customer's credit or waits in suspense, never the sale's. More than
     it owes is refused (and the database refuses amount_paid over the total whatever the path).
+    Only `sale.pk` is used (the row is read again, locked). No savepoint of its own: it runs inside
+    the M-Pesa posting, which a refusal here rolls back whole.
     """
-    with transaction.atomic():
+    with transaction.atomic(savepoint=False):
         sale = Sale.objects.select_for_update(of=("self",)).select_related("customer").get(pk=sale.pk)
-        if sale.status != SaleStatus.POSTED:
-            raise InvalidState(f"Sale {sale.number} is not open for payment.")
-        if receipt == sale.mpesa_receipt or CustomerTransaction.objects.filter(sale=sale, reference=receipt).exists():
-            return sale
-        owed = sale.total - sale.amount_paid
-        if amount <= 0 or amount > owed:
-            raise InvalidState(f"Sale {sale.number} owes KES {owed:,.2f}: KES {amount:,.2f} cannot be applied.")
-        sale.amount_paid += amount
-        sale.mpesa_receipt = sale.mpesa_receipt or receipt[:20]
-        sale.save(update_fields=["amount_paid", "mpesa_receipt"])
-        if sale.customer is not None:
-            CustomerTransaction.objects.create(
-                business_id=sale.business_id,
-                customer=sale.customer,
-                tx_date=paid_date,
-                kind=CustomerTxKind.PAYMENT,
-                amount=-amount,
-                sale=sale,
-                reference=receipt[:40],
-                entry=entry,
-            )
+        sale_mpesa_paid_locked(sale=sale, receipt=receipt, amount=amount, entry=entry, paid_date=paid_date)
     return sale
+
+
+def sale_mpesa_paid_locked(
+    *, sale: Sale, receipt: str, amount: Decimal, entry: JournalEntry | None, paid_date: dt.date
+) -> None:
+    """sale_mpesa_paid on a sale the caller read locked (select_for_update, with its customer) in
+    its transaction."""
+    if sale.status != SaleStatus.POSTED:
+        raise InvalidState(f"Sale {sale.number} is not open for payment.")
+    if receipt == sale.mpesa_receipt or CustomerTransaction.objects.filter(sale=sale, reference=receipt).exists():
+        return
+    owed = sale.total - sale.amount_paid
+    if amount <= 0 or amount > owed:
+        raise InvalidState(f"Sale {sale.number} owes KES {owed:,.2f}: KES {amount:,.2f} cannot be applied.")
+    sale.amount_paid += amount
+    sale.mpesa_receipt = sale.mpesa_receipt or receipt[:20]
+    sale.save(update_fields=["amount_paid", "mpesa_receipt"])
+    if sale.customer is not None:
+        CustomerTransaction.objects.create(
+            business_id=sale.business_id,
+            customer=sale.customer,
+            tx_date=paid_date,
+            kind=CustomerTxKind.PAYMENT,
+            amount=-amount,
+            sale=sale,
+            reference=receipt[:40],
+            entry=entry,
+        )
 
 
 def sale_mpesa_reversed(*, sale_id: int, business_id: int, receipt: str, amount: Decimal) -> Sale | None:
@@ -436,9 +456,9 @@ def deposit_return(
     if quantity <= 0:
         raise InvalidInput("Quantity must be more than zero.")
     with transaction.atomic():
-        day_open_check(business, return_date)
+        books = books_open(business, return_date)
         amount = money(item.price * quantity)
-        journal = Journal(Roles(business))
+        journal = Journal(books.roles)
         journal.debit(item.sales_role, amount, f"{quantity:f} x {item} returned")
         journal.credit("cash", amount)
         entry = journal.post(

@@ -25,10 +25,11 @@ from operations.models import (
     MovementKind,
     OpeningStock,
     StockCount,
+    StockCountLine,
     StockLevel,
     StockMovement,
 )
-from operations.services.postings import Roles, acting, day_open_check, money, same_business_items
+from operations.services.postings import acting, books_open, money, same_business_items
 
 
 def stock_lock(items: Iterable[Item]) -> dict[int, StockLevel]:
@@ -142,11 +143,11 @@ def stock_opening_post(*, opening: OpeningStock, acting_user: Any = None) -> Ope
         same_business_items(opening.business, [opening.item])
         if not opening.item.is_stocked:
             raise InvalidInput(f"{opening.item} is not a stocked item")
-        day_open_check(opening.business, opening.stock_date)
+        books = books_open(opening.business, opening.stock_date)
         value = money(opening.quantity * opening.unit_cost)
         book = StockBook(stock_lock([opening.item]), day=opening.stock_date, reference=f"opening #{opening.pk}")
         book.take_in(opening.item, opening.quantity, value, MovementKind.OPENING)
-        journal = Journal(Roles(opening.business))
+        journal = Journal(books.roles)
         journal.debit("inventory", value, f"Opening stock {opening.item}")
         journal.credit("owner_equity", value)
         entry = journal.post(
@@ -175,10 +176,10 @@ def stock_count_post(*, count: StockCount, acting_user: Any = None) -> StockCoun
         lines = list(count.lines.select_related("item"))
         if not lines:
             raise InvalidInput("A stock count needs at least one line.")
-        day_open_check(count.business, count.count_date)
+        books = books_open(count.business, count.count_date)
         same_business_items(count.business, [line.item for line in lines])
         book = StockBook(stock_lock(line.item for line in lines), day=count.count_date, reference=f"count #{count.pk}")
-        journal = Journal(Roles(count.business))
+        journal = Journal(books.roles)
         for line in lines:
             on_hand = book.levels[line.item.pk].quantity if line.item.pk in book.levels else None
             if on_hand is None:
@@ -193,7 +194,7 @@ def stock_count_post(*, count: StockCount, acting_user: Any = None) -> StockCoun
             journal.debit("inventory", value, f"Count {line.item}")
             journal.credit("stock_variance", value)
             line.expected_quantity, line.variance_quantity, line.variance_value = on_hand, difference, value
-            line.save(update_fields=["expected_quantity", "variance_quantity", "variance_value"])
+        StockCountLine.objects.bulk_update(lines, ["expected_quantity", "variance_quantity", "variance_value"])
         entry = journal.post(
             entry_date=count.count_date,
             memo=f"Stock count #{count.pk}",
@@ -219,6 +220,7 @@ def stock_count_create(
         count = StockCount.objects.create(
             business=business, count_date=count_date, note=note, created_by=acting(acting_user)
         )
-        for item, quantity in counted.items():
-            count.lines.create(item=item, counted_quantity=quantity)
+        StockCountLine.objects.bulk_create(
+            StockCountLine(count=count, item=item, counted_quantity=quantity) for item, quantity in counted.items()
+        )
         return stock_count_post(count=count, acting_user=acting_user)
