@@ -39,6 +39,7 @@ from operations.services.postings import (
     OpenBooks,
     amount_stored,
     books_open,
+    items_read,
     money,
     quantity_checked,
     sales_role_of,
@@ -141,7 +142,7 @@ def laundry_order_create(
     order and its lines are written once, received, after every check."""
     with transaction.atomic():
         books = books_open(business, received_date, reserve_id_of=LaundryOrder)
-        items = {item.pk: item for item in Item.objects.filter(pk__in={item.pk for item, _ in lines}).order_by()}
+        items = items_read(item.pk for item, _ in lines)
         order = LaundryOrder(
             pk=books.reserved_id,
             business=business,

@@ -6,7 +6,7 @@ adds to a business's chart), the open-day check, VAT. Netting journal lines is t
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
@@ -20,7 +20,7 @@ from accounts.journal import Roles as LedgerRoles
 from accounts.models import Account, AccountType
 from accounts.selectors import books_lock_date
 from operations.exceptions import DayClosed, InvalidInput
-from operations.models import VAT_PERCENT
+from operations.models import VAT_PERCENT, Item
 from tenancy.models import Business
 
 
@@ -137,6 +137,23 @@ def books_open(business: Business, day: dt.date, *, reserve_id_of: type[Model] |
     books = books_read(business, reserve_id_of=reserve_id_of)
     day_open_at(business, day, books.lock_date)
     return books
+
+
+def items_read(item_ids: Iterable[int], *, linked: Sequence[str] = ()) -> dict[int, Item]:
+    """The catalogue items by id, as they are now, with the items they link to (`linked`: the names
+    of their foreign keys to other items, e.g. "stock_item", "returns_item") set on them.
+
+    One plain query (no joins, no ordering); a second one only when a linked item is not among
+    those read (an LPG refill's full and empty cylinders)."""
+    items = {item.pk: item for item in Item.objects.filter(pk__in=set(item_ids)).order_by()}
+    wanted = {getattr(item, f"{name}_id") for item in items.values() for name in linked} - {None} - items.keys()
+    others = {item.pk: item for item in Item.objects.filter(pk__in=wanted).order_by()} if wanted else {}
+    for item in items.values():
+        for name in linked:
+            linked_id = getattr(item, f"{name}_id")
+            if linked_id is not None:
+                setattr(item, name, items.get(linked_id) or others[linked_id])
+    return items
 
 
 def business_open_day(business: Business) -> dt.date:

@@ -38,6 +38,7 @@ from operations.services.postings import (
     acting,
     amount_stored,
     books_open,
+    items_read,
     quantity_checked,
     same_business,
     same_business_items,
@@ -125,12 +126,7 @@ def purchase_create(
         raise InvalidInput("A purchase needs at least one line.")
     with transaction.atomic():
         books = books_open(business, purchase_date, reserve_id_of=Purchase)
-        items = {
-            item.pk: item
-            for item in Item.objects.filter(pk__in={item.pk for item, _, _ in lines})
-            .select_related("returns_item")
-            .order_by()
-        }
+        items = items_read((item.pk for item, _, _ in lines), linked=("returns_item",))
         missing = [item for item, _, _ in lines if item.pk not in items]
         if missing:
             raise InvalidInput(f"{missing[0]} is not in the catalogue")

@@ -43,6 +43,7 @@ from operations.services.postings import (
     books_open,
     business_open_day,
     day_open_check,
+    items_read,
     money,
     quantity_checked,
     sales_role_of,
@@ -115,7 +116,7 @@ def sale_create(
         raise InvalidInput("A sale needs at least one line.")
     with transaction.atomic():
         books = books_open(business, sale_date, reserve_id_of=Sale)
-        items = _items_read({line.item.pk for line in lines})
+        items = items_read((line.item.pk for line in lines), linked=("stock_item", "returns_item"))
         missing = [line.item for line in lines if line.item.pk not in items]
         if missing:
             raise InvalidInput(f"{missing[0]} is not in the catalogue")
@@ -143,14 +144,6 @@ def sale_create(
         SaleLine.objects.bulk_create(sale_lines)
         _sale_charge(sale)
     return sale
-
-
-def _items_read(item_ids: set[int]) -> dict[int, Item]:
-    """The items by id with the stock they move and the empties they take back, in one query."""
-    return {
-        item.pk: item
-        for item in Item.objects.filter(pk__in=item_ids).select_related("stock_item", "returns_item").order_by()
-    }
 
 
 def sale_post(*, sale: Sale, acting_user: Any = None) -> Sale:

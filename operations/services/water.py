@@ -19,7 +19,7 @@ from django.db import transaction
 from accounts.fields import ZERO
 from operations.exceptions import InvalidInput
 from operations.models import DocumentStatus, Item, ItemKind, MovementKind, ProductionBatch, ProductionInput
-from operations.services.postings import books_open, day_open_check, quantity_checked
+from operations.services.postings import books_open, day_open_check, items_read, quantity_checked
 from operations.services.stock import StockBook, stock_lock
 from tenancy.models import Business
 
@@ -80,7 +80,7 @@ def production_batch_create(
     with transaction.atomic():
         books = books_open(business, batch_date, reserve_id_of=ProductionBatch)
         wanted = {output_item.pk, *(item.pk for item, _ in inputs)}
-        items = {item.pk: item for item in Item.objects.filter(pk__in=wanted).order_by()}
+        items = items_read(wanted)
         missing = [item for item in (output_item, *(item for item, _ in inputs)) if item.pk not in items]
         if missing:
             raise InvalidInput(f"{missing[0]} is not in the catalogue")
