@@ -222,8 +222,6 @@ def supplier_payment_post(*, payment: SupplierPayment, acting_user: Any = None) 
 
     Refuses paying more than is owed to the supplier (posted purchases on credit less payments).
     """
-    from operations.selectors import supplier_balance
-
     with transaction.atomic():
         payment = (
             SupplierPayment.objects.select_for_update(of=("self",))
@@ -233,27 +231,36 @@ def supplier_payment_post(*, payment: SupplierPayment, acting_user: Any = None) 
         if payment.status == DocumentStatus.POSTED:
             return payment
         books = books_open(payment.business, payment.payment_date)
-        if payment.supplier.business_id != payment.business_id:
-            raise InvalidInput(f"{payment.supplier} is a supplier of another business")
-        if payment.paid_from == PaidFrom.CREDIT:
-            raise InvalidInput("A supplier is paid from cash, M-Pesa or the bank.")
-        owed = supplier_balance(supplier=payment.supplier)
-        if payment.amount > owed:
-            raise InvalidInput(f"{payment.supplier} is owed KES {owed:,.2f}, less than KES {payment.amount:,.2f}.")
-        journal = Journal(books.roles)
-        journal.debit("payables", payment.amount, f"Paid {payment.supplier}")
-        journal.credit(payment.paid_from, payment.amount)
-        entry = journal.post(
-            entry_date=payment.payment_date,
-            memo=f"Payment to {payment.supplier} {payment.reference}".strip(),
-            source_type=SourceType.PAYMENT,
-            source_ref=payment.reference or f"supplier {payment.supplier_id}",
-            idempotency_key=f"supplier-payment:{payment.pk}",
-            acting_user=acting_user,
-        )
-        payment.status, payment.entry = DocumentStatus.POSTED, entry
+        _supplier_payment_book(payment, books.roles, acting_user)
         payment.save(update_fields=["status", "entry"])
     return payment
+
+
+def _supplier_payment_book(payment: SupplierPayment, roles: Roles, acting_user: Any) -> None:
+    """Check and post a supplier payment (the day checked open by the caller); sets its status and entry."""
+    from operations.selectors import supplier_balance
+
+    if payment.supplier.business_id != payment.business_id:
+        raise InvalidInput(f"{payment.supplier} is a supplier of another business")
+    if payment.paid_from == PaidFrom.CREDIT:
+        raise InvalidInput("A supplier is paid from cash, M-Pesa or the bank.")
+    if payment.amount <= 0:
+        raise InvalidInput("The amount paid must be more than zero.")
+    owed = supplier_balance(supplier=payment.supplier)
+    if payment.amount > owed:
+        raise InvalidInput(f"{payment.supplier} is owed KES {owed:,.2f}, less than KES {payment.amount:,.2f}.")
+    journal = Journal(roles)
+    journal.debit("payables", payment.amount, f"Paid {payment.supplier}")
+    journal.credit(payment.paid_from, payment.amount)
+    entry = journal.post(
+        entry_date=payment.payment_date,
+        memo=f"Payment to {payment.supplier} {payment.reference}".strip(),
+        source_type=SourceType.PAYMENT,
+        source_ref=payment.reference or f"supplier {payment.supplier_id}",
+        idempotency_key=f"supplier-payment:{payment.pk}",
+        acting_user=acting_user,
+    )
+    payment.status, payment.entry = DocumentStatus.POSTED, entry
 
 
 def supplier_payment_create(
@@ -265,15 +272,20 @@ def supplier_payment_create(
     reference: str = "",
     acting_user: Any = None,
 ) -> SupplierPayment:
-    """Record and post a payment to a supplier."""
+    """Record and post a payment to a supplier (as supplier_payment_post does), written once, posted,
+    after its checks."""
     with transaction.atomic():
-        payment = SupplierPayment.objects.create(
+        books = books_open(supplier.business, payment_date, reserve_id_of=SupplierPayment)
+        payment = SupplierPayment(
+            pk=books.reserved_id,
             business_id=supplier.business_id,
             supplier=supplier,
             payment_date=payment_date,
-            amount=amount,
+            amount=amount_stored(amount),
             paid_from=paid_from,
             reference=reference,
             created_by=acting(acting_user),
         )
-        return supplier_payment_post(payment=payment, acting_user=acting_user)
+        _supplier_payment_book(payment, books.roles, acting_user)
+        payment.save(force_insert=True)
+    return payment
