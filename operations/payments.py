@@ -87,7 +87,11 @@ def reference_resolve(business: Business, reference: str) -> Match | None:
         return None
     found = _SALE_NUMBER.fullmatch(text)
     if found:
-        sale = Sale.objects.filter(business=business, pk=int(found.group(1)), status=SaleStatus.POSTED).first()
+        sale = (
+            Sale.objects.filter(business=business, pk=int(found.group(1)), status=SaleStatus.POSTED)
+            .only("id", "customer_id")
+            .first()
+        )
         if sale is not None:
             return Match(sale.customer_id, "sale", sale.pk, f"sale {sale.number}")
     order = (
@@ -112,7 +116,10 @@ def claim_resolve(business: Business, match: Match) -> Claim:
     if match.reference_kind != "sale":
         return Claim(None, match.customer_id)
     sale = (
-        Sale.objects.select_for_update(of=("self",)).filter(business=business, pk=match.reference_id).first()
+        Sale.objects.select_for_update(of=("self",))
+        .filter(business=business, pk=match.reference_id)
+        .only("id", "status", "customer_id", "total", "amount_paid")
+        .first()
         if match.reference_id is not None
         else None
     )
@@ -135,10 +142,7 @@ def payment_placed(*, business_id: int, receipt: str, placed: Placed) -> None:
     if match.reference_kind == "sale" and match.reference_id is not None and placed.applied:
         # Usually locked already: claim_resolve locked it when the payment was split.
         sale = (
-            Sale.objects.select_for_update(of=("self",))
-            .select_related("customer")
-            .filter(pk=match.reference_id, business_id=business_id)
-            .first()
+            Sale.objects.select_for_update(of=("self",)).filter(pk=match.reference_id, business_id=business_id).first()
         )
     on_account = placed.applied
     if sale is not None:

@@ -382,7 +382,7 @@ def sale_mpesa_paid(
     the M-Pesa posting, which a refusal here rolls back whole.
     """
     with transaction.atomic(savepoint=False):
-        sale = Sale.objects.select_for_update(of=("self",)).select_related("customer").get(pk=sale.pk)
+        sale = Sale.objects.select_for_update(of=("self",)).get(pk=sale.pk)
         sale_mpesa_paid_locked(sale=sale, receipt=receipt, amount=amount, entry=entry, paid_date=paid_date)
     return sale
 
@@ -390,8 +390,7 @@ def sale_mpesa_paid(
 def sale_mpesa_paid_locked(
     *, sale: Sale, receipt: str, amount: Decimal, entry: JournalEntry | None, paid_date: dt.date
 ) -> None:
-    """sale_mpesa_paid on a sale the caller read locked (select_for_update, with its customer) in
-    its transaction."""
+    """sale_mpesa_paid on a sale the caller read locked (select_for_update) in its transaction."""
     if sale.status != SaleStatus.POSTED:
         raise InvalidState(f"Sale {sale.number} is not open for payment.")
     if receipt == sale.mpesa_receipt or CustomerTransaction.objects.filter(sale=sale, reference=receipt).exists():
@@ -402,10 +401,10 @@ def sale_mpesa_paid_locked(
     sale.amount_paid += amount
     sale.mpesa_receipt = sale.mpesa_receipt or receipt[:20]
     sale.save(update_fields=["amount_paid", "mpesa_receipt"])
-    if sale.customer is not None:
+    if sale.customer_id is not None:
         CustomerTransaction.objects.create(
             business_id=sale.business_id,
-            customer=sale.customer,
+            customer_id=sale.customer_id,
             tx_date=paid_date,
             kind=CustomerTxKind.PAYMENT,
             amount=-amount,
