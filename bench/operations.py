@@ -1,6 +1,6 @@
 """Operations benchmarks: a year of demo activity, the sale service, the sales admin.
 
-`run(database_url)` creates a scratch database `bench_ops` on the server of `database_url`,
+`run(database_url)` creates a scratch database `bench_ops` (or $BENCH_OPS_DB) on the server of `database_url`,
 migrates it, and measures:
 
   ops.seed_365_days_s   `manage.py seed_demo --days 365` (three businesses, every posting through
@@ -38,7 +38,7 @@ from typing import Any
 from bench.scratch import drop_database, recreate_database
 
 ROOT = Path(__file__).resolve().parent.parent
-SCRATCH_DB = "bench_ops"
+SCRATCH_DB = os.environ.get("BENCH_OPS_DB", "bench_ops")  # another name to run beside another checkout
 DAYS = int(os.environ.get("BENCH_OPS_DAYS", "365"))  # smaller for a quick try
 SALES = 1_000
 STATEMENT_CUSTOMERS = 300

@@ -87,7 +87,11 @@ def reference_resolve(business: Business, reference: str) -> Match | None:
         return None
     found = _SALE_NUMBER.fullmatch(text)
     if found:
-        sale = Sale.objects.filter(business=business, pk=int(found.group(1)), status=SaleStatus.POSTED).first()
+        sale = (
+            Sale.objects.filter(business=business, pk=int(found.group(1)), status=SaleStatus.POSTED)
+            .only("id", "customer_id")
+            .first()
+        )
         if sale is not None:
             return Match(sale.customer_id, "sale", sale.pk, f"sale {sale.number}")
     order = (
@@ -112,7 +116,10 @@ def claim_resolve(business: Business, match: Match) -> Claim:
     if match.reference_kind != "sale":
         return Claim(None, match.customer_id)
     sale = (
-        Sale.objects.select_for_update(of=("self",)).filter(business=business, pk=match.reference_id).first()
+        Sale.objects.select_for_update(of=("self",))
+        .filter(business=business, pk=match.reference_id)
+        .only("id", "status", "customer_id", "total", "amount_paid")
+        .first()
         if match.reference_id is not None
         else None
     )
@@ -126,18 +133,21 @@ def claim_resolve(business: Business, match: Match) -> Claim:
 
 def payment_placed(*, business_id: int, receipt: str, placed: Placed) -> None:
     """Record a placing of an M-Pesa payment against the sale it pays and the customer's account."""
-    from operations.services.sales import sale_mpesa_paid
+    from operations.services.sales import sale_mpesa_paid_locked
 
     match, entry, paid_date = placed.match, placed.entry, placed.paid_date
     if CustomerTransaction.objects.filter(entry=entry, reference=receipt).exists():
         return  # this placing is recorded already
     sale = None
-    if match.reference_kind == "sale" and match.reference_id is not None:
-        sale = Sale.objects.filter(pk=match.reference_id, business_id=business_id).first()
+    if match.reference_kind == "sale" and match.reference_id is not None and placed.applied:
+        # Usually locked already: claim_resolve locked it when the payment was split.
+        sale = (
+            Sale.objects.select_for_update(of=("self",)).filter(pk=match.reference_id, business_id=business_id).first()
+        )
     on_account = placed.applied
-    if sale is not None and placed.applied:
+    if sale is not None:
         # The sale's amount paid, and its customer's payment transaction if it has a customer.
-        sale_mpesa_paid(sale=sale, receipt=receipt, amount=placed.applied, entry=entry, paid_date=paid_date)
+        sale_mpesa_paid_locked(sale=sale, receipt=receipt, amount=placed.applied, entry=entry, paid_date=paid_date)
         on_account = ZERO
     customer_id = match.customer_id
     if customer_id is None:

@@ -16,7 +16,7 @@ from django.utils import timezone
 
 from accounts.fields import ZERO
 from accounts.models import JournalEntry, JournalLine
-from accounts.selectors import account_for_role, books_lock_date
+from accounts.selectors import books_lock_date
 from operations.models import (
     OPEN_STATUSES,
     ClosingStatus,
@@ -48,10 +48,9 @@ def cash_expected(*, business: Business, day: dt.date) -> Decimal:
     (The ledger's daily totals are brought up to date when a transaction commits; summing the lines
     also counts postings made earlier in the caller's transaction, as a closing run needs.)
     """
-    cash = account_for_role(business=business, role="cash")
-    totals = JournalLine.objects.filter(account=cash, entry__entry_date__lte=day).aggregate(
-        debit=Sum("debit"), credit=Sum("credit")
-    )
+    totals = JournalLine.objects.filter(
+        account__business=business, account__role="cash", entry__entry_date__lte=day
+    ).aggregate(debit=Sum("debit"), credit=Sum("credit"))
     return (totals["debit"] or ZERO) - (totals["credit"] or ZERO)
 
 

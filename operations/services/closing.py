@@ -24,12 +24,12 @@ from django.utils import timezone
 from accounts.fields import ZERO
 from accounts.journal import Journal
 from accounts.models import SourceType
-from accounts.selectors import books_lock_date, takings_by_business
+from accounts.selectors import takings_by_business
 from accounts.services import books_close_period
 from operations.exceptions import ClosingsFailed, DayClosed, InvalidInput, InvalidState
 from operations.models import ClosingStatus, DayClosing
 from operations.selectors import cash_expected, closing_days_due
-from operations.services.postings import Roles, acting
+from operations.services.postings import acting, books_read
 from tenancy.models import Business
 
 logger = logging.getLogger(__name__)
@@ -56,8 +56,9 @@ def closing_run(
     if day > timezone.localdate():
         raise InvalidInput(f"{day:%d %b %Y} has not ended yet: it cannot be closed.")
     with transaction.atomic():
-        closing, _ = DayClosing.objects.get_or_create(business=business, day=day)
-        closing = DayClosing.objects.select_for_update().get(pk=closing.pk)
+        # The day's row, created if missing (no savepoint: a row inserted meanwhile is kept), locked.
+        DayClosing.objects.bulk_create([DayClosing(business=business, day=day)], ignore_conflicts=True)
+        closing = DayClosing.objects.select_for_update().get(business=business, day=day)
         if closing.status == ClosingStatus.CLOSED:
             if counted_cash is not None and closing.counted_cash != counted_cash:
                 raise InvalidState(
@@ -66,13 +67,13 @@ def closing_run(
                 )
             return closing
         counted = closing.counted_cash if counted_cash is None else counted_cash
-        lock_date = books_lock_date(business_id=business.pk)
-        if lock_date is not None and day <= lock_date:
-            raise DayClosed(f"The books of {business} are already closed up to {lock_date:%d %b %Y}.")
+        books = books_read(business)
+        if books.lock_date is not None and day <= books.lock_date:
+            raise DayClosed(f"The books of {business} are already closed up to {books.lock_date:%d %b %Y}.")
         takings = takings_by_business(business_ids=[business.pk], day=day)[business.pk]
         expected = cash_expected(business=business, day=day)
         variance = ZERO if counted is None else counted - expected
-        journal = Journal(Roles(business))
+        journal = Journal(books.roles)
         journal.debit("cash", variance, f"Cash count {day}")
         journal.credit("cash_over_short", variance, f"Cash count {day}")
         entry = journal.post(

@@ -6,12 +6,13 @@ adds to a business's chart), the open-day check, VAT. Netting journal lines is t
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
-from django.db import transaction
+from django.db import connection, transaction
+from django.db.models import Model
 from django.utils import timezone
 
 from accounts.fields import CENT, ZERO
@@ -19,7 +20,7 @@ from accounts.journal import Roles as LedgerRoles
 from accounts.models import Account, AccountType
 from accounts.selectors import books_lock_date
 from operations.exceptions import DayClosed, InvalidInput
-from operations.models import VAT_PERCENT
+from operations.models import VAT_PERCENT, Item
 from tenancy.models import Business
 
 
@@ -58,16 +59,101 @@ def chart_operations_ensure(*, business: Business) -> None:
 
 
 class Roles(LedgerRoles):
-    """The ledger's accounts by role, with the accounts operations adds (EXTRA_ACCOUNTS) ensured."""
+    """The ledger's accounts by role, with the accounts operations adds (EXTRA_ACCOUNTS) ensured.
 
-    def __init__(self, business: Business) -> None:
+    `ids`: the accounts by role already read (books_open reads them with the lock date); else
+    they are read here, in one query.
+    """
+
+    def __init__(self, business: Business, ids: dict[str, int] | None = None) -> None:
+        self._preloaded = ids
         super().__init__(business)
         if any(spec.role not in self._ids for spec in EXTRA_ACCOUNTS):
             chart_operations_ensure(business=business)
-            self._ids = self._load()
+            self._ids = super()._load()
+
+    def _load(self) -> dict[str, int]:
+        if self._preloaded is not None:
+            ids, self._preloaded = self._preloaded, None
+            return ids
+        return super()._load()
 
     def missing(self, role: str) -> Exception:
         return InvalidInput(f"{self.business} has no ledger account for {role!r}; ask the accountant")
+
+
+class OpenBooks:
+    """What a posting service reads before it writes, in one query (books_read): the business's
+    lock date, its accounts by role (`roles`, built when first used) and the primary key reserved
+    for the document it is about to insert, if it asked for one."""
+
+    def __init__(
+        self, business: Business, *, lock_date: dt.date | None, role_ids: dict[str, int], reserved_id: int | None
+    ) -> None:
+        self.business = business
+        self.lock_date = lock_date
+        self.reserved_id = reserved_id
+        self._role_ids = role_ids
+        self._roles: Roles | None = None
+
+    @property
+    def roles(self) -> Roles:
+        if self._roles is None:
+            self._roles = Roles(self.business, self._role_ids)
+        return self._roles
+
+
+# One round trip: the lock date, the accounts by role, and optionally the next value of a table's
+# primary-key sequence (the document's number is then known before its row is written).
+_BOOKS_SQL = """
+SELECT (SELECT b.lock_date FROM accounts_books b WHERE b.business_id = %(business)s),
+       ARRAY(SELECT a.role FROM accounts_account a WHERE a.business_id = %(business)s AND a.role <> '' ORDER BY a.id),
+       ARRAY(SELECT a.id FROM accounts_account a WHERE a.business_id = %(business)s AND a.role <> '' ORDER BY a.id),
+       CASE WHEN %(table)s::text IS NULL THEN NULL
+            ELSE nextval(pg_get_serial_sequence(%(table)s::text, %(column)s::text)) END
+"""
+
+
+def books_read(business: Business, *, reserve_id_of: type[Model] | None = None) -> OpenBooks:
+    """The business's lock date and accounts by role, in one query, read afresh at each call (so
+    nothing is cached across requests or processes). `reserve_id_of`: a model whose next primary
+    key to reserve (nextval of its sequence): the document is then inserted with that pk, once,
+    with its entry, instead of inserted and updated; a rolled-back transaction leaves a gap in the
+    numbers, as a rolled-back insert does."""
+    table = column = None
+    if reserve_id_of is not None:
+        table, column = reserve_id_of._meta.db_table, reserve_id_of._meta.pk.column
+    with connection.cursor() as cursor:
+        cursor.execute(_BOOKS_SQL, {"business": business.pk, "table": table, "column": column})
+        lock_date, roles, ids, reserved_id = cursor.fetchone()
+    return OpenBooks(
+        business, lock_date=lock_date, role_ids=dict(zip(roles, ids, strict=True)), reserved_id=reserved_id
+    )
+
+
+def books_open(business: Business, day: dt.date, *, reserve_id_of: type[Model] | None = None) -> OpenBooks:
+    """books_read, and `day` checked open for `business` (day_open_check) with the lock date it read.
+    Call it inside the posting's transaction."""
+    books = books_read(business, reserve_id_of=reserve_id_of)
+    day_open_at(business, day, books.lock_date)
+    return books
+
+
+def items_read(item_ids: Iterable[int], *, linked: Sequence[str] = ()) -> dict[int, Item]:
+    """The catalogue items by id, as they are now, with the items they link to (`linked`: the names
+    of their foreign keys to other items, e.g. "stock_item", "returns_item") set on them.
+
+    One plain query (no joins, no ordering); a second one only when a linked item is not among
+    those read (an LPG refill's full and empty cylinders)."""
+    items = {item.pk: item for item in Item.objects.filter(pk__in=set(item_ids)).order_by()}
+    wanted = {getattr(item, f"{name}_id") for item in items.values() for name in linked} - {None} - items.keys()
+    others = {item.pk: item for item in Item.objects.filter(pk__in=wanted).order_by()} if wanted else {}
+    for item in items.values():
+        for name in linked:
+            linked_id = getattr(item, f"{name}_id")
+            if linked_id is not None:
+                setattr(item, name, items.get(linked_id) or others[linked_id])
+    return items
 
 
 def business_open_day(business: Business) -> dt.date:
@@ -85,7 +171,11 @@ def day_open_check(business: Business, day: dt.date) -> None:
     """Raise DayClosed if `day` is on or before the business's lock date, InvalidInput if it is
     a day that has not come yet. Once today is closed, the next day is open: work recorded after
     the closing (a sale at 21:30) is dated on it rather than refused until midnight."""
-    lock_date = books_lock_date(business_id=business.pk)
+    day_open_at(business, day, books_lock_date(business_id=business.pk))
+
+
+def day_open_at(business: Business, day: dt.date, lock_date: dt.date | None) -> None:
+    """day_open_check with the lock date already read."""
     today = timezone.localdate()
     latest = lock_date + dt.timedelta(days=1) if lock_date is not None and lock_date >= today else today
     if day > latest:
@@ -100,6 +190,24 @@ def day_open_check(business: Business, day: dt.date) -> None:
 
 def money(value: Decimal) -> Decimal:
     return value.quantize(CENT, rounding=ROUND_HALF_UP)
+
+
+QUANTUM = Decimal("0.001")  # the places of a QuantityField
+
+
+def quantity_checked(value: Decimal, what: str = "A quantity") -> Decimal:
+    """A quantity given to a service as the database stores it (3 decimals, rounded half away from
+    zero as PostgreSQL rounds), refused unless more than zero (the tables refuse it too). For the
+    services that compute with it before the row is written."""
+    quantity = Decimal(value).quantize(QUANTUM, rounding=ROUND_HALF_UP)
+    if quantity <= 0:
+        raise InvalidInput(f"{what} must be more than zero, not {value}.")
+    return quantity
+
+
+def amount_stored(value: Decimal) -> Decimal:
+    """An amount given to a service as a MoneyField stores it (2 decimals, rounded as PostgreSQL rounds)."""
+    return money(Decimal(value))
 
 
 def vat_split(gross: Decimal, tax_rate: str) -> tuple[Decimal, Decimal]:

@@ -33,7 +33,17 @@ from operations.models import (
     SupplierPayment,
     TaxRate,
 )
-from operations.services.postings import Roles, acting, day_open_check, same_business, same_business_items, vat_split
+from operations.services.postings import (
+    Roles,
+    acting,
+    amount_stored,
+    books_open,
+    items_read,
+    quantity_checked,
+    same_business,
+    same_business_items,
+    vat_split,
+)
 from operations.services.stock import StockBook, stock_lock
 from tenancy.models import Business
 
@@ -46,47 +56,56 @@ def purchase_post(*, purchase: Purchase, acting_user: Any = None) -> Purchase:
         )
         if purchase.status == DocumentStatus.POSTED:
             return purchase
-        business = purchase.business
-        day_open_check(business, purchase.purchase_date)
-        if purchase.supplier.business_id != business.pk:
-            raise InvalidInput(f"{purchase.supplier} is a supplier of another business")
+        books = books_open(purchase.business, purchase.purchase_date)
         lines = list(purchase.lines.select_related("item", "item__returns_item"))
-        if not lines:
-            raise InvalidInput("A purchase needs at least one line.")
-        same_business_items(business, [line.item for line in lines])
-        empties = [line.item.returns_item for line in lines if line.item.returns_item is not None]
-        book = StockBook(
-            stock_lock([*(line.item for line in lines), *empties]), day=purchase.purchase_date, reference=str(purchase)
-        )
-        journal = Journal(Roles(business))
-        total = ZERO
-        for line in lines:
-            item = line.item
-            if not item.is_stocked:
-                raise InvalidInput(f"{item} is not a stocked item: record it as an expense")
-            net, vat = line.amount, ZERO
-            if purchase.vat_claimable and item.tax_rate == TaxRate.STANDARD:
-                net, vat = vat_split(line.amount, item.tax_rate)
-            value = net
-            if item.returns_item is not None:
-                value += book.take_out(item.returns_item, line.quantity, MovementKind.EXCHANGE_OUT)
-            book.take_in(item, line.quantity, value, MovementKind.PURCHASE)
-            journal.debit("inventory", net, f"{purchase} {item}")
-            journal.debit("vat_input", vat)
-            total += line.amount
-        journal.credit(purchase.paid_from, total, f"{purchase} {purchase.supplier}")
-        entry = journal.post(
-            entry_date=purchase.purchase_date,
-            memo=f"Purchase {purchase} from {purchase.supplier}",
-            source_type=SourceType.PURCHASE,
-            source_ref=purchase.invoice_number or str(purchase),
-            idempotency_key=f"purchase:{purchase.pk}",
-            acting_user=acting_user,
-        )
-        book.save(entry)
-        purchase.status, purchase.entry, purchase.total = DocumentStatus.POSTED, entry, total
+        _purchase_book(purchase, lines, books.roles, acting_user)
         purchase.save(update_fields=["status", "entry", "total"])
     return purchase
+
+
+def _purchase_book(purchase: Purchase, lines: list[PurchaseLine], roles: Roles, acting_user: Any) -> None:
+    """Check the purchase, move the stock and post the entry (the day checked open by the caller):
+    sets the purchase's total, status and entry; the caller writes the purchase (and new lines).
+    Refusals come before the entry and the stock are written."""
+    business = purchase.business
+    if purchase.supplier.business_id != business.pk:
+        raise InvalidInput(f"{purchase.supplier} is a supplier of another business")
+    if not lines:
+        raise InvalidInput("A purchase needs at least one line.")
+    same_business_items(business, [line.item for line in lines])
+    empties = [line.item.returns_item for line in lines if line.item.returns_item is not None]
+    book = StockBook(
+        stock_lock([*(line.item for line in lines), *empties]), day=purchase.purchase_date, reference=str(purchase)
+    )
+    journal = Journal(roles)
+    total = ZERO
+    for line in lines:
+        item = line.item
+        if not item.is_stocked:
+            raise InvalidInput(f"{item} is not a stocked item: record it as an expense")
+        if line.amount < 0:
+            raise InvalidInput(f"The amount paid for {item} cannot be negative.")
+        net, vat = line.amount, ZERO
+        if purchase.vat_claimable and item.tax_rate == TaxRate.STANDARD:
+            net, vat = vat_split(line.amount, item.tax_rate)
+        value = net
+        if item.returns_item is not None:
+            value += book.take_out(item.returns_item, line.quantity, MovementKind.EXCHANGE_OUT)
+        book.take_in(item, line.quantity, value, MovementKind.PURCHASE)
+        journal.debit("inventory", net, f"{purchase} {item}")
+        journal.debit("vat_input", vat)
+        total += line.amount
+    journal.credit(purchase.paid_from, total, f"{purchase} {purchase.supplier}")
+    entry = journal.post(
+        entry_date=purchase.purchase_date,
+        memo=f"Purchase {purchase} from {purchase.supplier}",
+        source_type=SourceType.PURCHASE,
+        source_ref=purchase.invoice_number or str(purchase),
+        idempotency_key=f"purchase:{purchase.pk}",
+        acting_user=acting_user,
+    )
+    book.save(entry)
+    purchase.status, purchase.entry, purchase.total = DocumentStatus.POSTED, entry, total
 
 
 def purchase_create(
@@ -100,11 +119,19 @@ def purchase_create(
     vat_claimable: bool = False,
     acting_user: Any = None,
 ) -> Purchase:
-    """Record and post a purchase; `lines` are (item, quantity, line total paid incl. VAT)."""
+    """Record and post a purchase (as purchase_post does); `lines` are (item, quantity, line total
+    paid incl. VAT). The items are read again; the purchase's id is reserved first so the purchase
+    and its lines are written once, posted, after every check."""
     if not lines:
         raise InvalidInput("A purchase needs at least one line.")
     with transaction.atomic():
-        purchase = Purchase.objects.create(
+        books = books_open(business, purchase_date, reserve_id_of=Purchase)
+        items = items_read((item.pk for item, _, _ in lines), linked=("returns_item",))
+        missing = [item for item, _, _ in lines if item.pk not in items]
+        if missing:
+            raise InvalidInput(f"{missing[0]} is not in the catalogue")
+        purchase = Purchase(
+            pk=books.reserved_id,
             business=business,
             supplier=supplier,
             purchase_date=purchase_date,
@@ -113,10 +140,16 @@ def purchase_create(
             vat_claimable=vat_claimable,
             created_by=acting(acting_user),
         )
-        PurchaseLine.objects.bulk_create(
-            [PurchaseLine(purchase=purchase, item=item, quantity=qty, amount=amount) for item, qty, amount in lines]
-        )
-        return purchase_post(purchase=purchase, acting_user=acting_user)
+        purchase_lines = [
+            PurchaseLine(
+                purchase=purchase, item=items[item.pk], quantity=quantity_checked(qty), amount=amount_stored(amount)
+            )
+            for item, qty, amount in lines
+        ]
+        _purchase_book(purchase, purchase_lines, books.roles, acting_user)
+        purchase.save(force_insert=True)
+        PurchaseLine.objects.bulk_create(purchase_lines)
+    return purchase
 
 
 def expense_post(*, expense: Expense, acting_user: Any = None) -> Expense:
@@ -127,24 +160,31 @@ def expense_post(*, expense: Expense, acting_user: Any = None) -> Expense:
         )
         if expense.status == DocumentStatus.POSTED:
             return expense
-        same_business(expense.business, [expense.supplier], "Supplier")
-        day_open_check(expense.business, expense.expense_date)
-        if expense.paid_from == PaidFrom.CREDIT:
-            raise InvalidInput("Expenses are paid from cash, M-Pesa or the bank.")
-        journal = Journal(Roles(expense.business))
-        journal.debit(expense.category, expense.amount, expense.description)
-        journal.credit(expense.paid_from, expense.amount)
-        entry = journal.post(
-            entry_date=expense.expense_date,
-            memo=f"{expense.get_category_display()}: {expense.description}".strip(": "),
-            source_type=SourceType.EXPENSE,
-            source_ref=f"expense #{expense.pk}",
-            idempotency_key=f"expense:{expense.pk}",
-            acting_user=acting_user,
-        )
-        expense.status, expense.entry = DocumentStatus.POSTED, entry
+        books = books_open(expense.business, expense.expense_date)
+        _expense_book(expense, books.roles, acting_user)
         expense.save(update_fields=["status", "entry"])
     return expense
+
+
+def _expense_book(expense: Expense, roles: Roles, acting_user: Any) -> None:
+    """Check and post an expense (the day checked open by the caller); sets its status and entry."""
+    same_business(expense.business, [expense.supplier], "Supplier")
+    if expense.amount <= 0:
+        raise InvalidInput("The amount of an expense must be more than zero.")
+    if expense.paid_from == PaidFrom.CREDIT:
+        raise InvalidInput("Expenses are paid from cash, M-Pesa or the bank.")
+    journal = Journal(roles)
+    journal.debit(expense.category, expense.amount, expense.description)
+    journal.credit(expense.paid_from, expense.amount)
+    entry = journal.post(
+        entry_date=expense.expense_date,
+        memo=f"{expense.get_category_display()}: {expense.description}".strip(": "),
+        source_type=SourceType.EXPENSE,
+        source_ref=f"expense #{expense.pk}",
+        idempotency_key=f"expense:{expense.pk}",
+        acting_user=acting_user,
+    )
+    expense.status, expense.entry = DocumentStatus.POSTED, entry
 
 
 def expense_create(
@@ -158,19 +198,23 @@ def expense_create(
     supplier: Supplier | None = None,
     acting_user: Any = None,
 ) -> Expense:
-    """Record and post an expense."""
+    """Record and post an expense (as expense_post does), written once, posted, after its checks."""
     with transaction.atomic():
-        expense = Expense.objects.create(
+        books = books_open(business, expense_date, reserve_id_of=Expense)
+        expense = Expense(
+            pk=books.reserved_id,
             business=business,
             expense_date=expense_date,
             category=category,
-            amount=amount,
+            amount=amount_stored(amount),
             paid_from=paid_from,
             description=description,
             supplier=supplier,
             created_by=acting(acting_user),
         )
-        return expense_post(expense=expense, acting_user=acting_user)
+        _expense_book(expense, books.roles, acting_user)
+        expense.save(force_insert=True)
+    return expense
 
 
 def supplier_payment_post(*, payment: SupplierPayment, acting_user: Any = None) -> SupplierPayment:
@@ -178,8 +222,6 @@ def supplier_payment_post(*, payment: SupplierPayment, acting_user: Any = None) 
 
     Refuses paying more than is owed to the supplier (posted purchases on credit less payments).
     """
-    from operations.selectors import supplier_balance
-
     with transaction.atomic():
         payment = (
             SupplierPayment.objects.select_for_update(of=("self",))
@@ -188,28 +230,37 @@ def supplier_payment_post(*, payment: SupplierPayment, acting_user: Any = None) 
         )
         if payment.status == DocumentStatus.POSTED:
             return payment
-        day_open_check(payment.business, payment.payment_date)
-        if payment.supplier.business_id != payment.business_id:
-            raise InvalidInput(f"{payment.supplier} is a supplier of another business")
-        if payment.paid_from == PaidFrom.CREDIT:
-            raise InvalidInput("A supplier is paid from cash, M-Pesa or the bank.")
-        owed = supplier_balance(supplier=payment.supplier)
-        if payment.amount > owed:
-            raise InvalidInput(f"{payment.supplier} is owed KES {owed:,.2f}, less than KES {payment.amount:,.2f}.")
-        journal = Journal(Roles(payment.business))
-        journal.debit("payables", payment.amount, f"Paid {payment.supplier}")
-        journal.credit(payment.paid_from, payment.amount)
-        entry = journal.post(
-            entry_date=payment.payment_date,
-            memo=f"Payment to {payment.supplier} {payment.reference}".strip(),
-            source_type=SourceType.PAYMENT,
-            source_ref=payment.reference or f"supplier {payment.supplier_id}",
-            idempotency_key=f"supplier-payment:{payment.pk}",
-            acting_user=acting_user,
-        )
-        payment.status, payment.entry = DocumentStatus.POSTED, entry
+        books = books_open(payment.business, payment.payment_date)
+        _supplier_payment_book(payment, books.roles, acting_user)
         payment.save(update_fields=["status", "entry"])
     return payment
+
+
+def _supplier_payment_book(payment: SupplierPayment, roles: Roles, acting_user: Any) -> None:
+    """Check and post a supplier payment (the day checked open by the caller); sets its status and entry."""
+    from operations.selectors import supplier_balance
+
+    if payment.supplier.business_id != payment.business_id:
+        raise InvalidInput(f"{payment.supplier} is a supplier of another business")
+    if payment.paid_from == PaidFrom.CREDIT:
+        raise InvalidInput("A supplier is paid from cash, M-Pesa or the bank.")
+    if payment.amount <= 0:
+        raise InvalidInput("The amount paid must be more than zero.")
+    owed = supplier_balance(supplier=payment.supplier)
+    if payment.amount > owed:
+        raise InvalidInput(f"{payment.supplier} is owed KES {owed:,.2f}, less than KES {payment.amount:,.2f}.")
+    journal = Journal(roles)
+    journal.debit("payables", payment.amount, f"Paid {payment.supplier}")
+    journal.credit(payment.paid_from, payment.amount)
+    entry = journal.post(
+        entry_date=payment.payment_date,
+        memo=f"Payment to {payment.supplier} {payment.reference}".strip(),
+        source_type=SourceType.PAYMENT,
+        source_ref=payment.reference or f"supplier {payment.supplier_id}",
+        idempotency_key=f"supplier-payment:{payment.pk}",
+        acting_user=acting_user,
+    )
+    payment.status, payment.entry = DocumentStatus.POSTED, entry
 
 
 def supplier_payment_create(
@@ -221,15 +272,20 @@ def supplier_payment_create(
     reference: str = "",
     acting_user: Any = None,
 ) -> SupplierPayment:
-    """Record and post a payment to a supplier."""
+    """Record and post a payment to a supplier (as supplier_payment_post does), written once, posted,
+    after its checks."""
     with transaction.atomic():
-        payment = SupplierPayment.objects.create(
+        books = books_open(supplier.business, payment_date, reserve_id_of=SupplierPayment)
+        payment = SupplierPayment(
+            pk=books.reserved_id,
             business_id=supplier.business_id,
             supplier=supplier,
             payment_date=payment_date,
-            amount=amount,
+            amount=amount_stored(amount),
             paid_from=paid_from,
             reference=reference,
             created_by=acting(acting_user),
         )
-        return supplier_payment_post(payment=payment, acting_user=acting_user)
+        _supplier_payment_book(payment, books.roles, acting_user)
+        payment.save(force_insert=True)
+    return payment

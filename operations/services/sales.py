@@ -39,9 +39,13 @@ from operations.models import (
 from operations.services.postings import (
     Roles,
     acting,
+    amount_stored,
+    books_open,
     business_open_day,
     day_open_check,
+    items_read,
     money,
+    quantity_checked,
     sales_role_of,
     same_business,
     same_business_items,
@@ -61,8 +65,13 @@ class LineInput:
 
 
 def customer_balance_locked(customer: Customer) -> Decimal:
-    """What the customer owes, with the customer row locked (call inside a transaction)."""
-    Customer.objects.select_for_update().filter(pk=customer.pk).first()
+    """What the customer owes, with the customer row locked (call inside a transaction).
+
+    Two statements on purpose: the sum is read after the lock is granted, so it counts what a
+    transaction that held the lock committed (one statement would sum from its own snapshot,
+    taken before it waited).
+    """
+    list(Customer.objects.select_for_update().filter(pk=customer.pk).values_list("pk", flat=True).order_by())
     total = CustomerTransaction.objects.filter(customer=customer).aggregate(s=Sum("amount"))["s"]
     return total or ZERO
 
@@ -96,11 +105,23 @@ def sale_create(
     note: str = "",
     acting_user: Any = None,
 ) -> Sale:
-    """Record a sale with its lines and post it (see sale_post), in one transaction."""
+    """Record a sale with its lines and post it (as sale_post does), in one transaction.
+
+    The items are read again (catalogue price, VAT rate, what stock they move as they are now);
+    everything is checked and the stock locked before anything is written, so a refused sale
+    writes nothing. The sale's number is reserved first, so the sale, its lines, the entry and the
+    stock movements are each written once: a cash sale is a handful of statements.
+    """
     if not lines:
         raise InvalidInput("A sale needs at least one line.")
     with transaction.atomic():
-        sale = Sale.objects.create(
+        books = books_open(business, sale_date, reserve_id_of=Sale)
+        items = items_read((line.item.pk for line in lines), linked=("stock_item", "returns_item"))
+        missing = [line.item for line in lines if line.item.pk not in items]
+        if missing:
+            raise InvalidInput(f"{missing[0]} is not in the catalogue")
+        sale = Sale(
+            pk=books.reserved_id,
             business=business,
             sale_date=sale_date,
             customer=customer,
@@ -109,10 +130,20 @@ def sale_create(
             note=note,
             created_by=acting(acting_user),
         )
-        SaleLine.objects.bulk_create(
-            [SaleLine(sale=sale, item=li.item, quantity=li.quantity, unit_price=li.unit_price) for li in lines]
-        )
-        return sale_post(sale=sale, acting_user=acting_user)
+        sale_lines = [
+            SaleLine(
+                sale=sale,
+                item=items[line.item.pk],
+                quantity=quantity_checked(line.quantity),
+                unit_price=None if line.unit_price is None else amount_stored(line.unit_price),
+            )
+            for line in lines
+        ]
+        _sale_book(sale, sale_lines, books.roles, acting_user)
+        sale.save(force_insert=True)
+        SaleLine.objects.bulk_create(sale_lines)
+        _sale_charge(sale)
+    return sale
 
 
 def sale_post(*, sale: Sale, acting_user: Any = None) -> Sale:
@@ -127,81 +158,95 @@ def sale_post(*, sale: Sale, acting_user: Any = None) -> Sale:
         sale = Sale.objects.select_for_update(of=("self",)).select_related("business", "customer").get(pk=sale.pk)
         if sale.status != SaleStatus.DRAFT:
             return sale
-        business = sale.business
-        day_open_check(business, sale.sale_date)
+        books = books_open(sale.business, sale.sale_date)
         lines = list(sale.lines.select_related("item", "item__stock_item", "item__returns_item"))
-        if not lines:
-            raise InvalidInput("A sale needs at least one line.")
-        customer = sale.customer
-        if customer is not None and customer.business_id != business.pk:
-            raise InvalidInput(f"{customer} is a customer of another business")
-        same_business_items(business, [line.item for line in lines])
-        if sale.payment_method == PaymentMethod.ACCOUNT and customer is None:
-            raise InvalidInput("A sale on account needs a customer.")
-
-        journal = Journal(Roles(business))
-        total = vat_total = cost_total = ZERO
-        for line in lines:
-            item = line.item
-            if item.kind == ItemKind.MATERIAL:
-                raise InvalidInput(f"{item} is stock only and not sold as such (sell the refill or product made of it)")
-            price = item.price if line.unit_price is None else line.unit_price
-            line.amount = money(price * line.quantity)
-            net, line.vat = vat_split(line.amount, item.tax_rate)
-            role = sales_role_of(item)
-            journal.credit(role, net, f"{sale.number} {item}")
-            journal.credit("vat_output", line.vat)
-            total += line.amount
-            vat_total += line.vat
-
-        if sale.payment_method == PaymentMethod.ACCOUNT and customer is not None:
-            credit_check(customer, total)
-
-        stocked = [i for i in (_stock_item(line.item) for line in lines) if i is not None]
-        returned = [line.item.returns_item for line in lines if line.item.returns_item is not None]
-        book = StockBook(stock_lock([*stocked, *returned]), day=sale.sale_date, reference=sale.number)
-        for line in lines:
-            line.cost = ZERO
-            stock_item = _stock_item(line.item)
-            if stock_item is not None:
-                line.cost = book.take_out(stock_item, line.quantity, MovementKind.SALE)
-            if line.item.returns_item is not None:
-                empty = line.item.returns_item
-                value = money(book.unit_cost(empty) * line.quantity)
-                book.take_in(empty, line.quantity, value, MovementKind.EXCHANGE_IN)
-                line.cost -= value
-            cost_total += line.cost
-        # Issued stock out of inventory, empties taken back into it; the difference is the cost.
-        journal.debit("cost_of_sales", cost_total, f"Cost of {sale.number}")
-        journal.credit("inventory", cost_total)
-        debit_role = "cash" if sale.payment_method == PaymentMethod.CASH else "receivables"
-        journal.debit(debit_role, total, f"{sale.number} {sale.get_payment_method_display()}")
-        entry = journal.post(
-            entry_date=sale.sale_date,
-            memo=f"Sale {sale.number} ({sale.get_payment_method_display()})",
-            source_type=SourceType.SALE,
-            source_ref=sale.number,
-            idempotency_key=f"sale:{sale.pk}",
-            acting_user=acting_user,
-        )
-        book.save(entry)
+        _sale_book(sale, lines, books.roles, acting_user)
         SaleLine.objects.bulk_update(lines, ["amount", "vat", "cost"])
-        if customer is not None and sale.payment_method != PaymentMethod.CASH and total:
-            CustomerTransaction.objects.create(
-                business=business,
-                customer=customer,
-                tx_date=sale.sale_date,
-                kind=CustomerTxKind.SALE,
-                amount=total,
-                sale=sale,
-                reference=sale.number,
-                entry=entry,
-            )
-        sale.status, sale.entry = SaleStatus.POSTED, entry
-        sale.total, sale.vat_total, sale.cost_total = total, vat_total, cost_total
-        sale.amount_paid = total if sale.payment_method == PaymentMethod.CASH else ZERO
         sale.save(update_fields=["status", "entry", "total", "vat_total", "cost_total", "amount_paid"])
+        _sale_charge(sale)
     return sale
+
+
+def _sale_book(sale: Sale, lines: list[SaleLine], roles: Roles, acting_user: Any) -> None:
+    """Price the lines, check the sale, move the stock and post the entry (in the caller's
+    transaction, the day checked open): sets the lines' amount, VAT and cost and the sale's totals,
+    status and entry; the caller writes the sale and its lines. Everything that can refuse the
+    sale (input, credit limit, stock) is checked before the entry and the stock are written.
+    """
+    business = sale.business
+    if not lines:
+        raise InvalidInput("A sale needs at least one line.")
+    customer = sale.customer
+    if customer is not None and customer.business_id != business.pk:
+        raise InvalidInput(f"{customer} is a customer of another business")
+    same_business_items(business, [line.item for line in lines])
+    if sale.payment_method == PaymentMethod.ACCOUNT and customer is None:
+        raise InvalidInput("A sale on account needs a customer.")
+
+    journal = Journal(roles)
+    total = vat_total = cost_total = ZERO
+    for line in lines:
+        item = line.item
+        if item.kind == ItemKind.MATERIAL:
+            raise InvalidInput(f"{item} is stock only and not sold as such (sell the refill or product made of it)")
+        price = item.price if line.unit_price is None else line.unit_price
+        line.amount = money(price * line.quantity)
+        net, line.vat = vat_split(line.amount, item.tax_rate)
+        role = sales_role_of(item)
+        journal.credit(role, net, f"{sale.number} {item}")
+        journal.credit("vat_output", line.vat)
+        total += line.amount
+        vat_total += line.vat
+
+    if sale.payment_method == PaymentMethod.ACCOUNT and customer is not None:
+        credit_check(customer, total)
+
+    stocked = [i for i in (_stock_item(line.item) for line in lines) if i is not None]
+    returned = [line.item.returns_item for line in lines if line.item.returns_item is not None]
+    book = StockBook(stock_lock([*stocked, *returned]), day=sale.sale_date, reference=sale.number)
+    for line in lines:
+        line.cost = ZERO
+        stock_item = _stock_item(line.item)
+        if stock_item is not None:
+            line.cost = book.take_out(stock_item, line.quantity, MovementKind.SALE)
+        if line.item.returns_item is not None:
+            empty = line.item.returns_item
+            value = money(book.unit_cost(empty) * line.quantity)
+            book.take_in(empty, line.quantity, value, MovementKind.EXCHANGE_IN)
+            line.cost -= value
+        cost_total += line.cost
+    # Issued stock out of inventory, empties taken back into it; the difference is the cost.
+    journal.debit("cost_of_sales", cost_total, f"Cost of {sale.number}")
+    journal.credit("inventory", cost_total)
+    debit_role = "cash" if sale.payment_method == PaymentMethod.CASH else "receivables"
+    journal.debit(debit_role, total, f"{sale.number} {sale.get_payment_method_display()}")
+    entry = journal.post(
+        entry_date=sale.sale_date,
+        memo=f"Sale {sale.number} ({sale.get_payment_method_display()})",
+        source_type=SourceType.SALE,
+        source_ref=sale.number,
+        idempotency_key=f"sale:{sale.pk}",
+        acting_user=acting_user,
+    )
+    book.save(entry)
+    sale.status, sale.entry = SaleStatus.POSTED, entry
+    sale.total, sale.vat_total, sale.cost_total = total, vat_total, cost_total
+    sale.amount_paid = total if sale.payment_method == PaymentMethod.CASH else ZERO
+
+
+def _sale_charge(sale: Sale) -> None:
+    """What a posted sale not paid in cash adds to its customer's account (none without a customer)."""
+    if sale.customer is not None and sale.payment_method != PaymentMethod.CASH and sale.total:
+        CustomerTransaction.objects.create(
+            business=sale.business,
+            customer=sale.customer,
+            tx_date=sale.sale_date,
+            kind=CustomerTxKind.SALE,
+            amount=sale.total,
+            sale=sale,
+            reference=sale.number,
+            entry=sale.entry,
+        )
 
 
 def _sale_reverse(*, sale: Sale, day: dt.date, status: str, acting_user: Any, reason: str) -> Sale:
@@ -300,28 +345,28 @@ def customer_payment_record(
         raise InvalidInput("The amount paid must be more than zero.")
     with transaction.atomic():
         customer = Customer.objects.select_for_update(of=("self",)).select_related("business").get(pk=customer.pk)
-        day_open_check(customer.business, payment_date)
-        tx = CustomerTransaction.objects.create(
+        books = books_open(customer.business, payment_date, reserve_id_of=CustomerTransaction)
+        journal = Journal(books.roles)
+        journal.debit(paid_to, amount, f"Payment from {customer.name}")
+        journal.credit("receivables", amount, f"Payment from {customer.name}")
+        entry = journal.post(
+            entry_date=payment_date,
+            memo=f"Payment from {customer.name} {reference}".strip(),
+            source_type=SourceType.PAYMENT,
+            source_ref=reference or f"customer {customer.pk}",
+            idempotency_key=f"customer-payment:{books.reserved_id}",
+            acting_user=acting_user,
+        )
+        return CustomerTransaction.objects.create(
+            pk=books.reserved_id,
             business=customer.business,
             customer=customer,
             tx_date=payment_date,
             kind=CustomerTxKind.PAYMENT,
             amount=-amount,
             reference=reference[:40],
+            entry=entry,
         )
-        journal = Journal(Roles(customer.business))
-        journal.debit(paid_to, amount, f"Payment from {customer.name}")
-        journal.credit("receivables", amount, f"Payment from {customer.name}")
-        tx.entry = journal.post(
-            entry_date=payment_date,
-            memo=f"Payment from {customer.name} {reference}".strip(),
-            source_type=SourceType.PAYMENT,
-            source_ref=reference or f"customer {customer.pk}",
-            idempotency_key=f"customer-payment:{tx.pk}",
-            acting_user=acting_user,
-        )
-        tx.save(update_fields=["entry"])
-    return tx
 
 
 def sale_mpesa_paid(
@@ -333,31 +378,40 @@ def sale_mpesa_paid(
     Called by the M-Pesa module's listener (operations.payments) with at most what the sale owes:
     what is paid over it is the customer's credit or waits in suspense, never the sale's. More than
     it owes is refused (and the database refuses amount_paid over the total whatever the path).
+    Only `sale.pk` is used (the row is read again, locked). No savepoint of its own: it runs inside
+    the M-Pesa posting, which a refusal here rolls back whole.
     """
-    with transaction.atomic():
-        sale = Sale.objects.select_for_update(of=("self",)).select_related("customer").get(pk=sale.pk)
-        if sale.status != SaleStatus.POSTED:
-            raise InvalidState(f"Sale {sale.number} is not open for payment.")
-        if receipt == sale.mpesa_receipt or CustomerTransaction.objects.filter(sale=sale, reference=receipt).exists():
-            return sale
-        owed = sale.total - sale.amount_paid
-        if amount <= 0 or amount > owed:
-            raise InvalidState(f"Sale {sale.number} owes KES {owed:,.2f}: KES {amount:,.2f} cannot be applied.")
-        sale.amount_paid += amount
-        sale.mpesa_receipt = sale.mpesa_receipt or receipt[:20]
-        sale.save(update_fields=["amount_paid", "mpesa_receipt"])
-        if sale.customer is not None:
-            CustomerTransaction.objects.create(
-                business_id=sale.business_id,
-                customer=sale.customer,
-                tx_date=paid_date,
-                kind=CustomerTxKind.PAYMENT,
-                amount=-amount,
-                sale=sale,
-                reference=receipt[:40],
-                entry=entry,
-            )
+    with transaction.atomic(savepoint=False):
+        sale = Sale.objects.select_for_update(of=("self",)).get(pk=sale.pk)
+        sale_mpesa_paid_locked(sale=sale, receipt=receipt, amount=amount, entry=entry, paid_date=paid_date)
     return sale
+
+
+def sale_mpesa_paid_locked(
+    *, sale: Sale, receipt: str, amount: Decimal, entry: JournalEntry | None, paid_date: dt.date
+) -> None:
+    """sale_mpesa_paid on a sale the caller read locked (select_for_update) in its transaction."""
+    if sale.status != SaleStatus.POSTED:
+        raise InvalidState(f"Sale {sale.number} is not open for payment.")
+    if receipt == sale.mpesa_receipt or CustomerTransaction.objects.filter(sale=sale, reference=receipt).exists():
+        return
+    owed = sale.total - sale.amount_paid
+    if amount <= 0 or amount > owed:
+        raise InvalidState(f"Sale {sale.number} owes KES {owed:,.2f}: KES {amount:,.2f} cannot be applied.")
+    sale.amount_paid += amount
+    sale.mpesa_receipt = sale.mpesa_receipt or receipt[:20]
+    sale.save(update_fields=["amount_paid", "mpesa_receipt"])
+    if sale.customer_id is not None:
+        CustomerTransaction.objects.create(
+            business_id=sale.business_id,
+            customer_id=sale.customer_id,
+            tx_date=paid_date,
+            kind=CustomerTxKind.PAYMENT,
+            amount=-amount,
+            sale=sale,
+            reference=receipt[:40],
+            entry=entry,
+        )
 
 
 def sale_mpesa_reversed(*, sale_id: int, business_id: int, receipt: str, amount: Decimal) -> Sale | None:
@@ -394,9 +448,9 @@ def deposit_return(
     if quantity <= 0:
         raise InvalidInput("Quantity must be more than zero.")
     with transaction.atomic():
-        day_open_check(business, return_date)
+        books = books_open(business, return_date)
         amount = money(item.price * quantity)
-        journal = Journal(Roles(business))
+        journal = Journal(books.roles)
         journal.debit(item.sales_role, amount, f"{quantity:f} x {item} returned")
         journal.credit("cash", amount)
         entry = journal.post(

@@ -25,23 +25,32 @@ from operations.models import (
     MovementKind,
     OpeningStock,
     StockCount,
+    StockCountLine,
     StockLevel,
     StockMovement,
 )
-from operations.services.postings import Roles, acting, day_open_check, money, same_business_items
+from operations.services.postings import acting, books_open, money, same_business_items
 
 
 def stock_lock(items: Iterable[Item]) -> dict[int, StockLevel]:
-    """The stock rows of `items` (created if missing), locked, in primary-key order. In a transaction."""
+    """The stock rows of `items` (created if missing), locked, in primary-key order. In a transaction.
+
+    One query when every row exists (the usual case); a missing row is created first, then the
+    rows are locked again in primary-key order (those already held are not waited for).
+    """
     wanted = {item.pk: item for item in items if item.is_stocked}
     if not wanted:
         return {}
-    existing = set(StockLevel.objects.filter(item_id__in=wanted).values_list("item_id", flat=True))
-    missing = [StockLevel(business_id=item.business_id, item=item) for pk, item in wanted.items() if pk not in existing]
+    levels = {level.item_id: level for level in _levels_locked(wanted)}
+    missing = [StockLevel(business_id=item.business_id, item=item) for pk, item in wanted.items() if pk not in levels]
     if missing:
         StockLevel.objects.bulk_create(missing, ignore_conflicts=True)
-    levels = StockLevel.objects.select_for_update().filter(item_id__in=wanted).order_by("pk")
-    return {level.item_id: level for level in levels}
+        levels = {level.item_id: level for level in _levels_locked(wanted)}
+    return levels
+
+
+def _levels_locked(item_ids: Iterable[int]) -> list[StockLevel]:
+    return list(StockLevel.objects.select_for_update().filter(item_id__in=list(item_ids)).order_by("pk"))
 
 
 class StockBook:
@@ -108,12 +117,16 @@ class StockBook:
         )
 
     def save(self, entry: JournalEntry | None) -> None:
+        """Insert the movements and write the levels moved: two statements whatever the number of lines."""
         for movement in self.movements:
             movement.entry = entry
-        StockMovement.objects.bulk_create(self.movements)
-        for item_id in self._touched:
-            level = self.levels[item_id]
-            level.save(update_fields=["quantity", "value"])
+        if self.movements:
+            StockMovement.objects.bulk_create(self.movements)
+        touched = [self.levels[item_id] for item_id in sorted(self._touched)]
+        if len(touched) == 1:
+            touched[0].save(update_fields=["quantity", "value"])
+        elif touched:
+            StockLevel.objects.bulk_update(touched, ["quantity", "value"])
 
 
 def stock_opening_post(*, opening: OpeningStock, acting_user: Any = None) -> OpeningStock:
@@ -130,11 +143,11 @@ def stock_opening_post(*, opening: OpeningStock, acting_user: Any = None) -> Ope
         same_business_items(opening.business, [opening.item])
         if not opening.item.is_stocked:
             raise InvalidInput(f"{opening.item} is not a stocked item")
-        day_open_check(opening.business, opening.stock_date)
+        books = books_open(opening.business, opening.stock_date)
         value = money(opening.quantity * opening.unit_cost)
         book = StockBook(stock_lock([opening.item]), day=opening.stock_date, reference=f"opening #{opening.pk}")
         book.take_in(opening.item, opening.quantity, value, MovementKind.OPENING)
-        journal = Journal(Roles(opening.business))
+        journal = Journal(books.roles)
         journal.debit("inventory", value, f"Opening stock {opening.item}")
         journal.credit("owner_equity", value)
         entry = journal.post(
@@ -163,10 +176,10 @@ def stock_count_post(*, count: StockCount, acting_user: Any = None) -> StockCoun
         lines = list(count.lines.select_related("item"))
         if not lines:
             raise InvalidInput("A stock count needs at least one line.")
-        day_open_check(count.business, count.count_date)
+        books = books_open(count.business, count.count_date)
         same_business_items(count.business, [line.item for line in lines])
         book = StockBook(stock_lock(line.item for line in lines), day=count.count_date, reference=f"count #{count.pk}")
-        journal = Journal(Roles(count.business))
+        journal = Journal(books.roles)
         for line in lines:
             on_hand = book.levels[line.item.pk].quantity if line.item.pk in book.levels else None
             if on_hand is None:
@@ -181,7 +194,7 @@ def stock_count_post(*, count: StockCount, acting_user: Any = None) -> StockCoun
             journal.debit("inventory", value, f"Count {line.item}")
             journal.credit("stock_variance", value)
             line.expected_quantity, line.variance_quantity, line.variance_value = on_hand, difference, value
-            line.save(update_fields=["expected_quantity", "variance_quantity", "variance_value"])
+        StockCountLine.objects.bulk_update(lines, ["expected_quantity", "variance_quantity", "variance_value"])
         entry = journal.post(
             entry_date=count.count_date,
             memo=f"Stock count #{count.pk}",
@@ -207,6 +220,7 @@ def stock_count_create(
         count = StockCount.objects.create(
             business=business, count_date=count_date, note=note, created_by=acting(acting_user)
         )
-        for item, quantity in counted.items():
-            count.lines.create(item=item, counted_quantity=quantity)
+        StockCountLine.objects.bulk_create(
+            StockCountLine(count=count, item=item, counted_quantity=quantity) for item, quantity in counted.items()
+        )
         return stock_count_post(count=count, acting_user=acting_user)

@@ -2,9 +2,15 @@
 and N days of activity, all posted through the operations services (so the ledger stays balanced).
 
 The days seeded are the N days before today (today stays open for people to try the admin); each
-day ends with a closing, which locks it. Run again, it continues after the last closed day and
-skips days already closed (so it never posts twice for a day); `--if-empty` does nothing when any
-sale exists (used on first start). Random but reproducible: `--seed` (default 2026).
+day ends with a closing, which locks it. A week of a business commits at a time. Run again, it
+continues after the last closed day and skips days already closed (so it never posts twice for a
+day); `--if-empty` does nothing when any sale exists (used on first start).
+
+The businesses are seeded at the same time, each by a worker process (`--workers`, default one
+per business): each has its own books, chain, stock and customers, so they share no row they
+write. Random but reproducible: each business draws from its own generator seeded with `--seed`
+(default 2026) and its name, so the same seed gives the same activity whatever the workers; the
+ids (and so the sale numbers) depend on how the processes interleave, except with `--workers 1`.
 
 M-Pesa: each business gets a demo till; M-Pesa sales and laundry payments are posted by the
 operations services to receivables and then paid with synthetic receipts recorded through
@@ -15,15 +21,21 @@ sale number, laundry tag or phone and calls operations' payment listener.
 from __future__ import annotations
 
 import datetime as dt
+import multiprocessing
 import random
 import time
+from collections import defaultdict
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 from zoneinfo import ZoneInfo
 
 from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError, CommandParser
-from django.db import transaction
+from django.db import connection, connections, transaction
+from django.db.models import Sum
 from django.utils import timezone
 
 from accounts.selectors import books_lock_date
@@ -31,6 +43,7 @@ from operations.exceptions import CreditLimitExceeded, InsufficientStock
 from operations.management.commands.setup_demo import DEMO_BUSINESSES
 from operations.models import (
     Customer,
+    CustomerTransaction,
     Item,
     ItemKind,
     LaundryOrder,
@@ -44,7 +57,7 @@ from operations.models import (
     TaxRate,
     Unit,
 )
-from operations.selectors import cash_expected, customer_balance, supplier_balance
+from operations.selectors import cash_expected, supplier_balance
 from operations.services.businesses import business_ensure
 from operations.services.closing import closing_run
 from operations.services.laundry import laundry_order_advance, laundry_order_collect, laundry_order_create
@@ -56,6 +69,7 @@ from operations.services.water import production_batch_create
 from tenancy.models import Business, BusinessKind
 
 D = Decimal
+DAYS_PER_TRANSACTION = 7
 NAIROBI = ZoneInfo("Africa/Nairobi")
 NAMES = [
     "Wanjiku",
@@ -123,10 +137,6 @@ def _opening(business: Business, day: dt.date, stock: list[tuple[Item, str, str]
         stock_opening_post(opening=opening)
 
 
-def _on_hand(item: Item) -> Decimal:
-    return StockLevel.objects.filter(item=item).values_list("quantity", flat=True).first() or D(0)
-
-
 class Seeder:
     """One business's catalogue and its daily activity."""
 
@@ -141,6 +151,7 @@ class Seeder:
             name=f"{business.name} till (demo)",
             defaults={"shortcode": f"99{business.pk:04d}"},
         )
+        self.till.business = business  # read by every payment recorded on it
         self.receipts = 0
 
     def count(self, what: str, n: int = 1) -> None:
@@ -172,14 +183,26 @@ class Seeder:
             self.mpesa_pay(day, sale.total, reference=sale.number, phone=customer.phone if customer else "")
         return sale
 
+    def on_hand(self) -> dict[int, Decimal]:
+        """The quantity in stock of each of the business's stocked items (one query)."""
+        return defaultdict(
+            Decimal, StockLevel.objects.filter(business=self.business).values_list("item_id", "quantity").order_by()
+        )
+
     def method(self, mpesa_share: float) -> str:
         return PaymentMethod.MPESA if self.rng.random() < mpesa_share else PaymentMethod.CASH
 
     def collect_debts(self, day: dt.date, customers: list[Customer], share: float) -> None:
+        balances = dict(
+            CustomerTransaction.objects.filter(customer__in=customers)
+            .values("customer_id")
+            .annotate(owed=Sum("amount"))
+            .values_list("customer_id", "owed")
+        )
         for customer in customers:
             if self.rng.random() >= share:
                 continue
-            owed = customer_balance(customer=customer)
+            owed = balances.get(customer.pk) or D(0)
             if owed > 0:
                 customer_payment_record(customer=customer, amount=owed, payment_date=day, reference="cash")
                 self.count("customer payments")
@@ -305,7 +328,8 @@ class WaterSeeder(Seeder):
 
     def day(self, day: dt.date) -> None:
         b, rng = self.business, self.rng
-        if _on_hand(self.preform) < 1500 or _on_hand(self.cap) < 2500:
+        stock = self.on_hand()
+        if stock[self.preform.pk] < 1500 or stock[self.cap.pk] < 2500:
             purchase_create(
                 business=b,
                 supplier=self.supplier,
@@ -502,10 +526,11 @@ class RetailSeeder(Seeder):
 
     def day(self, day: dt.date) -> None:
         b, rng = self.business, self.rng
+        stock = self.on_hand()
         refills = [
             (c.full, D(6), D("1050.00") if c.full.cylinder_size_kg == 6 else D("2300.00"))
             for c in self.gas
-            if _on_hand(c.full) < 4 and _on_hand(c.empty) >= 6
+            if stock[c.full.pk] < 4 and stock[c.empty.pk] >= 6
         ]
         if refills:
             purchase_create(
@@ -516,7 +541,7 @@ class RetailSeeder(Seeder):
                 lines=[(item, qty, price * qty) for item, qty, price in refills],
             )
             self.count("depot refills")
-        low = [(item, D(40), cost * 40) for item, cost in self.goods if _on_hand(item) < 15]
+        low = [(item, D(40), cost * 40) for item, cost in self.goods if stock[item.pk] < 15]
         if low:
             purchase_create(
                 business=b,
@@ -570,6 +595,62 @@ SEEDERS: dict[str, type[WaterSeeder | LaundrySeeder | RetailSeeder]] = {
 }
 
 
+@dataclass(frozen=True)
+class SeedRun:
+    """One business's part of a seed_demo run (what a worker process is given)."""
+
+    name: str
+    kind: str
+    seed: int
+    first: dt.date
+    days: int
+
+
+@dataclass(frozen=True)
+class Seeded:
+    """What a business's part of the run did: from which day, and the counts of what was posted."""
+
+    name: str
+    start: dt.date
+    counts: dict[str, int]
+
+
+def business_seed(run: SeedRun, report: Callable[[str], None] | None = None) -> Seeded:
+    """Seed one business's days from `run.first` (or the day after its last closed day), a week per
+    transaction, each day closed in it: a failure leaves the weeks before it seeded and closed, and
+    a second run goes on from the last closed day. Its own random generator (seeded with the run's
+    seed and the business's name), so its data does not depend on the other businesses or on the
+    order the businesses run in. `report` is told of the progress every four weeks."""
+    business = Business.objects.get(name=run.name)
+    seeder = SEEDERS[run.kind](business, random.Random(f"{run.seed}:{run.name}"))  # noqa: S311 - demo data
+    lock_date = books_lock_date(business_id=business.pk)
+    start = run.first if lock_date is None else max(run.first, lock_date + dt.timedelta(days=1))
+    last = run.first + dt.timedelta(days=run.days - 1)
+    with transaction.atomic():
+        seeder.setup(start)
+    day = start
+    while day <= last:
+        with transaction.atomic():
+            for _ in range(DAYS_PER_TRANSACTION):
+                if day > last:
+                    break
+                seeder.day(day)
+                seeder.close(day)
+                day += dt.timedelta(days=1)
+        done = (day - start).days
+        if report is not None and (done % 28 == 0 or day > last):
+            report(f"  {run.name}: {done} of {(last - start).days + 1} days")
+    return Seeded(name=run.name, start=start, counts=seeder.counts)
+
+
+def _business_seed_in_worker(run: SeedRun) -> Seeded:
+    """business_seed in a worker process, on a connection of its own, closed at the end."""
+    try:
+        return business_seed(run, report=lambda line: print(line, flush=True))
+    finally:
+        connections.close_all()
+
+
 class Command(BaseCommand):
     help = "Seed the three demo businesses with N days of activity through the services (see module docstring)."
 
@@ -577,6 +658,13 @@ class Command(BaseCommand):
         parser.add_argument("--days", type=int, default=30, help="How many days before today to fill.")
         parser.add_argument("--seed", type=int, default=2026, help="Random seed (same seed, same data).")
         parser.add_argument("--if-empty", action="store_true", help="Do nothing if any sale exists.")
+        parser.add_argument(
+            "--workers",
+            type=int,
+            default=len(DEMO_BUSINESSES),
+            help="Businesses seeded at the same time, each by a process of its own (1: one after the other, "
+            "in this process; then the ids, and so the sale numbers, are the same from run to run too).",
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         days: int = options["days"]
@@ -586,31 +674,30 @@ class Command(BaseCommand):
             self.stdout.write("Sales exist already: nothing seeded.")
             return
         call_command("setup_demo", stdout=self.stdout)
-        rng = random.Random(options["seed"])  # noqa: S311 - demo data, reproducible on purpose
-        today = timezone.localdate()
-        first = today - dt.timedelta(days=days)
         started = time.monotonic()
-        seeders = []
+        first = timezone.localdate() - dt.timedelta(days=days)
+        runs = []
         for name, kind, _ in DEMO_BUSINESSES:
-            business = business_ensure(name=name, kind=kind)
-            seeder = SEEDERS[kind](business, rng)
-            lock_date = books_lock_date(business_id=business.pk)
-            start = first if lock_date is None else max(first, lock_date + dt.timedelta(days=1))
-            with transaction.atomic():
-                seeder.setup(start)
-            seeders.append((seeder, start))
-        for offset in range(days):
-            day = first + dt.timedelta(days=offset)
-            # One transaction per business day: a failure leaves the days before it seeded and closed.
-            for seeder, start in seeders:
-                if day < start:
-                    continue
-                with transaction.atomic():
-                    seeder.day(day)
-                    seeder.close(day)
-            if offset % 30 == 29:
-                self.stdout.write(f"  {offset + 1} of {days} days ({time.monotonic() - started:.0f}s)")
-        for seeder, start in seeders:
-            summary = ", ".join(f"{v} {k}" for k, v in sorted(seeder.counts.items())) or "nothing new"
-            self.stdout.write(f"{seeder.business}: from {start}: {summary}")
+            business_ensure(name=name, kind=kind)
+            runs.append(SeedRun(name=name, kind=kind, seed=options["seed"], first=first, days=days))
+        # Worker processes need what is set up committed, and connections of their own.
+        workers = 1 if connection.in_atomic_block else max(1, min(options["workers"], len(runs)))
+        outcomes: list[Seeded | BaseException] = []
+        if workers == 1:
+            outcomes = [business_seed(run, report=self.stdout.write) for run in runs]
+        else:
+            self.stdout.flush()
+            connections.close_all()  # a forked process must not share the parent's connection
+            with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
+                futures = [pool.submit(_business_seed_in_worker, run) for run in runs]
+            outcomes = [future.exception() or future.result() for future in futures]
+        failed = []
+        for run, outcome in zip(runs, outcomes, strict=True):
+            if isinstance(outcome, BaseException):
+                failed.append(f"{run.name}: {type(outcome).__name__}: {outcome}")
+                continue
+            summary = ", ".join(f"{v} {k}" for k, v in sorted(outcome.counts.items())) or "nothing new"
+            self.stdout.write(f"{outcome.name}: from {outcome.start}: {summary}")
+        if failed:
+            raise CommandError("seeding failed (the weeks before the failure are seeded): " + "; ".join(failed))
         self.stdout.write(self.style.SUCCESS(f"Seeded {days} days in {time.monotonic() - started:.1f}s"))
