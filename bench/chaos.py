@@ -68,6 +68,7 @@ FAULTS = [
 ]
 WORKERS = ("worker-payments", "worker-default", "worker-reports", "beat")
 PG_DOWN_SECONDS = 30.0
+MIN_UP = 5.0  # seconds a restarted payments worker runs before the next kill
 RECOVERY_TIMEOUT = float(os.environ.get("CHAOS_RECOVERY_TIMEOUT", "420"))
 ANSWER_DEADLINE = 600.0  # a callback not answered 200 within this is counted unanswered
 DUPLICATE_SHARE = 0.08
@@ -288,15 +289,19 @@ class Chaos:
                 os.kill(pid, signal.SIGKILL)
 
     def fault_payments_kill(self, phase: Phase) -> None:
+        """KILLS kills at random moments over the kill window, each once the worker started again has run
+        at least MIN_UP seconds (a worker killed as it starts makes the supervisor back off, a fault of
+        another kind)."""
         moments = sorted(self.rng.uniform(0, self.args.kill_window) for _ in range(self.args.kills))
         started = time.monotonic()
+        up_since = time.monotonic()
         for moment in moments:
-            time.sleep(max(0.0, started + moment - time.monotonic()))
+            time.sleep(max(0.0, started + moment - time.monotonic(), up_since + MIN_UP - time.monotonic()))
             old = self.pids().get("worker-payments")
             self.kill(old)
-            # The next kill hits the new worker (a kill while it is starting is a fault of its own kind).
             self.wait_for(functools.partial(self.restarted, "worker-payments", old), 60, "the payments worker")
-        phase.notes.append(f"{len(moments)} kills")
+            up_since = time.monotonic()
+        phase.notes.append(f"{len(moments)} kills over {time.monotonic() - started:.0f} s")
 
     def fault_workers_kill(self, phase: Phase) -> None:
         old = self.pids()
@@ -609,7 +614,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--faults", default=",".join(FAULTS), help=f"comma-separated, in order (default: {FAULTS})")
     parser.add_argument("--rate", type=float, default=100.0, help="callbacks per second (default 100)")
     parser.add_argument("--kills", type=int, default=20, help="payments worker kills (default 20)")
-    parser.add_argument("--kill-window", type=float, default=60.0, help="seconds the kills are spread over")
+    parser.add_argument("--kill-window", type=float, default=120.0, help="seconds the kills are spread over")
     parser.add_argument("--pg-down-seconds", type=float, default=PG_DOWN_SECONDS)
     parser.add_argument("--before", type=float, default=10.0, help="seconds of plain load before each fault")
     parser.add_argument("--seed", type=int, default=20261130)

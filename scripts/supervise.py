@@ -35,7 +35,7 @@ RESTART_DELAY = 1.0
 MAX_DELAY = 30.0
 # A process that ran at least this long before dying starts again after RESTART_DELAY: the backoff is
 # only for one that dies as it starts.
-HEALTHY_AFTER = 30.0
+HEALTHY_AFTER = 10.0
 
 
 @dataclass
