@@ -31,7 +31,7 @@ from typing import Any
 
 from django.db import connection, connections, transaction
 
-CHUNK = 40_000
+CHUNK = 25_000
 
 # The lines of a chunk come in (entry, id) order from the (entry, id) index (no sort), and the
 # string_agg takes them in that order: the order the seal hashes them in (ORDER BY id inside the

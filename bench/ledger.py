@@ -24,6 +24,7 @@ Usage: DATABASE_URL=... .venv/bin/python bench/ledger.py   (prints JSON)
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import hashlib
 import json
 import os
@@ -206,15 +207,49 @@ def _bulk_load(url: str, business: dict[str, Any], count: int, start: dt.date) -
 
 
 # The same one-statement posting into rule-free copies of the tables (no triggers, no foreign keys),
-# its parameters passed as entry_post passes them (array literals).
+# its parameters passed as entry_post passes them (array literals), returning what entry_post needs
+# back (id, number, posting time).
 _PLAIN_SQL = """
 WITH e AS (INSERT INTO bench_entry (business_id, number, entry_date, posted_at, memo, source_type,
            source_ref, idempotency_key, currency)
-           VALUES (%s, %s, %s, now(), 'sale', 'sale', '', %s, 'KES') RETURNING id)
-INSERT INTO bench_line (entry_id, account_id, debit, credit, memo)
-SELECT e.id, v.a, v.d, v.c, '' FROM e CROSS JOIN unnest(%s::bigint[], %s::numeric[], %s::numeric[])
-  AS v(a, d, c)
+           VALUES (%s, %s, %s, now(), 'sale', 'sale', '', %s, 'KES') RETURNING id, number, posted_at),
+l AS (INSERT INTO bench_line (entry_id, account_id, debit, credit, memo)
+      SELECT e.id, v.a, v.d, v.c, '' FROM e CROSS JOIN unnest(%s::bigint[], %s::numeric[], %s::numeric[])
+        AS v(a, d, c))
+SELECT id, number, posted_at FROM e
 """
+
+
+def _backend_cpu(pid: int) -> float | None:
+    """CPU seconds a PostgreSQL backend has used (Linux, server on this machine), else None."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class _CpuMeter:
+    """CPU used per posting by this process and one backend: unlike the rates, hardly moved by the
+    machine's other load (which delays a posting without making it cost more)."""
+
+    def __init__(self, backend_pid: int) -> None:
+        self.backend_pid = backend_pid
+        self.seconds = 0.0
+        self.postings = 0
+        self.available = _backend_cpu(backend_pid) is not None
+
+    def measure(self, fn: Callable[[], float], postings: int) -> float:
+        client, backend = time.process_time(), _backend_cpu(self.backend_pid)
+        result = fn()
+        after = _backend_cpu(self.backend_pid)
+        if backend is not None and after is not None:
+            self.seconds += time.process_time() - client + after - backend
+            self.postings += postings
+        return result
+
+    def us_per_posting(self) -> float | None:
+        return round(self.seconds / self.postings * 1e6) if self.available and self.postings else None
 
 
 def _plain_insert_rate(conn: psycopg.Connection[Any], business: dict[str, Any], start: int, n: int) -> float:
@@ -226,7 +261,7 @@ def _plain_insert_rate(conn: psycopg.Connection[Any], business: dict[str, Any], 
             _PLAIN_SQL,
             [business["id"], i + 1, dt.date.today(), f"plain:{i}", accounts, "{116.00,0,0}", "{0,100.00,16.00}"],
             prepare=True,
-        )
+        ).fetchone()
     return n / (time.perf_counter() - started)
 
 
@@ -342,10 +377,22 @@ def _inner() -> dict[str, float]:
     plain_conn = psycopg.connect(url, autocommit=True)
     plain_conn.execute("CREATE TABLE bench_entry (LIKE accounts_journalentry INCLUDING ALL)")
     plain_conn.execute("CREATE TABLE bench_line (LIKE accounts_journalline INCLUDING ALL)")
-    single, plain, batched, no_totals = [], [], [], []
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_backend_pid()")
+        post_cpu = _CpuMeter(cursor.fetchone()[0])
+    plain_cpu = _CpuMeter(plain_conn.info.backend_pid)
+    block = POSTED_ENTRIES // PAIRS
+    single: list[float] = []
+    plain: list[float] = []
+    batched: list[float] = []
+    no_totals: list[float] = []
     for r in range(PAIRS):
-        single.append(rate(f"post{r}", POSTED_ENTRIES // PAIRS))
-        plain.append(_plain_insert_rate(plain_conn, target, r * POSTED_ENTRIES, POSTED_ENTRIES // PAIRS))
+        single.append(post_cpu.measure(functools.partial(rate, f"post{r}", block), block))
+        plain.append(
+            plain_cpu.measure(
+                functools.partial(_plain_insert_rate, plain_conn, target, r * POSTED_ENTRIES, block), block
+            )
+        )
         if r % (PAIRS // ROUNDS) != PAIRS // ROUNDS - 1:
             continue
         batched.append(rate(f"batched{r}", BATCHED_ENTRIES // ROUNDS, per_transaction=100))
@@ -360,6 +407,10 @@ def _inner() -> dict[str, float]:
     plain_conn.close()
     figures["ledger.post_entries_per_s"] = round(statistics.median(single), 1)
     figures["ledger.post_plain_inserts_per_s"] = round(statistics.median(plain), 1)
+    for key, meter in (("ledger.post_cpu_us", post_cpu), ("ledger.post_plain_cpu_us", plain_cpu)):
+        us = meter.us_per_posting()
+        if us is not None:
+            figures[key] = us
     figures["ledger.post_entries_batched_per_s"] = round(statistics.median(batched), 1)
     figures["ledger.post_entries_without_daily_totals_per_s"] = round(statistics.median(no_totals), 1)
     with connection.cursor() as cursor:

@@ -1,19 +1,19 @@
-"""The ledger's triggers doing the same checks with fewer statements and index lookups only.
+"""The ledger's triggers, the same checks with index lookups only, and no number for a skipped row.
 
-What each posting costs PostgreSQL is in docs/ledger.md ("Where a posting's time goes"); here:
+What a posting costs PostgreSQL, and where, is in docs/ledger.md ("Where a posting's time goes").
 
-- The entry trigger takes the number in the same statement that checks the idempotency key (one
-  statement fewer), and also gives number 0 - no number - to a row whose id or, for a reversal,
-  whose original entry is taken: such a row is refused by a unique index, or skipped by ON CONFLICT
-  DO NOTHING, and before it took a number for nothing, leaving a gap that stopped every later
-  posting of the business at commit (the chain needs the entry numbered one less).
-- The line trigger finds the accounts it locks by primary key (it read the whole accounts table
-  when its statistics said the table was small).
-- The seal, at commit, is one statement when the entry is right (the lines read, the predecessor's
-  seal found and the seal written together); anything else goes through the checks one by one as
-  before, with the same errors.
+- The line trigger reads the accounts by primary key (seq scans off for its statements): its plans,
+  made once per session, read the whole accounts table for every line when the planner found the
+  table small - three scans of it per posting of three lines, a third of the trigger's time in the
+  benchmark, and more as businesses are added until a session plans again.
+- The entry trigger checks the idempotency key in the statement that takes the number, and gives
+  number 0 - no number - also to a row whose id or, for a reversal, whose original entry is taken:
+  such a row is refused by a unique index or skipped by ON CONFLICT DO NOTHING, and before it took
+  a number for nothing, leaving a gap that stopped every later posting of the business at commit
+  (the chain needs the entry numbered one less). entry_post relies on it: inside a caller's
+  transaction it posts with ON CONFLICT DO NOTHING (accounts/services.py).
 
-The canonical form and the hash are unchanged (ledger_entry_canon, ledger_line_canon, ledger_hash).
+The seal and the canonical form are unchanged (ledger_entry_canon, ledger_line_canon, ledger_hash).
 """
 
 import importlib
@@ -75,8 +75,12 @@ BEGIN
   RETURN NEW;
 END $$;
 
+-- Every lookup here is by key (an account, an entry, a seal, a daily total). The plans are made once
+-- per session, when the accounts table may be small enough for the planner to prefer reading it
+-- whole - for every line of every posting (three scans of the accounts per posting of three lines);
+-- seq scans off, they use the indexes whatever the statistics say.
 CREATE OR REPLACE FUNCTION ledger_lines_inserted() RETURNS trigger
-LANGUAGE plpgsql SECURITY DEFINER {PATH} AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET enable_seqscan = off {PATH} AS $$
 DECLARE
   v_sealed boolean;
   v_bad boolean;
@@ -143,90 +147,6 @@ BEGIN
   END IF;
   RETURN NULL;
 END $$;
-
-CREATE OR REPLACE FUNCTION ledger_entry_seal() RETURNS trigger
-LANGUAGE plpgsql SECURITY DEFINER {PATH} AS $$
-DECLARE
-  v_count bigint;
-  v_debit numeric;
-  v_credit numeric;
-  v_lines text;
-  v_prev text;
-  v_sealed boolean;
-BEGIN
-  -- The usual case in one statement: an entry (not a reversal) with a number, two or more lines that
-  -- balance, and a sealed predecessor is sealed here.
-  WITH l AS (
-    SELECT count(*) AS n, coalesce(sum(debit), 0) AS debit, coalesce(sum(credit), 0) AS credit,
-           string_agg(ledger_line_canon(account_id, debit, credit, memo), E'\n' ORDER BY id) AS body
-      FROM accounts_journalline WHERE entry_id = NEW.id
-  ), p AS (
-    SELECT CASE WHEN NEW.number = 1 THEN ledger_genesis_hash()
-                WHEN NEW.number > 1 THEN
-                  (SELECT s.hash FROM accounts_journalentry pe JOIN accounts_entryseal s ON s.entry_id = pe.id
-                    WHERE pe.business_id = NEW.business_id AND pe.number = NEW.number - 1)
-           END AS hash
-  ), sealed AS (
-    INSERT INTO accounts_entryseal (entry_id, hash)
-    SELECT NEW.id, ledger_hash(p.hash,
-                               ledger_entry_canon(NEW.business_id, NEW.number, NEW.entry_date, NEW.posted_at,
-                                                  NEW.currency, NEW.source_type, NEW.source_ref,
-                                                  NEW.idempotency_key, NEW.reverses_id, NEW.created_by_id, NEW.memo),
-                               l.body)
-      FROM l, p
-     WHERE l.n >= 2 AND l.debit = l.credit AND p.hash IS NOT NULL AND NEW.reverses_id IS NULL
-    RETURNING 1
-  )
-  SELECT l.n, l.debit, l.credit, l.body, p.hash, EXISTS (SELECT 1 FROM sealed)
-    INTO v_count, v_debit, v_credit, v_lines, v_prev, v_sealed
-    FROM l, p;
-  IF v_sealed THEN
-    RETURN NULL;
-  END IF;
-  -- Otherwise the checks in their order, each with its error; a reversal that passes them is sealed below.
-  IF v_count < 2 THEN
-    RAISE EXCEPTION USING ERRCODE = '23L01',
-      MESSAGE = format('journal entry %s (business %s, no. %s) has %s line(s); an entry needs at least two',
-                       NEW.id, NEW.business_id, NEW.number, v_count);
-  END IF;
-  IF v_debit <> v_credit THEN
-    RAISE EXCEPTION USING ERRCODE = '23L01',
-      MESSAGE = format('journal entry %s (business %s, no. %s) does not balance: debits %s, credits %s',
-                       NEW.id, NEW.business_id, NEW.number, v_debit, v_credit);
-  END IF;
-  -- A reversal's lines are its original's with the sides swapped: same multiset of
-  -- (account, debit, credit), memos aside.
-  IF NEW.reverses_id IS NOT NULL THEN
-    IF EXISTS (
-        (SELECT account_id, debit, credit FROM accounts_journalline WHERE entry_id = NEW.id
-         EXCEPT ALL
-         SELECT account_id, credit, debit FROM accounts_journalline WHERE entry_id = NEW.reverses_id)
-        UNION ALL
-        (SELECT account_id, credit, debit FROM accounts_journalline WHERE entry_id = NEW.reverses_id
-         EXCEPT ALL
-         SELECT account_id, debit, credit FROM accounts_journalline WHERE entry_id = NEW.id)) THEN
-      RAISE EXCEPTION USING ERRCODE = '23L07',
-        MESSAGE = format('journal entry %s (business %s, no. %s) reverses entry %s but its lines are not that '
-                         'entry''s lines with debits and credits swapped', NEW.id, NEW.business_id, NEW.number,
-                         NEW.reverses_id);
-    END IF;
-  END IF;
-  IF NEW.number < 1 THEN
-    RAISE EXCEPTION USING ERRCODE = '23L06',
-      MESSAGE = format('journal entry %s of business %s has no number', NEW.id, NEW.business_id);
-  ELSIF v_prev IS NULL THEN
-    RAISE EXCEPTION USING ERRCODE = '23L06',
-      MESSAGE = format('hash chain of business %s: entry no. %s is not sealed before no. %s',
-                       NEW.business_id, NEW.number - 1, NEW.number);
-  END IF;
-  INSERT INTO accounts_entryseal (entry_id, hash)
-  VALUES (NEW.id, ledger_hash(v_prev,
-                  ledger_entry_canon(NEW.business_id, NEW.number, NEW.entry_date, NEW.posted_at, NEW.currency,
-                                     NEW.source_type, NEW.source_ref, NEW.idempotency_key, NEW.reverses_id,
-                                     NEW.created_by_id, NEW.memo),
-                  v_lines));
-  RETURN NULL;
-END $$;
 """
 
 
@@ -240,7 +160,7 @@ def _previous_functions(*names: str) -> str:
     return "\n".join(found[name] for name in names)
 
 
-BACKWARD = _previous_functions("ledger_entry_before_insert", "ledger_lines_inserted", "ledger_entry_seal")
+BACKWARD = _previous_functions("ledger_entry_before_insert", "ledger_lines_inserted")
 
 
 class Migration(migrations.Migration):
