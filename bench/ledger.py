@@ -11,7 +11,10 @@ migrates it, loads 500,000 entries (~4 million lines) and measures:
 
 and, for context (docs/ledger.md): the posting rate with 100 entries per transaction, with the
 daily-totals upsert switched off (what the summary costs), and plain INSERTs of the same rows into
-copies of the tables without any ledger rule.
+copies of the tables without any ledger rule (ledger.post_plain_inserts_per_s), interleaved with
+entry_post in short blocks so that both see the same load; and the CPU each costs per posting,
+client and server (ledger.post_cpu_us, ledger.post_plain_cpu_us; when the server is on this
+machine), which the machine's other load moves far less than the rates.
 
 The bulk load (two businesses at a time) runs with the triggers off and then builds the numbers,
 seals, daily totals and books counters set-based, the way the triggers would - verify_ledger
