@@ -2,8 +2,9 @@
 
 PostgreSQL enforces the rules whatever happens here (migrations/0002_ledger_rules.py); these
 services check the same rules first so that callers get a precise domain error
-(accounts.exceptions) instead of a database error. A posting is one SQL statement (the entry and
-its lines together), so outside a transaction it costs one round trip.
+(accounts.exceptions) instead of a database error. A posting is one prepared SQL statement (the
+entry and its lines together): one round trip, and no savepoint inside a caller's transaction.
+Where its time goes: docs/ledger.md ("Where a posting's time goes").
 """
 
 from __future__ import annotations
@@ -340,9 +341,13 @@ def _post(
         if not (sqlstate == "23505" and constraint == "entry_business_idempotency_uniq"):
             _raise_ledger_error(exc)
         # The key was used: by this same request (a retry: return what it posted) or by another one.
-        return _posted_before(
-            business, idempotency_key, entry_date, memo, source_type, source_ref, reverses_id, normalised
-        ), False
+        try:
+            existing = _posted_before(
+                business, idempotency_key, entry_date, memo, source_type, source_ref, reverses_id, normalised
+            )
+        except LedgerError as error:
+            raise error from exc
+        return existing, False
 
     assert isinstance(outcome, tuple)
     entry_id, number, posted_at = outcome
