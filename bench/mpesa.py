@@ -22,7 +22,9 @@ default/reports worker kept busy with a dummy report task, and beat (the sweeper
    second, from the first row seen processed (polled every 0.2 s) to the last;
    `drain_startup_s`: from the worker's start to its first row; `drain_s`: start to last row;
    `drain_left`: rows still unprocessed when it stopped progressing (0); `drain_lost`,
-   `drain_double_posted`: as above.
+   `drain_double_posted`: as above; `drain_cpu_s.worker` / `.postgres` and
+   `drain_cpu_ms_per_row.*`: the CPU the drain's worker (from its start, imports included) and
+   every PostgreSQL process of the machine used, in all and per row posted.
 
 Environment: MPESA_BENCH_RATE (100), MPESA_BENCH_SECONDS (60), MPESA_BENCH_DRAIN (5000),
 MPESA_BENCH_DB (bench_mpesa), MPESA_BENCH_KEEP_LOGS (set: keep the processes' logs, and say where).
@@ -480,6 +482,7 @@ def _drain(bench: _Bench, *, seed: int) -> dict[str, float]:
                 length, steady_since = queued, time.monotonic()
             time.sleep(0.2)
         rows = stored()
+        cpu_before = _cpu_by_part(bench.stack)
         spawned = time.monotonic()
         bench.payments_worker("worker-drain", "bench-drain")
         first: tuple[float, int] | None = None
@@ -495,12 +498,19 @@ def _drain(bench: _Bench, *, seed: int) -> dict[str, float]:
                 last_left, last_progress = left, now
             time.sleep(0.2)
         done = time.monotonic()
+        cpu_after = _cpu_by_part(bench.stack)
     finally:
         db.close()
         broker.close()
     posted_receipts, double = _posting_check(bench.scratch, receipts)
     started, at_start = first or (done, rows)
+    worker_cpu = cpu_after.get("worker-drain", 0.0)  # started in this phase: all of it is the drain's
+    postgres_cpu = cpu_after.get("postgres", 0.0) - cpu_before.get("postgres", 0.0)
     return {
+        "mpesa.drain_cpu_s.worker": round(worker_cpu, 2),
+        "mpesa.drain_cpu_s.postgres": round(postgres_cpu, 2),
+        "mpesa.drain_cpu_ms_per_row.worker": round(worker_cpu * 1000 / max(1, rows - left), 3),
+        "mpesa.drain_cpu_ms_per_row.postgres": round(postgres_cpu * 1000 / max(1, rows - left), 3),
         "mpesa.drain_rows": float(rows),
         "mpesa.drain_callback_errors": float(errors),
         "mpesa.drain_per_s": round((rows - at_start) / max(1e-9, done - started), 1),
