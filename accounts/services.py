@@ -284,11 +284,158 @@ def _execute_post_in_savepoint(params: dict[str, Any]) -> tuple[int, int, dt.dat
     return posted[0], posted[1], posted[2]
 
 
+# Several postings in one statement (entries_post): _POST_CHECKED_SQL for arrays of entries. The
+# entries' columns go in as arrays, their lines as arrays too with the entry's position (`n`) on each
+# line. An entry PostgreSQL would refuse (closed period, an account that is not an active leaf account
+# of its business, a reversal the rules forbid) or whose key is taken is not inserted (no number
+# taken: the entry trigger gives a taken key's row none); the others are, in their order, and the
+# triggers check them as any insert. One row per entry, in order: its id, number and posting time
+# when inserted (else NULLs).
+_POSTS_CHECKED_SQL = """
+WITH v AS (
+  SELECT * FROM unnest(%(businesses)s::bigint[], %(days)s::date[], %(memos)s::text[], %(source_types)s::text[],
+                       %(source_refs)s::text[], %(users)s::bigint[], %(keys)s::text[], %(reverses)s::bigint[],
+                       %(account_counts)s::int[])
+    WITH ORDINALITY AS v(business, day, memo, source_type, source_ref, usr, key, reverses, account_count, n)
+), l AS (
+  SELECT * FROM unnest(%(line_entries)s::bigint[], %(accounts)s::bigint[], %(debits)s::numeric[],
+                       %(credits)s::numeric[], %(line_memos)s::text[])
+    WITH ORDINALITY AS l(n, account_id, debit, credit, memo, ln)
+), b AS (
+  SELECT business_id, lock_date FROM accounts_books
+   WHERE business_id IN (SELECT business FROM v) ORDER BY business_id FOR NO KEY UPDATE
+), ok AS (
+  SELECT v.n FROM v JOIN b ON b.business_id = v.business
+   WHERE (b.lock_date IS NULL OR b.lock_date < v.day)
+     AND (SELECT count(DISTINCT a.id) FROM l JOIN accounts_account a ON a.id = l.account_id
+           WHERE l.n = v.n AND a.business_id = v.business AND a.is_active
+             AND NOT EXISTS (SELECT 1 FROM accounts_account c WHERE c.parent_id = a.id)) = v.account_count
+     AND (v.reverses IS NULL OR EXISTS (
+           SELECT 1 FROM accounts_journalentry o
+            WHERE o.id = v.reverses AND o.business_id = v.business AND o.reverses_id IS NULL
+              AND o.entry_date <= v.day))
+), e AS (
+  INSERT INTO accounts_journalentry (business_id, entry_date, memo, source_type, source_ref, created_by_id,
+                                     idempotency_key, reverses_id, currency)
+  SELECT v.business, v.day, v.memo, v.source_type, v.source_ref, v.usr, v.key, v.reverses, 'KES'
+    FROM v JOIN ok ON ok.n = v.n
+   ORDER BY v.n
+  ON CONFLICT DO NOTHING
+  RETURNING id, number, posted_at, business_id, idempotency_key
+), ins AS (
+  INSERT INTO accounts_journalline (entry_id, account_id, debit, credit, memo)
+  SELECT e.id, l.account_id, l.debit, l.credit, l.memo
+    FROM e JOIN v ON v.business = e.business_id AND v.key = e.idempotency_key JOIN l ON l.n = v.n
+   ORDER BY v.n, l.ln
+)
+SELECT e.id, e.number, e.posted_at
+  FROM v LEFT JOIN e ON e.business_id = v.business AND e.idempotency_key = v.key
+ ORDER BY v.n
+"""
+
+
+def _nullable_number_array(values: Sequence[int | None]) -> str:
+    """A PostgreSQL array literal of integers and NULLs."""
+    return "{" + ",".join("NULL" if value is None else str(value) for value in values) + "}"
+
+
+def _posts_params(postings: Sequence[_Prepared]) -> dict[str, Any]:
+    """The parameters of _POSTS_CHECKED_SQL for `postings` (each key once per business)."""
+    line_entries: list[int] = []
+    lines: list[_Line] = []
+    for n, posting in enumerate(postings, start=1):
+        line_entries += [n] * len(posting.lines)
+        lines += posting.lines
+    return {
+        "businesses": _number_array([posting.business.pk for posting in postings]),
+        "days": _text_array([posting.entry_date.isoformat() for posting in postings]),
+        "memos": _text_array([posting.memo for posting in postings]),
+        "source_types": _text_array([posting.source_type for posting in postings]),
+        "source_refs": _text_array([posting.source_ref for posting in postings]),
+        "users": _nullable_number_array([posting.created_by_id for posting in postings]),
+        "keys": _text_array([posting.idempotency_key for posting in postings]),
+        "reverses": _nullable_number_array([posting.reverses_id for posting in postings]),
+        "account_counts": _number_array([posting.params["account_count"] for posting in postings]),
+        "line_entries": _number_array(line_entries),
+        "accounts": _number_array([line.account_id for line in lines]),
+        "debits": _number_array([line.debit for line in lines]),
+        "credits": _number_array([line.credit for line in lines]),
+        "line_memos": _text_array([line.memo for line in lines]),
+    }
+
+
+def _execute_posts(postings: Sequence[_Prepared]) -> list[tuple[int, int, dt.datetime] | None]:
+    """Post `postings` with one statement: for each, (id, number, posted_at), or None when it was not
+    inserted (refused, key taken). When PostgreSQL refuses the statement itself (a rule of the
+    triggers that the checks above do not foresee, class 22 or 23), nothing is posted and every
+    result is None: the caller posts them one by one. Inside a caller's transaction the statement
+    runs in a savepoint sent with it (one round trip), so the transaction stays usable."""
+    db = connections[DEFAULT_DB_ALIAS]
+    db.ensure_connection()
+    raw = db.connection
+    params = _posts_params(postings)
+    nothing: list[tuple[int, int, dt.datetime] | None] = [None] * len(postings)
+    with db.wrap_database_errors, psycopg.Cursor(raw) as cursor:
+        if not db.in_atomic_block:
+            try:
+                cursor.execute(_POSTS_CHECKED_SQL, params, prepare=True)
+            except psycopg.Error as exc:
+                if (exc.sqlstate or "")[:2] not in ("22", "23"):
+                    raise
+                return nothing
+            rows = cursor.fetchall()
+        else:
+            try:
+                with raw.pipeline():
+                    raw.execute("SAVEPOINT ledger_posts")
+                    cursor.execute(_POSTS_CHECKED_SQL, params, prepare=True)
+                    raw.execute("RELEASE SAVEPOINT ledger_posts")
+            except psycopg.Error as exc:
+                raw.execute("ROLLBACK TO SAVEPOINT ledger_posts")
+                raw.execute("RELEASE SAVEPOINT ledger_posts")
+                if (exc.sqlstate or "")[:2] not in ("22", "23"):
+                    raise
+                return nothing
+            rows = cursor.fetchall()
+    assert len(rows) == len(postings)
+    return [None if row[0] is None else (row[0], row[1], row[2]) for row in rows]
+
+
 _ENTRY_FIELDS = [field.attname for field in JournalEntry._meta.concrete_fields]
 _ENTRY_BUSINESS = JournalEntry._meta.get_field("business")
 
 
-def _post(
+@dataclass(frozen=True)
+class EntrySpec:
+    """One entry for entries_post: the arguments of entry_post."""
+
+    business: Business
+    entry_date: dt.date
+    lines: Sequence[LineSpec]
+    memo: str
+    source_type: str
+    idempotency_key: str
+    source_ref: str = ""
+    acting_user: Any = None
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    """A posting checked in Python, with the parameters of its statement."""
+
+    business: Business
+    entry_date: dt.date
+    memo: str
+    source_type: str
+    source_ref: str
+    idempotency_key: str
+    reverses_id: int | None
+    created_by_id: int | None
+    lines: list[_Line]
+    params: dict[str, Any]
+
+
+def _prepare(
     *,
     business: Business,
     entry_date: dt.date,
@@ -299,8 +446,8 @@ def _post(
     idempotency_key: str,
     acting_user: Any,
     reverses_id: int | None = None,
-) -> tuple[JournalEntry, bool]:
-    """Insert one entry and its lines; (entry, created). See entry_post for the guarantees."""
+) -> _Prepared:
+    """Check one posting in Python (LedgerError) and build its statement's parameters."""
     if not isinstance(entry_date, dt.date) or isinstance(entry_date, dt.datetime):
         raise LedgerError("entry_date must be a date (the business date), not a datetime")
     if source_type not in SOURCE_TYPES:
@@ -328,11 +475,33 @@ def _post(
         "memos": _text_array([line.memo for line in normalised]),
         "account_count": len(set(account_ids)),
     }
+    return _Prepared(
+        business,
+        entry_date,
+        memo,
+        source_type,
+        source_ref,
+        idempotency_key,
+        reverses_id,
+        created_by_id,
+        normalised,
+        params,
+    )
+
+
+def _post(**kwargs: Any) -> tuple[JournalEntry, bool]:
+    """Insert one entry and its lines; (entry, created). See entry_post for the guarantees."""
+    return _post_prepared(_prepare(**kwargs))
+
+
+def _post_prepared(p: _Prepared) -> tuple[JournalEntry, bool]:
+    """Post one checked posting alone (its own statement); (entry, created)."""
+    params = p.params
     try:
         outcome = _execute_post(params)
         if outcome == _TAKEN:
             return _posted_before(
-                business, idempotency_key, entry_date, memo, source_type, source_ref, reverses_id, normalised
+                p.business, p.idempotency_key, p.entry_date, p.memo, p.source_type, p.source_ref, p.reverses_id, p.lines
             ), False
         if outcome == _REFUSED:
             outcome = _execute_post_in_savepoint(params)  # raises PostgreSQL's own error
@@ -343,31 +512,36 @@ def _post(
         # The key was used: by this same request (a retry: return what it posted) or by another one.
         try:
             existing = _posted_before(
-                business, idempotency_key, entry_date, memo, source_type, source_ref, reverses_id, normalised
+                p.business, p.idempotency_key, p.entry_date, p.memo, p.source_type, p.source_ref, p.reverses_id, p.lines
             )
         except LedgerError as error:
             raise error from exc
         return existing, False
 
     assert isinstance(outcome, tuple)
-    entry_id, number, posted_at = outcome
+    return _entry_built(p, outcome), True
+
+
+def _entry_built(p: _Prepared, posted: tuple[int, int, dt.datetime]) -> JournalEntry:
+    """The JournalEntry that posting `p` inserted as (id, number, posted_at), without reading it."""
+    entry_id, number, posted_at = posted
     values = {
         "id": entry_id,
-        "business_id": business.pk,
+        "business_id": p.business.pk,
         "number": number,
-        "entry_date": entry_date,
+        "entry_date": p.entry_date,
         "posted_at": posted_at,
-        "memo": memo,
-        "source_type": source_type,
-        "source_ref": source_ref,
-        "created_by_id": created_by_id,
-        "idempotency_key": idempotency_key,
-        "reverses_id": reverses_id,
+        "memo": p.memo,
+        "source_type": p.source_type,
+        "source_ref": p.source_ref,
+        "created_by_id": p.created_by_id,
+        "idempotency_key": p.idempotency_key,
+        "reverses_id": p.reverses_id,
         "currency": "KES",
     }
     entry = JournalEntry.from_db("default", _ENTRY_FIELDS, [values[name] for name in _ENTRY_FIELDS])
-    _ENTRY_BUSINESS.set_cached_value(entry, business)
-    return entry, True
+    _ENTRY_BUSINESS.set_cached_value(entry, p.business)
+    return entry
 
 
 def _posted_before(
@@ -442,6 +616,58 @@ def entry_post(
         acting_user=acting_user,
     )
     return entry
+
+
+def entries_post(specs: Sequence[EntrySpec]) -> list[JournalEntry | LedgerError]:
+    """Post several entries with one statement (a few for repeats and refusals): for each spec, in
+    order, its entry or the LedgerError that refused it. The same guarantees as entry_post, entry by
+    entry: the same checks, numbers taken by PostgreSQL in the specs' order, each key posted once (a
+    key posted before - or earlier in `specs` - with the same content gives that entry; with other
+    content, IdempotencyConflict). A refused entry sinks no other: what the statement did not insert
+    (refused, key taken) goes through entry_post's own path, one by one, for the entry or the
+    precise error. Database errors that are not the ledger's refusals (a lost connection, a lock
+    timeout) are raised.
+    """
+    results: list[JournalEntry | LedgerError | None] = [None] * len(specs)
+    batch: list[tuple[int, _Prepared]] = []
+    alone: list[tuple[int, _Prepared]] = []
+    keys: set[tuple[int, str]] = set()
+    for index, spec in enumerate(specs):
+        try:
+            if spec.source_type == SourceType.REVERSAL:
+                raise LedgerError("reversals are posted with entry_reverse")
+            if spec.source_type == SourceType.MANUAL:
+                reserved_key_check(spec.idempotency_key)
+            prepared = _prepare(
+                business=spec.business,
+                entry_date=spec.entry_date,
+                lines=spec.lines,
+                memo=spec.memo,
+                source_type=spec.source_type,
+                source_ref=spec.source_ref,
+                idempotency_key=spec.idempotency_key,
+                acting_user=spec.acting_user,
+            )
+        except LedgerError as error:
+            results[index] = error
+            continue
+        key = (spec.business.pk, prepared.idempotency_key)
+        # A key repeated in `specs`: the first goes in the statement, the others after it (one by one).
+        (alone if key in keys else batch).append((index, prepared))
+        keys.add(key)
+    if batch:
+        posted = _execute_posts([prepared for _, prepared in batch])
+        for (index, prepared), outcome in zip(batch, posted, strict=True):
+            if outcome is None:
+                alone.append((index, prepared))
+            else:
+                results[index] = _entry_built(prepared, outcome)
+    for index, prepared in sorted(alone, key=lambda item: item[0]):
+        try:
+            results[index] = _post_prepared(prepared)[0]
+        except LedgerError as error:
+            results[index] = error
+    return [result for result in results if result is not None]
 
 
 def entry_post_manual(

@@ -22,7 +22,9 @@ default/reports worker kept busy with a dummy report task, and beat (the sweeper
    second, from the first row seen processed (polled every 0.2 s) to the last;
    `drain_startup_s`: from the worker's start to its first row; `drain_s`: start to last row;
    `drain_left`: rows still unprocessed when it stopped progressing (0); `drain_lost`,
-   `drain_double_posted`: as above.
+   `drain_double_posted`: as above; `drain_cpu_s.worker` / `.postgres` and
+   `drain_cpu_ms_per_row.*`: the CPU the drain's worker (from its start, imports included) and
+   the PostgreSQL backends of the scratch database (alive at the end) used, in all and per row.
 
 Environment: MPESA_BENCH_RATE (100), MPESA_BENCH_SECONDS (60), MPESA_BENCH_DRAIN (5000),
 MPESA_BENCH_DB (bench_mpesa), MPESA_BENCH_KEEP_LOGS (set: keep the processes' logs, and say where).
@@ -217,6 +219,23 @@ def _cpu_by_part(stack: Stack) -> dict[str, float]:
     own = psutil.Process().cpu_times()
     parts["loadgen"] = own.user + own.system
     return parts
+
+
+def _backends_cpu(database: str) -> dict[int, float]:
+    """CPU seconds used so far by each PostgreSQL backend connected to `database` (its process
+    title names it), by pid: unlike `cpu_s.postgres`, not the other databases of the machine."""
+    import psutil
+
+    found: dict[int, float] = {}
+    for proc in psutil.process_iter(["name", "cmdline"]):
+        title = " ".join(proc.info["cmdline"] or [])
+        if proc.info["name"] in ("postgres", "postmaster") and f" {database} " in title:
+            try:
+                t = proc.cpu_times()
+                found[proc.pid] = t.user + t.system
+            except psutil.Error:
+                pass
+    return found
 
 
 @dataclass
@@ -480,6 +499,7 @@ def _drain(bench: _Bench, *, seed: int) -> dict[str, float]:
                 length, steady_since = queued, time.monotonic()
             time.sleep(0.2)
         rows = stored()
+        backends_before = _backends_cpu(DB_NAME)
         spawned = time.monotonic()
         bench.payments_worker("worker-drain", "bench-drain")
         first: tuple[float, int] | None = None
@@ -495,12 +515,22 @@ def _drain(bench: _Bench, *, seed: int) -> dict[str, float]:
                 last_left, last_progress = left, now
             time.sleep(0.2)
         done = time.monotonic()
+        cpu_after = _cpu_by_part(bench.stack)
+        backends_after = _backends_cpu(DB_NAME)
     finally:
         db.close()
         broker.close()
     posted_receipts, double = _posting_check(bench.scratch, receipts)
     started, at_start = first or (done, rows)
+    worker_cpu = cpu_after.get("worker-drain", 0.0)  # started in this phase: all of it is the drain's
+    # The backends of the scratch database alive at the end (the worker's, the pollers'): those of
+    # processes that closed their connection during the drain are not counted.
+    postgres_cpu = sum(cpu - backends_before.get(pid, 0.0) for pid, cpu in backends_after.items())
     return {
+        "mpesa.drain_cpu_s.worker": round(worker_cpu, 2),
+        "mpesa.drain_cpu_s.postgres": round(postgres_cpu, 2),
+        "mpesa.drain_cpu_ms_per_row.worker": round(worker_cpu * 1000 / max(1, rows - left), 3),
+        "mpesa.drain_cpu_ms_per_row.postgres": round(postgres_cpu * 1000 / max(1, rows - left), 3),
         "mpesa.drain_rows": float(rows),
         "mpesa.drain_callback_errors": float(errors),
         "mpesa.drain_per_s": round((rows - at_start) / max(1e-9, done - started), 1),

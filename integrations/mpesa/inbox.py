@@ -448,15 +448,21 @@ def _group_record(attempt: _GroupAttempt, own: list[int], take: int) -> None:
     for business_id, numbers in phones.items():
         group.customers_read(businesses[business_id], [n for n in numbers if n])
     recorded: list[tuple[int, str]] = []
-    for msg, parsed in todo:
-        attempt.current = msg.pk
-        if isinstance(parsed, StkCallback):
-            outcome = stk_callback_process(msg, callback=parsed, group=group)
-        else:
-            outcome = c2b_confirmation_process(msg, confirmation=parsed, group=group)
-        recorded.append((msg.pk, outcome[:255]))
-    attempt.current = None
-    group.flush()
+    try:
+        for msg, parsed in todo:
+            attempt.current = group.tag = msg.pk
+            if isinstance(parsed, StkCallback):
+                outcome = stk_callback_process(msg, callback=parsed, group=group)
+            else:
+                outcome = c2b_confirmation_process(msg, confirmation=parsed, group=group)
+            recorded.append((msg.pk, outcome[:255]))
+        attempt.current = None
+        group.flush()  # the group's ledger entries with one statement, then its Payment rows
+    except Exception:
+        # A waiting entry that was refused (or whose placing raised): its row goes on alone.
+        if group.failed is not None:
+            attempt.current = group.failed
+        raise
     with connection.cursor() as cursor:
         cursor.execute(
             _PROCESSED_SQL,

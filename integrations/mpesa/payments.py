@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from typing import Any, TypeVar
@@ -13,10 +13,10 @@ from typing import Any, TypeVar
 from django.db import connection, models, transaction
 from django.utils import timezone
 
-from accounts.exceptions import InvalidAccount, PeriodLocked
+from accounts.exceptions import InvalidAccount, LedgerError, PeriodLocked
 from accounts.models import Account, JournalEntry, SourceType
 from accounts.selectors import books_lock_date
-from accounts.services import LineSpec, entry_post
+from accounts.services import EntrySpec, LineSpec, entries_post, entry_post
 from integrations.mpesa.exceptions import InvalidRequest, NeedsAttention, NotUnallocated, TransientProcessingError
 from integrations.mpesa.matching import (
     Match,
@@ -71,6 +71,11 @@ class PostingGroup:
     same group is completed in memory before its INSERT; an allocation flushes first (it counts the
     placings in the table). Nothing else reads them in between: the listeners get the receipt and
     the entry, not the Payment row.
+    The receipts' ledger entries wait too (entry_add) and flush() posts them first, with one
+    statement (accounts.services.entries_post), then records what each placing records (its
+    PaymentApplication row, the listeners). A placing on a reference that a waiting one places on
+    too (two payments of one sale) posts the waiting ones first: what the reference still owes is
+    read after the earlier placing is recorded, as one by one.
     """
 
     deferred: bool = False
@@ -87,6 +92,11 @@ class PostingGroup:
     _lock_dates: dict[int, dt.date | None] = field(default_factory=dict)
     _new_payments: list[Payment] = field(default_factory=list)
     _new_applications: list[PaymentApplication] = field(default_factory=list)
+    _postings: list[_Posting] = field(default_factory=list)
+    # The inbox row a posting added now is for (set by the caller), and the row whose waiting
+    # posting was refused (flush() raised for it), so that the caller sets that row alone.
+    tag: int | None = None
+    failed: int | None = None
 
     def payment_add(self, payment: Payment) -> None:
         """Insert a new Payment row (in flush() when deferred)."""
@@ -109,9 +119,58 @@ class PostingGroup:
         else:
             application.save(force_insert=True)
 
+    def entry_add(
+        self, spec: EntrySpec, posted: Callable[[JournalEntry], None], *, reference: tuple[int, str, int | None] | None
+    ) -> None:
+        """Post `spec` (its date is the wanted one: the first open day is taken), then call
+        `posted` with the entry. When deferred both wait for flush() (see the class); else at once.
+        `reference`: (business id, kind, id) of what the placing pays, if anything."""
+        if not self.deferred:
+            entry = post_once(
+                business=spec.business,
+                wanted=spec.entry_date,
+                post=lambda day: entry_post(**{**vars(spec), "entry_date": day}),
+                group=self,
+            )
+            posted(entry)
+            return
+        day = self.open_date(spec.business.pk, spec.entry_date)
+        self._postings.append(_Posting(replace(spec, entry_date=day), posted, reference, self.tag))
+
+    def reference_settle(self, business_id: int, match: Match | None) -> None:
+        """Before reading what `match`'s reference owes: post the waiting entries if one of them
+        places on that reference too (its placing must be recorded first)."""
+        if match is None:
+            return
+        reference = (business_id, match.reference_kind, match.reference_id)
+        if any(posting.reference == reference for posting in self._postings):
+            self.entries_post()
+
+    def entries_post(self) -> None:
+        """Post the waiting entries (one statement), then record each placing, in order. A refused
+        entry raises its error (PeriodLocked: TransientProcessingError) and sets `failed` to its tag."""
+        postings, self._postings = self._postings, []
+        if not postings:
+            return
+        results = entries_post([posting.spec for posting in postings])
+        for posting, result in zip(postings, results, strict=True):
+            if isinstance(result, LedgerError):
+                self.failed = posting.tag
+                if isinstance(result, PeriodLocked):
+                    raise TransientProcessingError(
+                        f"the books moved their lock date while posting: {result}"
+                    ) from result
+                raise result
+        for posting, result in zip(postings, results, strict=True):
+            assert isinstance(result, JournalEntry)
+            self.failed = posting.tag
+            posting.posted(result)
+        self.failed = None
+
     def flush(self) -> None:
-        """Insert the Payment rows, then the PaymentApplication rows, waiting in the group: one
-        statement each."""
+        """Post the waiting entries (one statement), then insert the Payment rows, then the
+        PaymentApplication rows, waiting in the group: one statement each."""
+        self.entries_post()
         if self._new_payments:
             Payment.objects.bulk_create(self._new_payments)
             self._new_payments = []
@@ -170,6 +229,17 @@ class PostingGroup:
         if lock_date is not None and wanted <= lock_date:
             return lock_date + dt.timedelta(days=1)
         return wanted
+
+
+@dataclass(frozen=True)
+class _Posting:
+    """An entry waiting in a deferred PostingGroup: what to post, what to do with the entry, the
+    reference its placing pays and the inbox row it is for."""
+
+    spec: EntrySpec
+    posted: Callable[[JournalEntry], None]
+    reference: tuple[int, str, int | None] | None
+    tag: int | None
 
 
 # The accounts a receipt's posting uses, read together the first time one of them is needed.
@@ -261,6 +331,7 @@ def payment_record(
             msisdn=msisdn,
             customers=group.customers,
         )
+        group.reference_settle(business.pk, match)
         split = _payment_split(business, match, amount, credit_role="receivables")
         clearing, receivables, suspense = group.accounts(business, *_PAYMENT_ROLES)
         lines = [LineSpec(account=clearing, debit=amount)]
@@ -268,21 +339,16 @@ def payment_record(
             lines.append(LineSpec(account=receivables, credit=split.moved))
         if split.unallocated:
             lines.append(LineSpec(account=suspense, credit=split.unallocated))
-        local_day = paid_at.astimezone(NAIROBI).date()
-
-        def post(day: dt.date) -> JournalEntry:
-            return entry_post(
-                business=business,
-                entry_date=day,
-                lines=lines,
-                memo=f"M-Pesa {receipt}",
-                source_type=SourceType.MPESA,
-                source_ref=receipt,
-                idempotency_key=f"mpesa:{receipt}",
-                acting_user=acting_user,
-            )
-
-        entry = post_once(business=business, wanted=local_day, post=post, group=group)
+        spec = EntrySpec(
+            business=business,
+            entry_date=paid_at.astimezone(NAIROBI).date(),
+            lines=lines,
+            memo=f"M-Pesa {receipt}",
+            source_type=SourceType.MPESA,
+            source_ref=receipt,
+            idempotency_key=f"mpesa:{receipt}",
+            acting_user=acting_user,
+        )
         payment = Payment(
             business=business,
             till=till,
@@ -294,12 +360,19 @@ def payment_record(
             payer_name=payer_name[:120],
             account_reference=account_reference[:40],
             payment_request=payment_request,
-            entry=entry,
         )
-        # Inserted as placed (one INSERT, no UPDATE after it), then what the placing records.
-        _placing_set(payment, split, entry=entry, how=how, acting_user=None)
-        group.payment_add(payment)
-        _placing_record(payment, split, entry=entry, credit_role="receivables", group=group)
+        # Inserted as placed (one INSERT, no UPDATE after it), then what the placing records; in a
+        # deferred group when its entry is posted (flush), known to the group's payments at once.
+        _placing_set(payment, split, entry=None, how=how, acting_user=None)
+        group.payments[receipt] = payment
+
+        def posted(entry: JournalEntry) -> None:
+            payment.entry = entry
+            group.payment_add(payment)
+            _placing_record(payment, split, entry=entry, credit_role="receivables", group=group)
+
+        reference = (business.pk, match.reference_kind, match.reference_id) if match is not None else None
+        group.entry_add(spec, posted, reference=reference)
         return payment, True
 
 
@@ -406,9 +479,12 @@ def _payment_split(business: Business, match: Match | None, amount: Decimal, *, 
     return _Split(match, None, applied, zero, over, text[:255])
 
 
-def _placing_set(payment: Payment, split: _Split, *, entry: JournalEntry, how: str, acting_user: Any) -> list[str]:
+def _placing_set(
+    payment: Payment, split: _Split, *, entry: JournalEntry | None, how: str, acting_user: Any
+) -> list[str]:
     """Set on `payment` what placing `split` by `entry` changes (its state, what it was matched to,
-    the allocation when `entry` is not its own); the names of the fields set."""
+    the allocation when `entry` is not its own; None: its own, not posted yet); the names of the
+    fields set."""
     fields = ["status", "unallocated_amount"]
     payment.unallocated_amount = split.unallocated
     payment.status = PaymentStatus.UNALLOCATED if split.unallocated else PaymentStatus.ALLOCATED
@@ -420,7 +496,7 @@ def _placing_set(payment: Payment, split: _Split, *, entry: JournalEntry, how: s
         payment.match_description = split.description[:255]
         payment.matched_by = how
         fields += ["customer", "reference_kind", "reference_id", "match_description", "matched_by"]
-    if entry.pk != payment.entry_id:
+    if entry is not None and entry.pk != payment.entry_id:
         payment.allocation_entry = entry
         payment.allocated_by = acting_user if getattr(acting_user, "pk", None) else None
         payment.allocated_at = timezone.now()

@@ -8,17 +8,28 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from decimal import Decimal
+from typing import Any
 
 import psycopg
 import pytest
 import redis
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
+from django.utils import timezone
 
-from accounts.models import JournalEntry
+from accounts.models import Account, JournalEntry, SourceType
+from accounts.services import LineSpec, entry_post
 from integrations.mpesa import payments as mpesa_payments
 from integrations.mpesa.inbox import inbox_process_group, inbox_store
-from integrations.mpesa.models import InboxKind, InboxMessage, InboxState, Payment, PaymentRequestState, Till
+from integrations.mpesa.models import (
+    InboxKind,
+    InboxMessage,
+    InboxState,
+    Payment,
+    PaymentApplication,
+    PaymentRequestState,
+    Till,
+)
 from integrations.mpesa.publisher import inbox_enqueue
 from integrations.mpesa.tasks import process_inbox
 from operations.models import Customer
@@ -300,3 +311,103 @@ def test_a_worker_killed_in_the_middle_of_a_group_posts_every_row_once_after_red
         doomed.kill()
         if rescuer:
             rescuer.stop()
+
+
+@pytest.fixture
+def ledger_statements(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The statements sent that write journal entries (every psycopg cursor: Django's and the ledger's)."""
+    sent: list[str] = []
+    real = psycopg.Cursor.execute
+
+    def execute(self: psycopg.Cursor[Any], query: Any, *args: Any, **kwargs: Any) -> Any:
+        if "INSERT INTO accounts_journalentry" in str(query):
+            sent.append(str(query))
+        return real(self, query, *args, **kwargs)
+
+    monkeypatch.setattr(psycopg.Cursor, "execute", execute)
+    return sent
+
+
+def test_a_group_posts_its_entries_with_one_statement_gap_free(till: Till, ledger_statements: list[str]) -> None:
+    ids = [confirmation(till, f"TKS{n:07d}", amount=f"{10 + n}.00") for n in range(40)]
+
+    result = inbox_process_group(inbox_ids=ids)
+
+    assert result.alone == [] and states(ids) == [InboxState.PROCESSED] * 40
+    assert len(ledger_statements) == 1
+    posted = JournalEntry.objects.filter(business=till.business).order_by("number")
+    assert list(posted.values_list("number", flat=True)) == list(range(1, 41))
+    assert list(posted.values_list("idempotency_key", flat=True)) == [f"mpesa:TKS{n:07d}" for n in range(40)]
+    for payment in Payment.objects.select_related("entry"):
+        assert payment.entry.idempotency_key == f"mpesa:{payment.receipt}"
+        assert payment.entry.lines.get(debit__gt=0).debit == payment.amount
+
+
+def test_a_receipt_posted_before_with_other_content_goes_alone_and_the_group_posts_the_rest(
+    till: Till, ledger_statements: list[str]
+) -> None:
+    clearing = Account.objects.get(business=till.business, role="mpesa_clearing")
+    suspense = Account.objects.get(business=till.business, role="suspense")
+    taken = entry_post(
+        business=till.business,
+        entry_date=timezone.localdate(),
+        lines=[LineSpec(account=clearing, debit=Decimal("99.00")), LineSpec(account=suspense, credit=Decimal("99.00"))],
+        memo="M-Pesa TKD0000002",
+        source_type=SourceType.MPESA,
+        source_ref="TKD0000002",
+        idempotency_key="mpesa:TKD0000002",
+    )
+    ledger_statements.clear()
+    ids = [confirmation(till, f"TKD000000{n}") for n in range(1, 5)]
+
+    result = inbox_process_group(inbox_ids=ids)
+
+    # The group's statement left the taken key out, its entry alone found the other content
+    # (IdempotencyConflict) and rolled the group back; the group was recorded again without that
+    # row: three statements writing entries.
+    assert result.alone == [ids[1]] and sorted(result.outcomes) == sorted(ids[:1] + ids[2:])
+    assert len(ledger_statements) == 3
+    process_inbox.run([ids[1]])
+    assert states(ids) == [InboxState.PROCESSED, InboxState.NEEDS_ATTENTION, InboxState.PROCESSED, InboxState.PROCESSED]
+    assert "IdempotencyConflict" in InboxMessage.objects.get(pk=ids[1]).error
+    assert not Payment.objects.filter(receipt="TKD0000002").exists()
+    assert JournalEntry.objects.filter(idempotency_key="mpesa:TKD0000002").get() == taken
+    for receipt in ("TKD0000001", "TKD0000003", "TKD0000004"):
+        assert entries(receipt) == 1
+    numbers = JournalEntry.objects.filter(business=till.business).order_by("number").values_list("number", flat=True)
+    assert list(numbers) == [1, 2, 3, 4]
+
+
+def test_two_payments_of_one_sale_in_a_group_apply_only_what_it_owes(till: Till) -> None:
+    """The second placing on a sale waits for the first's to be recorded (its entry posted first), so
+    it sees what the sale still owes: the sale is paid in full, the rest is the customer's credit."""
+    from operations.models import ItemKind, PaymentMethod
+    from operations.services.sales import LineInput, sale_create
+    from tests.factories.operations import ItemFactory
+
+    business = till.business
+    item = ItemFactory.create(
+        business=business, name="Refill", kind=ItemKind.SERVICE, price=Decimal("300.00"), sales_role="sales_refill"
+    )
+    buyer = customer(till, name="Akinyi")
+    sale = sale_create(
+        business=business,
+        sale_date=timezone.localdate(),
+        customer=buyer,
+        payment_method=PaymentMethod.MPESA,
+        lines=[LineInput(item, Decimal("1"))],
+    )
+    ids = [
+        confirmation(till, "TKP0000001", amount="200.00", bill_ref=sale.number),
+        confirmation(till, "TKP0000002", amount="10.00"),
+        confirmation(till, "TKP0000003", amount="200.00", bill_ref=sale.number),
+    ]
+
+    result = inbox_process_group(inbox_ids=ids)
+
+    assert result.alone == [] and states(ids) == [InboxState.PROCESSED] * 3
+    sale.refresh_from_db()
+    assert sale.amount_paid == Decimal("300.00")
+    second = PaymentApplication.objects.get(payment__receipt="TKP0000003")
+    assert (second.applied, second.credit, second.unallocated) == (Decimal("100.00"), Decimal("100.00"), Decimal("0"))
+    assert PaymentApplication.objects.get(payment__receipt="TKP0000001").applied == Decimal("200.00")
