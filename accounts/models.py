@@ -134,7 +134,11 @@ class JournalEntry(models.Model):
 
     # No single-column indexes on business / created_by: the composite indexes below lead with
     # business, and every index is paid for on each of thousands of postings a second.
-    business = models.ForeignKey(Business, on_delete=models.PROTECT, related_name="journal_entries", db_index=False)
+    # db_constraint=False here and on the lines' and seal's keys: the ledger's triggers check these
+    # references at insert and nothing referenced can be deleted (migration 0009, docs/ledger.md).
+    business = models.ForeignKey(
+        Business, on_delete=models.PROTECT, related_name="journal_entries", db_index=False, db_constraint=False
+    )
     number = models.BigIntegerField(db_default=0, editable=False)
     entry_date = models.DateField(help_text="Business date (Africa/Nairobi)")
     posted_at = models.DateTimeField(db_default=Now(), editable=False)
@@ -145,7 +149,9 @@ class JournalEntry(models.Model):
         settings.AUTH_USER_MODEL, on_delete=models.PROTECT, null=True, blank=True, related_name="+", db_index=False
     )
     idempotency_key = models.CharField(max_length=200)
-    reverses = models.OneToOneField("self", on_delete=models.PROTECT, null=True, blank=True, related_name="reversed_by")
+    reverses = models.OneToOneField(
+        "self", on_delete=models.PROTECT, null=True, blank=True, related_name="reversed_by", db_constraint=False
+    )
     currency = models.CharField(max_length=3, default="KES", editable=False)
 
     class Meta:
@@ -180,8 +186,10 @@ class JournalLine(models.Model):
 
     # Indexed with the id (below): an entry's lines come in posting order, which the seal hashes in
     # (PostgreSQL 16+ then skips sorting them).
-    entry = models.ForeignKey(JournalEntry, on_delete=models.PROTECT, related_name="lines", db_index=False)
-    account = models.ForeignKey(Account, on_delete=models.PROTECT, related_name="lines")
+    entry = models.ForeignKey(
+        JournalEntry, on_delete=models.PROTECT, related_name="lines", db_index=False, db_constraint=False
+    )
+    account = models.ForeignKey(Account, on_delete=models.PROTECT, related_name="lines", db_constraint=False)
     debit = MoneyField(default=0)
     credit = MoneyField(default=0)
     memo = models.CharField(max_length=255, blank=True, default="")
@@ -208,7 +216,9 @@ class EntrySeal(models.Model):
     A separate append-only row, so that entries themselves are never updated, not even once.
     """
 
-    entry = models.OneToOneField(JournalEntry, on_delete=models.PROTECT, primary_key=True, related_name="seal")
+    entry = models.OneToOneField(
+        JournalEntry, on_delete=models.PROTECT, primary_key=True, related_name="seal", db_constraint=False
+    )
     hash = models.CharField(max_length=64)
 
     def __str__(self) -> str:

@@ -209,6 +209,31 @@ def test_the_ledger_cannot_be_truncated(water, table, table_owner):
     assert JournalEntry.objects.count() == 1
 
 
+def test_what_entries_and_lines_refer_to_cannot_be_deleted(water, owner_cursor):
+    # Since migration 0009 lines, seals and entries have no foreign keys to their entry, account and
+    # business: the triggers check those at insert, and none of them can be deleted afterwards - tried
+    # with raw SQL as the tables' owner and as the application role.
+    from tenancy.models import Business
+
+    entry = sale(water)
+    account_id = entry.lines.earliest("id").account_id
+    attempts = [
+        ("DELETE FROM accounts_account WHERE id = %s", account_id),
+        (f"DELETE FROM {Business._meta.db_table} WHERE id = %s", water.pk),
+        ("DELETE FROM accounts_books WHERE business_id = %s", water.pk),
+    ]
+    for sql, arg in attempts:
+        with pytest.raises(DatabaseError):
+            owner_cursor.execute(sql, [arg])
+        with pytest.raises(DatabaseError), transaction.atomic(), connection.cursor() as cursor:
+            cursor.execute(sql, [arg])
+    assert Account.objects.filter(pk=account_id).exists()
+    assert Business.objects.filter(pk=water.pk).exists()
+    assert Books.objects.filter(pk=water.pk).exists()
+    assert JournalLine.objects.filter(entry=entry).count() == 3
+    assert EntrySeal.objects.filter(entry=entry).exists()
+
+
 def test_lines_cannot_be_added_to_a_posted_entry(water):
     entry = sale(water)
     with pytest.raises(DatabaseError, match="is posted"):
