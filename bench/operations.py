@@ -7,6 +7,8 @@ migrates it, and measures:
                         the services, a closing per business per day), wall-clock, in a subprocess
   ops.sales_per_s       sale_create (2 lines: a stocked good and a service, cash, cost of sales
                         posted) one per transaction, one connection, on top of that year of data
+  ops.sale_cpu_ms      CPU per sale of that loop, this process + its PostgreSQL backend (/proc, as bench/ledger.py):
+                        far less moved by the machine's other load than the rate; ops.sales_load_avg beside it
   ops.sales_admin_ms    the sales changelist rendered for the owner with that year (median of 5)
   dashboard.*           the admin dashboard on that year, for the owner and a staff member, time
                         and queries (bench/dashboard.py)
@@ -28,6 +30,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -52,11 +55,14 @@ def run(database_url: str) -> dict[str, float]:
     manage = [sys.executable, str(ROOT / "manage.py")]
     try:
         subprocess.run([*manage, "migrate", "-v0"], env=env, cwd=ROOT, check=True)
-        started = time.monotonic()
+        started, children = time.monotonic(), resource.getrusage(resource.RUSAGE_CHILDREN)
         subprocess.run(
             [*manage, "seed_demo", "--days", str(DAYS)], env=env, cwd=ROOT, check=True, stdout=subprocess.DEVNULL
         )
         seed_s = time.monotonic() - started
+        done = resource.getrusage(resource.RUSAGE_CHILDREN)
+        seed_cpu_s = done.ru_utime + done.ru_stime - children.ru_utime - children.ru_stime
+        seed_load = os.getloadavg()[0]
         proc = subprocess.run(
             [sys.executable, "-m", "bench.operations", "--inner"],
             env=env,
@@ -69,6 +75,8 @@ def run(database_url: str) -> dict[str, float]:
         drop_database(database_url, SCRATCH_DB)
     figures: dict[str, float] = json.loads(proc.stdout)
     figures[f"ops.seed_{DAYS}_days_s"] = round(seed_s, 1)
+    figures[f"ops.seed_{DAYS}_days_client_cpu_s"] = round(seed_cpu_s, 1)  # the seed's processes, not PostgreSQL
+    figures["ops.seed_load_avg"] = round(seed_load, 2)
     return figures
 
 
@@ -117,10 +125,18 @@ def _inner() -> dict[str, float]:
     )
     stock_opening_post(opening=opening)
     lines = [LineInput(good, Decimal(1)), LineInput(service, Decimal(1))]
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_backend_pid()")
+        backend_pid = cursor.fetchone()[0]
+    cpu, backend = time.process_time(), _backend_cpu(backend_pid)
     started = time.perf_counter()
     for _ in range(SALES):
         sale_create(business=shop, sale_date=today, lines=lines)
     figures["ops.sales_per_s"] = round(SALES / (time.perf_counter() - started), 1)
+    after = _backend_cpu(backend_pid)
+    if backend is not None and after is not None:  # CPU per sale, client + server: less moved by load than the rate
+        figures["ops.sale_cpu_ms"] = round((time.process_time() - cpu + after - backend) / SALES * 1000, 2)
+    figures["ops.sales_load_avg"] = round(os.getloadavg()[0], 2)
 
     setup_test_environment()
     client = Client()
@@ -140,6 +156,15 @@ def _inner() -> dict[str, float]:
     figures.update(_reports(shop, today))
     connection.close()
     return figures
+
+
+def _backend_cpu(pid: int) -> float | None:
+    """CPU seconds a PostgreSQL backend has used (Linux, server on this machine), else None."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _reports(shop: Any, today: dt.date) -> dict[str, float]:

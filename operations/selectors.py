@@ -15,7 +15,7 @@ from django.db.models import Count, F, Max, Min, Q, QuerySet, Sum
 from django.utils import timezone
 
 from accounts.fields import ZERO
-from accounts.models import JournalEntry, JournalLine
+from accounts.models import JournalEntry
 from accounts.selectors import books_lock_date
 from operations.models import (
     OPEN_STATUSES,
@@ -43,15 +43,36 @@ from tenancy.models import Business
 
 
 def cash_expected(*, business: Business, day: dt.date) -> Decimal:
-    """The cash account's balance at the end of `day` (what the drawer should hold), from the lines.
+    """The cash account's balance at the end of `day` (what the drawer should hold), in one query.
 
-    (The ledger's daily totals are brought up to date when a transaction commits; summing the lines
-    also counts postings made earlier in the caller's transaction, as a closing run needs.)
+    From the last closing before `day`: the cash it left in the drawer (expected + variance, i.e.
+    the count when there was one) and the cash lines of the entries dated after it, up to `day`.
+    Nothing can be dated on or before a closed day afterwards (its closing moved the lock date to
+    it, and the ledger refuses any posting up to the lock date), so what a closing left stays
+    right; without a closing, every cash line up to `day`. It reads the lines, not the ledger's
+    daily totals, so postings made earlier in the caller's transaction count (a closing run needs
+    it), and reads a few days of them rather than every day since the business started.
     """
-    totals = JournalLine.objects.filter(
-        account__business=business, account__role="cash", entry__entry_date__lte=day
-    ).aggregate(debit=Sum("debit"), credit=Sum("credit"))
-    return (totals["debit"] or ZERO) - (totals["credit"] or ZERO)
+    with connection.cursor() as cursor:
+        cursor.execute(_CASH_EXPECTED_SQL, {"business": business.pk, "day": day, "closed": ClosingStatus.CLOSED})
+        left, moved = cursor.fetchone()
+    return (left or ZERO) + moved
+
+
+_CASH_EXPECTED_SQL = """
+WITH last AS (
+  SELECT c.day, c.expected_cash + c.variance AS cash FROM operations_dayclosing c
+   WHERE c.business_id = %(business)s AND c.status = %(closed)s AND c.day < %(day)s
+   ORDER BY c.day DESC LIMIT 1)
+SELECT (SELECT cash FROM last),
+       (SELECT coalesce(sum(l.debit), 0) - coalesce(sum(l.credit), 0)
+          FROM accounts_journalentry e
+          JOIN accounts_journalline l ON l.entry_id = e.id
+          JOIN accounts_account a ON a.id = l.account_id
+         WHERE e.business_id = %(business)s AND e.entry_date <= %(day)s
+           AND e.entry_date > coalesce((SELECT day FROM last), '-infinity'::date)
+           AND a.role = 'cash')
+"""
 
 
 # A business never closed is closed automatically from its first activity, but never further back

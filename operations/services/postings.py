@@ -6,13 +6,16 @@ adds to a business's chart), the open-day check, VAT. Netting journal lines is t
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from decimal import ROUND_HALF_UP, Decimal
-from typing import Any
+from typing import Any, TypeVar
 
-from django.db import connection, transaction
-from django.db.models import Model
+import psycopg
+from django.db import DEFAULT_DB_ALIAS, connection, connections, transaction
+from django.db.backends.utils import CursorDebugWrapper, CursorWrapper
+from django.db.models import Field, Model
 from django.utils import timezone
 
 from accounts.fields import CENT, ZERO
@@ -22,6 +25,8 @@ from accounts.selectors import books_lock_date
 from operations.exceptions import DayClosed, InvalidInput
 from operations.models import VAT_PERCENT, Item
 from tenancy.models import Business
+
+ModelT = TypeVar("ModelT", bound=Model)
 
 
 @dataclass(frozen=True)
@@ -123,7 +128,7 @@ def books_read(business: Business, *, reserve_id_of: type[Model] | None = None) 
     table = column = None
     if reserve_id_of is not None:
         table, column = reserve_id_of._meta.db_table, reserve_id_of._meta.pk.column
-    with connection.cursor() as cursor:
+    with cursor_prepared() as cursor:
         cursor.execute(_BOOKS_SQL, {"business": business.pk, "table": table, "column": column})
         lock_date, roles, ids, reserved_id = cursor.fetchone()
     return OpenBooks(
@@ -145,15 +150,159 @@ def items_read(item_ids: Iterable[int], *, linked: Sequence[str] = ()) -> dict[i
 
     One plain query (no joins, no ordering); a second one only when a linked item is not among
     those read (an LPG refill's full and empty cylinders)."""
-    items = {item.pk: item for item in Item.objects.filter(pk__in=set(item_ids)).order_by()}
+    items = {item.pk: item for item in rows_read(Item, "id = ANY(%s::bigint[])", [list(set(item_ids))])}
     wanted = {getattr(item, f"{name}_id") for item in items.values() for name in linked} - {None} - items.keys()
-    others = {item.pk: item for item in Item.objects.filter(pk__in=wanted).order_by()} if wanted else {}
+    others = {item.pk: item for item in rows_read(Item, "id = ANY(%s::bigint[])", [list(wanted)])} if wanted else {}
     for item in items.values():
         for name in linked:
             linked_id = getattr(item, f"{name}_id")
             if linked_id is not None:
                 setattr(item, name, items.get(linked_id) or others[linked_id])
     return items
+
+
+def cursor_prepared() -> CursorWrapper:
+    """A cursor on Django's connection (same transaction) that binds parameters server-side, so
+    psycopg prepares a statement once it has run it `prepare_threshold` times on the connection
+    (settings.py; DB_PREPARED_STATEMENTS=0 turns it off): PostgreSQL then neither parses nor plans
+    it again. Django's own cursors bind client-side and are never prepared. Still Django's
+    wrapper: errors are Django's, and the statements are logged and counted as Django's are."""
+    db = connections[DEFAULT_DB_ALIAS]
+    db.ensure_connection()
+    raw = psycopg.Cursor(db.connection)
+    return _PreparedDebugCursor(raw, db) if db.queries_logged else CursorWrapper(raw, db)
+
+
+class _PreparedDebugCursor(CursorDebugWrapper):
+    """Django's debug cursor, logging the statement as written (psycopg keeps no text of a
+    prepared statement's execution to show with its parameters)."""
+
+    @contextmanager
+    def debug_sql(
+        self, sql: Any = None, params: Any = None, use_last_executed_query: bool = False, many: bool = False
+    ) -> Iterator[None]:
+        with super().debug_sql(sql, params, use_last_executed_query=False, many=many):
+            yield
+
+
+_READ_SQL: dict[tuple[type[Model], str, str], tuple[str, list[str]]] = {}
+
+
+def rows_read(model: type[ModelT], where: str, params: Sequence[Any], *, lock: str = "") -> list[ModelT]:
+    """The rows of `model` matching `where` (SQL on its columns), as model instances, in one
+    prepared statement (cursor_prepared) without the ORM's query building: for the reads every
+    posting makes. `lock`: e.g. "ORDER BY id FOR UPDATE"."""
+    key = (model, where, lock)
+    if key not in _READ_SQL:
+        fields = model._meta.concrete_fields
+        columns = ", ".join(connection.ops.quote_name(f.column) for f in fields)
+        table = connection.ops.quote_name(model._meta.db_table)
+        sql = f"SELECT {columns} FROM {table} WHERE {where} {lock}"  # noqa: S608 - names from the model, `where` from code
+        _READ_SQL[key] = (sql, [f.attname for f in fields])
+    sql, names = _READ_SQL[key]
+    with cursor_prepared() as cursor:
+        cursor.execute(sql, params)
+        return [model.from_db(DEFAULT_DB_ALIAS, names, row) for row in cursor.fetchall()]
+
+
+def array_literal(values: Iterable[Any]) -> str:
+    """A PostgreSQL array literal of `values` (None is NULL; anything else by its text, quoted): one
+    string parameter cast by the statement, far cheaper to send than psycopg's adaptation of a list."""
+    return (
+        "{"
+        + ",".join(
+            "NULL" if value is None else '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
+            for value in values
+        )
+        + "}"
+    )
+
+
+# (insert?, model, fields) of each part of a Writes -> the statement and, per part, its fields.
+_WRITE_SQL: dict[tuple[tuple[bool, type[Model], tuple[str, ...]], ...], str] = {}
+_WRITE_FIELDS: dict[tuple[bool, type[Model], tuple[str, ...]], list[Field[Any, Any]]] = {}
+
+
+def _write_sql(shape: tuple[tuple[bool, type[Model], tuple[str, ...]], ...]) -> str:
+    db = connections[DEFAULT_DB_ALIAS]
+    quote = db.ops.quote_name
+    ctes, returning = [], []
+    for n, (insert, model, _names) in enumerate(shape):
+        fields = _WRITE_FIELDS[shape[n]]
+        table, pk = quote(model._meta.db_table), quote(model._meta.pk.column)
+        arrays = ", ".join(f"%s::{f.db_type(db)}[]" for f in fields)
+        columns = ", ".join(quote(f.column) for f in fields)
+        if insert:
+            ctes.append(f"w{n} AS (INSERT INTO {table} ({columns}) SELECT * FROM unnest({arrays}) RETURNING {pk})")  # noqa: S608
+            if not fields[0].primary_key:
+                returning.append(f"SELECT {n}, {pk} FROM w{n}")  # noqa: S608
+        else:
+            sets = ", ".join(f"{quote(f.column)} = v.{quote(f.column)}" for f in fields[1:])
+            update = f"UPDATE {table} AS t SET {sets} FROM unnest({arrays}) AS v({columns}) WHERE t.{pk} = v.{pk}"  # noqa: S608
+            ctes.append(f"w{n} AS ({update})")
+    main = " UNION ALL ".join(returning) or "SELECT NULL::int, NULL::bigint WHERE false"
+    return f"WITH {', '.join(ctes)} {main}"
+
+
+class Writes:
+    """Rows to insert and rows to update, written by `run` in one statement (one round trip, one
+    prepared statement per shape): each table's rows go in as one array per column (unnest), so the
+    text does not depend on the number of rows. What Django's save() writes: each field's pre_save
+    (auto_now_add...) and database value; an inserted row without a primary key gets the one the
+    database gave it. No signals are sent (the services' models have no receivers), no full_clean
+    (the services check their input; the tables' constraints still apply)."""
+
+    def __init__(self) -> None:
+        self._parts: list[tuple[tuple[bool, type[Model], tuple[str, ...]], list[Model]]] = []
+
+    def insert(self, rows: Sequence[Model]) -> None:
+        """Insert `rows` (of one model; all with a primary key set, or none)."""
+        if rows:
+            model = type(rows[0])
+            key = (True, model, ("pk",) if rows[0].pk is not None else ())
+            if key not in _WRITE_FIELDS:
+                _WRITE_FIELDS[key] = [f for f in model._meta.concrete_fields if key[2] or not f.primary_key]
+            self._parts.append((key, list(rows)))
+
+    def update(self, rows: Sequence[Model], fields: Sequence[str]) -> None:
+        """Write `fields` of `rows` (of one model, each with its primary key)."""
+        if rows:
+            model = type(rows[0])
+            key = (False, model, tuple(fields))
+            if key not in _WRITE_FIELDS:
+                opts = model._meta
+                _WRITE_FIELDS[key] = [opts.pk, *(opts.get_field(name) for name in fields)]  # type: ignore[list-item]
+            self._parts.append((key, list(rows)))
+
+    def run(self) -> None:
+        """Write everything added, in one statement; the rows inserted get their primary keys."""
+        if not self._parts:
+            return
+        db = connections[DEFAULT_DB_ALIAS]
+        shape = tuple(key for key, _rows in self._parts)
+        sql = _WRITE_SQL.get(shape)
+        if sql is None:
+            sql = _WRITE_SQL[shape] = _write_sql(shape)
+        params = [
+            array_literal(field.get_db_prep_save(field.pre_save(row, key[0]), db) for row in rows)
+            for key, rows in self._parts
+            for field in _WRITE_FIELDS[key]
+        ]
+        with cursor_prepared() as cursor:
+            cursor.execute(sql, params)
+            given = cursor.fetchall()
+        # A statement takes its sequence's values in the order it inserts the rows: in order, they
+        # are the rows' keys in the order given.
+        keys: dict[int, list[int]] = {}
+        for n, pk in given:
+            keys.setdefault(n, []).append(pk)
+        for n, (key, rows) in enumerate(self._parts):
+            if key[0]:
+                for row, pk in zip(rows, sorted(keys.get(n, [])), strict=False):
+                    row.pk = pk
+                for row in rows:
+                    row._state.adding, row._state.db = False, DEFAULT_DB_ALIAS
+        self._parts = []
 
 
 def business_open_day(business: Business) -> dt.date:

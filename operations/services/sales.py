@@ -38,6 +38,7 @@ from operations.models import (
 )
 from operations.services.postings import (
     Roles,
+    Writes,
     acting,
     amount_stored,
     books_open,
@@ -139,10 +140,12 @@ def sale_create(
             )
             for line in lines
         ]
-        _sale_book(sale, sale_lines, books.roles, acting_user)
-        sale.save(force_insert=True)
-        SaleLine.objects.bulk_create(sale_lines)
-        _sale_charge(sale)
+        writes = Writes()  # the sale, its lines, its stock and its charge: one statement
+        _sale_book(sale, sale_lines, books.roles, acting_user, writes)
+        writes.insert([sale])
+        writes.insert(sale_lines)
+        _sale_charge(sale, writes)
+        writes.run()
     return sale
 
 
@@ -160,17 +163,20 @@ def sale_post(*, sale: Sale, acting_user: Any = None) -> Sale:
             return sale
         books = books_open(sale.business, sale.sale_date)
         lines = list(sale.lines.select_related("item", "item__stock_item", "item__returns_item"))
-        _sale_book(sale, lines, books.roles, acting_user)
-        SaleLine.objects.bulk_update(lines, ["amount", "vat", "cost"])
-        sale.save(update_fields=["status", "entry", "total", "vat_total", "cost_total", "amount_paid"])
-        _sale_charge(sale)
+        writes = Writes()
+        _sale_book(sale, lines, books.roles, acting_user, writes)
+        writes.update(lines, ["amount", "vat", "cost"])
+        writes.update([sale], ["status", "entry", "total", "vat_total", "cost_total", "amount_paid"])
+        _sale_charge(sale, writes)
+        writes.run()
     return sale
 
 
-def _sale_book(sale: Sale, lines: list[SaleLine], roles: Roles, acting_user: Any) -> None:
+def _sale_book(sale: Sale, lines: list[SaleLine], roles: Roles, acting_user: Any, writes: Writes) -> None:
     """Price the lines, check the sale, move the stock and post the entry (in the caller's
     transaction, the day checked open): sets the lines' amount, VAT and cost and the sale's totals,
-    status and entry; the caller writes the sale and its lines. Everything that can refuse the
+    status and entry, and adds the stock moved to `writes`; the caller adds the sale and its lines
+    and runs them. Everything that can refuse the
     sale (input, credit limit, stock) is checked before the entry and the stock are written.
     """
     business = sale.business
@@ -228,16 +234,16 @@ def _sale_book(sale: Sale, lines: list[SaleLine], roles: Roles, acting_user: Any
         idempotency_key=f"sale:{sale.pk}",
         acting_user=acting_user,
     )
-    book.save(entry)
+    book.save(entry, writes)
     sale.status, sale.entry = SaleStatus.POSTED, entry
     sale.total, sale.vat_total, sale.cost_total = total, vat_total, cost_total
     sale.amount_paid = total if sale.payment_method == PaymentMethod.CASH else ZERO
 
 
-def _sale_charge(sale: Sale) -> None:
+def _sale_charge(sale: Sale, writes: Writes) -> None:
     """What a posted sale not paid in cash adds to its customer's account (none without a customer)."""
     if sale.customer is not None and sale.payment_method != PaymentMethod.CASH and sale.total:
-        CustomerTransaction.objects.create(
+        charge = CustomerTransaction(
             business=sale.business,
             customer=sale.customer,
             tx_date=sale.sale_date,
@@ -247,6 +253,7 @@ def _sale_charge(sale: Sale) -> None:
             reference=sale.number,
             entry=sale.entry,
         )
+        writes.insert([charge])
 
 
 def _sale_reverse(*, sale: Sale, day: dt.date, status: str, acting_user: Any, reason: str) -> Sale:

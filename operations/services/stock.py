@@ -29,7 +29,7 @@ from operations.models import (
     StockLevel,
     StockMovement,
 )
-from operations.services.postings import acting, books_open, money, same_business_items
+from operations.services.postings import Writes, acting, books_open, money, rows_read, same_business_items
 
 
 def stock_lock(items: Iterable[Item]) -> dict[int, StockLevel]:
@@ -50,7 +50,7 @@ def stock_lock(items: Iterable[Item]) -> dict[int, StockLevel]:
 
 
 def _levels_locked(item_ids: Iterable[int]) -> list[StockLevel]:
-    return list(StockLevel.objects.select_for_update().filter(item_id__in=list(item_ids)).order_by("pk"))
+    return rows_read(StockLevel, "item_id = ANY(%s::bigint[])", [list(item_ids)], lock="ORDER BY id FOR UPDATE")
 
 
 class StockBook:
@@ -116,17 +116,18 @@ class StockBook:
             )
         )
 
-    def save(self, entry: JournalEntry | None) -> None:
-        """Insert the movements and write the levels moved: two statements whatever the number of lines."""
+    def save(self, entry: JournalEntry | None, writes: Writes | None = None) -> None:
+        """Insert the movements and write the levels moved: one statement whatever the number of
+        lines, or part of the caller's `writes` (then written when the caller runs them)."""
         for movement in self.movements:
             movement.entry = entry
-        if self.movements:
-            StockMovement.objects.bulk_create(self.movements)
-        touched = [self.levels[item_id] for item_id in sorted(self._touched)]
-        if len(touched) == 1:
-            touched[0].save(update_fields=["quantity", "value"])
-        elif touched:
-            StockLevel.objects.bulk_update(touched, ["quantity", "value"])
+        own = writes is None
+        if writes is None:
+            writes = Writes()
+        writes.insert(self.movements)
+        writes.update([self.levels[item_id] for item_id in sorted(self._touched)], ["quantity", "value"])
+        if own:
+            writes.run()
 
 
 def stock_opening_post(*, opening: OpeningStock, acting_user: Any = None) -> OpeningStock:

@@ -9,11 +9,14 @@ import threading
 
 import pytest
 from django.db import connection, transaction
+from django.db.models import Sum
 from django.test.utils import CaptureQueriesContext
+from django.utils import timezone
 
-from accounts.models import JournalEntry
+from accounts.models import JournalEntry, JournalLine
 from operations.exceptions import InsufficientStock, InvalidInput
 from operations.models import (
+    CustomerTransaction,
     Item,
     ItemKind,
     LaundryOrder,
@@ -28,6 +31,8 @@ from operations.models import (
     StockLevel,
     StockMovement,
 )
+from operations.selectors import cash_expected
+from operations.services.closing import closing_run
 from operations.services.laundry import laundry_order_advance, laundry_order_create
 from operations.services.purchases import expense_create, purchase_create
 from operations.services.sales import LineInput, customer_payment_record, sale_create
@@ -68,11 +73,15 @@ def test_a_cash_sale_is_written_once_without_a_savepoint(retail: Business, count
     # The test runs in a transaction, so the service's own atomic block is a savepoint: one, none nested.
     assert [sql.split()[0] for sql in sqls if "SAVEPOINT" in sql] == ["SAVEPOINT", "RELEASE"]
     sqls = [sql for sql in sqls if "SAVEPOINT" not in sql]
-    assert len([sql for sql in sqls if sql.startswith('INSERT INTO "operations_sale"')]) == 1
-    assert not [sql for sql in sqls if sql.startswith('UPDATE "operations_sale')]  # sale and lines: final at insert
-    # The books (lock date, accounts, the sale's number), the items, the stock locked; then the sale,
-    # its lines, the stock movement and level (the entry is the ledger's one statement, not counted here).
-    assert len(sqls) == 7, sqls
+    # The books (lock date, accounts, the sale's number), the items, the stock locked; then one
+    # statement writes the sale, its lines, the stock movement and the level (the entry is the
+    # ledger's one statement, not counted here).
+    assert len(sqls) == 4, sqls
+    write = sqls[-1]
+    for table in ("operations_sale", "operations_saleline", "operations_stockmovement"):
+        assert write.count(f'INSERT INTO "{table}"') == 1, write
+    assert write.count('UPDATE "operations_stocklevel"') == 1, write
+    assert not [sql for sql in sqls if 'UPDATE "operations_sale' in sql]  # sale and lines: final at insert
     assert sale.entry is not None and sale.entry.idempotency_key == f"sale:{sale.pk}"
     assert sale.entry.source_ref == sale.number
     stored = Sale.objects.get(pk=sale.pk)
@@ -258,3 +267,53 @@ def test_purchases_expenses_and_payments_are_keyed_by_their_own_ids(retail: Busi
     customer = CustomerFactory.create(business=retail, name="Otieno", credit_limit=D("1000.00"))
     payment = customer_payment_record(customer=customer, amount=D("200.00"), payment_date=today)
     assert payment.entry is not None and payment.entry.idempotency_key == f"customer-payment:{payment.pk}"
+
+
+@pytest.mark.django_db
+def test_a_sale_on_account_written_in_one_statement_has_every_row_and_default(
+    retail: Business, counter: dict, today: dt.date
+) -> None:
+    customer = CustomerFactory.create(business=retail, credit_limit=D("1000.00"))
+    before = timezone.now()
+    sale = sale_create(
+        business=retail,
+        sale_date=today,
+        lines=[LineInput(counter["soap"], D("2")), LineInput(counter["airtime"], D("1"), unit_price=D("40.00"))],
+        customer=customer,
+        payment_method="account",
+    )
+    stored = Sale.objects.get(pk=sale.pk)
+    assert stored.created_at >= before and stored.customer_id == customer.pk  # auto_now_add, as save() sets it
+    assert (stored.total, stored.amount_paid, stored.status) == (D("272.00"), D("0.00"), "posted")
+    lines = SaleLine.objects.filter(sale=sale).order_by("id")
+    assert [(line.item_id, line.quantity, line.unit_price, line.amount) for line in lines] == [
+        (counter["soap"].pk, D("2.000"), None, D("232.00")),
+        (counter["airtime"].pk, D("1.000"), D("40.00"), D("40.00")),
+    ]
+    moved = StockMovement.objects.get(reference=sale.number)
+    assert (moved.quantity, moved.value, moved.entry_id) == (D("-2.000"), D("-160.00"), sale.entry_id)
+    assert moved.created_at >= before
+    charge = CustomerTransaction.objects.get(sale=sale)
+    assert (charge.amount, charge.customer_id, charge.entry_id, charge.kind) == (
+        D("272.00"),
+        customer.pk,
+        sale.entry_id,
+        "sale",
+    )
+    assert StockLevel.objects.get(item=counter["soap"]).quantity == D("18")
+
+
+@pytest.mark.django_db
+def test_cash_expected_after_a_counted_closing_is_every_cash_line_up_to_the_day(
+    retail: Business, counter: dict, today: dt.date
+) -> None:
+    first, second = today - dt.timedelta(days=2), today - dt.timedelta(days=1)
+    sale_create(business=retail, sale_date=first, lines=[LineInput(counter["soap"], D("1"))])
+    closing_run(business=retail, day=first, counted_cash=D("100.00"))  # 116 expected: 16 short
+    sale_create(business=retail, sale_date=second, lines=[LineInput(counter["bread"], D("2"))])
+    for day in (first, second):
+        every_line = JournalLine.objects.filter(
+            account__business=retail, account__role="cash", entry__entry_date__lte=day
+        ).aggregate(d=Sum("debit"), c=Sum("credit"))
+        assert cash_expected(business=retail, day=day) == every_line["d"] - every_line["c"]
+    assert cash_expected(business=retail, day=second) == D("230.00")  # the 100 counted, then 130
