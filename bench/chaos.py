@@ -68,7 +68,7 @@ FAULTS = [
 ]
 WORKERS = ("worker-payments", "worker-default", "worker-reports", "beat")
 PG_DOWN_SECONDS = 30.0
-MIN_UP = 5.0  # seconds a restarted payments worker runs before the next kill
+MIN_UP = 5.0  # seconds a restarted payments worker consumes before the next kill
 RECOVERY_TIMEOUT = float(os.environ.get("CHAOS_RECOVERY_TIMEOUT", "420"))
 ANSWER_DEADLINE = 600.0  # a callback not answered 200 within this is counted unanswered
 DUPLICATE_SHARE = 0.08
@@ -90,6 +90,16 @@ def _localservices() -> Any:
     sys.modules["localservices"] = module
     spec.loader.exec_module(module)
     return module
+
+
+def _supervise_healthy_after() -> float:
+    """scripts/supervise.py's HEALTHY_AFTER: a process dying sooner after its start is backed off."""
+    spec = importlib.util.spec_from_file_location("supervise", ROOT / "scripts" / "supervise.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["supervise"] = module  # its dataclasses look their module up
+    spec.loader.exec_module(module)
+    return float(module.HEALTHY_AFTER)
 
 
 def stored_sha256(raw: bytes) -> str:
@@ -218,6 +228,7 @@ class Chaos:
         self.args = args
         self.ls = _localservices()
         self.rng = random.Random(args.seed)
+        self.healthy_after = _supervise_healthy_after()
         self.stack: Any = None
         if args.attach:
             self.local_dir = Path(args.attach).resolve()
@@ -288,19 +299,42 @@ class Chaos:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
 
+    def payments_ready(self, pid: int) -> bool:
+        """The payments worker `pid` is consuming: its heartbeat (written once Celery says the worker is
+        ready, celeryconf.heartbeat) names it."""
+        r = self.redis()
+        for key in r.scan_iter(match="backoffice:heartbeat:worker:payments@*"):
+            raw = r.get(key)
+            if raw and json.loads(raw).get("pid") == pid:
+                return True
+        return False
+
     def fault_payments_kill(self, phase: Phase) -> None:
-        """KILLS kills at random moments over the kill window, each once the worker started again has run
-        at least MIN_UP seconds (a worker killed as it starts makes the supervisor back off, a fault of
-        another kind)."""
+        """KILLS kills at random moments over the kill window. Each waits until the worker started again
+        is ready (consuming) and has then run MIN_UP seconds, and until it has lived longer than
+        scripts/supervise.py's HEALTHY_AFTER: a worker killed sooner is a crash loop to the supervisor,
+        which backs off (up to 30 s) - a fault of another kind, where the queue waits with no worker."""
         moments = sorted(self.rng.uniform(0, self.args.kill_window) for _ in range(self.args.kills))
+        healthy_after = self.healthy_after
         started = time.monotonic()
-        up_since = time.monotonic()
+        up_since = ready_since = time.monotonic()
         for moment in moments:
-            time.sleep(max(0.0, started + moment - time.monotonic(), up_since + MIN_UP - time.monotonic()))
+            time.sleep(
+                max(
+                    0.0,
+                    started + moment - time.monotonic(),
+                    ready_since + MIN_UP - time.monotonic(),
+                    up_since + healthy_after + 1.0 - time.monotonic(),
+                )
+            )
             old = self.pids().get("worker-payments")
             self.kill(old)
             self.wait_for(functools.partial(self.restarted, "worker-payments", old), 60, "the payments worker")
             up_since = time.monotonic()
+            new = self.pids().get("worker-payments")
+            assert new is not None
+            self.wait_for(functools.partial(self.payments_ready, new), 120, "the payments worker to be ready")
+            ready_since = time.monotonic()
         phase.notes.append(f"{len(moments)} kills over {time.monotonic() - started:.0f} s")
 
     def fault_workers_kill(self, phase: Phase) -> None:
