@@ -147,14 +147,22 @@ class Load:
         self.pending: list[Any] = []
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.requests = 0
+        self.started = self.stopped = 0.0
 
     def start(self) -> None:
+        self.started = time.monotonic()
         self.thread.start()
 
     def stop(self) -> None:
         self.stopping.set()
         self.thread.join()
-        self.pool.shutdown(wait=True)
+        self.pool.shutdown(wait=True)  # the sends still queued (the web slower than RATE) go first
+        self.stopped = time.monotonic()
+
+    def requests_per_second(self) -> float:
+        """Requests answered (any status) per second while the load ran: below RATE when the web (or the
+        machine) cannot keep up and sends queue in the client."""
+        return self.requests / max(1e-9, self.stopped - self.started)
 
     def _next(self, queue: list[Any]) -> tuple[str, bytes, str | None, bool]:
         draw = self.rng.random()
@@ -563,6 +571,7 @@ class Chaos:
         for what in totals:
             figures[f"chaos.total.{what}"] = sum(v for k, v in figures.items() if k.endswith(f".{what}"))
         figures["chaos.total.requests"] = float(load.requests)
+        figures["chaos.total.requests_per_s"] = round(load.requests_per_second(), 1)
         figures["chaos.total.malformed"] = float(sum(1 for _, r in sent if r.malformed))
         figures["chaos.total.duplicates_sent"] = float(load.requests - len(sent))
         if waiting:
@@ -642,6 +651,7 @@ class Chaos:
                 f"{name:<18}{get('sent'):>7}{get('stored'):>8}{get('payments'):>10}{get('posted'):>8}"
                 f"{get('doubled'):>9}{get('lost'):>6}{get('unanswered'):>12}{get('recovery_s'):>12}"
             )
+        print(f"requests answered: {figures.get('chaos.total.requests_per_s', 0):g}/s (asked: {self.args.rate:g}/s)")
         print(f"verify_ledger: {verified}")
         print("PASSED: nothing lost, nothing doubled" if not problems else "FAILED:\n  " + "\n  ".join(problems))
 
