@@ -540,7 +540,8 @@ class Chaos:
         with load.lock:
             sent = list(load.sent.items())
         names = [p.name for p in self.phases]
-        for phase_name in ["warm-up", *names]:
+        # "after": the plain load after the last fault (checked like the others).
+        for phase_name in ["warm-up", *names, "after"]:
             mine = [(sha, r) for sha, r in sent if r.phase == phase_name]
             receipts = {r.receipt for _, r in mine if r.receipt}
             # An STK + C2B twin of a receipt first sent in another phase counts where its receipt was first seen.
@@ -640,7 +641,7 @@ class Chaos:
         header = f"{'fault':<18}{'sent':>7}{'stored':>8}{'payments':>10}{'posted':>8}{'doubled':>9}{'lost':>6}"
         header += f"{'unanswered':>12}{'recovery s':>12}"
         print(header)
-        for name in ["warm-up", *[p.name for p in self.phases], "total"]:
+        for name in ["warm-up", *[p.name for p in self.phases], "after", "total"]:
             key = name.replace("-", "_")
 
             def get(what: str, key: str = key) -> str:
