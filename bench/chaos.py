@@ -68,7 +68,7 @@ FAULTS = [
 ]
 WORKERS = ("worker-payments", "worker-default", "worker-reports", "beat")
 PG_DOWN_SECONDS = 30.0
-MIN_UP = 5.0  # seconds a restarted payments worker runs before the next kill
+MIN_UP = 5.0  # seconds a restarted payments worker consumes before the next kill
 RECOVERY_TIMEOUT = float(os.environ.get("CHAOS_RECOVERY_TIMEOUT", "420"))
 ANSWER_DEADLINE = 600.0  # a callback not answered 200 within this is counted unanswered
 DUPLICATE_SHARE = 0.08
@@ -90,6 +90,16 @@ def _localservices() -> Any:
     sys.modules["localservices"] = module
     spec.loader.exec_module(module)
     return module
+
+
+def _supervise_healthy_after() -> float:
+    """scripts/supervise.py's HEALTHY_AFTER: a process dying sooner after its start is backed off."""
+    spec = importlib.util.spec_from_file_location("supervise", ROOT / "scripts" / "supervise.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["supervise"] = module  # its dataclasses look their module up
+    spec.loader.exec_module(module)
+    return float(module.HEALTHY_AFTER)
 
 
 def stored_sha256(raw: bytes) -> str:
@@ -137,14 +147,22 @@ class Load:
         self.pending: list[Any] = []
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.requests = 0
+        self.started = self.stopped = 0.0
 
     def start(self) -> None:
+        self.started = time.monotonic()
         self.thread.start()
 
     def stop(self) -> None:
         self.stopping.set()
         self.thread.join()
-        self.pool.shutdown(wait=True)
+        self.pool.shutdown(wait=True)  # the sends still queued (the web slower than RATE) go first
+        self.stopped = time.monotonic()
+
+    def requests_per_second(self) -> float:
+        """Requests answered (any status) per second while the load ran: below RATE when the web (or the
+        machine) cannot keep up and sends queue in the client."""
+        return self.requests / max(1e-9, self.stopped - self.started)
 
     def _next(self, queue: list[Any]) -> tuple[str, bytes, str | None, bool]:
         draw = self.rng.random()
@@ -218,6 +236,7 @@ class Chaos:
         self.args = args
         self.ls = _localservices()
         self.rng = random.Random(args.seed)
+        self.healthy_after = _supervise_healthy_after()
         self.stack: Any = None
         if args.attach:
             self.local_dir = Path(args.attach).resolve()
@@ -288,19 +307,42 @@ class Chaos:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
 
+    def payments_ready(self, pid: int) -> bool:
+        """The payments worker `pid` is consuming: its heartbeat (written once Celery says the worker is
+        ready, celeryconf.heartbeat) names it."""
+        r = self.redis()
+        for key in r.scan_iter(match="backoffice:heartbeat:worker:payments@*"):
+            raw = r.get(key)
+            if raw and json.loads(raw).get("pid") == pid:
+                return True
+        return False
+
     def fault_payments_kill(self, phase: Phase) -> None:
-        """KILLS kills at random moments over the kill window, each once the worker started again has run
-        at least MIN_UP seconds (a worker killed as it starts makes the supervisor back off, a fault of
-        another kind)."""
+        """KILLS kills at random moments over the kill window. Each waits until the worker started again
+        is ready (consuming) and has then run MIN_UP seconds, and until it has lived longer than
+        scripts/supervise.py's HEALTHY_AFTER: a worker killed sooner is a crash loop to the supervisor,
+        which backs off (up to 30 s) - a fault of another kind, where the queue waits with no worker."""
         moments = sorted(self.rng.uniform(0, self.args.kill_window) for _ in range(self.args.kills))
+        healthy_after = self.healthy_after
         started = time.monotonic()
-        up_since = time.monotonic()
+        up_since = ready_since = time.monotonic()
         for moment in moments:
-            time.sleep(max(0.0, started + moment - time.monotonic(), up_since + MIN_UP - time.monotonic()))
+            time.sleep(
+                max(
+                    0.0,
+                    started + moment - time.monotonic(),
+                    ready_since + MIN_UP - time.monotonic(),
+                    up_since + healthy_after + 1.0 - time.monotonic(),
+                )
+            )
             old = self.pids().get("worker-payments")
             self.kill(old)
             self.wait_for(functools.partial(self.restarted, "worker-payments", old), 60, "the payments worker")
             up_since = time.monotonic()
+            new = self.pids().get("worker-payments")
+            assert new is not None
+            self.wait_for(functools.partial(self.payments_ready, new), 120, "the payments worker to be ready")
+            ready_since = time.monotonic()
         phase.notes.append(f"{len(moments)} kills over {time.monotonic() - started:.0f} s")
 
     def fault_workers_kill(self, phase: Phase) -> None:
@@ -385,7 +427,17 @@ class Chaos:
         from celery import Celery
 
         with self.db() as db:
-            ids = [i for (i,) in db.execute("SELECT id FROM integrations_inboxmessage ORDER BY id DESC LIMIT 200")]
+            # Rows still waiting first, spread over the 5 tasks: a task whose rows are all processed
+            # already returns in milliseconds (inbox._settled_already), before any time limit.
+            ids = [
+                i
+                for (i,) in db.execute(
+                    "SELECT id FROM integrations_inboxmessage ORDER BY state = 'received' DESC, id DESC LIMIT 200"
+                )
+            ]
+            waiting = db.execute(
+                "SELECT count(*) FROM integrations_inboxmessage WHERE state = 'received' AND id = ANY(%s)", [ids]
+            ).fetchone()[0]
             (before,) = db.execute(
                 "SELECT count(*) FROM jobs_taskevent WHERE task_name = 'payments.process_inbox' AND kind = 'failed'"
             ).fetchone()
@@ -394,7 +446,7 @@ class Chaos:
             # Celery takes seconds as floats here (its stubs say int).
             app.send_task(
                 "payments.process_inbox",
-                args=[ids[n * 40 : (n + 1) * 40]],
+                args=[ids[n::5]],
                 queue="payments",
                 time_limit=0.05,  # type: ignore[arg-type]
                 soft_time_limit=0.02,  # type: ignore[arg-type]
@@ -408,8 +460,8 @@ class Chaos:
             return int(after - before)
 
         with contextlib.suppress(RuntimeError):
-            self.wait_for(lambda: failed() >= 5, 30, "the time limits to fire")
-        phase.notes.append(f"5 tasks with a 0.05 s hard limit, {failed()} ended by it")
+            self.wait_for(lambda: failed() >= 5, 60, "the time limits to fire")
+        phase.notes.append(f"5 tasks with a 0.05 s hard limit over {waiting} rows waiting, {failed()} ended by it")
 
     # --- measuring -----------------------------------------------------------------------------
 
@@ -488,7 +540,8 @@ class Chaos:
         with load.lock:
             sent = list(load.sent.items())
         names = [p.name for p in self.phases]
-        for phase_name in ["warm-up", *names]:
+        # "after": the plain load after the last fault (checked like the others).
+        for phase_name in ["warm-up", *names, "after"]:
             mine = [(sha, r) for sha, r in sent if r.phase == phase_name]
             receipts = {r.receipt for _, r in mine if r.receipt}
             # An STK + C2B twin of a receipt first sent in another phase counts where its receipt was first seen.
@@ -519,6 +572,7 @@ class Chaos:
         for what in totals:
             figures[f"chaos.total.{what}"] = sum(v for k, v in figures.items() if k.endswith(f".{what}"))
         figures["chaos.total.requests"] = float(load.requests)
+        figures["chaos.total.requests_per_s"] = round(load.requests_per_second(), 1)
         figures["chaos.total.malformed"] = float(sum(1 for _, r in sent if r.malformed))
         figures["chaos.total.duplicates_sent"] = float(load.requests - len(sent))
         if waiting:
@@ -587,7 +641,7 @@ class Chaos:
         header = f"{'fault':<18}{'sent':>7}{'stored':>8}{'payments':>10}{'posted':>8}{'doubled':>9}{'lost':>6}"
         header += f"{'unanswered':>12}{'recovery s':>12}"
         print(header)
-        for name in ["warm-up", *[p.name for p in self.phases], "total"]:
+        for name in ["warm-up", *[p.name for p in self.phases], "after", "total"]:
             key = name.replace("-", "_")
 
             def get(what: str, key: str = key) -> str:
@@ -598,6 +652,7 @@ class Chaos:
                 f"{name:<18}{get('sent'):>7}{get('stored'):>8}{get('payments'):>10}{get('posted'):>8}"
                 f"{get('doubled'):>9}{get('lost'):>6}{get('unanswered'):>12}{get('recovery_s'):>12}"
             )
+        print(f"requests answered: {figures.get('chaos.total.requests_per_s', 0):g}/s (asked: {self.args.rate:g}/s)")
         print(f"verify_ledger: {verified}")
         print("PASSED: nothing lost, nothing doubled" if not problems else "FAILED:\n  " + "\n  ".join(problems))
 

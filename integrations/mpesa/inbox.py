@@ -293,6 +293,8 @@ def inbox_process(*, inbox_id: int) -> str:
 # The kinds recorded in groups (inbox_process_group): the payments. Any other kind goes one by one.
 # The partial index inbox_payments_waiting_idx (models.InboxMessage) names the same kinds.
 GROUP_KINDS = (InboxKind.STK_CALLBACK, InboxKind.C2B_CONFIRMATION)
+# A message whose rows are all settled takes younger waiting rows only by a group's worth (_settled_already).
+TOP_UP_AGE_SECONDS = 2.0
 # Rows of one group that may fail and go on alone before the rest of the group goes one by one too.
 GROUP_MAX_FAILURES = 3
 
@@ -384,9 +386,16 @@ def inbox_process_group(*, inbox_ids: Sequence[int], take: int = 0) -> GroupResu
 
 def _settled_already(own: list[int], take: int) -> dict[int, str] | None:
     """The outcomes of rows `own` when every one is settled (processed or parked: most messages
-    under load, whose rows an earlier group took) and no payment row waits to be taken; else None.
-    Two short reads and no transaction, where the group's would take five round trips to find the
-    same. A row settled stays settled (a person's Reprocess sends it again)."""
+    under load, whose rows an earlier group took) and no group is worth taking from the inbox; else
+    None. Two short reads and no transaction, where the group's would take five round trips to find
+    the same. A row settled stays settled (a person's Reprocess sends it again).
+
+    Worth taking: at least half of `take` payment rows waiting, or one that has waited
+    TOP_UP_AGE_SECONDS. Fewer, younger rows are left to their own messages, which follow: when a
+    queue has fallen behind, every message would otherwise record the handful of rows stored since
+    the last one (groups of a few rows, each paying a group's fixed cost), so the worker never gets
+    ahead of the queue and the messages pile up; with this, the stale ones are skipped in a few
+    milliseconds each and the rows wait for a group's worth, at most TOP_UP_AGE_SECONDS."""
     if not own:
         return None
     states = dict(
@@ -396,8 +405,18 @@ def _settled_already(own: list[int], take: int) -> dict[int, str] | None:
     )
     if len(states) < len(own):
         return None
-    if take > 0 and InboxMessage.objects.filter(state=InboxState.RECEIVED, kind__in=GROUP_KINDS).exists():
-        return None
+    if take > 0:
+        enough = max(1, take // 2)
+        waiting = list(
+            InboxMessage.objects.filter(state=InboxState.RECEIVED, kind__in=GROUP_KINDS)
+            .order_by("pk")
+            .values_list("received_at", flat=True)[:enough]
+        )
+        oldest = min(waiting, default=None)
+        if len(waiting) >= enough or (
+            oldest is not None and timezone.now() - oldest >= dt.timedelta(seconds=TOP_UP_AGE_SECONDS)
+        ):
+            return None
     return {pk: f"already {state}" for pk, state in states.items()}
 
 

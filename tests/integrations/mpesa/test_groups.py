@@ -5,10 +5,12 @@ the middle of a group leaves nothing behind, and every row is posted once after 
 
 from __future__ import annotations
 
+import datetime as dt
 import time
 from collections.abc import Callable
 from decimal import Decimal
 from typing import Any
+from unittest.mock import ANY
 
 import psycopg
 import pytest
@@ -19,6 +21,7 @@ from django.utils import timezone
 
 from accounts.models import Account, JournalEntry, SourceType
 from accounts.services import LineSpec, entry_post
+from integrations.mpesa import inbox
 from integrations.mpesa import payments as mpesa_payments
 from integrations.mpesa.inbox import inbox_process_group, inbox_store
 from integrations.mpesa.models import (
@@ -227,6 +230,35 @@ def test_a_task_takes_waiting_rows_but_not_one_another_task_holds(till: Till) ->
     assert process_inbox.run(ids[1:3]) == ["already processed", "already processed"]
     assert [entries(f"TKW000000{n}") for n in range(5)] == [1] * 5
     assert set(InboxMessage.objects.values_list("attempts", flat=True)) == {1}
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_message_whose_rows_are_settled_takes_waiting_rows_only_by_a_groups_worth_or_once_they_wait(
+    till: Till, settings: Any
+) -> None:
+    """A message that comes after its rows were taken (a queue fallen behind) leaves a few rows just
+    stored to their own messages; it takes them once half a group waits, or once one has waited
+    TOP_UP_AGE_SECONDS (its own message lost or far behind)."""
+    settings.MPESA_GROUP_SIZE = 10  # a message of one row takes up to 9 others; 4 are worth a group
+    first = confirmation(till, "TKS0000000")
+    assert process_inbox.run([first])[0].startswith("posted TKS0000000")
+    fresh = [confirmation(till, f"TKS000000{n}") for n in range(1, 4)]
+    assert process_inbox.run([first]) == ["already processed"]
+    assert states(fresh) == [InboxState.RECEIVED] * 3
+    # One more makes four waiting: half of the 9 the message may take, so it takes them.
+    fresh.append(confirmation(till, "TKS0000004"))
+    outcomes = process_inbox.run([first])
+    assert outcomes[0] == "already processed" and len(outcomes) == 5
+    assert states(fresh) == [InboxState.PROCESSED] * 4
+    # Two rows waiting, the older for longer than TOP_UP_AGE_SECONDS: both are taken.
+    late = [confirmation(till, f"TKS000000{n}") for n in range(5, 7)]
+    assert process_inbox.run([first]) == ["already processed"]
+    InboxMessage.objects.filter(pk=late[0]).update(
+        received_at=timezone.now() - dt.timedelta(seconds=inbox.TOP_UP_AGE_SECONDS + 1)
+    )
+    assert process_inbox.run([first])[1:] == ["posted TKS0000005 KES 30.00: suspense (unallocated)", ANY]
+    assert states(late) == [InboxState.PROCESSED] * 2
+    assert [entries(f"TKS000000{n}") for n in range(7)] == [1] * 7
 
 
 # ------------------------------------------------------------------------------ with a real worker
