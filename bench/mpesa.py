@@ -253,7 +253,7 @@ class _Bench:
 
     def payments_worker(self, name: str, hostname: str) -> subprocess.Popen[bytes]:
         """A payments worker as the bench runs it: 2 processes (-c 2), `name` in the stack, `hostname`@host."""
-        celery = [self.python, "-m", "celery", "-A", "celeryconf"]
+        celery = [self.python, "-m", "celeryconf"]  # as the Procfile and compose start workers
         return self.stack.start(
             name,
             [
@@ -609,7 +609,7 @@ def run(database_url: str) -> dict[str, float]:
         ).stdout
         _, token, shortcode = next(line for line in out.splitlines() if line.startswith("TOKEN")).split()
 
-        celery = [python, "-m", "celery", "-A", "celeryconf"]
+        celery = [python, "-m", "celeryconf"]  # `python -m celeryconf worker|beat`, as the Procfile does
         host = socket.gethostname()
         bench = _Bench(stack, python, scratch, redis_url, web_port, token, shortcode, host)
         payments = bench.payments_worker("worker-payments", "bench-payments")
