@@ -1,0 +1,25 @@
+"""Flower's configuration file: `celery -A celeryconf flower --conf=celeryconf/flower.py` (Procfile, compose).
+
+Flower reads it with tornado's `parse_config_file` (module-level names that are Flower options), after the
+FLOWER_* environment variables and before the command line, which wins. Only what bounds Flower's memory is
+set here; ports, the URL prefix and the password stay on each command line.
+
+Flower keeps what it learns from the workers' events in memory (celery.events.state.State): the last
+`max_tasks` tasks (each with its arguments' repr, its result and a search-index entry; ~6 KB measured), up to
+4 x `max_tasks` event tuples in its time-ordered heap, and every worker it has heard of. Without bounds it
+grows with every task (its default is 100,000 tasks: ~600 MB). Bounded, it fills up to the limit in the first
+hour or so of a normal day, then stays flat: docs/worker-memory.md, "Soak".
+"""
+
+# The last 1,000 tasks (about an hour of a busy day: M-Pesa callbacks, emails, closings). Failures of
+# every task are kept in the database anyway (the System page), so nothing is lost when one drops out.
+max_tasks = 1000
+# Workers known: three today, but each restart under compose comes back under a new container hostname,
+# and every name Flower has seen stays in memory with its counters and Prometheus series.
+max_workers = 20
+# Forget a worker offline for an hour (a replaced container, a scaled-down worker), with its series.
+purge_offline_workers = 3600
+# In memory only: no shelve file of the state written at exit or every N ms (it would grow on disk and be
+# read back at start).
+persistent = False
+state_save_interval = 0
