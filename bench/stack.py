@@ -47,6 +47,9 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 MB = 1024 * 1024
+# Every key of these prefixes is this bench's and is replaced by each run (bench/run.py): no figure of a
+# process the stack no longer has (honcho's, before scripts/supervise.py) stays behind.
+PREFIXES = ("stack.", "soak.")
 SHELLS = {"sh", "bash", "dash"}
 
 
@@ -148,10 +151,30 @@ def _postmaster(pgdata: list[Path]) -> Any:
     return None
 
 
+def _mapped_files(pid: int) -> dict[str, float]:
+    """{file: resident MB} of the files a process maps (shared libraries, extension modules)."""
+    files: dict[str, float] = {}
+    current = ""
+    try:
+        with open(f"/proc/{pid}/smaps") as smaps:
+            for line in smaps:
+                first = line.split(None, 1)[0]
+                if "-" in first and not first.endswith(":"):
+                    parts = line.split(None, 5)
+                    current = parts[5].strip() if len(parts) > 5 and parts[5].startswith("/") else ""
+                elif current and first == "Rss:":
+                    files[current] = files.get(current, 0.0) + int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return files
+
+
 def sample(
-    root_pid: int, pgdata: list[Path], redis_port: int
+    root_pid: int, pgdata: list[Path], redis_port: int, detail: dict[str, dict[str, Any]] | None = None
 ) -> tuple[dict[str, float], dict[str, float], dict[str, int]]:
-    """(rss MB, pss MB, pids) per named process; numbered roles (web.worker1, default.pool2) by pid."""
+    """(rss MB, pss MB, pids) per named process; numbered roles (web.worker1, default.pool2) by pid.
+    `detail`, if given, gets {name: {"anon": MB, "file": MB, "files": {path: MB}}} of each process:
+    what its RSS is made of, to tell Python objects growing from a library loaded on first use."""
     import psutil
 
     rss: dict[str, float] = {}
@@ -159,7 +182,7 @@ def sample(
     pids: dict[str, int] = {}
     for role, procs in sorted(processes(root_pid, pgdata, redis_port).items()):
         summed = role == "postgres"
-        numbered = role.endswith((".worker", ".pool")) or role == "supervise"
+        numbered = role.endswith((".worker", ".pool"))
         for n, proc in enumerate(sorted(procs, key=lambda p: p.pid), start=1):
             try:
                 info = proc.memory_full_info()
@@ -169,6 +192,12 @@ def sample(
             if not numbered and not summed and name in rss:
                 name = f"{role}.{proc.pid}"  # two of a kind that should be one: keep both, visibly
             rss[name] = rss.get(name, 0.0) + info.rss / MB
+            if detail is not None and not summed:
+                detail[name] = {
+                    "anon": (info.rss - info.shared) / MB,
+                    "file": info.shared / MB,
+                    "files": _mapped_files(proc.pid),
+                }
             pss[name] = pss.get(name, 0.0) + info.pss / MB
             pids[name] = proc.pid
         if summed:
@@ -405,6 +434,36 @@ def _settled(run: StackRun, receipts: set[str], timeout: float) -> None:
     _wait(done, timeout, "the work to be done", 2)
 
 
+def _explain_growth(
+    base: dict[str, dict[str, Any]],
+    half: dict[str, dict[str, Any]],
+    end: dict[str, dict[str, Any]],
+    base_pids: dict[str, int],
+    pids: dict[str, int],
+) -> None:
+    """Print (stderr) what each process that grew by 0.5 MB or more grew in: anonymous memory (Python
+    objects, malloc) or pages of mapped files, and which files it mapped or touched more of."""
+    for name in sorted(end):
+        if name not in base:
+            continue
+        b, h, e = base[name], half.get(name, base[name]), end[name]
+        growth = (e["anon"] + e["file"]) - (b["anon"] + b["file"])
+        if growth < 0.5:
+            continue
+        recycled = " (a new process)" if base_pids.get(name) != pids.get(name) else ""
+        print(
+            f"soak growth {name}{recycled}: {growth:+.1f} MB = anon {e['anon'] - b['anon']:+.1f} "
+            f"(second half {e['anon'] - h['anon']:+.1f}) + file {e['file'] - b['file']:+.1f} "
+            f"(second half {e['file'] - h['file']:+.1f})",
+            file=sys.stderr,
+        )
+        for path, mb in sorted(e["files"].items(), key=lambda kv: kv[1] - b["files"].get(kv[0], 0.0), reverse=True):
+            grew = mb - b["files"].get(path, 0.0)
+            if grew >= 0.1:
+                new = "" if path in b["files"] else " (mapped during the soak)"
+                print(f"    {grew:+.2f} MB {path}{new}", file=sys.stderr)
+
+
 def run(database_url: str = "") -> dict[str, float]:
     import redis
 
@@ -426,7 +485,8 @@ def run(database_url: str = "") -> dict[str, float]:
         _launch(stack, reports=30, closings=21, emails=100, tag="burst")
         _settled(stack, receipts, 900)
         time.sleep(10)
-        rss, pss, pids = sample(root, stack.pgdata, stack.redis_port)
+        base_detail: dict[str, dict[str, Any]] = {}
+        rss, pss, pids = sample(root, stack.pgdata, stack.redis_port, base_detail)
         figures.update(_figures("stack", rss, pss))
         celery = [v for k, v in rss.items() if k.split(".")[0] in ("payments", "default", "reports")]
         figures["stack.celery_max_rss_mb"] = round(max(celery), 1)
@@ -438,13 +498,16 @@ def run(database_url: str = "") -> dict[str, float]:
         redis_before = int(broker.info("memory")["used_memory"]) / MB
         base_rss, base_pids = rss, pids
         half_rss: dict[str, float] = {}
+        half_detail: dict[str, dict[str, Any]] = {}
+        end_detail: dict[str, dict[str, Any]] = {}
         for half in (1, 2):
             receipts |= _soak_half(stack, soak_tasks // 2, tag=f"soak{half}", seed=1 + half)
             _settled(stack, receipts, 3600)
             time.sleep(10)
-            rss, pss, pids = sample(root, stack.pgdata, stack.redis_port)
+            rss, pss, pids = sample(root, stack.pgdata, stack.redis_port, half_detail if half == 1 else end_detail)
             if half == 1:
                 half_rss = rss
+        _explain_growth(base_detail, half_detail, end_detail, base_pids, pids)
         connections_after = _connections(stack)
         for name, value in rss.items():
             if name in base_rss and name != "postgres":
