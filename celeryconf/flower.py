@@ -6,13 +6,12 @@ set here; ports, the URL prefix and the password stay on each command line.
 
 Flower keeps what it learns from the workers' events in memory (celery.events.state.State): the last
 `max_tasks` tasks (each with its arguments' repr, its result and a search-index entry), up to 4 x `max_tasks`
-event tuples in its time-ordered heap, and every worker it has heard of: ~13-16 KB of RSS a task, measured
-in the stack (bench.stack: 1,000 tasks took Flower from ~61 to ~75 MB). Without bounds it grows with every
-task (its default, 100,000 tasks, would be over 1 GB). Bounded, it fills up to the limit within the first
-few hundred tasks, then stays flat: docs/worker-memory.md, "Soak".
+event tuples in its time-ordered heap, and every worker it has heard of. Without bounds it grows with every
+task (its default is 100,000). Measured in the whole stack (bench.stack, docs/worker-memory.md, "Soak"):
+~61 MB idle, ~77 MB with a 1,000-task history, ~70 MB with 300; either way flat once the history is full.
 """
 
-# The last 300 tasks: hours of a normal day, minutes of a 100 callbacks/s burst; ~4 MB when full. Failures of
+# The last 300 tasks: hours of a normal day, minutes of a 100 callbacks/s burst. Failures of
 # every task are kept in the database anyway (the System page), so nothing is lost when one drops out.
 max_tasks = 300
 # Workers known: three today, but each restart under compose comes back under a new container hostname,
