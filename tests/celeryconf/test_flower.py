@@ -169,7 +169,7 @@ def test_flower_gets_the_bounded_history_of_celeryconf_flower(source: str) -> No
     assert done.returncode == 0, done.stderr[-3000:]
     got = json.loads(done.stdout.strip().splitlines()[-1])
     # Flower's own defaults are 100,000 tasks, 5,000 workers and no purge: these come from the file.
-    assert (conf.max_tasks, conf.max_workers) < (100_000, 5000) and conf.purge_offline_workers is not None
+    assert conf.max_tasks < 100_000 and conf.max_workers < 5000 and conf.purge_offline_workers is not None
     assert got["max_tasks"] == got["tasks_limit"] == conf.max_tasks
     assert got["max_workers"] == got["workers_limit"] == conf.max_workers
     assert got["purge_offline_workers"] == conf.purge_offline_workers
