@@ -30,7 +30,7 @@ records every process's RSS every 5 s, printed per phase (stderr), so a step lef
                                                              on purpose) has no growth: its peak RSS (every
                                                              pid in that place, sampled every 5 s over the
                                                              run) is set against the limit that replaces it
-  soak.warm_up_rounds, soak.flower_max_tasks, soak.flower_tasks_after_warm_up
+  soak.warm_up_rounds, soak.flower_max_tasks, soak.flower_tasks_after_burst, soak.flower_tasks_after_warm_up
   soak.tasks, soak.pool_recycles, soak.pg_connections_before/after, soak.redis_used_mb_before/after
 
 Processes: web.master, web.worker<N> (gunicorn), <queue>.main and <queue>.pool<N> for each Celery
@@ -593,6 +593,7 @@ def _warm_up(stack: StackRun, timeline: Timeline, receipts: set[str], figures: d
     max_tasks = flower_max_tasks()
     rounds = 0
     held = _flower_tasks(stack)
+    figures["soak.flower_tasks_after_burst"] = float(held)
     while rounds < WARM_UP_MIN_ROUNDS or (0 <= held < max_tasks and rounds < WARM_UP_MAX_ROUNDS):
         rounds += 1
         timeline.phase = f"warm-up{rounds}"
