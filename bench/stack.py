@@ -12,12 +12,14 @@ PSS shares each shared page among the processes that map it, so PSS adds up and 
                                                              alert checks)
   stack.celery_max_rss_mb                                    the largest Celery process (goal < 100 MB)
 
-The warm-up is the burst and then rounds of every task kind (300 callbacks, 21 closings, 3 reports - one of
-each report kind -, 100 emails, 6 alert checks each) until Flower's task history holds its `max_tasks` (read
-from celeryconf/flower.py, the file Flower reads) and at least WARM_UP_MIN_ROUNDS rounds ran. Which pool
-process runs which task is not recorded (Celery's events carry the worker's pid, not the pool process's):
-the numbers per round give both default pool processes every kind with high probability, and a thread
-records every process's RSS every 5 s, printed per phase (stderr), so a step left after the warm-up shows.
+The warm-up is the burst, then a round shaped like a soak half (STACK_SOAK_TASKS / 2 tasks of the soak's mix
+at its pace, plus alert checks: caches and heap high-water marks fill with the size of the bursts too), then
+small rounds of every task kind (300 callbacks, 21 closings, 3 reports - one of each report kind -, 100 emails,
+6 alert checks each) until Flower's task history holds its `max_tasks` (read from celeryconf/flower.py, the
+file Flower reads) and at least WARM_UP_MIN_ROUNDS rounds ran. Which pool process runs which task is not
+recorded (Celery's events carry the worker's pid, not the pool process's): the numbers per round give both
+default pool processes every kind with high probability, and a thread records every process's RSS every
+5 s, printed per phase (stderr), so a step left after the warm-up shows.
 
   soak.rss_growth_mb.<process>                               RSS after SOAK_TASKS more mixed tasks minus RSS
                                                              after the warm-up (goal <= 2 MB), same pid only
@@ -520,10 +522,12 @@ def _connections(run: StackRun) -> int:
     return int(count)
 
 
-def _soak_half(run: StackRun, tasks: int, *, tag: str, seed: int) -> set[str]:
-    """`tasks` tasks: 60 % M-Pesa callbacks, 12 % closing jobs, 3 % reports, the rest emails."""
+def _soak_half(run: StackRun, tasks: int, *, tag: str, seed: int, alert_checks: int = 0) -> set[str]:
+    """`tasks` tasks: 60 % M-Pesa callbacks, 12 % closing jobs, 3 % reports, the rest emails (and
+    `alert_checks` more)."""
     payments, closings, reports = int(tasks * 0.6), int(tasks * 0.12), int(tasks * 0.03)
-    _launch(run, reports=reports, closings=closings, emails=tasks - payments - closings - reports, tag=tag)
+    emails = tasks - payments - closings - reports
+    _launch(run, reports=reports, closings=closings, emails=emails, tag=tag, alert_checks=alert_checks)
     return _send_callbacks(run, payments, 100.0, seed=seed)
 
 
@@ -585,21 +589,31 @@ def _explain_growth(
                 print(f"    {grew:+.2f} MB {path}{new}", file=sys.stderr)
 
 
-def _warm_up(stack: StackRun, timeline: Timeline, receipts: set[str], figures: dict[str, float]) -> set[str]:
-    """After the burst, rounds of every kind of work until Flower's task history is full (celeryconf/flower.py's
-    max_tasks, read from that file) and at least WARM_UP_MIN_ROUNDS rounds ran: each round sends every task kind
-    (callbacks, closings, reports, emails, alert checks) in numbers that give both default pool processes
-    each kind with high probability; the timeline shows any step left."""
+def _warm_up(
+    stack: StackRun, timeline: Timeline, receipts: set[str], figures: dict[str, float], soak_tasks: int
+) -> set[str]:
+    """After the burst: first one round shaped like a soak half (soak_tasks // 2 tasks of the same mix, at the
+    same pace, with alert checks), because a cache or heap high-water mark fills with the size of the bursts a
+    process receives, not only with the number of tasks (run 1 of 2026-11-30: Flower, default.main and the
+    payments pool grew 1-4 MB in the first soak half after small warm-up rounds, then nothing in the second);
+    then smaller rounds of every kind until Flower's task history holds max_tasks (read from celeryconf/flower.py)
+    and at least WARM_UP_MIN_ROUNDS rounds ran. Every round sends every task kind (callbacks, closings, all
+    three report kinds, emails, alert checks) in numbers that give both default pool processes each kind with
+    high probability; the timeline shows any step left."""
     max_tasks = flower_max_tasks()
-    rounds = 0
     held = _flower_tasks(stack)
     figures["soak.flower_tasks_after_burst"] = float(held)
+    rounds = 0
     while rounds < WARM_UP_MIN_ROUNDS or (0 <= held < max_tasks and rounds < WARM_UP_MAX_ROUNDS):
         rounds += 1
         timeline.phase = f"warm-up{rounds}"
-        _launch(stack, reports=3, closings=21, emails=100, alert_checks=6, tag=f"warm{rounds}")
-        receipts |= _send_callbacks(stack, 300, 100.0, seed=100 + rounds)
-        _settled(stack, receipts, 900)
+        if rounds == 1:
+            receipts |= _soak_half(stack, soak_tasks // 2, tag="warm1", seed=100, alert_checks=6)
+            _settled(stack, receipts, 3600)
+        else:
+            _launch(stack, reports=3, closings=21, emails=100, alert_checks=6, tag=f"warm{rounds}")
+            receipts |= _send_callbacks(stack, 300, 100.0, seed=100 + rounds)
+            _settled(stack, receipts, 900)
         time.sleep(10)
         held = _flower_tasks(stack)
         print(f"warm-up round {rounds}: Flower holds {held} of {max_tasks} tasks", file=sys.stderr)
@@ -609,7 +623,7 @@ def _warm_up(stack: StackRun, timeline: Timeline, receipts: set[str], figures: d
     return receipts
 
 
-# The warm-up after the burst: at least this many rounds, then more until Flower's history is full.
+# The warm-up after the burst: a soak-half-sized round, a small one, then more until Flower's history is full.
 WARM_UP_MIN_ROUNDS = 2
 WARM_UP_MAX_ROUNDS = 10
 
@@ -646,7 +660,7 @@ def run(database_url: str = "") -> dict[str, float]:
         figures["stack.celery_max_rss_mb"] = round(max(celery), 1)
 
         # The rest of the warm-up: until the bounded caches are full and every pool process ran every kind.
-        receipts = _warm_up(stack, timeline, receipts, figures)
+        receipts = _warm_up(stack, timeline, receipts, figures, soak_tasks)
         base_detail: dict[str, dict[str, Any]] = {}
         base_rss, _, base_pids = sample(root, stack.pgdata, stack.redis_port, base_detail)
 
