@@ -8,9 +8,10 @@ whoever sends it (beat, the admin's "Run selected tasks"): it draws PDFs, which 
 
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
-from celery import shared_task
+from celery import shared_task, signals
 from django.conf import settings
 from django.contrib.auth import get_user_model
 
@@ -18,7 +19,7 @@ from backoffice.backups import backup_run, backup_verify_when_free
 from backoffice.emails import EmailRetryError, email_deliver, email_files_cleanup, emails_resend_stuck
 from backoffice.models import BackupState, VerifyState
 from celeryconf.app import LIMITS
-from celeryconf.config import QUEUE_REPORTS
+from celeryconf.config import QUEUE_DEFAULT, QUEUE_REPORTS
 
 
 def _backoff(attempts: int, cap: int) -> int:
@@ -67,6 +68,28 @@ def check_alerts() -> str:
     from backoffice.alerts import alerts_check
 
     return str(alerts_check())
+
+
+# What the default queue's tasks import on their first run and the worker's start has not imported yet
+# (found by diffing sys.modules around a first check_alerts in a worker-like process): the Django
+# cache's Redis backend (the alert check's time stamp) and the IDNA codec redis-py's connect loads.
+# backoffice.alerts and backoffice.readings themselves are already imported at start (the admin and
+# the System page import them), so this is small; the rest of a pool process's first-use growth is
+# run-time state (connections, query and model caches) that only running the task builds.
+DEFAULT_WORKER_PRELOAD = ("django.core.cache.backends.redis", "encodings.idna", "stringprep")
+
+
+@signals.worker_init.connect
+def _default_worker_preload(sender: Any = None, **_: Any) -> None:
+    """In the default worker's main process, before the pool forks: import what its tasks would import
+    lazily, so every pool process shares those pages instead of each loading its own copy on first use.
+    Imports only: no connection is opened before the fork (each pool process opens its own)."""
+    queues = getattr(getattr(getattr(sender, "app", None), "amqp", None), "queues", None)
+    consuming = set(getattr(queues, "consume_from", None) or {}) if queues is not None else set()
+    if QUEUE_DEFAULT not in consuming:
+        return
+    for module in DEFAULT_WORKER_PRELOAD:
+        importlib.import_module(module)
 
 
 # A backup and its restore check take minutes on a year of data (docs/backups.md: measured); 40 minutes,

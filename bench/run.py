@@ -2,6 +2,8 @@
 
 Each module in MODULES exposes `run(database_url: str) -> dict[str, float]` and works in a scratch
 database of its own on the given server. Figures are measurements of this machine, not asserts.
+A module may also set `PREFIXES` (e.g. `("stack.", "soak.")`): the keys it owns, all replaced by each
+run, so that figures of a process or case it no longer measures do not linger in results.json.
 Usage: python -m bench.run [module ...]   (default: all)
 """
 
@@ -40,6 +42,9 @@ def main(argv: list[str]) -> int:
             failed.append(name)
             print(f"{name} failed: {exc!r}", file=sys.stderr)
             continue
+        for prefix in getattr(module, "PREFIXES", ()):
+            for key in [k for k in results if k.startswith(prefix)]:
+                del results[key]
         results.update(figures)
         print(json.dumps(figures, indent=2), file=sys.stderr)
         print(f"{name} took {time.monotonic() - started:.0f}s", file=sys.stderr)

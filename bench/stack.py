@@ -8,13 +8,31 @@ PSS shares each shared page among the processes that map it, so PSS adds up and 
   stack.idle.rss_mb.<process>, stack.idle.pss_mb.<process>   a minute after start, nothing to do
   stack.idle.total_rss_mb, stack.idle.total_pss_mb
   stack.rss_mb.<process>, stack.pss_mb.<process>             after a burst of mixed work (M-Pesa
-  stack.total_rss_mb, stack.total_pss_mb                     callbacks, exports, PDFs, closings, emails)
+  stack.total_rss_mb, stack.total_pss_mb                     callbacks, exports, PDFs, closings, emails,
+                                                             alert checks)
   stack.celery_max_rss_mb                                    the largest Celery process (goal < 100 MB)
+
+The warm-up is the burst, then a round shaped like a soak half (STACK_SOAK_TASKS / 2 tasks of the soak's mix
+at its pace, plus alert checks: caches and heap high-water marks fill with the size of the bursts too), then
+small rounds of every task kind (300 callbacks, 21 closings, 3 reports - one of each report kind -, 100 emails,
+6 alert checks each) until Flower's task history holds its `max_tasks` (read from celeryconf/flower.py, the
+file Flower reads) and at least WARM_UP_MIN_ROUNDS rounds ran. Which pool process runs which task is not
+recorded (Celery's events carry the worker's pid, not the pool process's): the numbers per round give both
+default pool processes every kind with high probability, and a thread records every process's RSS every
+5 s, printed per phase (stderr), so a step left after the warm-up shows.
+
   soak.rss_growth_mb.<process>                               RSS after SOAK_TASKS more mixed tasks minus RSS
-                                                             after the burst (goal <= 2 MB); a recycled pool
-                                                             process is compared with the one before it
+                                                             after the warm-up (goal <= 2 MB), same pid only
   soak.rss_growth_second_half_mb.<process>                   the growth over the soak's second half only:
                                                              a leak goes on growing, a cache filling stops
+  soak.rss_growth_from_idle_mb.<process>                     RSS at the end minus the first idle reading:
+                                                             the warm-up's growth included, nothing hidden
+  soak.rss_peak_mb.<queue>.pool<N>, soak.recycle_limit_mb.<queue>   a pool process replaced during the soak
+                                                             (the reports worker's, past --max-memory-per-child,
+                                                             on purpose) has no growth: its peak RSS (every
+                                                             pid in that place, sampled every 5 s over the
+                                                             run) is set against the limit that replaces it
+  soak.warm_up_rounds, soak.flower_max_tasks, soak.flower_tasks_after_burst, soak.flower_tasks_after_warm_up
   soak.tasks, soak.pool_recycles, soak.pg_connections_before/after, soak.redis_used_mb_before/after
 
 Processes: web.master, web.worker<N> (gunicorn), <queue>.main and <queue>.pool<N> for each Celery
@@ -34,12 +52,14 @@ import json
 import os
 import random
 import re
+import runpy
 import shutil
 import signal
 import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -47,6 +67,9 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 MB = 1024 * 1024
+# Every key of these prefixes is this bench's and is replaced by each run (bench/run.py): no figure of a
+# process the stack no longer has (honcho's, before scripts/supervise.py) stays behind.
+PREFIXES = ("stack.", "soak.")
 SHELLS = {"sh", "bash", "dash"}
 
 
@@ -148,10 +171,30 @@ def _postmaster(pgdata: list[Path]) -> Any:
     return None
 
 
+def _mapped_files(pid: int) -> dict[str, float]:
+    """{file: resident MB} of the files a process maps (shared libraries, extension modules)."""
+    files: dict[str, float] = {}
+    current = ""
+    try:
+        with open(f"/proc/{pid}/smaps") as smaps:
+            for line in smaps:
+                first = line.split(None, 1)[0]
+                if "-" in first and not first.endswith(":"):
+                    parts = line.split(None, 5)
+                    current = parts[5].strip() if len(parts) > 5 and parts[5].startswith("/") else ""
+                elif current and first == "Rss:":
+                    files[current] = files.get(current, 0.0) + int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return files
+
+
 def sample(
-    root_pid: int, pgdata: list[Path], redis_port: int
+    root_pid: int, pgdata: list[Path], redis_port: int, detail: dict[str, dict[str, Any]] | None = None
 ) -> tuple[dict[str, float], dict[str, float], dict[str, int]]:
-    """(rss MB, pss MB, pids) per named process; numbered roles (web.worker1, default.pool2) by pid."""
+    """(rss MB, pss MB, pids) per named process; numbered roles (web.worker1, default.pool2) by pid.
+    `detail`, if given, gets {name: {"anon": MB, "file": MB, "files": {path: MB}}} of each process:
+    what its RSS is made of, to tell Python objects growing from a library loaded on first use."""
     import psutil
 
     rss: dict[str, float] = {}
@@ -159,7 +202,7 @@ def sample(
     pids: dict[str, int] = {}
     for role, procs in sorted(processes(root_pid, pgdata, redis_port).items()):
         summed = role == "postgres"
-        numbered = role.endswith((".worker", ".pool")) or role == "supervise"
+        numbered = role.endswith((".worker", ".pool"))
         for n, proc in enumerate(sorted(procs, key=lambda p: p.pid), start=1):
             try:
                 info = proc.memory_full_info()
@@ -169,6 +212,12 @@ def sample(
             if not numbered and not summed and name in rss:
                 name = f"{role}.{proc.pid}"  # two of a kind that should be one: keep both, visibly
             rss[name] = rss.get(name, 0.0) + info.rss / MB
+            if detail is not None and not summed:
+                detail[name] = {
+                    "anon": (info.rss - info.shared) / MB,
+                    "file": info.shared / MB,
+                    "files": _mapped_files(proc.pid),
+                }
             pss[name] = pss.get(name, 0.0) + info.pss / MB
             pids[name] = proc.pid
         if summed:
@@ -217,6 +266,11 @@ for n in range(spec["closings"]):
     business = businesses[n % len(businesses)]
     day = days[(n // len(businesses)) % len(days)]
     job_launch(kind="operations.closing", acting_user=owner, business=business, params={"day": day.isoformat()})
+# The alert check (beat sends it every minute to the default queue): sent here too, so the warm-up
+# gives each default pool process its first one rather than leaving that to the soak.
+from backoffice.tasks import check_alerts
+for n in range(spec.get("alert_checks", 0)):
+    check_alerts.delay()
 for n in range(spec["emails"]):
     email_queue(
         kind="test", period=f"{spec['tag']}-{n}", subject=f"Stack bench {n}",
@@ -242,6 +296,7 @@ class StackRun:
                 "DJANGO_ENV_FILE": str(self.dir / "env"),
                 "PORT": str(self.web_port),
                 "FLOWER_PORT": str(self.flower_port),
+                "FLOWER_BASIC_AUTH": "bench:" + os.urandom(12).hex(),
                 # Production settings, over plain HTTP as behind the TLS proxy; throw-away secrets.
                 "DJANGO_DEBUG": "0",
                 "DJANGO_SECRET_KEY": "bench-only-" + os.urandom(16).hex(),
@@ -366,21 +421,120 @@ def _send_callbacks(run: StackRun, count: int, rate: float, seed: int) -> set[st
     return {c.receipt for c in calls if c.receipt}
 
 
+def flower_max_tasks() -> int:
+    """Flower's task history bound, from the file Flower itself reads (celeryconf/flower.py)."""
+    return int(runpy.run_path(str(ROOT / "celeryconf" / "flower.py"))["max_tasks"])
+
+
+def recycle_limits_mb() -> dict[str, float]:
+    """{queue: MB} at which each worker's pool process is replaced: its Procfile --max-memory-per-child,
+    else the worker_max_memory_per_child default of celeryconf.config (120,000 KiB)."""
+    limits: dict[str, float] = {}
+    for line in (ROOT / "Procfile").read_text().splitlines():
+        queue = re.search(r"celeryconf worker -Q\s+(\S+)", line)
+        if queue:
+            kib = re.search(r"--max-memory-per-child[ =](\d+)", line)
+            limits[queue.group(1)] = int(kib.group(1) if kib else 120_000) / 1024
+    return limits
+
+
+def _flower_tasks(run: StackRun) -> int:
+    """How many tasks Flower holds in its history now (its HTTP API, with the stack's password)."""
+    auth = base64.b64encode(run.env["FLOWER_BASIC_AUTH"].encode()).decode()
+    try:
+        conn = http.client.HTTPConnection("127.0.0.1", run.flower_port, timeout=30)
+        conn.request("GET", "/api/tasks", headers={"Authorization": f"Basic {auth}"})
+        response = conn.getresponse()
+        body = response.read()
+        conn.close()
+        return len(json.loads(body)) if response.status == 200 else -1
+    except (OSError, http.client.HTTPException, ValueError):
+        return -1
+
+
+class Timeline:
+    """RSS of every process of the stack every `interval` seconds, in a thread, labelled with the phase the
+    bench is in: shows when a process stepped up (a first use) and each pool process's peak."""
+
+    def __init__(self, root_pid: int, pgdata: list[Path], redis_port: int, interval: float = 5.0) -> None:
+        self.args = (root_pid, pgdata, redis_port)
+        self.interval = interval
+        self.phase = "idle"
+        self.rows: list[tuple[float, str, dict[str, tuple[int, float]]]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+        self._start = time.monotonic()
+
+    def _loop(self) -> None:
+        import psutil
+
+        while not self._stop.is_set():
+            seen: dict[str, tuple[int, float]] = {}
+            for role, procs in processes(*self.args).items():
+                if role == "postgres":
+                    continue
+                numbered = role.endswith((".worker", ".pool"))
+                for n, proc in enumerate(sorted(procs, key=lambda p: p.pid), start=1):
+                    try:
+                        seen[f"{role}{n}" if numbered else role] = (proc.pid, proc.memory_info().rss / MB)
+                    except psutil.Error:
+                        continue
+            self.rows.append((time.monotonic() - self._start, self.phase, seen))
+            self._stop.wait(self.interval)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(30)
+
+    def peak(self, name: str, pid: int | None = None) -> float:
+        """The highest RSS seen of `name` (of that pid only, if given)."""
+        return max(
+            (seen[name][1] for _, _, seen in self.rows if name in seen and pid in (None, seen[name][0])), default=0.0
+        )
+
+    def report(self) -> None:
+        """Print (stderr) each process's RSS at the end of every phase, and its peak, with its pids."""
+        ends: dict[str, dict[str, tuple[int, float]]] = {}
+        order: list[str] = []
+        for _, phase, seen in self.rows:
+            if phase not in ends:
+                order.append(phase)
+            ends[phase] = seen
+        names = sorted({n for seen in ends.values() for n in seen})
+        print("rss timeline (MB at the end of each phase; * = another pid than the phase before):", file=sys.stderr)
+        print("    " + " | ".join(["process", *order, "peak"]), file=sys.stderr)
+        for name in names:
+            cells, last_pid = [], None
+            for phase in order:
+                pid, rss = ends[phase].get(name, (None, None))
+                mark = "*" if last_pid is not None and pid not in (None, last_pid) else ""
+                cells.append("-" if rss is None else f"{rss:.1f}{mark}")
+                last_pid = pid or last_pid
+            print("    " + " | ".join([name, *cells, f"{self.peak(name):.1f}"]), file=sys.stderr)
+
+
 def _connections(run: StackRun) -> int:
     with _db(run.superuser_url) as db:
         (count,) = db.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = 'backoffice'").fetchone()
     return int(count)
 
 
-def _soak_half(run: StackRun, tasks: int, *, tag: str, seed: int) -> set[str]:
-    """`tasks` tasks: 60 % M-Pesa callbacks, 12 % closing jobs, 3 % reports, the rest emails."""
+def _soak_half(run: StackRun, tasks: int, *, tag: str, seed: int, alert_checks: int = 0) -> set[str]:
+    """`tasks` tasks: 60 % M-Pesa callbacks, 12 % closing jobs, 3 % reports, the rest emails (and
+    `alert_checks` more)."""
     payments, closings, reports = int(tasks * 0.6), int(tasks * 0.12), int(tasks * 0.03)
-    _launch(run, reports=reports, closings=closings, emails=tasks - payments - closings - reports, tag=tag)
+    emails = tasks - payments - closings - reports
+    _launch(run, reports=reports, closings=closings, emails=emails, tag=tag, alert_checks=alert_checks)
     return _send_callbacks(run, payments, 100.0, seed=seed)
 
 
-def _launch(run: StackRun, *, reports: int, closings: int, emails: int, tag: str) -> None:
-    spec = json.dumps({"reports": reports, "closings": closings, "emails": emails, "tag": tag})
+def _launch(run: StackRun, *, reports: int, closings: int, emails: int, tag: str, alert_checks: int = 0) -> None:
+    spec = json.dumps(
+        {"reports": reports, "closings": closings, "emails": emails, "tag": tag, "alert_checks": alert_checks}
+    )
     run.manage("shell", "-c", LAUNCH, extra_env={"STACK_LAUNCH": spec})
 
 
@@ -405,6 +559,75 @@ def _settled(run: StackRun, receipts: set[str], timeout: float) -> None:
     _wait(done, timeout, "the work to be done", 2)
 
 
+def _explain_growth(
+    base: dict[str, dict[str, Any]],
+    half: dict[str, dict[str, Any]],
+    end: dict[str, dict[str, Any]],
+    base_pids: dict[str, int],
+    pids: dict[str, int],
+) -> None:
+    """Print (stderr) what each process that grew by 0.5 MB or more grew in: anonymous memory (Python
+    objects, malloc) or pages of mapped files, and which files it mapped or touched more of."""
+    for name in sorted(end):
+        if name not in base:
+            continue
+        b, h, e = base[name], half.get(name, base[name]), end[name]
+        growth = (e["anon"] + e["file"]) - (b["anon"] + b["file"])
+        if growth < 0.5:
+            continue
+        recycled = " (a new process)" if base_pids.get(name) != pids.get(name) else ""
+        print(
+            f"soak growth {name}{recycled}: {growth:+.1f} MB = anon {e['anon'] - b['anon']:+.1f} "
+            f"(second half {e['anon'] - h['anon']:+.1f}) + file {e['file'] - b['file']:+.1f} "
+            f"(second half {e['file'] - h['file']:+.1f})",
+            file=sys.stderr,
+        )
+        for path, mb in sorted(e["files"].items(), key=lambda kv: kv[1] - b["files"].get(kv[0], 0.0), reverse=True):
+            grew = mb - b["files"].get(path, 0.0)
+            if grew >= 0.1:
+                new = "" if path in b["files"] else " (mapped during the soak)"
+                print(f"    {grew:+.2f} MB {path}{new}", file=sys.stderr)
+
+
+def _warm_up(
+    stack: StackRun, timeline: Timeline, receipts: set[str], figures: dict[str, float], soak_tasks: int
+) -> set[str]:
+    """After the burst: first one round shaped like a soak half (soak_tasks // 2 tasks of the same mix, at the
+    same pace, with alert checks), because a cache or heap high-water mark fills with the size of the bursts a
+    process receives, not only with the number of tasks (run 1 of 2026-11-30: Flower, default.main and the
+    payments pool grew 1-4 MB in the first soak half after small warm-up rounds, then nothing in the second);
+    then smaller rounds of every kind until Flower's task history holds max_tasks (read from celeryconf/flower.py)
+    and at least WARM_UP_MIN_ROUNDS rounds ran. Every round sends every task kind (callbacks, closings, all
+    three report kinds, emails, alert checks) in numbers that give both default pool processes each kind with
+    high probability; the timeline shows any step left."""
+    max_tasks = flower_max_tasks()
+    held = _flower_tasks(stack)
+    figures["soak.flower_tasks_after_burst"] = float(held)
+    rounds = 0
+    while rounds < WARM_UP_MIN_ROUNDS or (0 <= held < max_tasks and rounds < WARM_UP_MAX_ROUNDS):
+        rounds += 1
+        timeline.phase = f"warm-up{rounds}"
+        if rounds == 1:
+            receipts |= _soak_half(stack, soak_tasks // 2, tag="warm1", seed=100, alert_checks=6)
+            _settled(stack, receipts, 3600)
+        else:
+            _launch(stack, reports=3, closings=21, emails=100, alert_checks=6, tag=f"warm{rounds}")
+            receipts |= _send_callbacks(stack, 300, 100.0, seed=100 + rounds)
+            _settled(stack, receipts, 900)
+        time.sleep(10)
+        held = _flower_tasks(stack)
+        print(f"warm-up round {rounds}: Flower holds {held} of {max_tasks} tasks", file=sys.stderr)
+    figures["soak.warm_up_rounds"] = float(rounds)
+    figures["soak.flower_max_tasks"] = float(max_tasks)
+    figures["soak.flower_tasks_after_warm_up"] = float(held)
+    return receipts
+
+
+# The warm-up after the burst: a soak-half-sized round, a small one, then more until Flower's history is full.
+WARM_UP_MIN_ROUNDS = 2
+WARM_UP_MAX_ROUNDS = 10
+
+
 def run(database_url: str = "") -> dict[str, float]:
     import redis
 
@@ -412,18 +635,23 @@ def run(database_url: str = "") -> dict[str, float]:
     idle_seconds = float(os.environ.get("STACK_IDLE_SECONDS", "60"))
     stack = StackRun()
     figures: dict[str, float] = {}
+    timeline: Timeline | None = None
     try:
         stack.start()
         assert stack.proc is not None
         root = stack.proc.pid
+        timeline = Timeline(root, stack.pgdata, stack.redis_port)
+        timeline.start()
         time.sleep(idle_seconds)
         rss, pss, pids = sample(root, stack.pgdata, stack.redis_port)
         figures.update(_figures("stack.idle", rss, pss))
         figures["stack.processes.postgres"] = float(pids.get("postgres.processes", 0))
+        idle_rss, idle_pids = rss, pids
 
-        # The burst: every kind of work once, at a realistic pace.
+        # The burst: every kind of work, at a realistic pace.
+        timeline.phase = "burst"
         receipts = _send_callbacks(stack, 1000, 100.0, seed=1)
-        _launch(stack, reports=30, closings=21, emails=100, tag="burst")
+        _launch(stack, reports=30, closings=21, emails=100, alert_checks=6, tag="burst")
         _settled(stack, receipts, 900)
         time.sleep(10)
         rss, pss, pids = sample(root, stack.pgdata, stack.redis_port)
@@ -431,26 +659,51 @@ def run(database_url: str = "") -> dict[str, float]:
         celery = [v for k, v in rss.items() if k.split(".")[0] in ("payments", "default", "reports")]
         figures["stack.celery_max_rss_mb"] = round(max(celery), 1)
 
-        # The soak: SOAK_TASKS more tasks of every kind, in two halves; the burst above was its warm-up.
+        # The rest of the warm-up: until the bounded caches are full and every pool process ran every kind.
+        receipts = _warm_up(stack, timeline, receipts, figures, soak_tasks)
+        base_detail: dict[str, dict[str, Any]] = {}
+        base_rss, _, base_pids = sample(root, stack.pgdata, stack.redis_port, base_detail)
+
+        # The soak: SOAK_TASKS more tasks of every kind, in two halves.
         # Growth over the second half tells a leak (it goes on) from caches filling up (they stop).
         broker = redis.Redis(port=stack.redis_port)
         connections_before = _connections(stack)
         redis_before = int(broker.info("memory")["used_memory"]) / MB
-        base_rss, base_pids = rss, pids
         half_rss: dict[str, float] = {}
+        half_pids: dict[str, int] = {}
+        half_detail: dict[str, dict[str, Any]] = {}
+        end_detail: dict[str, dict[str, Any]] = {}
         for half in (1, 2):
+            timeline.phase = f"soak{half}"
             receipts |= _soak_half(stack, soak_tasks // 2, tag=f"soak{half}", seed=1 + half)
             _settled(stack, receipts, 3600)
             time.sleep(10)
-            rss, pss, pids = sample(root, stack.pgdata, stack.redis_port)
+            rss, pss, pids = sample(root, stack.pgdata, stack.redis_port, half_detail if half == 1 else end_detail)
             if half == 1:
-                half_rss = rss
+                half_rss, half_pids = rss, pids
+        timeline.phase = "end"
+        time.sleep(timeline.interval + 1)
+        timeline.stop()
+        _explain_growth(base_detail, half_detail, end_detail, base_pids, pids)
+        timeline.report()
         connections_after = _connections(stack)
+        limits = recycle_limits_mb()
         for name, value in rss.items():
-            if name in base_rss and name != "postgres":
+            if name == "postgres":
+                continue
+            # Growth is only ever one process's own: a pool process replaced during the soak (the reports
+            # worker's, past its --max-memory-per-child, on purpose) has its peak set against that limit.
+            if base_pids.get(name) == pids.get(name):
                 figures[f"soak.rss_growth_mb.{name}"] = round(value - base_rss[name], 1)
-            if name in half_rss and name != "postgres":
+            elif ".pool" in name:
+                queue = name.split(".")[0]
+                figures[f"soak.rss_peak_mb.{name}"] = round(timeline.peak(name), 1)
+                figures[f"soak.recycle_limit_mb.{queue}"] = round(limits.get(queue, 120_000 / 1024), 1)
+            if half_pids.get(name) == pids.get(name):
                 figures[f"soak.rss_growth_second_half_mb.{name}"] = round(value - half_rss[name], 1)
+            # From the first idle reading, warm-up included: nothing hidden by the choice of baseline.
+            if idle_pids.get(name) == pids.get(name):
+                figures[f"soak.rss_growth_from_idle_mb.{name}"] = round(value - idle_rss[name], 1)
         figures["soak.pool_recycles"] = float(
             sum(1 for k, pid in pids.items() if ".pool" in k and base_pids.get(k) not in (None, pid))
         )
@@ -466,6 +719,8 @@ def run(database_url: str = "") -> dict[str, float]:
             print(stack.log.read_text()[-4000:], file=sys.stderr)
         raise
     finally:
+        if timeline is not None:
+            timeline.stop()
         stack.stop()
 
 
