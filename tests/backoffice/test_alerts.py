@@ -610,6 +610,9 @@ def test_a_default_worker_runs_the_check(clean_broker: redis.Redis) -> None:
     try:
         check_alerts.delay()
         alert = wait_for(lambda: Alert.objects.filter(resolved_at__isnull=True).first(), 30, "the alert")
+        # The alert row commits before the task returns: stop the worker only once it said so (on a
+        # busy machine a stop right after the row was seen ended the task mid-way, SIGTERM).
+        wait_for(lambda: "succeeded" in worker.output(), 30, "the task's success in the worker's log")
     finally:
         worker.stop()
     assert alert.value == "1"
