@@ -43,6 +43,7 @@ from typing import Any
 
 import psycopg
 
+from bench.cpu import backend_cpu
 from bench.scratch import drop_database, recreate_database
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -223,15 +224,6 @@ SELECT id, number, posted_at FROM e
 """
 
 
-def _backend_cpu(pid: int) -> float | None:
-    """CPU seconds a PostgreSQL backend has used (Linux, server on this machine), else None."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
-        return None
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 class _CpuMeter:
     """CPU used per posting by this process and one backend: unlike the rates, hardly moved by the
     machine's other load (which delays a posting without making it cost more)."""
@@ -240,12 +232,12 @@ class _CpuMeter:
         self.backend_pid = backend_pid
         self.seconds = 0.0
         self.postings = 0
-        self.available = _backend_cpu(backend_pid) is not None
+        self.available = backend_cpu(backend_pid) is not None
 
     def measure(self, fn: Callable[[], float], postings: int) -> float:
-        client, backend = time.process_time(), _backend_cpu(self.backend_pid)
+        client, backend = time.process_time(), backend_cpu(self.backend_pid)
         result = fn()
-        after = _backend_cpu(self.backend_pid)
+        after = backend_cpu(self.backend_pid)
         if backend is not None and after is not None:
             self.seconds += time.process_time() - client + after - backend
             self.postings += postings

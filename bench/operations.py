@@ -38,6 +38,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench.cpu import backend_cpu
 from bench.scratch import drop_database, recreate_database
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -128,12 +129,12 @@ def _inner() -> dict[str, float]:
     with connection.cursor() as cursor:
         cursor.execute("SELECT pg_backend_pid()")
         backend_pid = cursor.fetchone()[0]
-    cpu, backend = time.process_time(), _backend_cpu(backend_pid)
+    cpu, backend = time.process_time(), backend_cpu(backend_pid)
     started = time.perf_counter()
     for _ in range(SALES):
         sale_create(business=shop, sale_date=today, lines=lines)
     figures["ops.sales_per_s"] = round(SALES / (time.perf_counter() - started), 1)
-    after = _backend_cpu(backend_pid)
+    after = backend_cpu(backend_pid)
     if backend is not None and after is not None:  # CPU per sale, client + server: less moved by load than the rate
         figures["ops.sale_cpu_ms"] = round((time.process_time() - cpu + after - backend) / SALES * 1000, 2)
     figures["ops.sales_load_avg"] = round(os.getloadavg()[0], 2)
@@ -156,15 +157,6 @@ def _inner() -> dict[str, float]:
     figures.update(_reports(shop, today))
     connection.close()
     return figures
-
-
-def _backend_cpu(pid: int) -> float | None:
-    """CPU seconds a PostgreSQL backend has used (Linux, server on this machine), else None."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
-        return None
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _reports(shop: Any, today: dt.date) -> dict[str, float]:
