@@ -267,6 +267,24 @@ class NumberWidget(widgets.DecimalWidget):
         return number
 
 
+class _NoNulText:
+    """A text cell, or a ValueError naming its column: PostgreSQL text cannot hold NUL (0x00), and
+    the import page showed its DataError for the whole line."""
+
+    def clean(self, value: Any, row: Any = None, **kwargs: Any) -> Any:
+        if isinstance(value, str) and "\x00" in value:
+            raise ValueError("a text cannot contain the NUL character (0x00)")
+        return super().clean(value, row, **kwargs)  # type: ignore[misc]
+
+
+class TextWidget(_NoNulText, widgets.CharWidget):
+    """A CharField cell without NUL."""
+
+
+class PlainTextWidget(_NoNulText, widgets.Widget):
+    """A TextField cell (django-import-export's plain widget) without NUL."""
+
+
 class WholeNumberWidget(widgets.IntegerWidget):
     """An integer cell (an id), or a ValueError naming it (not InvalidOperation or OverflowError)."""
 
@@ -305,6 +323,10 @@ class CheckedResource(resources.ModelResource):
             return NumberWidget
         if widget is widgets.IntegerWidget:
             return WholeNumberWidget
+        if widget is widgets.CharWidget:
+            return TextWidget
+        if widget is widgets.Widget and isinstance(f, models.TextField):
+            return PlainTextWidget
         return widget
 
     @classmethod

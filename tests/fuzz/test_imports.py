@@ -207,6 +207,14 @@ def test_an_import_is_previewed_without_writing_then_imported_whole(
         ("Supplier", "name,phone", "Juma," + "7" * 25, "phone", "at most 20 characters"),
         ("OpeningStock", "item,stock_date,quantity,unit_cost", "{item},2026-11-01,1,1e20", "unit_cost", "14 digits"),
         ("OpeningStock", "item,stock_date,quantity,unit_cost", "999999,2026-11-01,1,1", "item_id", "no item '999999'"),
+        ("Supplier", "name,phone", "Ju\x00ma,0722000000", "name", "NUL character"),
+        (
+            "Expense",
+            "expense_date,category,amount,paid_from,description",
+            "2020-01-01,expense_rent,0.01,cash,\x00",
+            "description",
+            "NUL character",
+        ),
     ],
 )
 def test_a_bad_cell_is_shown_against_its_column(
@@ -214,7 +222,8 @@ def test_a_bad_cell_is_shown_against_its_column(
 ) -> None:
     """The minimal examples the fuzzing found: each was an error of the whole line, shown as
     "[<class 'decimal.ConversionSyntax'>]", "value too long for type character varying(20)",
-    "numeric field overflow" or "Item matching query does not exist."."""
+    "numeric field overflow", "Item matching query does not exist." or "PostgreSQL text fields cannot
+    contain NUL (0x00) bytes"."""
     resource_class = next(r for model, r in RESOURCES if model.__name__ == resource)
     business = Business.objects.get(name="Maji Safi Water")
     item = Item.objects.get(business=business)
