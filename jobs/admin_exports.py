@@ -159,7 +159,8 @@ class ExcelExportMixin:
                 kind=CHANGELIST_XLSX,
                 acting_user=request.user,
                 business=self.excel_job_business(request, query),
-                params={"model": opts.label_lower, "query": query, "options": options},
+                # The changelist's path too: the worker then builds its request without loading the URLconf.
+                params={"model": opts.label_lower, "query": query, "options": options, "path": changelist_url},
             )
             jobs_url = reverse("admin:jobs_job_changelist")
             self.message_user(  # type: ignore[attr-defined]

@@ -26,7 +26,6 @@ from jobs.exports import Column
 from jobs.services import job_launch
 from operations.admin.base import ImportExportForms, ReadOnlyAdmin, ScopedResource
 from operations.models import Customer, CustomerTransaction, Item, Supplier
-from operations.reports import CUSTOMER_STATEMENTS, default_statement_period
 from tenancy.models import Business
 from tenancy.scoping import BusinessScopedAdmin, visible_businesses
 
@@ -181,6 +180,10 @@ class CustomerAdmin(ExcelExportMixin, ImportExportForms, BusinessScopedAdmin, Im
     def statements_view(self, request: HttpRequest) -> HttpResponseBase:
         """Choose the period (and the business), then the selected customers, or every customer with a
         balance, as a background job per business (one PDF each, a page per customer)."""
+        # Here, not at module level: operations.reports draws with ReportLab, and a worker that loads this
+        # admin (the customers' Excel export reads it) has no PDF to draw (docs/worker-memory.md).
+        from operations.reports import CUSTOMER_STATEMENTS, default_statement_period
+
         if not self.has_export_permission(request):
             raise PermissionDenied
         ids = _ids(request.POST.get("ids") or request.GET.get("ids") or "")

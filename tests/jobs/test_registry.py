@@ -57,3 +57,29 @@ def test_a_celery_process_knows_every_kind_the_web_process_knows() -> None:
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip().split(",") == web
+
+
+def test_an_excel_export_in_a_celery_process_loads_no_reportlab_urlconf_or_other_admins() -> None:
+    """The export finds its ModelAdmin by importing the model's own app's admin module and builds the
+    changelist request from the path the launch recorded: no other app's admin, no URLconf (every view,
+    ReportLab with the PDF views), no ReportLab through the admin's PDF actions (docs/worker-memory.md)."""
+    code = (
+        "import sys; sys.argv = ['/usr/bin/celery', '-A', 'celeryconf', 'worker']\n"
+        "import django; django.setup()\n"
+        "from celeryconf.app import app; app.loader.import_default_modules()\n"
+        "from django.contrib.auth.models import AnonymousUser\n"
+        "from jobs.registry import REGISTRY\n"
+        "REGISTRY.get('jobs.changelist_xlsx')\n"
+        "from jobs.exports import _model_admin, changelist_request\n"
+        "for label in ('operations.sale', 'operations.customer'):\n"
+        "    model_admin = _model_admin(label)\n"
+        "    request = changelist_request(model_admin=model_admin, user=AnonymousUser(), query='', path='/x/')\n"
+        "    assert model_admin.model._meta.label_lower == label and request.path == '/x/'\n"
+        "loaded = [m for m in ('reportlab', 'backoffice.urls', 'accounts.admin', 'jobs.admin') if m in sys.modules]\n"
+        "assert not loaded, loaded\n"
+        "assert _model_admin('accounts.journalentry').model._meta.label_lower == 'accounts.journalentry'\n"
+        "print('ok')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "ok"
