@@ -13,7 +13,7 @@ ReportLab is pure Python plus wheels on PyPI (no Cairo, Pango or a browser), so 
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import IO, Any
@@ -90,12 +90,18 @@ class _NumberedCanvas(Canvas):
         self._pages: list[dict[str, Any]] = []
 
     def showPage(self) -> None:  # noqa: N802 - ReportLab's name
-        self._pages.append(dict(self.__dict__))
+        state = dict(self.__dict__)
+        # The page's drawing operators joined now, as ReportLab joins them when the page is added
+        # (same bytes): kept as a list of tens of thousands of short strings until save(), 600 pages
+        # took ~11 MB more (docs/worker-memory.md).
+        state["_code"] = ["\n".join(self._code)] if self._code else []
+        self._pages.append(state)
         self._startPage()
 
     def save(self) -> None:
         total = len(self._pages)
-        for state in self._pages:
+        for index in range(total):
+            state, self._pages[index] = self._pages[index], {}  # each page's state freed once added
             self.__dict__.update(state)
             self.setFont("Helvetica", 7.5)
             self.setFillColor(MUTED)
@@ -147,10 +153,31 @@ def content_width(header: PdfHeader) -> float:
     return float((landscape(A4) if header.landscape else A4)[0] - 2 * MARGIN)
 
 
+class Later(Flowable):
+    """A place in a story for flowables made only when the document reaches it: a report of many parts
+    (a statement per customer) then holds one part's tables at a time, not every part's (300 customers'
+    statements: ~33 MB of tables built before the first page, docs/worker-memory.md)."""
+
+    def __init__(self, make: Callable[[], list[Flowable]]) -> None:
+        super().__init__()
+        self.make = make
+
+    def wrap(self, available_width: float, available_height: float) -> tuple[float, float]:
+        return 0, 0  # replaced before it is laid out (_Document); nothing of its own to draw
+
+
+class _Document(SimpleDocTemplate):
+    def handle_flowable(self, flowables: list[Flowable]) -> None:
+        while flowables and isinstance(flowables[0], Later):
+            flowables[0:1] = flowables[0].make()
+        if flowables:
+            super().handle_flowable(flowables)
+
+
 def pdf_render(out: IO[bytes], header: PdfHeader, story: list[Flowable]) -> None:
-    """Write the report to `out` (a file or BytesIO)."""
+    """Write the report to `out` (a file or BytesIO). A `Later` in `story` is made when it is reached."""
     pagesize = landscape(A4) if header.landscape else A4
-    doc = SimpleDocTemplate(
+    doc = _Document(
         out,
         pagesize=pagesize,
         leftMargin=MARGIN,

@@ -1,10 +1,14 @@
-"""Excel export benchmark: sales with 100,000 lines exported by a real Celery worker, its memory sampled.
+"""Report jobs run by a real Celery worker, its memory sampled: the Excel export of 100,000 sale lines,
+300 customer statements, the year's profit and loss.
 
 `run(database_url)` creates a scratch database `bench_reports` (or $BENCH_REPORTS_DB), migrates it, makes two businesses
 with one sale each through sale_create, then copies those rows in SQL (INSERT ... SELECT, every
 column from the real row) into 2,500 sales x 4 lines (10,000 lines) for the first business and
-25,000 sales x 4 lines (100,000 lines) for the second. Each export is launched as the owner would
-(jobs.changelist_xlsx, the sales changelist filtered to one business) and run by a fresh
+25,000 sales x 4 lines (100,000 lines) for the second, and gives the second 300 customers with a year of
+movements each (two charges and a payment a month, as bench/operations.py). Each job is launched as the
+owner would (jobs.changelist_xlsx, the sales changelist filtered to one business, as the export button
+does; operations.customer_statements of every customer with a balance over the year;
+accounts.statement_pdf, the consolidated profit and loss of the year against the year before) and run by a fresh
 `python -m celeryconf worker -Q reports --concurrency 1` with production settings (DJANGO_DEBUG=0, so
 no query log; throw-away secrets), whose pool process RSS is sampled with psutil every 50 ms, and its
 high-water mark (VmHWM, which the kernel keeps: no peak between two samples is missed) read at the end:
@@ -13,6 +17,10 @@ high-water mark (VmHWM, which the kernel keeps: no peak between two samples is m
   reports.export_peak_rss_mb            the pool process's peak RSS (MiB) during that export (goal < 100 MB)
   reports.export_10k_rows_peak_rss_mb   the same with 10,000 lines: flat memory means about the same
   reports.export_10k_rows_s             job time for 10,000 lines
+  reports.worker_statements_300_peak_rss_mb  the pool process's peak RSS (MiB): 300 statements (~600 pages)
+  reports.worker_statements_300_s       job time of those statements
+  reports.worker_pl_year_peak_rss_mb    the same for the year's profit and loss (its size is the chart's,
+                                        not the entries': the figures are sums in SQL)
 
 Redis: REDIS_URL of the caller (the worker and the launch use it). Usage:
 DATABASE_URL=... REDIS_URL=... .venv/bin/python -m bench.reports_export   (prints JSON)
@@ -21,6 +29,7 @@ DATABASE_URL=... REDIS_URL=... .venv/bin/python -m bench.reports_export   (print
 from __future__ import annotations
 
 import base64
+import datetime as dt
 import json
 import os
 import subprocess
@@ -28,6 +37,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from bench.scratch import drop_database, recreate_database
 
@@ -35,6 +45,17 @@ ROOT = Path(__file__).resolve().parent.parent
 SCRATCH_DB = os.environ.get("BENCH_REPORTS_DB", "bench_reports")  # another name to run beside another checkout
 LINES_PER_SALE = 4
 SIZES = {"small": 10_000, "large": 100_000}
+STATEMENT_CUSTOMERS = 300  # customer statements of the large business, a year of movements each
+# Each job run by a fresh worker: which business, the figures' keys (time, peak RSS of the pool process).
+JOBS: dict[str, dict[str, str]] = {
+    "export_small": {"business": "small", "seconds": "reports.export_10k_rows_s",
+                     "peak": "reports.export_10k_rows_peak_rss_mb"},
+    "export_large": {"business": "large", "seconds": "reports.export_100k_rows_s",
+                     "peak": "reports.export_peak_rss_mb"},
+    "statements": {"business": "large", "seconds": "reports.worker_statements_300_s",
+                   "peak": "reports.worker_statements_300_peak_rss_mb"},
+    "pl_year": {"business": "large", "seconds": "", "peak": "reports.worker_pl_year_peak_rss_mb"},
+}  # fmt: skip
 
 
 def run(database_url: str) -> dict[str, float]:
@@ -62,11 +83,11 @@ def run(database_url: str) -> dict[str, float]:
     try:
         subprocess.run([python, str(ROOT / "manage.py"), "migrate", "-v0"], env=env, cwd=ROOT, check=True)
         made = _child(env, "--make")
-        for size, lines in SIZES.items():
+        for name, job in JOBS.items():
             worker = subprocess.Popen(
                 [python, "-m", "celeryconf", "worker", "-Q", "reports", "--concurrency", "1",
                  "-P", "prefork", "--without-gossip", "--without-mingle", "-l", "WARNING",
-                 "-n", f"bench-reports-{size}@%h"],
+                 "-n", f"bench-reports-{name}@%h"],
                 env=worker_env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
             )  # fmt: skip
             try:
@@ -76,7 +97,7 @@ def run(database_url: str) -> dict[str, float]:
                     time.sleep(0.1)
                 time.sleep(2)  # the pool process has imported the project
                 pool = main.children()[0]
-                job_id = _child(env, "--launch", str(made[size]))["job"]
+                job_id = _child(env, "--launch", name, str(made[job["business"]]))["job"]
                 peak = 0
                 while True:
                     try:
@@ -89,14 +110,10 @@ def run(database_url: str) -> dict[str, float]:
                     time.sleep(0.05)
                 peak = max(peak, _high_water_mark(pool.pid))
                 if state[0] != "succeeded":
-                    raise RuntimeError(f"export {size} ended {state}")
-                seconds = state[1]
-                if lines == 100_000:
-                    figures["reports.export_100k_rows_s"] = round(seconds, 2)
-                    figures["reports.export_peak_rss_mb"] = round(peak / 2**20, 1)
-                else:
-                    figures["reports.export_10k_rows_s"] = round(seconds, 2)
-                    figures["reports.export_10k_rows_peak_rss_mb"] = round(peak / 2**20, 1)
+                    raise RuntimeError(f"{name} ended {state}")
+                if job["seconds"]:
+                    figures[job["seconds"]] = round(state[1], 2)
+                figures[job["peak"]] = round(peak / 2**20, 1)
             finally:
                 os.killpg(worker.pid, 15)
                 worker.wait(30)
@@ -187,33 +204,75 @@ def _make() -> dict[str, int]:
             )
         assert SaleLine.objects.filter(sale__business=business).count() == lines
         made[size] = business.pk
+    _customers(Business.objects.get(pk=made["large"]), today)
     with connection.cursor() as cursor:
         cursor.execute("ANALYZE")
     return made
 
 
-def _launch(business_id: int) -> dict[str, int]:
+def _customers(business: Any, today: dt.date) -> None:
+    """STATEMENT_CUSTOMERS customers of `business`, each with two charges and a payment a month for a year."""
+    from decimal import Decimal
+
+    from operations.models import Customer, CustomerTransaction, CustomerTxKind
+
+    start = today - dt.timedelta(days=364)
+    customers = Customer.objects.bulk_create(
+        Customer(business=business, name=f"Bench customer {n:03d}", phone=f"2547{n:08d}")
+        for n in range(STATEMENT_CUSTOMERS)
+    )
+    movements = []
+    for customer in customers:
+        for month in range(12):
+            day = start + dt.timedelta(days=30 * month)
+            movements += [
+                CustomerTransaction(business=business, customer=customer, tx_date=day, kind=CustomerTxKind.SALE,
+                                    amount=Decimal("1160.00"), reference=f"S{month}a"),
+                CustomerTransaction(business=business, customer=customer, tx_date=day + dt.timedelta(days=9),
+                                    kind=CustomerTxKind.SALE, amount=Decimal("580.50"), reference=f"S{month}b"),
+                CustomerTransaction(business=business, customer=customer, tx_date=day + dt.timedelta(days=20),
+                                    kind=CustomerTxKind.PAYMENT, amount=Decimal("-1500.00"), reference=f"P{month}"),
+            ]  # fmt: skip
+    CustomerTransaction.objects.bulk_create(movements, batch_size=2000)
+
+
+def _launch(name: str, business_id: int) -> dict[str, int]:
     import django
 
     django.setup()
     from django.contrib.auth.models import User
     from django.urls import reverse
+    from django.utils import timezone
 
+    from accounts.periods import CUSTOM, PREVIOUS, Period
+    from accounts.reports import STATEMENT_PDF, statement_params
     from jobs.exports import CHANGELIST_XLSX
     from jobs.services import job_launch
+    from operations.reports import CUSTOMER_STATEMENTS
     from tenancy.models import Business
 
-    job = job_launch(
-        kind=CHANGELIST_XLSX,
-        acting_user=User.objects.get(username="owner"),
-        business=Business.objects.get(pk=business_id),
-        params={
-            "model": "operations.sale",
-            "query": f"business__id__exact={business_id}",
-            "options": {},
-            "path": reverse("admin:operations_sale_changelist"),  # as the admin's export button launches it
-        },
-    )
+    owner = User.objects.get(username="owner")
+    business = Business.objects.get(pk=business_id)
+    today = timezone.localdate()
+    year = Period(kind=CUSTOM, date_from=today - dt.timedelta(days=364), date_to=today)
+    if name.startswith("export"):
+        job = job_launch(
+            kind=CHANGELIST_XLSX,
+            acting_user=owner,
+            business=business,
+            params={
+                "model": "operations.sale",
+                "query": f"business__id__exact={business_id}",
+                "options": {},
+                "path": reverse("admin:operations_sale_changelist"),  # as the admin's export button launches it
+            },
+        )
+    elif name == "statements":
+        params = {"customer_ids": None, "date_from": year.date_from.isoformat(), "date_to": today.isoformat()}
+        job = job_launch(kind=CUSTOMER_STATEMENTS, acting_user=owner, business=business, params=params)
+    else:
+        params = statement_params(report="profit_and_loss", business="all", period=year, compare=PREVIOUS)
+        job = job_launch(kind=STATEMENT_PDF, acting_user=owner, business=None, params=params)
     return {"job": job.pk}
 
 
@@ -221,6 +280,6 @@ if __name__ == "__main__":
     if sys.argv[1:2] == ["--make"]:
         print(json.dumps(_make()))
     elif sys.argv[1:2] == ["--launch"]:
-        print(json.dumps(_launch(int(sys.argv[2]))))
+        print(json.dumps(_launch(sys.argv[2], int(sys.argv[3]))))
     else:
         print(json.dumps(run(os.environ["DATABASE_URL"]), indent=2))

@@ -23,6 +23,7 @@ from accounts.pdf import (
     INK,
     MUTED,
     RULE,
+    Later,
     NextPagesHeader,
     PdfHeader,
     gap,
@@ -205,10 +206,8 @@ def statements_pdf_render(
         if on_progress is not None:
             on_progress(counter["done"], total)
 
-    for number, customer in enumerate(customers):
-        if number:
-            story += [NextPagesHeader(header_for(customer)), PageBreak()]
-        story += [
+    def statement(customer: Customer) -> list[Flowable]:
+        return [
             _customer_block(customer),
             gap(5),
             _movements(customer, date_from, date_to),
@@ -219,6 +218,12 @@ def statements_pdf_render(
             paragraph(AGEING_RULE, note=True),
             _Done(drawn),
         ]
+
+    for number, customer in enumerate(customers):
+        if number:
+            story += [NextPagesHeader(header_for(customer)), PageBreak()]
+        # Made when the document reaches it: one customer's tables in memory at a time.
+        story.append(Later(lambda customer=customer: statement(customer)))
     if not customers:
         story.append(paragraph("No customer with a balance in this business on the last day of the period."))
     pdf_render(out, header_for(customers[0] if customers else None), story)
