@@ -10,6 +10,7 @@ PDF read back as text gives the same numbers as the customer page.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import io
 from collections.abc import Callable, Sequence
 from typing import IO, Any
@@ -223,7 +224,7 @@ def statements_pdf_render(
         if number:
             story += [NextPagesHeader(header_for(customer)), PageBreak()]
         # Made when the document reaches it: one customer's tables in memory at a time.
-        story.append(Later(lambda customer=customer: statement(customer)))
+        story.append(Later(functools.partial(statement, customer)))
     if not customers:
         story.append(paragraph("No customer with a balance in this business on the last day of the period."))
     pdf_render(out, header_for(customers[0] if customers else None), story)
