@@ -28,7 +28,7 @@ default pool processes every kind with high probability, and a thread records ev
   soak.rss_growth_from_idle_mb.<process>                     RSS at the end minus the first idle reading:
                                                              the warm-up's growth included, nothing hidden
   soak.rss_peak_mb.<queue>.pool<N>, soak.recycle_limit_mb.<queue>   a pool process replaced during the soak
-                                                             (the reports worker's, past --max-memory-per-child,
+                                                             (the reports worker's, after every task,
                                                              on purpose) has no growth: its peak RSS (every
                                                              pid in that place, sampled every 5 s over the
                                                              run) is set against the limit that replaces it
@@ -428,13 +428,16 @@ def flower_max_tasks() -> int:
 
 def recycle_limits_mb() -> dict[str, float]:
     """{queue: MB} at which each worker's pool process is replaced: its Procfile --max-memory-per-child,
-    else the worker_max_memory_per_child default of celeryconf.config (120,000 KiB)."""
+    else the worker_max_memory_per_child default of celeryconf.config (120,000 KiB); 0 for a worker that
+    replaces it after every task (--max-tasks-per-child 1, the reports worker)."""
     limits: dict[str, float] = {}
     for line in (ROOT / "Procfile").read_text().splitlines():
         queue = re.search(r"celeryconf worker -Q\s+(\S+)", line)
         if queue:
             kib = re.search(r"--max-memory-per-child[ =](\d+)", line)
             limits[queue.group(1)] = int(kib.group(1) if kib else 120_000) / 1024
+            if re.search(r"--max-tasks-per-child[ =]1\b", line):
+                limits[queue.group(1)] = 0.0
     return limits
 
 
@@ -692,7 +695,7 @@ def run(database_url: str = "") -> dict[str, float]:
             if name == "postgres":
                 continue
             # Growth is only ever one process's own: a pool process replaced during the soak (the reports
-            # worker's, past its --max-memory-per-child, on purpose) has its peak set against that limit.
+            # worker's, after each task, on purpose) has its peak set against its limit.
             if base_pids.get(name) == pids.get(name):
                 figures[f"soak.rss_growth_mb.{name}"] = round(value - base_rss[name], 1)
             elif ".pool" in name:

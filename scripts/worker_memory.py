@@ -11,6 +11,8 @@ peak - reads them again, and stops it. `--beat` measures beat instead. See docs/
     python scripts/worker_memory.py --queues payments --concurrency 2 --callbacks 400
     python scripts/worker_memory.py --queues default --concurrency 2 --jobs 20
     python scripts/worker_memory.py --queues reports --concurrency 1 --jobs 20
+    python scripts/worker_memory.py --queues reports --concurrency 1 --jobs 30 --reports-mix \
+        --worker-args "--max-tasks-per-child 1"
     python scripts/worker_memory.py --beat
 
 Use a scratch database (the workload creates a business, a till, callbacks and jobs in it).
@@ -94,6 +96,37 @@ while time.monotonic() < deadline and Job.objects.filter(pk__in=ids, state__in=a
 print("STATES", sorted(Job.objects.filter(pk__in=ids).values_list("state", flat=True)))
 """
 
+# --reports-mix: the report kinds bench/stack.py sends, in turn, as the owner (a month's consolidated
+# statement needs a person who may read every business's books).
+REPORTS_MIX = """
+import datetime as dt, time
+from django.contrib.auth import get_user_model
+from django.utils import timezone
+from accounts.periods import period_containing
+from accounts.statements import REPORT_TITLES
+from jobs.services import job_launch
+from jobs.models import Job
+owner = get_user_model().objects.filter(username="memory-owner").first()
+if owner is None:
+    owner = get_user_model().objects.create_superuser("memory-owner", "owner@example.com", None)
+today = timezone.localdate()
+month = period_containing("month", today)
+kinds = [
+    ("operations.export_businesses", {{}}),
+    ("backoffice.daily_summary", {{"day": (today - dt.timedelta(days=1)).isoformat()}}),
+    ("accounts.statement_pdf", {{"report": next(iter(REPORT_TITLES)), "business": "all", **month.params(),
+                                "compare": "previous"}}),
+]
+ids = []
+for i in range({n}):
+    kind, params = kinds[i % len(kinds)]
+    ids.append(job_launch(kind=kind, acting_user=owner, params=params).pk)
+deadline = time.monotonic() + 300
+active = ["queued", "running", "retrying"]
+while time.monotonic() < deadline and Job.objects.filter(pk__in=ids, state__in=active).exists():
+    time.sleep(1)
+print("STATES", sorted(Job.objects.filter(pk__in=ids).values_list("state", flat=True)))
+"""
 
 # How the process is started: as Procfile and docker-compose.prod.yml do, or through the `celery` program.
 VIA = {
@@ -108,6 +141,8 @@ def read_memory(pid: int) -> dict[str, int]:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
             figures["rss"] = int(line.split()[1])
+        elif line.startswith("VmHWM:"):  # the process's own peak RSS: none missed between two samples
+            figures["hwm"] = int(line.split()[1])
     rollup: dict[str, int] = {}
     for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()[1:]:
         name, value, *_ = line.split()
@@ -133,21 +168,24 @@ def sample(main_pid: int) -> dict[str, object]:
 
 
 class PeakSampler(threading.Thread):
-    """The highest RSS (KiB) of the main process and of any pool process, sampled every half second
-    while the workload runs (as bench/mpesa.py samples the payments worker)."""
+    """The highest RSS (KiB) of the main process and of any pool process while the workload runs: each
+    process's VmHWM read every half second (a pool process replaced after its task is read up to
+    half a second before it ends), and the pool processes seen (more than the concurrency: replaced)."""
 
     def __init__(self, main_pid: int) -> None:
         super().__init__(daemon=True)
         self.main_pid = main_pid
         self.peak = {"main": 0, "pool": 0}
+        self.pool_pids: set[int] = set()
         self.stopped = threading.Event()
 
     def run(self) -> None:
         while not self.stopped.is_set():
             try:
-                self.peak["main"] = max(self.peak["main"], read_memory(self.main_pid)["rss"])
+                self.peak["main"] = max(self.peak["main"], read_memory(self.main_pid)["hwm"])
                 for pid in children(self.main_pid):
-                    self.peak["pool"] = max(self.peak["pool"], read_memory(pid)["rss"])
+                    self.pool_pids.add(pid)
+                    self.peak["pool"] = max(self.peak["pool"], read_memory(pid)["hwm"])
             except (OSError, KeyError):  # a pool process replaced between the listing and the read
                 pass
             self.stopped.wait(0.5)
@@ -170,6 +208,12 @@ def main() -> int:
     parser.add_argument("--concurrency", type=int, default=2)
     parser.add_argument("--callbacks", type=int, default=0, help="M-Pesa callbacks to post (payments queue)")
     parser.add_argument("--jobs", type=int, default=0, help="jobs to launch (exports and closings)")
+    parser.add_argument(
+        "--reports-mix", action="store_true", help="--jobs are the report kinds bench/stack.py sends, in turn"
+    )
+    parser.add_argument(
+        "--worker-args", default="", help='more worker options, e.g. "--max-tasks-per-child 1" (the reports worker\'s)'
+    )
     parser.add_argument("--settle", type=float, default=5.0, help="seconds to wait before each reading")
     parser.add_argument("--via", choices=sorted(VIA), default="celeryconf", help="how the worker is started")
     parser.add_argument("--beat", action="store_true", help="measure beat instead of a worker")
@@ -187,7 +231,7 @@ def main() -> int:
         command = [*VIA[args.via], "beat", "-l", "WARNING"]
     else:
         command = [*VIA[args.via], "worker", "-Q", args.queues, "-c", str(args.concurrency), "-n", hostname]
-        command += ["-l", "WARNING"]
+        command += ["-l", "WARNING", *args.worker_args.split()]
     broker = redis.Redis.from_url(redis_url)
     result: dict[str, object] = {"via": args.via}
     if args.beat:
@@ -220,11 +264,15 @@ def main() -> int:
                 out = shell(PAYMENTS.format(token=token, shortcode=shortcode, n=args.callbacks), env)
                 result["workload"] = out.strip().splitlines()[-1]
             if args.jobs:
-                out = shell(JOBS.format(business=business, n=args.jobs, queues=args.queues), env)
+                if args.reports_mix:
+                    out = shell(REPORTS_MIX.format(n=args.jobs), env)
+                else:
+                    out = shell(JOBS.format(business=business, n=args.jobs, queues=args.queues), env)
                 result["workload"] = out.strip().splitlines()[-1]
             peaks.stopped.set()
             peaks.join()
             result["peak_rss"] = peaks.peak
+            result["pool_processes_seen"] = len(peaks.pool_pids)
             time.sleep(args.settle)
             result["after_tasks"] = sample(worker.pid)
     finally:

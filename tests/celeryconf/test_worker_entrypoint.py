@@ -174,3 +174,27 @@ def test_a_celery_process_keeps_few_time_zone_choices_and_reads_crontabs_in_any_
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip().splitlines()[-1] == "['Africa/Nairobi', 'UTC']"
+
+
+@pytest.mark.worker
+@pytest.mark.django_db(transaction=True)
+def test_the_procfile_reports_worker_runs_each_task_in_a_fresh_pool_process(clean_broker: redis.Redis) -> None:
+    """--max-tasks-per-child 1: what one report imports (ReportLab, openpyxl, the admin) never adds to the
+    next report's peak; each runs in a new fork of the main process (docs/worker-memory.md)."""
+    worker = ProcfileWorker("worker-reports", worker_env())
+    try:
+        wait_for(
+            lambda: bool(clean_broker.exists(worker_key("reports", worker.hostname))) or worker.proc.poll() is not None,
+            60,
+            "the reports worker",
+        )
+        assert worker.proc.poll() is None, worker.log.read_text(errors="replace")
+        token = uuid.uuid4().hex
+        for _ in range(3):
+            process_modules.apply_async(args=(token,), queue="reports", routing_key="reports")
+        wait_for(lambda: clean_broker.llen(modules_key(token)) == 3, 90, "three tasks on the reports queue")
+        readings = [json.loads(raw) for raw in clean_broker.lrange(modules_key(token), 0, -1)]
+        assert all(r["ppid"] == worker.proc.pid for r in readings)
+        assert len({r["pid"] for r in readings}) == 3, readings
+    finally:
+        worker.stop()
