@@ -74,6 +74,27 @@ def test_amounts_hash_at_a_fixed_scale(water):
     assert a == b == "7|1.10|0.00|0:"
 
 
+def test_the_line_canon_is_the_v1_text_for_any_memo():
+    # ledger_line_canon writes an empty memo's "|0:" as a constant (migration 0010): the text must be
+    # the v1 expression's for every memo and amount, NULL included, or older seals would break
+    memos = ["", "x", "0:", "|0:", "a|b", "5:hello", "\n", "ümlaut ₭", " ", None]
+    amounts = ["0", "0.000", "1.1", "1.10", "999999999999.99", "0.01", None]
+    with connection.cursor() as cursor:
+        cursor.execute(
+            """
+            SELECT m, d, c, ledger_line_canon(42, d, c, m),
+                   42::bigint::text || '|' || d::numeric(14, 2)::text || '|' || c::numeric(14, 2)::text
+                   || '|' || length(m)::text || ':' || m
+              FROM unnest(%s::text[]) m, unnest(%s::numeric[]) d, unnest(%s::numeric[]) c
+            """,
+            [memos, amounts, amounts],
+        )
+        rows = cursor.fetchall()
+    assert len(rows) == len(memos) * len(amounts) ** 2
+    assert [row for row in rows if row[3] != row[4] or (row[3] is None) != (row[4] is None)] == []
+    assert ("", Decimal("0"), Decimal("1.1"), "42|0.00|1.10|0:", "42|0.00|1.10|0:") in rows
+
+
 def test_an_intact_ledger_verifies(water, laundry):
     for _ in range(3):
         sale(water)
