@@ -5,8 +5,8 @@ the canonical-form functions the seal trigger uses (migrations/0002_ledger_rules
 
 - per entry: its number follows the previous one of its business (no gaps); it has two or more
   lines, each one positive side; debits equal credits; every line's account belongs to the
-  entry's business; its seal exists and equals
-  sha256(previous entry's seal, canonical form of the entry and its lines);
+  entry's business; no line has a NULL account, amount or memo; its seal exists and equals
+  sha256(previous entry's seal, canonical form of the entry and its lines) (a NULL header: a mismatch);
 - per business: the books' counter equals the last number and the number of entries; debits
   equal credits in total; the lock date is the one the last period-close audit row recorded;
 - with `check_totals`, the daily account totals that reports read equal the sums of the lines
