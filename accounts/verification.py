@@ -5,8 +5,8 @@ the canonical-form functions the seal trigger uses (migrations/0002_ledger_rules
 
 - per entry: its number follows the previous one of its business (no gaps); it has two or more
   lines, each one positive side; debits equal credits; every line's account belongs to the
-  entry's business; its seal exists and equals
-  sha256(previous entry's seal, canonical form of the entry and its lines);
+  entry's business; no line has a NULL account, amount or memo; its seal exists and equals
+  sha256(previous entry's seal, canonical form of the entry and its lines) (a NULL header: a mismatch);
 - per business: the books' counter equals the last number and the number of entries; debits
   equal credits in total; the lock date is the one the last period-close audit row recorded;
 - with `check_totals`, the daily account totals that reports read equal the sums of the lines
@@ -55,8 +55,11 @@ SELECT k.business_id, count(*), coalesce(sum(k.debit), 0), coalesce(sum(k.credit
              WHEN l.foreign_account IS NOT NULL THEN
                format('a line is on account %%s, which is not an account of the entry''s business',
                       l.foreign_account)
+             WHEN l.null_fields > 0 THEN
+               format('%%s line(s) with no account, amount or memo (NULL)', l.null_fields)
              WHEN c.hash IS NULL THEN 'the entry is not sealed into the hash chain'
-             WHEN c.hash <> ledger_hash(c.prev_hash, c.header, l.body) THEN
+             -- IS DISTINCT FROM: a header with a NULL field hashes to NULL, and is a mismatch too
+             WHEN c.hash IS DISTINCT FROM ledger_hash(c.prev_hash, c.header, l.body) THEN
                'hash mismatch: the entry or its lines changed after posting'
            END AS problem
       FROM (
@@ -84,7 +87,10 @@ SELECT k.business_id, count(*), coalesce(sum(k.debit), 0), coalesce(sum(k.credit
       LEFT JOIN (
         SELECT x.entry_id, count(*) AS line_count, sum(x.debit) AS debit, sum(x.credit) AS credit,
                string_agg(ledger_line_canon(x.account_id, x.debit, x.credit, x.memo), E'\\n') AS body,
-               min(x.account_id) FILTER (WHERE NOT x.own_account) AS foreign_account
+               min(x.account_id) FILTER (WHERE NOT x.own_account) AS foreign_account,
+               -- string_agg skips a line whose canonical text is NULL: such lines are named here
+               count(*) FILTER (WHERE x.account_id IS NULL OR x.debit IS NULL OR x.credit IS NULL
+                                   OR x.memo IS NULL) AS null_fields
           FROM (
             SELECT x.entry_id, x.account_id, x.debit, x.credit, x.memo,
                    (x.account_id, e.business_id) IN (SELECT a.id, a.business_id FROM accounts_account a)
@@ -96,6 +102,7 @@ SELECT k.business_id, count(*), coalesce(sum(k.debit), 0), coalesce(sum(k.credit
           ) x
          GROUP BY x.entry_id
       ) l ON l.entry_id = c.id
+    OFFSET 0  -- each entry's problem (and so its hash) computed once, not once per FILTER below
   ) k
  GROUP BY k.business_id
 """

@@ -1,7 +1,7 @@
 """Ledger benchmarks: posting rate, reports and verify_ledger over millions of lines, the line admin.
 
-`run(database_url)` creates a scratch database `bench_ledger` on the server of `database_url`,
-migrates it, loads 500,000 entries (~4 million lines) and measures:
+`run(database_url)` creates a scratch database `bench_ledger` (BENCH_LEDGER_DB: another name) on the
+server of `database_url`, migrates it, loads 500,000 entries (~4 million lines) and measures:
 
   ledger.post_entries_per_s     entry_post, one entry (3 lines) per transaction, one connection
   ledger.trial_balance_4m_s     consolidated trial balance over ~4M lines (median of 5)
@@ -47,7 +47,7 @@ from bench.cpu import backend_cpu
 from bench.scratch import drop_database, recreate_database
 
 ROOT = Path(__file__).resolve().parent.parent
-SCRATCH_DB = "bench_ledger"
+SCRATCH_DB = os.environ.get("BENCH_LEDGER_DB", "bench_ledger")  # another name to run beside another checkout
 TOTAL_ENTRIES = int(os.environ.get("BENCH_LEDGER_ENTRIES", "500000"))  # smaller for a quick try
 TOTAL_LINES = TOTAL_ENTRIES * 8
 POSTED_ENTRIES = 3_000  # through entry_post, one per transaction

@@ -74,6 +74,27 @@ def test_amounts_hash_at_a_fixed_scale(water):
     assert a == b == "7|1.10|0.00|0:"
 
 
+def test_the_line_canon_is_the_v1_text_for_any_memo():
+    # ledger_line_canon writes an empty memo's "|0:" as a constant (migration 0010): the text must be
+    # the v1 expression's for every memo and amount, NULL included, or older seals would break
+    memos = ["", "x", "0:", "|0:", "a|b", "5:hello", "\n", "ümlaut ₭", " ", None]
+    amounts = ["0", "0.000", "1.1", "1.10", "999999999999.99", "0.01", None]
+    with connection.cursor() as cursor:
+        cursor.execute(
+            """
+            SELECT m, d, c, ledger_line_canon(42, d, c, m),
+                   42::bigint::text || '|' || d::numeric(14, 2)::text || '|' || c::numeric(14, 2)::text
+                   || '|' || length(m)::text || ':' || m
+              FROM unnest(%s::text[]) m, unnest(%s::numeric[]) d, unnest(%s::numeric[]) c
+            """,
+            [memos, amounts, amounts],
+        )
+        rows = cursor.fetchall()
+    assert len(rows) == len(memos) * len(amounts) ** 2
+    assert [row for row in rows if row[3] != row[4] or (row[3] is None) != (row[4] is None)] == []
+    assert ("", Decimal("0"), Decimal("1.1"), "42|0.00|1.10|0:", "42|0.00|1.10|0:") in rows
+
+
 def test_an_intact_ledger_verifies(water, laundry):
     for _ in range(3):
         sale(water)
@@ -172,3 +193,49 @@ def test_daily_totals_out_of_step_with_the_lines_are_found_with_totals(water, su
     with pytest.raises(CommandError, match="daily total of account") as excinfo:
         run_verify("--totals")
     assert excinfo.value.returncode == 1
+
+
+def test_lines_added_with_null_memos_are_named(water, superuser_cursor):
+    # Given a superuser who drops a NOT NULL and adds to a sealed entry a debit and a credit line of 40
+    # with a NULL memo (their canonical text is NULL, which string_agg would leave out of the hash)
+    entries = [sale(water, "116.00") for _ in range(3)]
+    target = entries[1]
+    superuser_cursor.execute("ALTER TABLE accounts_journalline ALTER COLUMN memo DROP NOT NULL")
+    try:
+        superuser_cursor.execute("SET session_replication_role = replica")
+        superuser_cursor.execute(
+            "INSERT INTO accounts_journalline (entry_id, account_id, debit, credit, memo) "
+            "SELECT entry_id, account_id, CASE WHEN debit > 0 THEN 40 ELSE 0 END, "
+            "CASE WHEN debit > 0 THEN 0 ELSE 40 END, NULL FROM accounts_journalline "
+            "WHERE id IN (SELECT min(id) FROM accounts_journalline WHERE entry_id = %s GROUP BY debit > 0)",
+            [target.pk],
+        )
+        superuser_cursor.execute("SET session_replication_role = DEFAULT")
+        # Then verify_ledger names that entry
+        report = ledger_verify()
+        first = report.first_broken
+        assert first is not None and first.entry_id == target.pk and "NULL" in first.problem, first
+    finally:
+        superuser_cursor.execute("SET session_replication_role = replica")
+        superuser_cursor.execute("DELETE FROM accounts_journalline WHERE memo IS NULL")
+        superuser_cursor.execute("SET session_replication_role = DEFAULT")
+        superuser_cursor.execute("ALTER TABLE accounts_journalline ALTER COLUMN memo SET NOT NULL")
+
+
+def test_an_entry_field_set_to_null_is_a_hash_mismatch(water, superuser_cursor):
+    # Given an entry whose memo a superuser set to NULL (NOT NULL dropped, triggers off): its canonical
+    # header is NULL, and so is the hash recomputed from it
+    entries = [sale(water) for _ in range(3)]
+    superuser_cursor.execute("ALTER TABLE accounts_journalentry ALTER COLUMN memo DROP NOT NULL")
+    try:
+        superuser_cursor.execute("SET session_replication_role = replica")
+        superuser_cursor.execute("UPDATE accounts_journalentry SET memo = NULL WHERE id = %s", [entries[2].pk])
+        superuser_cursor.execute("SET session_replication_role = DEFAULT")
+        report = ledger_verify()
+        first = report.first_broken
+        assert first is not None and first.entry_id == entries[2].pk and "hash mismatch" in first.problem, first
+    finally:
+        superuser_cursor.execute("SET session_replication_role = replica")
+        superuser_cursor.execute("UPDATE accounts_journalentry SET memo = '' WHERE memo IS NULL")
+        superuser_cursor.execute("SET session_replication_role = DEFAULT")
+        superuser_cursor.execute("ALTER TABLE accounts_journalentry ALTER COLUMN memo SET NOT NULL")
