@@ -9,6 +9,13 @@ class BackofficeConfig(AppConfig):
     verbose_name = "Back office"
 
     def ready(self) -> None:
+        # Each new PostgreSQL connection counts only the statements psycopg can prepare (backoffice/db.py).
+        from django.db.backends.signals import connection_created
+
+        from backoffice.db import prepared_cache_server_bound_only
+
+        connection_created.connect(prepared_cache_server_bound_only, dispatch_uid="backoffice.db.prepared_cache")
+
         # The daily summary's job kind: its module (ReportLab, the page's form) is imported when a job
         # of it first runs, or by the URLconf in the web process.
         from jobs.registry import job_kinds_lazy

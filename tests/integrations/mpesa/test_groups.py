@@ -443,3 +443,21 @@ def test_two_payments_of_one_sale_in_a_group_apply_only_what_it_owes(till: Till)
     second = PaymentApplication.objects.get(payment__receipt="TKP0000003")
     assert (second.applied, second.credit, second.unallocated) == (Decimal("100.00"), Decimal("100.00"), Decimal("0"))
     assert PaymentApplication.objects.get(payment__receipt="TKP0000001").applied == Decimal("200.00")
+
+
+def test_groups_of_any_size_leave_no_statement_text_on_the_connection(till: Till) -> None:
+    """A group's ORM statements carry its rows' values (IN lists, the Payment rows' INSERT): psycopg
+    kept the last 100 of them per connection in its prepared-statement bookkeeping, ~47 KB for a group
+    of 100, sized by the largest groups (docs/worker-memory.md, "Soak"). Groups of 1 to 12 rows leave
+    only the ledger's prepared posting statement, whatever their sizes."""
+    connection.ensure_connection()
+    manager = connection.connection._prepared
+    n = 0
+    for size in range(1, 13):
+        ids = [confirmation(till, f"TKS{n + k:07d}", phone=f"25472{n + k:07d}") for k in range(size)]
+        n += size
+        result = inbox_process_group(inbox_ids=ids)
+        assert result.alone == [] and states(ids) == [InboxState.PROCESSED] * size
+    texts = [key[0] for key in [*manager._counts, *manager._names]]
+    assert all(b"unnest" in text for text in texts), [text[:80] for text in texts]
+    assert len(texts) <= 2
