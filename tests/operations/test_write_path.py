@@ -398,3 +398,42 @@ def test_writes_reads_a_field_as_save_would(retail: Business, counter: dict, tod
                 expected = field.get_db_prep_save(field.pre_save(row, add), db)
                 got = value_reader(field, add)(row)
                 assert str(got) == str(expected) and type(got) is type(expected), (field, got, expected)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_database_error_in_the_sales_pipelined_reads_is_djangos_and_leaves_the_transaction_usable(
+    retail: Business, today: dt.date
+) -> None:
+    """The stock row is held by another transaction and the lock times out inside the pipeline: the
+    error is Django's OperationalError, the sale's savepoint is rolled back, the caller goes on."""
+    from django.db import OperationalError
+
+    item = _stocked(retail, "Held loaf", "3", "50.00", "65.00", today)
+    held, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        try:
+            with transaction.atomic():
+                list(StockLevel.objects.select_for_update().filter(item=item))
+                held.set()
+                release.wait(10)
+        finally:
+            connection.close()
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    try:
+        assert held.wait(10)
+        with transaction.atomic():
+            with connection.cursor() as cursor:
+                cursor.execute("SET LOCAL lock_timeout = '200ms'")
+            with pytest.raises(OperationalError, match="lock timeout"):
+                sale_create(business=retail, sale_date=today, lines=[LineInput(item, D("1"))])
+            release.set()
+            holder.join()
+            sale = sale_create(business=retail, sale_date=today, lines=[LineInput(item, D("1"))])
+    finally:
+        release.set()
+        holder.join()
+    assert list(Sale.objects.values_list("pk", flat=True)) == [sale.pk]
+    assert StockLevel.objects.get(item=item).quantity == D("2")
