@@ -437,3 +437,23 @@ def test_a_database_error_in_the_sales_pipelined_reads_is_djangos_and_leaves_the
         holder.join()
     assert list(Sale.objects.values_list("pk", flat=True)) == [sale.pk]
     assert StockLevel.objects.get(item=item).quantity == D("2")
+
+
+@pytest.mark.django_db
+def test_a_sale_on_account_locks_its_customer_before_its_stock(retail: Business, counter: dict, today: dt.date) -> None:
+    """Every service locks a customer before stock rows (the credit check, then the stock), so two
+    of them never wait for each other in a circle: a sale on account keeps that order, its stock
+    rows are not locked with its pipelined reads but after the check."""
+    customer = CustomerFactory.create(business=retail, credit_limit=D("1000.00"))
+    with CaptureQueriesContext(connection) as queries:
+        sale_create(
+            business=retail,
+            sale_date=today,
+            lines=[LineInput(counter["soap"], D("1"))],
+            customer=customer,
+            payment_method="account",
+        )
+    locks = [q["sql"] for q in queries.captured_queries if "FOR UPDATE" in q["sql"]]
+    assert len(locks) == 2, locks
+    assert "operations_customer" in locks[0] and "operations_stocklevel" in locks[1]
+    assert StockLevel.objects.get(item=counter["soap"]).quantity == D("19")
