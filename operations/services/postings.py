@@ -6,14 +6,14 @@ adds to a business's chart), the open-day check, VAT. Netting journal lines is t
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any, TypeVar
 
 import psycopg
-from django.db import DEFAULT_DB_ALIAS, connection, connections, transaction
+from django.db import DEFAULT_DB_ALIAS, connection, connections, models, transaction
 from django.db.backends.utils import CursorDebugWrapper, CursorWrapper
 from django.db.models import Field, Model
 from django.utils import timezone
@@ -125,15 +125,39 @@ def books_read(business: Business, *, reserve_id_of: type[Model] | None = None) 
     key to reserve (nextval of its sequence): the document is then inserted with that pk, once,
     with its entry, instead of inserted and updated; a rolled-back transaction leaves a gap in the
     numbers, as a rolled-back insert does."""
+    return books_send(business, reserve_id_of=reserve_id_of)()
+
+
+def books_send(business: Business, *, reserve_id_of: type[Model] | None = None) -> Callable[[], OpenBooks]:
+    """books_read in two steps: the statement is sent now (inside `pipelined()`, with the others),
+    the function returned reads its result."""
     table = column = None
     if reserve_id_of is not None:
         table, column = reserve_id_of._meta.db_table, reserve_id_of._meta.pk.column
-    with cursor_prepared() as cursor:
-        cursor.execute(_BOOKS_SQL, {"business": business.pk, "table": table, "column": column})
-        lock_date, roles, ids, reserved_id = cursor.fetchone()
-    return OpenBooks(
-        business, lock_date=lock_date, role_ids=dict(zip(roles, ids, strict=True)), reserved_id=reserved_id
-    )
+    cursor = cursor_prepared()
+    cursor.execute(_BOOKS_SQL, {"business": business.pk, "table": table, "column": column})
+
+    def result() -> OpenBooks:
+        with cursor:
+            lock_date, roles, ids, reserved_id = cursor.fetchone()
+        return OpenBooks(
+            business, lock_date=lock_date, role_ids=dict(zip(roles, ids, strict=True)), reserved_id=reserved_id
+        )
+
+    return result
+
+
+@contextmanager
+def pipelined() -> Iterator[None]:
+    """The statements sent inside the block (books_send, rows_send) go to PostgreSQL together, in
+    one round trip (psycopg's pipeline mode; with the BEGIN of the transaction when they start it),
+    and run one after the other in that order, as they would one by one. Their results are read
+    after the block. An error of any of them is raised at the end of the block (as Django's
+    DatabaseError), and the ones after it are not run."""
+    db = connections[DEFAULT_DB_ALIAS]
+    db.ensure_connection()
+    with db.wrap_database_errors, db.connection.pipeline():
+        yield
 
 
 def books_open(business: Business, day: dt.date, *, reserve_id_of: type[Model] | None = None) -> OpenBooks:
@@ -153,12 +177,39 @@ def items_read(item_ids: Iterable[int], *, linked: Sequence[str] = ()) -> dict[i
     items = {item.pk: item for item in rows_read(Item, "id = ANY(%s::bigint[])", [list(set(item_ids))])}
     wanted = {getattr(item, f"{name}_id") for item in items.values() for name in linked} - {None} - items.keys()
     others = {item.pk: item for item in rows_read(Item, "id = ANY(%s::bigint[])", [list(wanted)])} if wanted else {}
+    return _items_linked(items, others, linked)
+
+
+def _items_linked(items: dict[int, Item], others: dict[int, Item], linked: Sequence[str]) -> dict[int, Item]:
     for item in items.values():
         for name in linked:
             linked_id = getattr(item, f"{name}_id")
             if linked_id is not None:
                 setattr(item, name, items.get(linked_id) or others[linked_id])
     return items
+
+
+# The items asked for and the items they link to as stock_item / returns_item, in one statement.
+_ITEMS_LINKED_WHERE = """id = ANY(%(ids)s::bigint[]) OR id IN (
+  SELECT i.stock_item_id FROM operations_item i WHERE i.id = ANY(%(ids)s::bigint[])
+  UNION ALL SELECT i.returns_item_id FROM operations_item i WHERE i.id = ANY(%(ids)s::bigint[]))"""
+
+
+def items_send(item_ids: Iterable[int]) -> Callable[[], dict[int, Item]]:
+    """items_read(item_ids, linked=("stock_item", "returns_item")) in two steps, one statement
+    (the linked items read with the others): sent now (inside `pipelined()`), read by the
+    function returned."""
+    ids = list(set(item_ids))
+    later = rows_send(Item, _ITEMS_LINKED_WHERE, {"ids": ids})
+
+    def result() -> dict[int, Item]:
+        read = {item.pk: item for item in later()}
+        wanted = set(ids)
+        items = {pk: item for pk, item in read.items() if pk in wanted}
+        others = {pk: item for pk, item in read.items() if pk not in wanted}
+        return _items_linked(items, others, ("stock_item", "returns_item"))
+
+    return result
 
 
 def cursor_prepared() -> CursorWrapper:
@@ -192,6 +243,30 @@ def rows_read(model: type[ModelT], where: str, params: Sequence[Any], *, lock: s
     """The rows of `model` matching `where` (SQL on its columns), as model instances, in one
     prepared statement (cursor_prepared) without the ORM's query building: for the reads every
     posting makes. `lock`: e.g. "ORDER BY id FOR UPDATE"."""
+    return rows_send(model, where, params, lock=lock)()
+
+
+def rows_send(
+    model: type[ModelT], where: str, params: Sequence[Any] | dict[str, Any], *, lock: str = ""
+) -> Callable[[], list[ModelT]]:
+    """rows_read in two steps: the statement is sent now (inside `pipelined()`, with the others),
+    the function returned reads its rows."""
+    key = (model, where, lock)
+    if key not in _READ_SQL:
+        rows_read_sql(model, where, lock)
+    sql, names = _READ_SQL[key]
+    cursor = cursor_prepared()
+    cursor.execute(sql, params)
+
+    def result() -> list[ModelT]:
+        with cursor:
+            return [model.from_db(DEFAULT_DB_ALIAS, names, row) for row in cursor.fetchall()]
+
+    return result
+
+
+def rows_read_sql(model: type[Model], where: str, lock: str = "") -> str:
+    """The statement rows_read runs for `model`, `where` and `lock` (built once)."""
     key = (model, where, lock)
     if key not in _READ_SQL:
         fields = model._meta.concrete_fields
@@ -199,10 +274,7 @@ def rows_read(model: type[ModelT], where: str, params: Sequence[Any], *, lock: s
         table = connection.ops.quote_name(model._meta.db_table)
         sql = f"SELECT {columns} FROM {table} WHERE {where} {lock}"  # noqa: S608 - names from the model, `where` from code
         _READ_SQL[key] = (sql, [f.attname for f in fields])
-    sql, names = _READ_SQL[key]
-    with cursor_prepared() as cursor:
-        cursor.execute(sql, params)
-        return [model.from_db(DEFAULT_DB_ALIAS, names, row) for row in cursor.fetchall()]
+    return _READ_SQL[key][0]
 
 
 def array_literal(values: Iterable[Any]) -> str:
@@ -218,9 +290,67 @@ def array_literal(values: Iterable[Any]) -> str:
     )
 
 
-# (insert?, model, fields) of each part of a Writes -> the statement and, per part, its fields.
+# (insert?, model, fields) of each part of a Writes -> the statement and, per part, how to read
+# each of its fields' database value from a row (value_reader).
 _WRITE_SQL: dict[tuple[tuple[bool, type[Model], tuple[str, ...]], ...], str] = {}
 _WRITE_FIELDS: dict[tuple[bool, type[Model], tuple[str, ...]], list[Field[Any, Any]]] = {}
+_WRITE_READERS: dict[tuple[bool, type[Model], tuple[str, ...]], list[Callable[[Model], Any]]] = {}
+
+# Django's field classes whose database value (pre_save, then get_db_prep_save on PostgreSQL) is
+# the attribute itself when it holds a value of these types (or None), provided a subclass
+# overrides none of those methods and the field has no auto_now / auto_now_add.
+_AS_IS: tuple[tuple[type[Field[Any, Any]], tuple[type, ...]], ...] = (
+    (models.CharField, (str,)),
+    (models.TextField, (str,)),
+    (models.DecimalField, (Decimal,)),
+    (models.DateTimeField, ()),  # a naive datetime is made aware on the way: always the long way
+    (models.DateField, (dt.date,)),
+    (models.BooleanField, (bool,)),
+    (models.BigAutoField, (int,)),
+    (models.AutoField, (int,)),
+    (models.IntegerField, (int,)),
+)
+_PREP_METHODS = ("pre_save", "get_db_prep_save", "get_db_prep_value", "get_prep_value", "to_python")
+
+
+def _types_as_is(field: Field[Any, Any]) -> tuple[type, ...] | None:
+    """The types of value `field` writes as they are (see _AS_IS), else None."""
+    if getattr(field, "auto_now", False) or getattr(field, "auto_now_add", False):
+        return None
+    if isinstance(field, models.ForeignKey):  # a key to an integer primary key: the id itself
+        target = field.target_field
+        plain = all(getattr(type(field), name) is getattr(models.ForeignKey, name) for name in _PREP_METHODS)
+        return (int,) if plain and _types_as_is(target) == (int,) else None
+    for base, types in _AS_IS:
+        if isinstance(field, base):
+            plain = all(getattr(type(field), name) is getattr(base, name) for name in _PREP_METHODS)
+            return types if plain and types else None
+    return None
+
+
+def value_reader(field: Field[Any, Any], add: bool) -> Callable[[Model], Any]:
+    """A function giving what save() writes for `field` of a row: `pre_save` (auto_now_add...)
+    then `get_db_prep_save`. For the plain field classes of _AS_IS that is the attribute itself
+    when it holds a value of the field's type (a str, a Decimal, a date, an int id...), read
+    without the four Django calls per value; any other value goes through them."""
+    db = connections[DEFAULT_DB_ALIAS]
+
+    def prepared(row: Model) -> Any:
+        return field.get_db_prep_save(field.pre_save(row, add), db)
+
+    types = _types_as_is(field)
+    if types is None:
+        return prepared
+    attname = field.attname
+    exact = types != (str,)  # a str subclass (a TextChoices member) writes its value, as str() gives it
+
+    def as_is(row: Model) -> Any:
+        value = getattr(row, attname)
+        if value is None or (type(value) in types if exact else isinstance(value, str)):
+            return value
+        return prepared(row)
+
+    return as_is
 
 
 def _write_sql(shape: tuple[tuple[bool, type[Model], tuple[str, ...]], ...]) -> str:
@@ -262,6 +392,7 @@ class Writes:
             key = (True, model, ("pk",) if rows[0].pk is not None else ())
             if key not in _WRITE_FIELDS:
                 _WRITE_FIELDS[key] = [f for f in model._meta.concrete_fields if key[2] or not f.primary_key]
+                _WRITE_READERS[key] = [value_reader(f, True) for f in _WRITE_FIELDS[key]]
             self._parts.append((key, list(rows)))
 
     def update(self, rows: Sequence[Model], fields: Sequence[str]) -> None:
@@ -272,22 +403,18 @@ class Writes:
             if key not in _WRITE_FIELDS:
                 opts = model._meta
                 _WRITE_FIELDS[key] = [opts.pk, *(opts.get_field(name) for name in fields)]  # type: ignore[list-item]
+                _WRITE_READERS[key] = [value_reader(f, False) for f in _WRITE_FIELDS[key]]
             self._parts.append((key, list(rows)))
 
     def run(self) -> None:
         """Write everything added, in one statement; the rows inserted get their primary keys."""
         if not self._parts:
             return
-        db = connections[DEFAULT_DB_ALIAS]
         shape = tuple(key for key, _rows in self._parts)
         sql = _WRITE_SQL.get(shape)
         if sql is None:
             sql = _WRITE_SQL[shape] = _write_sql(shape)
-        params = [
-            array_literal(field.get_db_prep_save(field.pre_save(row, key[0]), db) for row in rows)
-            for key, rows in self._parts
-            for field in _WRITE_FIELDS[key]
-        ]
+        params = [array_literal(map(read, rows)) for key, rows in self._parts for read in _WRITE_READERS[key]]
         with cursor_prepared() as cursor:
             cursor.execute(sql, params)
             given = cursor.fetchall()

@@ -10,7 +10,7 @@ Void and refund reverse that entry (entry_reverse) and put the stock back at the
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
@@ -34,6 +34,7 @@ from operations.models import (
     Sale,
     SaleLine,
     SaleStatus,
+    StockLevel,
     StockMovement,
 )
 from operations.services.postings import (
@@ -42,17 +43,20 @@ from operations.services.postings import (
     acting,
     amount_stored,
     books_open,
+    books_send,
     business_open_day,
+    day_open_at,
     day_open_check,
-    items_read,
+    items_send,
     money,
+    pipelined,
     quantity_checked,
     sales_role_of,
     same_business,
     same_business_items,
     vat_split,
 )
-from operations.services.stock import StockBook, stock_lock
+from operations.services.stock import StockBook, stock_lock, stock_lock_send
 from tenancy.models import Business
 
 
@@ -116,8 +120,20 @@ def sale_create(
     if not lines:
         raise InvalidInput("A sale needs at least one line.")
     with transaction.atomic():
-        books = books_open(business, sale_date, reserve_id_of=Sale)
-        items = items_read((line.item.pk for line in lines), linked=("stock_item", "returns_item"))
+        item_ids = [line.item.pk for line in lines]
+        # A sale on account locks its customer (the credit check) before the stock, as every
+        # service does (customer, then stock: two of them never wait for each other in a circle):
+        # its stock rows are locked after the check, by stock_lock.
+        on_account = payment_method == PaymentMethod.ACCOUNT and customer is not None
+        locked: Callable[[Iterable[Item]], dict[int, StockLevel]] = stock_lock
+        with pipelined():  # the books, the items and the stock they move: one round trip
+            books_later = books_send(business, reserve_id_of=Sale)
+            items_later = items_send(item_ids)
+            if not on_account:
+                locked = stock_lock_send(item_ids)
+        books = books_later()
+        day_open_at(business, sale_date, books.lock_date)
+        items = items_later()
         missing = [line.item for line in lines if line.item.pk not in items]
         if missing:
             raise InvalidInput(f"{missing[0]} is not in the catalogue")
@@ -141,7 +157,7 @@ def sale_create(
             for line in lines
         ]
         writes = Writes()  # the sale, its lines, its stock and its charge: one statement
-        _sale_book(sale, sale_lines, books.roles, acting_user, writes)
+        _sale_book(sale, sale_lines, books.roles, acting_user, writes, locked=locked)
         writes.insert([sale])
         writes.insert(sale_lines)
         _sale_charge(sale, writes)
@@ -172,7 +188,15 @@ def sale_post(*, sale: Sale, acting_user: Any = None) -> Sale:
     return sale
 
 
-def _sale_book(sale: Sale, lines: list[SaleLine], roles: Roles, acting_user: Any, writes: Writes) -> None:
+def _sale_book(
+    sale: Sale,
+    lines: list[SaleLine],
+    roles: Roles,
+    acting_user: Any,
+    writes: Writes,
+    *,
+    locked: Callable[[Iterable[Item]], dict[int, StockLevel]] = stock_lock,
+) -> None:
     """Price the lines, check the sale, move the stock and post the entry (in the caller's
     transaction, the day checked open): sets the lines' amount, VAT and cost and the sale's totals,
     status and entry, and adds the stock moved to `writes`; the caller adds the sale and its lines
@@ -209,7 +233,7 @@ def _sale_book(sale: Sale, lines: list[SaleLine], roles: Roles, acting_user: Any
 
     stocked = [i for i in (_stock_item(line.item) for line in lines) if i is not None]
     returned = [line.item.returns_item for line in lines if line.item.returns_item is not None]
-    book = StockBook(stock_lock([*stocked, *returned]), day=sale.sale_date, reference=sale.number)
+    book = StockBook(locked([*stocked, *returned]), day=sale.sale_date, reference=sale.number)
     for line in lines:
         line.cost = ZERO
         stock_item = _stock_item(line.item)

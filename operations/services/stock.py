@@ -9,7 +9,7 @@ sum of the levels equals the inventory account to the cent.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from decimal import Decimal
 from typing import Any
 
@@ -22,6 +22,7 @@ from operations.exceptions import InsufficientStock, InvalidInput
 from operations.models import (
     DocumentStatus,
     Item,
+    ItemKind,
     MovementKind,
     OpeningStock,
     StockCount,
@@ -29,7 +30,16 @@ from operations.models import (
     StockLevel,
     StockMovement,
 )
-from operations.services.postings import Writes, acting, books_open, money, rows_read, same_business_items
+from operations.services.postings import (
+    Writes,
+    acting,
+    array_literal,
+    books_open,
+    money,
+    rows_read,
+    rows_send,
+    same_business_items,
+)
 
 
 def stock_lock(items: Iterable[Item]) -> dict[int, StockLevel]:
@@ -51,6 +61,39 @@ def stock_lock(items: Iterable[Item]) -> dict[int, StockLevel]:
 
 def _levels_locked(item_ids: Iterable[int]) -> list[StockLevel]:
     return rows_read(StockLevel, "item_id = ANY(%s::bigint[])", [list(item_ids)], lock="ORDER BY id FOR UPDATE")
+
+
+# The stock rows a sale of items `ids` moves: each item's stock item (or the item, if stocked)
+# and the empties it takes back, locked in primary-key order (stock_lock's order).
+_SOLD_LEVELS_WHERE = """item_id IN (
+  SELECT CASE WHEN i.stock_item_id IS NOT NULL THEN i.stock_item_id
+              WHEN i.kind = ANY(%(stocked)s::text[]) THEN i.id END
+    FROM operations_item i WHERE i.id = ANY(%(ids)s::bigint[])
+  UNION ALL SELECT i.returns_item_id FROM operations_item i WHERE i.id = ANY(%(ids)s::bigint[]))"""
+
+
+_STOCKED_KINDS = array_literal([ItemKind.GOOD.value, ItemKind.MATERIAL.value])  # Item.is_stocked
+
+
+def stock_lock_send(item_ids: Iterable[int]) -> Callable[[Iterable[Item]], dict[int, StockLevel]]:
+    """stock_lock for a sale of the items `item_ids`, in two steps: the stock rows their sale moves
+    (their stock items, the empties they take back) are locked by a statement sent now (inside
+    postings.pipelined(), with the sale's other reads), in primary-key order. The function returned
+    takes the stocked items the sale moves (as read in the sale) and gives stock_lock's result:
+    when a row is missing (or the items changed in between) it is stock_lock's own, which creates
+    the row and locks again."""
+    params = {"ids": list(set(item_ids)), "stocked": _STOCKED_KINDS}
+    later = rows_send(StockLevel, _SOLD_LEVELS_WHERE, params, lock="ORDER BY id FOR UPDATE")
+
+    def result(items: Iterable[Item]) -> dict[int, StockLevel]:
+        items = list(items)
+        locked = {level.item_id: level for level in later()}
+        wanted = {item.pk for item in items if item.is_stocked}
+        if wanted - locked.keys():
+            return stock_lock(items)
+        return {pk: locked[pk] for pk in sorted(wanted)}
+
+    return result
 
 
 class StockBook:

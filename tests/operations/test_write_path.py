@@ -317,3 +317,143 @@ def test_cash_expected_after_a_counted_closing_is_every_cash_line_up_to_the_day(
         ).aggregate(d=Sum("debit"), c=Sum("credit"))
         assert cash_expected(business=retail, day=day) == every_line["d"] - every_line["c"]
     assert cash_expected(business=retail, day=second) == D("230.00")  # the 100 counted, then 130
+
+
+@pytest.mark.django_db
+def test_a_sales_reads_go_in_one_round_trip_with_its_begin(retail: Business, counter: dict, today: dt.date) -> None:
+    """The books, the items and the stock rows are sent together (postings.pipelined): one sync of
+    psycopg's pipeline for the three, then the ledger's statement and the writes one by one."""
+    lines = [LineInput(counter["soap"], D("1")), LineInput(counter["airtime"], D("1"))]
+    raw = connection.connection
+    pipelines: list[int] = []
+    real = type(raw).pipeline
+
+    def counted(self: object) -> object:
+        pipelines.append(1)
+        return real(self)  # type: ignore[arg-type]
+
+    type(raw).pipeline = counted  # type: ignore[method-assign]
+    try:
+        with CaptureQueriesContext(connection) as queries:
+            sale = sale_create(business=retail, sale_date=today, lines=lines)
+    finally:
+        type(raw).pipeline = real  # type: ignore[method-assign]
+    assert pipelines == [1]
+    reads = [q["sql"] for q in queries.captured_queries if "SAVEPOINT" not in q["sql"]][:3]
+    assert "accounts_books" in reads[0] and "operations_item" in reads[1] and "FOR UPDATE" in reads[2]
+    assert StockLevel.objects.get(item=counter["soap"]).quantity == D("19")
+    assert sale.cost_total == D("80.00")
+
+
+@pytest.mark.django_db
+def test_a_sale_of_a_stocked_item_without_a_stock_row_creates_the_row_and_refuses_the_stock(
+    retail: Business, today: dt.date
+) -> None:
+    """The stock rows read with the sale's other reads lack one: stock_lock's own path creates it."""
+    item = ItemFactory.create(business=retail, name="New stock", price=D("10.00"), sales_role="sales_shop")
+    assert not StockLevel.objects.filter(item=item).exists()
+    with transaction.atomic():
+        with pytest.raises(InsufficientStock, match="Only 0 of New stock"):
+            sale_create(business=retail, sale_date=today, lines=[LineInput(item, D("1"))])
+        assert not Sale.objects.exists()
+    opening = OpeningStock.objects.create(
+        business=retail, item=item, stock_date=today, quantity=D("2"), unit_cost=D("4.00")
+    )
+    stock_opening_post(opening=opening)
+    sale = sale_create(business=retail, sale_date=today, lines=[LineInput(item, D("2"))])
+    assert sale.cost_total == D("8.00")
+    level = StockLevel.objects.get(item=item)
+    assert (level.quantity, level.value) == (D("0"), D("0.00"))
+
+
+@pytest.mark.django_db
+def test_writes_reads_a_field_as_save_would(retail: Business, counter: dict, today: dt.date) -> None:
+    """Writes takes plain fields' values as they are (postings.value_reader): the same as Django's
+    pre_save + get_db_prep_save for every field of the rows a sale writes, whatever the value's type."""
+    from operations.models import PaymentMethod, SaleStatus
+    from operations.services.postings import value_reader
+
+    db = connection
+    sale = Sale(
+        pk=10**9,
+        business=retail,
+        sale_date=today,
+        payment_method=PaymentMethod.MPESA,  # a TextChoices member
+        status=SaleStatus.POSTED,
+        route="Kayole",
+        total=D("166.00"),
+        vat_total=D("16.00"),
+        cost_total=7,  # an int in a money field
+        amount_paid=D("0"),
+        entry_id=None,
+        note="",
+    )
+    line = SaleLine(sale=sale, item=counter["soap"], quantity=D("1.5"), unit_price=None, amount=D("174.00"))
+    level = StockLevel(pk=5, business_id=retail.pk, item_id=counter["soap"].pk, quantity=D("2"), value=D("1.10"))
+    for row in (sale, line, level):
+        for field in type(row)._meta.concrete_fields:
+            if getattr(field, "auto_now_add", False):
+                continue
+            for add in (True, False):
+                expected = field.get_db_prep_save(field.pre_save(row, add), db)
+                got = value_reader(field, add)(row)
+                assert str(got) == str(expected) and type(got) is type(expected), (field, got, expected)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_database_error_in_the_sales_pipelined_reads_is_djangos_and_leaves_the_transaction_usable(
+    retail: Business, today: dt.date
+) -> None:
+    """The stock row is held by another transaction and the lock times out inside the pipeline: the
+    error is Django's OperationalError, the sale's savepoint is rolled back, the caller goes on."""
+    from django.db import OperationalError
+
+    item = _stocked(retail, "Held loaf", "3", "50.00", "65.00", today)
+    held, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        try:
+            with transaction.atomic():
+                list(StockLevel.objects.select_for_update().filter(item=item))
+                held.set()
+                release.wait(10)
+        finally:
+            connection.close()
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    try:
+        assert held.wait(10)
+        with transaction.atomic():
+            with connection.cursor() as cursor:
+                cursor.execute("SET LOCAL lock_timeout = '200ms'")
+            with pytest.raises(OperationalError, match="lock timeout"):
+                sale_create(business=retail, sale_date=today, lines=[LineInput(item, D("1"))])
+            release.set()
+            holder.join()
+            sale = sale_create(business=retail, sale_date=today, lines=[LineInput(item, D("1"))])
+    finally:
+        release.set()
+        holder.join()
+    assert list(Sale.objects.values_list("pk", flat=True)) == [sale.pk]
+    assert StockLevel.objects.get(item=item).quantity == D("2")
+
+
+@pytest.mark.django_db
+def test_a_sale_on_account_locks_its_customer_before_its_stock(retail: Business, counter: dict, today: dt.date) -> None:
+    """Every service locks a customer before stock rows (the credit check, then the stock), so two
+    of them never wait for each other in a circle: a sale on account keeps that order, its stock
+    rows are not locked with its pipelined reads but after the check."""
+    customer = CustomerFactory.create(business=retail, credit_limit=D("1000.00"))
+    with CaptureQueriesContext(connection) as queries:
+        sale_create(
+            business=retail,
+            sale_date=today,
+            lines=[LineInput(counter["soap"], D("1"))],
+            customer=customer,
+            payment_method="account",
+        )
+    locks = [q["sql"] for q in queries.captured_queries if "FOR UPDATE" in q["sql"]]
+    assert len(locks) == 2, locks
+    assert "operations_customer" in locks[0] and "operations_stocklevel" in locks[1]
+    assert StockLevel.objects.get(item=counter["soap"]).quantity == D("19")
