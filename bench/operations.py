@@ -162,13 +162,11 @@ def _inner() -> dict[str, float]:
 def _reports(shop: Any, today: dt.date) -> dict[str, float]:
     """PDF reports on the seeded year (in the child, after the other measures)."""
     import io
-    from decimal import Decimal
 
     from pypdf import PdfReader
 
     from accounts.periods import CUSTOM, PREVIOUS, Period
     from accounts.reports import statement_pdf_render
-    from operations.models import Customer, CustomerTransaction, CustomerTxKind
     from operations.reports import statements_pdf_render
 
     year = Period(kind=CUSTOM, date_from=today - dt.timedelta(days=364), date_to=today)
@@ -186,23 +184,7 @@ def _reports(shop: Any, today: dt.date) -> dict[str, float]:
         timings.append(time.perf_counter() - started)
     figures = {"reports.pdf_pl_year_s": round(statistics.median(timings), 3)}
 
-    customers = Customer.objects.bulk_create(
-        Customer(business=shop, name=f"Bench customer {n:03d}", phone=f"2547{n:08d}")
-        for n in range(STATEMENT_CUSTOMERS)
-    )
-    movements = []
-    for customer in customers:
-        for month in range(12):
-            day = year.date_from + dt.timedelta(days=30 * month)
-            movements += [
-                CustomerTransaction(business=shop, customer=customer, tx_date=day, kind=CustomerTxKind.SALE,
-                                    amount=Decimal("1160.00"), reference=f"S{month}a"),
-                CustomerTransaction(business=shop, customer=customer, tx_date=day + dt.timedelta(days=9),
-                                    kind=CustomerTxKind.SALE, amount=Decimal("580.50"), reference=f"S{month}b"),
-                CustomerTransaction(business=shop, customer=customer, tx_date=day + dt.timedelta(days=20),
-                                    kind=CustomerTxKind.PAYMENT, amount=Decimal("-1500.00"), reference=f"P{month}"),
-            ]  # fmt: skip
-    CustomerTransaction.objects.bulk_create(movements, batch_size=2000)
+    statement_customers(shop, year.date_from)
     timings, count, pdf = [], 0, b""
     for _ in range(3):
         out = io.BytesIO()
@@ -216,6 +198,32 @@ def _reports(shop: Any, today: dt.date) -> dict[str, float]:
     figures["reports.pdf_statements_customers"] = count
     figures["reports.pdf_statements_pages"] = len(PdfReader(io.BytesIO(pdf)).pages)
     return figures
+
+
+def statement_customers(business: Any, first_day: dt.date) -> None:
+    """STATEMENT_CUSTOMERS customers of `business`, each with two charges and a payment a month for the
+    year from `first_day` (the customer statements of this bench and of bench/reports_export.py)."""
+    from decimal import Decimal
+
+    from operations.models import Customer, CustomerTransaction, CustomerTxKind
+
+    customers = Customer.objects.bulk_create(
+        Customer(business=business, name=f"Bench customer {n:03d}", phone=f"2547{n:08d}")
+        for n in range(STATEMENT_CUSTOMERS)
+    )
+    movements = []
+    for customer in customers:
+        for month in range(12):
+            day = first_day + dt.timedelta(days=30 * month)
+            movements += [
+                CustomerTransaction(business=business, customer=customer, tx_date=day, kind=CustomerTxKind.SALE,
+                                    amount=Decimal("1160.00"), reference=f"S{month}a"),
+                CustomerTransaction(business=business, customer=customer, tx_date=day + dt.timedelta(days=9),
+                                    kind=CustomerTxKind.SALE, amount=Decimal("580.50"), reference=f"S{month}b"),
+                CustomerTransaction(business=business, customer=customer, tx_date=day + dt.timedelta(days=20),
+                                    kind=CustomerTxKind.PAYMENT, amount=Decimal("-1500.00"), reference=f"P{month}"),
+            ]  # fmt: skip
+    CustomerTransaction.objects.bulk_create(movements, batch_size=2000)
 
 
 if __name__ == "__main__":

@@ -37,15 +37,14 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
+from bench.operations import statement_customers
 from bench.scratch import drop_database, recreate_database
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRATCH_DB = os.environ.get("BENCH_REPORTS_DB", "bench_reports")  # another name to run beside another checkout
 LINES_PER_SALE = 4
 SIZES = {"small": 10_000, "large": 100_000}
-STATEMENT_CUSTOMERS = 300  # customer statements of the large business, a year of movements each
 # Each job run by a fresh worker: which business, the figures' keys (time, peak RSS of the pool process).
 JOBS: dict[str, dict[str, str]] = {
     "export_small": {"business": "small", "seconds": "reports.export_10k_rows_s",
@@ -204,36 +203,10 @@ def _make() -> dict[str, int]:
             )
         assert SaleLine.objects.filter(sale__business=business).count() == lines
         made[size] = business.pk
-    _customers(Business.objects.get(pk=made["large"]), today)
+    statement_customers(Business.objects.get(pk=made["large"]), today - dt.timedelta(days=364))
     with connection.cursor() as cursor:
         cursor.execute("ANALYZE")
     return made
-
-
-def _customers(business: Any, today: dt.date) -> None:
-    """STATEMENT_CUSTOMERS customers of `business`, each with two charges and a payment a month for a year."""
-    from decimal import Decimal
-
-    from operations.models import Customer, CustomerTransaction, CustomerTxKind
-
-    start = today - dt.timedelta(days=364)
-    customers = Customer.objects.bulk_create(
-        Customer(business=business, name=f"Bench customer {n:03d}", phone=f"2547{n:08d}")
-        for n in range(STATEMENT_CUSTOMERS)
-    )
-    movements = []
-    for customer in customers:
-        for month in range(12):
-            day = start + dt.timedelta(days=30 * month)
-            movements += [
-                CustomerTransaction(business=business, customer=customer, tx_date=day, kind=CustomerTxKind.SALE,
-                                    amount=Decimal("1160.00"), reference=f"S{month}a"),
-                CustomerTransaction(business=business, customer=customer, tx_date=day + dt.timedelta(days=9),
-                                    kind=CustomerTxKind.SALE, amount=Decimal("580.50"), reference=f"S{month}b"),
-                CustomerTransaction(business=business, customer=customer, tx_date=day + dt.timedelta(days=20),
-                                    kind=CustomerTxKind.PAYMENT, amount=Decimal("-1500.00"), reference=f"P{month}"),
-            ]  # fmt: skip
-    CustomerTransaction.objects.bulk_create(movements, batch_size=2000)
 
 
 def _launch(name: str, business_id: int) -> dict[str, int]:
