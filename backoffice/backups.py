@@ -240,7 +240,12 @@ def _role_problems(conn: psycopg.Connection[Any]) -> list[str]:
 
 @contextmanager
 def _locked(target: PgTarget) -> Iterator[psycopg.Connection[Any]]:
-    """A connection to the database holding the backup lock (released when it closes)."""
+    """A connection to the database holding the backup lock, released when the block ends.
+
+    Released by `pg_advisory_unlock` before the connection closes: a session lock otherwise lasts
+    until the server has noticed the closed connection, and a verification started right after a
+    backup (`backup_verify(backup=backup_run())`) could find it still held - BackupBusyError, seen once
+    in CI under load."""
     try:
         conn = target.connect()
     except psycopg.Error as exc:
@@ -249,7 +254,13 @@ def _locked(target: PgTarget) -> Iterator[psycopg.Connection[Any]]:
         row = conn.execute("SELECT pg_try_advisory_lock(hashtext(%s))", [LOCK_KEY]).fetchone()
         if not (row and row[0]):
             raise BackupBusyError("Another backup or verification is running; this one did not start.")
-        yield conn
+        try:
+            yield conn
+        finally:
+            if not conn.closed:
+                with suppress(psycopg.Error):  # a broken connection: closing it releases the lock
+                    conn.rollback()
+                    conn.execute("SELECT pg_advisory_unlock(hashtext(%s))", [LOCK_KEY])
 
 
 # --------------------------------------------------------------------------- files

@@ -354,6 +354,33 @@ def test_one_backup_at_a_time(backups: Path, books: dict[str, Any], db_roles: Db
     assert not Backup.objects.exists()
 
 
+def test_the_lock_is_free_when_a_backup_returns_not_when_the_server_notices_its_connection_closed(
+    backups: Path, books: dict[str, Any], db_roles: DbRoles, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A session advisory lock lasts until the server ends the session; closing the client side does not
+    # wait for that, so a verification started at once could find the lock still held (seen in CI under
+    # load). Here every connection the backup opens stays open after its block, as a slow server's would.
+    kept: list[psycopg.Connection[Any]] = []
+    connect = PgTarget.connect
+
+    def connect_kept_open(self: PgTarget) -> psycopg.Connection[Any]:
+        conn = connect(self)
+        conn.close = lambda: None  # type: ignore[method-assign]
+        kept.append(conn)
+        return conn
+
+    monkeypatch.setattr(PgTarget, "connect", connect_kept_open)
+    try:
+        assert backup_run().state == BackupState.SUCCEEDED
+        with connect_as_superuser(db_roles, connection.settings_dict["NAME"]) as other:
+            row = other.execute("SELECT pg_try_advisory_lock(hashtext('backoffice.backup'))").fetchone()
+            other.execute("SELECT pg_advisory_unlock_all()")
+    finally:
+        for conn in kept:
+            psycopg.Connection.close(conn)
+    assert kept and row == (True,)
+
+
 def test_the_nightly_check_waits_for_a_backup_started_by_hand(
     backups: Path, books: dict[str, Any], db_roles: DbRoles
 ) -> None:
