@@ -1,6 +1,7 @@
 """Operations models, one module per area; everything is importable from `operations.models`."""
 
 from operations.models.catalogue import (
+    STOCKED_KINDS,
     VAT_PERCENT,
     CylinderState,
     Item,
@@ -42,6 +43,7 @@ from operations.models.stock import (
 
 __all__ = [
     "OPEN_STATUSES",
+    "STOCKED_KINDS",
     "VAT_PERCENT",
     "ClosingStatus",
     "Customer",

@@ -37,6 +37,10 @@ class ItemKind(models.TextChoices):
     DEPOSIT = "deposit", "Deposit (bottle / cylinder)"
 
 
+# The kinds of item that have a stock level (Item.is_stocked; the sale's stock lock in SQL).
+STOCKED_KINDS = (ItemKind.GOOD, ItemKind.MATERIAL)
+
+
 class Unit(models.TextChoices):
     EACH = "each", "Each"
     KG = "kg", "Kilogram"
@@ -116,7 +120,7 @@ class Item(models.Model):
 
     @property
     def is_stocked(self) -> bool:
-        return self.kind in (ItemKind.GOOD, ItemKind.MATERIAL)
+        return self.kind in STOCKED_KINDS
 
 
 class Supplier(models.Model):

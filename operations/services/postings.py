@@ -251,10 +251,7 @@ def rows_send(
 ) -> Callable[[], list[ModelT]]:
     """rows_read in two steps: the statement is sent now (inside `pipelined()`, with the others),
     the function returned reads its rows."""
-    key = (model, where, lock)
-    if key not in _READ_SQL:
-        rows_read_sql(model, where, lock)
-    sql, names = _READ_SQL[key]
+    sql, names = _read_sql(model, where, lock)
     cursor = cursor_prepared()
     cursor.execute(sql, params)
 
@@ -265,8 +262,9 @@ def rows_send(
     return result
 
 
-def rows_read_sql(model: type[Model], where: str, lock: str = "") -> str:
-    """The statement rows_read runs for `model`, `where` and `lock` (built once)."""
+def _read_sql(model: type[Model], where: str, lock: str) -> tuple[str, list[str]]:
+    """The statement rows_read runs for `model`, `where` and `lock`, and the attnames of its columns
+    (built once)."""
     key = (model, where, lock)
     if key not in _READ_SQL:
         fields = model._meta.concrete_fields
@@ -274,7 +272,7 @@ def rows_read_sql(model: type[Model], where: str, lock: str = "") -> str:
         table = connection.ops.quote_name(model._meta.db_table)
         sql = f"SELECT {columns} FROM {table} WHERE {where} {lock}"  # noqa: S608 - names from the model, `where` from code
         _READ_SQL[key] = (sql, [f.attname for f in fields])
-    return _READ_SQL[key][0]
+    return _READ_SQL[key]
 
 
 def array_literal(values: Iterable[Any]) -> str:

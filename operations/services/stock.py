@@ -20,9 +20,9 @@ from accounts.journal import Journal
 from accounts.models import JournalEntry, SourceType
 from operations.exceptions import InsufficientStock, InvalidInput
 from operations.models import (
+    STOCKED_KINDS,
     DocumentStatus,
     Item,
-    ItemKind,
     MovementKind,
     OpeningStock,
     StockCount,
@@ -72,7 +72,7 @@ _SOLD_LEVELS_WHERE = """item_id IN (
   UNION ALL SELECT i.returns_item_id FROM operations_item i WHERE i.id = ANY(%(ids)s::bigint[]))"""
 
 
-_STOCKED_KINDS = array_literal([ItemKind.GOOD.value, ItemKind.MATERIAL.value])  # Item.is_stocked
+_STOCKED_KINDS = array_literal(kind.value for kind in STOCKED_KINDS)  # as Item.is_stocked
 
 
 def stock_lock_send(item_ids: Iterable[int]) -> Callable[[Iterable[Item]], dict[int, StockLevel]]:
