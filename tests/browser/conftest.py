@@ -86,7 +86,9 @@ def demo(transactional_db: None) -> Demo:
     """`setup_demo` and a day of `seed_demo` (every kind of row, in all three businesses, through the
     services): the owner, the "Business staff" group and a staff member per business (maji, fold, duka)."""
     call_command("setup_demo", stdout=StringIO())
-    call_command("seed_demo", "--days", "1", stdout=StringIO())
+    # One process: this one runs the live server's threads and Playwright's event loop, and is not
+    # forked (seed_demo's process per business is proven in tests/operations/test_seed_demo.py).
+    call_command("seed_demo", "--days", "1", "--workers", "1", stdout=StringIO())
     for user in User.objects.filter(username__in=["owner", "maji", "fold", "duka"]):
         user.set_password(PASSWORD)
         user.save(update_fields=["password"])
