@@ -33,6 +33,9 @@ default pool processes every kind with high probability, and a thread records ev
                                                              pid in that place, sampled every 5 s over the
                                                              run) is set against the limit that replaces it
   soak.warm_up_rounds, soak.flower_max_tasks, soak.flower_tasks_after_burst, soak.flower_tasks_after_warm_up
+  soak.task_peak_mb.<task>                                   the highest peak RSS any run of the task took its
+                                                             process to over the whole run (each task's own
+                                                             VmHWM, logged by the worker: celeryconf/taskpeak.py)
   soak.tasks, soak.pool_recycles, soak.pg_connections_before/after, soak.redis_used_mb_before/after
 
 Processes: web.master, web.worker<N> (gunicorn), <queue>.main and <queue>.pool<N> for each Celery
@@ -310,6 +313,8 @@ class StackRun:
                 "LEDGER_ANCHOR_DIR": str(self.dir / "anchors"),
                 "BACKUP_DIR": str(self.dir / "backups"),
                 "LOG_LEVEL": "WARNING",
+                # Every task's peak RSS in the log (celeryconf/taskpeak.py), read back by task_peaks().
+                "CELERY_TASK_PEAK_LOG_MB": "0",
                 "PYTHONUNBUFFERED": "1",
             }
         )
@@ -519,6 +524,19 @@ class Timeline:
             print("    " + " | ".join([name, *cells, f"{self.peak(name):.1f}"]), file=sys.stderr)
 
 
+TASK_PEAK = re.compile(r"task peak: (?P<task>[\w.]+)\[.*? to (?P<mib>[\d.]+) MiB peak RSS")
+
+
+def task_peaks(log: str) -> dict[str, tuple[float, int]]:
+    """Per task name, the highest peak RSS (MiB) any run of it reached and how many runs were logged:
+    the workers log each task's peak (celeryconf/taskpeak.py, CELERY_TASK_PEAK_LOG_MB=0 here)."""
+    peaks: dict[str, tuple[float, int]] = {}
+    for match in TASK_PEAK.finditer(log):
+        top, runs = peaks.get(match["task"], (0.0, 0))
+        peaks[match["task"]] = (max(top, float(match["mib"])), runs + 1)
+    return peaks
+
+
 def _connections(run: StackRun) -> int:
     with _db(run.superuser_url) as db:
         (count,) = db.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = 'backoffice'").fetchone()
@@ -711,6 +729,12 @@ def run(database_url: str = "") -> dict[str, float]:
             sum(1 for k, pid in pids.items() if ".pool" in k and base_pids.get(k) not in (None, pid))
         )
         figures["soak.tasks"] = float(soak_tasks)
+        # Which task makes a process big: each run's own peak, read by the process as the task ended.
+        peaks = task_peaks(stack.log.read_text(errors="replace"))
+        print("task peaks over the whole run (MiB peak RSS, runs logged):", file=sys.stderr)
+        for task, (mib, runs) in sorted(peaks.items(), key=lambda kv: -kv[1][0]):
+            print(f"  {task:<40} {mib:6.1f}  {runs}", file=sys.stderr)
+            figures[f"soak.task_peak_mb.{task}"] = round(mib, 1)
         figures["soak.pg_connections_before"] = float(connections_before)
         figures["soak.pg_connections_after"] = float(connections_after)
         figures["soak.redis_used_mb_before"] = round(redis_before, 2)

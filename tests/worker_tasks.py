@@ -37,6 +37,15 @@ def record_and_sleep(token: str, seconds: float) -> None:
     _record(token, "done")
 
 
+@shared_task(name="tests.hold_memory")
+def hold_memory(token: str, mib: int) -> None:
+    """Touch `mib` MiB for a moment and give them back: a task whose peak is well above its process's RSS."""
+    block = bytearray(mib * 1024 * 1024)
+    block[::4096] = b"x" * len(range(0, len(block), 4096))
+    _record(token, f"held:{len(block)}")
+    del block
+
+
 @job_kind("tests.fail", label="Test: always fails")
 def always_fails(ctx: JobContext) -> None:
     ctx.progress(30, "about to fail")
