@@ -524,16 +524,20 @@ class Timeline:
             print("    " + " | ".join([name, *cells, f"{self.peak(name):.1f}"]), file=sys.stderr)
 
 
-TASK_PEAK = re.compile(r"task peak: (?P<task>[\w.]+)\[.*? to (?P<mib>[\d.]+) MiB peak RSS")
+TASK_PEAK = re.compile(
+    r"task peak: (?P<task>[\w.]+)\[[^\]]*\](?: \((?P<label>[^)]*)\))? \S+ took process \d+ to (?P<mib>[\d.]+) MiB"
+)
 
 
 def task_peaks(log: str) -> dict[str, tuple[float, int]]:
-    """Per task name, the highest peak RSS (MiB) any run of it reached and how many runs were logged:
-    the workers log each task's peak (celeryconf/taskpeak.py, CELERY_TASK_PEAK_LOG_MB=0 here)."""
+    """Per task name (and the job kind of a jobs.run: "jobs.run:<kind>"), the highest peak RSS (MiB) any
+    run of it reached and how many runs were logged: the workers log each task's peak
+    (celeryconf/taskpeak.py, CELERY_TASK_PEAK_LOG_MB=0 here)."""
     peaks: dict[str, tuple[float, int]] = {}
     for match in TASK_PEAK.finditer(log):
-        top, runs = peaks.get(match["task"], (0.0, 0))
-        peaks[match["task"]] = (max(top, float(match["mib"])), runs + 1)
+        name = f"{match['task']}:{match['label']}" if match["label"] else match["task"]
+        top, runs = peaks.get(name, (0.0, 0))
+        peaks[name] = (max(top, float(match["mib"])), runs + 1)
     return peaks
 
 

@@ -71,11 +71,20 @@ def peak_bytes() -> int | None:
 
 _THRESHOLD_MIB = log_threshold_mib()
 _armed = False
+_label: str | None = None
+
+
+def task_label(label: str) -> None:
+    """What the running task is doing, for its peak's log line: a task that runs many kinds of work
+    (jobs.run runs every job kind) names the kind, so the line says which one took the memory."""
+    global _label
+    _label = label
 
 
 @signals.task_prerun.connect
 def _task_started(**_: Any) -> None:
-    global _armed
+    global _armed, _label
+    _label = None
     _armed = _THRESHOLD_MIB is not None and peak_reset()
 
 
@@ -91,9 +100,10 @@ def _task_ended(task_id: str | None = None, task: Any = None, state: str | None 
     mib = peak / MIB
     if mib >= _THRESHOLD_MIB:
         logger.warning(
-            "task peak: %s[%s] %s took process %d to %.1f MiB peak RSS (CELERY_TASK_PEAK_LOG_MB %g)",
+            "task peak: %s[%s]%s %s took process %d to %.1f MiB peak RSS (CELERY_TASK_PEAK_LOG_MB %g)",
             getattr(task, "name", "?"),
             task_id,
+            f" ({_label})" if _label else "",
             state,
             os.getpid(),
             mib,

@@ -10,6 +10,7 @@ from typing import Any
 from django.db import transaction
 from django.utils import timezone
 
+from celeryconf.taskpeak import task_label
 from jobs.models import FINISHED_STATES, Job, JobState
 from jobs.registry import REGISTRY, JobCancelled, JobContext, JobFailed
 
@@ -59,6 +60,7 @@ def job_run(*, job_id: int, retry: Callable[[int, BaseException], Exception]) ->
         job.save()
 
     context = JobContext(job)
+    task_label(job.kind)  # the worker's log names the kind beside the task's peak memory
     try:
         kind.handler(context)
     except JobCancelled:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import uuid
+from typing import Any
 
 import psutil
 import pytest
@@ -11,6 +12,8 @@ import redis
 
 from bench.stack import task_peaks
 from celeryconf.taskpeak import MIB, log_threshold_mib, peak_bytes, peak_reset
+from jobs.models import Job
+from jobs.services import job_launch
 from tests.celery_support import WorkerProcess, wait_for, worker_env
 from tests.worker_tasks import hold_memory, record_and_sleep, runs_key
 
@@ -114,3 +117,17 @@ def test_a_pool_process_is_still_replaced_after_a_task_that_went_past_the_memory
         assert replaced and int(heavy) not in worker.child_pids()
     finally:
         worker.stop()
+
+
+@pytest.mark.worker
+@pytest.mark.django_db(transaction=True)
+def test_a_jobs_peak_line_names_its_kind(clean_broker: redis.Redis, owner: Any) -> None:
+    """jobs.run runs every kind of job: its line names the kind, and bench.stack counts it apart."""
+    worker = WorkerProcess("jobpeak", queues="reports", env=worker_env(CELERY_TASK_PEAK_LOG_MB="0")).start()
+    try:
+        job = job_launch(kind="tests.slow", acting_user=owner, params={"token": uuid.uuid4().hex, "steps": 1})
+        wait_for(lambda: "task peak: jobs.run" in worker.output(), 30, "the job's peak line")
+    finally:
+        worker.stop()
+    assert f"task peak: jobs.run[{Job.objects.get(pk=job.pk).celery_task_id}] (tests.slow) SUCCESS" in worker.output()
+    assert list(task_peaks(worker.output())) == ["jobs.run:tests.slow"]
