@@ -51,7 +51,7 @@ from integrations.mpesa.selectors import (
     inbox_waiting_for_person,
     payments_received,
     status_queries_waiting_for_person,
-    unallocated_payments,
+    unallocated_totals,
 )
 from jobs.registry import JobContext, JobFailed, job_kind
 from jobs.services import job_launch
@@ -134,7 +134,7 @@ def daily_summary(*, business: Business, day: dt.date) -> DailySummary:
     over_short = None
     if closing is not None and closing.counted_cash is not None:
         over_short = closing.variance
-    suspense = unallocated_payments().filter(business=business)
+    suspense_count, suspense_amount = unallocated_totals(business_id=business.pk)
     return DailySummary(
         business_id=business.pk,
         business=business.name,
@@ -155,8 +155,8 @@ def daily_summary(*, business: Business, day: dt.date) -> DailySummary:
         overdue=[_order_line(o) for o in uncollected_orders(business=business, as_of=day)],
         inbox_waiting=inbox_waiting_for_person().filter(till__business=business).count(),
         status_queries_waiting=status_queries_waiting_for_person().filter(business=business).count(),
-        suspense_count=suspense.count(),
-        suspense_amount=sum((p.unallocated_amount for p in suspense), Decimal("0.00")),
+        suspense_count=suspense_count,
+        suspense_amount=suspense_amount,
     )
 
 

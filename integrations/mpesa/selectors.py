@@ -44,6 +44,15 @@ def unallocated_payments() -> QuerySet[Payment]:
     return Payment.objects.filter(status=PaymentStatus.UNALLOCATED)
 
 
+def unallocated_totals(*, business_id: int) -> tuple[int, Decimal]:
+    """How many of the business's payments are (partly) in suspense and the amount still to allocate,
+    summed by PostgreSQL: a backlog of thousands costs one row, not thousands of objects."""
+    totals = (
+        unallocated_payments().filter(business_id=business_id).aggregate(n=Count("id"), s=Sum("unallocated_amount"))
+    )
+    return totals["n"], totals["s"] or Decimal("0.00")
+
+
 def payments_received(*, business_id: int, start: dt.datetime, end: dt.datetime) -> tuple[int, Decimal]:
     """How many M-Pesa payments the business received in [start, end) and their value; payments
     reversed since are left out (the money went back)."""

@@ -10,12 +10,15 @@ from io import StringIO
 
 import pytest
 from django.core.management import call_command
+from django.db import connection
 from django.test import RequestFactory
+from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 from django.utils import timezone
 from pypdf import PdfReader
 
 from accounts.pdf import money
+from accounts.services import chart_ensure_default
 from backoffice.daily_summary import DAILY_SUMMARY, DailySummary, closing_label, daily_summary, daily_summary_pdf_render
 from backoffice.navigation import sidebar_navigation
 from integrations.mpesa.models import InboxKind, InboxMessage, InboxState, Payment, PaymentStatus, Till
@@ -226,3 +229,24 @@ def test_the_job_makes_the_pdf_for_businesses_the_person_sees_only(water: Busine
     assert every.state == JobState.FAILED
     everything = _run(job_launch(kind=DAILY_SUMMARY, acting_user=owner, business=None, params=params))
     assert everything.state == JobState.SUCCEEDED and len(_pages(everything.result_file.read())) == 2
+
+
+@pytest.mark.django_db
+def test_the_suspense_figures_are_summed_by_postgresql_not_loaded_row_by_row(
+    water: Business, laundry: Business
+) -> None:
+    """A backlog of unallocated payments costs the summary (and the reports worker) one row of totals,
+    not one object per payment: the soak's thousands of unmatched C2B payments took the daily summary's
+    process from 86 to 99.6 MiB when it summed them in Python."""
+    for business in (water, laundry):
+        chart_ensure_default(business=business)
+    till = Till.objects.create(business=water, name="Suspense till", shortcode="600990", kind="paybill")
+    other = Till.objects.create(business=laundry, name="Other till", shortcode="600991", kind="paybill")
+    for n in range(12):
+        unallocated_payment(till, f"SUSP{n:06d}", D("100.50"))
+    unallocated_payment(other, "OTHER00001", D("999.00"))
+    with CaptureQueriesContext(connection) as queries:
+        summary = daily_summary(business=water, day=timezone.localdate())
+    assert (summary.suspense_count, summary.suspense_amount) == (12, D("1206.00"))
+    on_payments = [q["sql"] for q in queries.captured_queries if 'FROM "integrations_payment"' in q["sql"]]
+    assert on_payments and all(' AS "n"' in sql or "COUNT(" in sql or "SUM(" in sql for sql in on_payments), on_payments
