@@ -160,7 +160,7 @@ class BooksAdmin(BusinessScopedAdmin):
         """One statement PDF job per selected business (None: one consolidated job), for a month."""
         # Here, not at module level: accounts.reports draws with ReportLab, and a worker that loads this
         # admin (an Excel export reads the admin's registry) has no PDF to draw (docs/worker-memory.md).
-        from accounts.reports import STATEMENT_PDF, statement_params
+        from accounts.statements import STATEMENT_PDF, statement_params
 
         anchor = timezone.localdate().replace(day=1)
         for _ in range(months_back):

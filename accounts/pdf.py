@@ -15,7 +15,6 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from decimal import Decimal
 from typing import IO, Any
 from xml.sax.saxutils import escape as xml_escape
 
@@ -30,6 +29,7 @@ from reportlab.pdfgen.canvas import Canvas
 from reportlab.platypus import Flowable, Paragraph, SimpleDocTemplate, Spacer, Table, TableStyle
 
 from accounts.anchors import ledger_heads
+from accounts.formatting import money as money  # the PDF code imports it from here too
 from tenancy.models import Business
 
 MARGIN = 15 * mm
@@ -50,13 +50,6 @@ HEADING = ParagraphStyle(
 NOTE = ParagraphStyle("note", parent=BODY, fontSize=8, leading=10, textColor=MUTED)
 CHECK_OK = ParagraphStyle("check_ok", parent=BODY, fontName="Helvetica-Bold", textColor=OK)
 CHECK_BAD = ParagraphStyle("check_bad", parent=BODY, fontName="Helvetica-Bold", textColor=ALERT)
-
-
-def money(value: Decimal | int | None) -> str:
-    """1234.5 -> "1,234.50"; -3 -> "-3.00"; None -> "" (an empty cell)."""
-    if value is None:
-        return ""
-    return f"{Decimal(value).quantize(Decimal('0.01')):,}"
 
 
 def head_summary(business_ids: Sequence[int] | None) -> str:

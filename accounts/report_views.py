@@ -23,8 +23,7 @@ from django.utils import timezone
 from django.utils.html import format_html
 
 from accounts.forms import ALL_BUSINESSES, ReportFilterForm
-from accounts.reports import CONSOLIDATED_LABEL, STATEMENT_PDF, statement_params
-from accounts.statements import statement_build
+from accounts.statements import CONSOLIDATED_LABEL, STATEMENT_PDF, statement_build, statement_params
 from jobs.services import job_launch
 from tenancy.models import Business
 from tenancy.scoping import sees_all_businesses, visible_businesses

@@ -11,9 +11,8 @@ from __future__ import annotations
 import io
 from collections.abc import Sequence
 from decimal import Decimal
-from typing import IO, Any
+from typing import IO
 
-from django.utils.text import slugify
 from reportlab.platypus import Flowable, KeepTogether
 
 from accounts.pdf import (
@@ -31,14 +30,19 @@ from accounts.pdf import (
     report_table,
 )
 from accounts.periods import Period, period_from_params
-from accounts.statements import REPORT_TITLES, Statement, statement_build
+from accounts.statements import (
+    ALL_BUSINESSES,
+    CONSOLIDATED_LABEL,
+    REPORT_TITLES,
+    STATEMENT_PDF,
+    Statement,
+    statement_build,
+    statement_filename,
+)
 from jobs.registry import JobContext, JobFailed, job_kind
 from tenancy.models import Business
 from tenancy.scoping import sees_all_businesses, visible_business_ids
 
-STATEMENT_PDF = "accounts.statement_pdf"
-ALL_BUSINESSES = "all"
-CONSOLIDATED_LABEL = "All businesses (consolidated)"
 LANDSCAPE_OVER = 4  # figure columns; more than this and the page turns
 
 
@@ -109,16 +113,6 @@ def statement_pdf_render(
     )
     pdf_render(out, header, statement_story(statement, width=content_width(header)))
     return statement
-
-
-def statement_filename(*, report: str, business_label: str, period: Period) -> str:
-    """ "profit-and-loss-maji-safi-water-2026-01.pdf"."""
-    return f"{slugify(REPORT_TITLES[report])}-{slugify(business_label)}-{period.slug}.pdf"
-
-
-def statement_params(*, report: str, business: str, period: Period, compare: str) -> dict[str, Any]:
-    """The parameters of a statement PDF job (`business`: an id as text, or "all")."""
-    return {"report": report, "business": business, **period.params(), "compare": compare}
 
 
 @job_kind(STATEMENT_PDF, label="PDF: financial statement", permission="accounts.view_reports")

@@ -17,6 +17,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
+from typing import Any
+
+from django.utils.text import slugify
 
 from accounts import selectors
 from accounts.fields import ZERO
@@ -339,3 +342,20 @@ def statement_build(
         tables=tables,
         checks=list(merged.items()),
     )
+
+
+# The statement PDF job's names (the job kind itself, with ReportLab, is accounts/reports.py's): here,
+# so that the report pages and the admin can launch it without loading ReportLab.
+STATEMENT_PDF = "accounts.statement_pdf"
+ALL_BUSINESSES = "all"
+CONSOLIDATED_LABEL = "All businesses (consolidated)"
+
+
+def statement_filename(*, report: str, business_label: str, period: Period) -> str:
+    """ "profit-and-loss-maji-safi-water-2026-01.pdf"."""
+    return f"{slugify(REPORT_TITLES[report])}-{slugify(business_label)}-{period.slug}.pdf"
+
+
+def statement_params(*, report: str, business: str, period: Period, compare: str) -> dict[str, Any]:
+    """The parameters of a statement PDF job (`business`: an id as text, or "all")."""
+    return {"report": report, "business": business, **period.params(), "compare": compare}

@@ -20,4 +20,4 @@ class BackofficeConfig(AppConfig):
         # of it first runs, or by the URLconf in the web process.
         from jobs.registry import job_kinds_lazy
 
-        job_kinds_lazy("backoffice.daily_summary", "backoffice.daily_summary")
+        job_kinds_lazy("backoffice.daily_summary_pdf", "backoffice.daily_summary")

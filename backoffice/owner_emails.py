@@ -34,11 +34,10 @@ from django.template.loader import render_to_string
 from django.utils import timezone
 from django.utils.formats import date_format
 
-from accounts.pdf import money
+from accounts.formatting import money
 from accounts.periods import CUSTOM, PREVIOUS, Period
-from accounts.reports import CONSOLIDATED_LABEL, statement_filename, statement_pdf_render
-from accounts.statements import LINE, SECTION, Statement
-from backoffice.daily_summary import DailySummary, closing_label, daily_summary_pdf_render
+from accounts.statements import CONSOLIDATED_LABEL, LINE, SECTION, Statement, statement_filename
+from backoffice.daily_summary import DailySummary, closing_label
 from backoffice.emails import Attachment, EmailError, email_queue, email_requeue, recipients_parse, recipients_validate
 from backoffice.models import (
     Backup,
@@ -242,6 +241,8 @@ def daily_totals(summaries: Sequence[DailySummary]) -> DailyTotals:
 
 def daily_email_build(*, day: dt.date, now: dt.datetime | None = None) -> BuiltEmail:
     """The daily email of business day `day`, every business: subject, plain and HTML bodies, the PDF."""
+    from backoffice.daily_summary_pdf import daily_summary_pdf_render  # ReportLab: not in web processes
+
     businesses = list(Business.objects.order_by("name"))
     buffer = io.BytesIO()
     summaries = daily_summary_pdf_render(buffer, businesses=businesses, day=day, generated_by=GENERATED_BY)
@@ -345,6 +346,8 @@ def _comparison(statement: Statement) -> tuple[Decimal, Decimal] | None:
 def weekly_email_build(*, monday: dt.date) -> BuiltEmail:
     """The weekly email of the Monday-Sunday week from `monday`: the P&L per business and consolidated,
     compared with the week before; the consolidated P&L PDF (the same statement) attached."""
+    from accounts.reports import statement_pdf_render  # ReportLab: not in web processes
+
     period = Period(CUSTOM, monday, monday + dt.timedelta(days=6))
     buffer = io.BytesIO()
     statement = statement_pdf_render(

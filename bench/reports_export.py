@@ -218,7 +218,7 @@ def _launch(name: str, business_id: int) -> dict[str, int]:
     from django.utils import timezone
 
     from accounts.periods import CUSTOM, PREVIOUS, Period
-    from accounts.reports import STATEMENT_PDF, statement_params
+    from accounts.statements import STATEMENT_PDF, statement_params
     from jobs.exports import CHANGELIST_XLSX
     from jobs.services import job_launch
     from operations.reports import CUSTOMER_STATEMENTS

@@ -16,9 +16,9 @@ from pypdf import PdfReader
 
 from accounts.models import Account, AccountType
 from accounts.periods import MONTH, period_containing
-from accounts.reports import STATEMENT_PDF, statement_params
 from accounts.selectors import Column, income_statement_columns
 from accounts.services import LineSpec, entry_post
+from accounts.statements import STATEMENT_PDF, statement_params
 from jobs.models import Job, JobState
 from jobs.runner import job_run
 from jobs.services import job_launch

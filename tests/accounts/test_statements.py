@@ -27,7 +27,7 @@ from accounts.periods import (
     period_containing,
     period_from_params,
 )
-from accounts.reports import statement_filename, statement_pdf_render, statement_story
+from accounts.reports import statement_pdf_render, statement_story
 from accounts.selectors import (
     Column,
     balance_sheet,
@@ -39,7 +39,7 @@ from accounts.selectors import (
     trial_balance,
     trial_balance_columns,
 )
-from accounts.statements import INTERCOMPANY_NOTE, Statement, StatementTable, statement_build
+from accounts.statements import INTERCOMPANY_NOTE, Statement, StatementTable, statement_build, statement_filename
 from tenancy.models import Business
 from tests.accounts.conftest import fire_deferred
 from tests.factories.accounts import post, sale

@@ -19,7 +19,8 @@ from pypdf import PdfReader
 
 from accounts.pdf import money
 from accounts.services import chart_ensure_default
-from backoffice.daily_summary import DAILY_SUMMARY, DailySummary, closing_label, daily_summary, daily_summary_pdf_render
+from backoffice.daily_summary import DAILY_SUMMARY, DailySummary, closing_label, daily_summary
+from backoffice.daily_summary_pdf import daily_summary_pdf_render
 from backoffice.navigation import sidebar_navigation
 from integrations.mpesa.models import InboxKind, InboxMessage, InboxState, Payment, PaymentStatus, Till
 from jobs.models import Job, JobState

@@ -45,7 +45,9 @@ def test_a_celery_process_knows_every_kind_the_web_process_knows() -> None:
     from django.contrib import admin
 
     admin.autodiscover()
-    web = sorted(k for k in dict.keys(REGISTRY) if not k.startswith("tests."))  # tests/worker_tasks.py's
+    # What the web process knows: the kinds registered, and those declared to load on first lookup.
+    known = {*dict.keys(REGISTRY), *REGISTRY.lazy}
+    web = sorted(k for k in known if not k.startswith("tests."))  # tests/worker_tasks.py's
     code = (
         "import sys; sys.argv = ['/usr/bin/celery', '-A', 'celeryconf', 'worker']\n"
         "import django; django.setup()\n"
@@ -78,6 +80,26 @@ def test_an_excel_export_in_a_celery_process_loads_no_reportlab_urlconf_or_other
         "loaded = [m for m in ('reportlab', 'backoffice.urls', 'accounts.admin', 'jobs.admin') if m in sys.modules]\n"
         "assert not loaded, loaded\n"
         "assert _model_admin('accounts.journalentry').model._meta.label_lower == 'accounts.journalentry'\n"
+        "print('ok')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "ok"
+
+
+def test_a_web_process_starts_without_reportlab() -> None:
+    """gunicorn's workers import the admin (every admin module) and the URLconf (every page) and never
+    draw a PDF themselves (a PDF is a job, drawn by a reports worker): ReportLab stays out of them
+    (~4 MiB each, docs/worker-memory.md, "Web processes without ReportLab") until a PDF is asked of
+    that process; the PDF kinds are still known there, and load when looked up."""
+    code = (
+        "import sys\n"
+        "from backoffice.wsgi import application\n"
+        "from django.urls import get_resolver; get_resolver().url_patterns\n"
+        "assert 'reportlab' not in sys.modules, 'ReportLab loaded by the web process at start'\n"
+        "from jobs.registry import REGISTRY\n"
+        "assert {'backoffice.daily_summary', 'accounts.statement_pdf'} <= set(REGISTRY.lazy)\n"
+        "assert REGISTRY.get('backoffice.daily_summary') is not None and 'reportlab' in sys.modules\n"
         "print('ok')\n"
     )
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
