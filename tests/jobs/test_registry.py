@@ -11,6 +11,13 @@ from jobs.registry import REGISTRY
 ROOT = Path(__file__).resolve().parents[2]
 
 
+def fresh_process(code: str) -> str:
+    """Run `code` in a new Python process from the project's root; what it printed (it must succeed)."""
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout.strip()
+
+
 def test_each_lazy_module_registers_exactly_the_kinds_it_is_declared_for() -> None:
     assert REGISTRY.lazy, "no kind is declared lazily: the test has nothing to check"
     REGISTRY.load_all()
@@ -34,9 +41,7 @@ def test_a_lookup_imports_the_kind_module_in_a_fresh_process() -> None:
         "assert 'operations.customer_statements' in REGISTRY\n"
         "print('ok')\n"
     )
-    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert done.stdout.strip() == "ok"
+    assert fresh_process(code) == "ok"
 
 
 def test_a_celery_process_knows_every_kind_the_web_process_knows() -> None:
@@ -56,9 +61,7 @@ def test_a_celery_process_knows_every_kind_the_web_process_knows() -> None:
         "REGISTRY.load_all()\n"
         "print(','.join(sorted(dict.keys(REGISTRY))))\n"
     )
-    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert done.stdout.strip().split(",") == web
+    assert fresh_process(code).split(",") == web
 
 
 def test_an_excel_export_in_a_celery_process_loads_no_reportlab_urlconf_or_other_admins() -> None:
@@ -82,9 +85,7 @@ def test_an_excel_export_in_a_celery_process_loads_no_reportlab_urlconf_or_other
         "assert _model_admin('accounts.journalentry').model._meta.label_lower == 'accounts.journalentry'\n"
         "print('ok')\n"
     )
-    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert done.stdout.strip() == "ok"
+    assert fresh_process(code) == "ok"
 
 
 def test_a_web_process_starts_without_reportlab() -> None:
@@ -102,6 +103,4 @@ def test_a_web_process_starts_without_reportlab() -> None:
         "assert REGISTRY.get('backoffice.daily_summary') is not None and 'reportlab' in sys.modules\n"
         "print('ok')\n"
     )
-    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert done.stdout.strip() == "ok"
+    assert fresh_process(code) == "ok"
