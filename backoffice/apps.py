@@ -16,8 +16,8 @@ class BackofficeConfig(AppConfig):
 
         connection_created.connect(prepared_cache_server_bound_only, dispatch_uid="backoffice.db.prepared_cache")
 
-        # The daily summary's job kind: its module (ReportLab, the page's form) is imported when a job
-        # of it first runs, or by the URLconf in the web process.
+        # The daily summary's job kind: its module (ReportLab) is imported when a job of it first runs
+        # (or a page lists the kinds); the web processes, which import the page, do not load it.
         from jobs.registry import job_kinds_lazy
 
         job_kinds_lazy("backoffice.daily_summary_pdf", "backoffice.daily_summary")

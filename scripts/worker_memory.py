@@ -222,6 +222,9 @@ def main() -> int:
     import redis
 
     env = dict(os.environ)
+    # The peak is read from VmHWM every half second: the workers must not reset it at each task
+    # (celeryconf/taskpeak.py), or a short task's peak is gone before the next reading.
+    env["CELERY_TASK_PEAK_LOG_MB"] = ""
     redis_url = env.get("REDIS_URL", "redis://127.0.0.1:6379/0")
     hostname = f"memtest-{os.getpid()}@{socket.gethostname()}"
     setup_out = shell(SETUP, env)

@@ -12,6 +12,9 @@ holds them on a connection of its own until the run ends. A second run waits for
 the locks go with the first run's connection, also when that run is killed. TEST_RUN_LOCK_WAIT
 (seconds, default 1800) bounds the wait: then the second run stops with a message instead of
 running into the first.
+
+Not covered: a replacement for a crashed xdist process takes the next free id (gw3 of a 3-process
+run), so a database and a Redis database beyond those locked.
 """
 
 from __future__ import annotations
@@ -32,16 +35,19 @@ APPLICATION_NAME = "backoffice test run lock"
 
 
 def run_keys(environ: Mapping[str, str], processes: int) -> list[str]:
-    """What two runs would share: the test databases' name on their server, and each Redis database
-    the run's `processes` use on its server (TEST_REDIS_DB, one lower per xdist process). Empty
-    without a DATABASE_URL (settings refuse to start then)."""
+    """What two runs would share: the test databases' name on their server (TEST_DATABASE_NAME, else
+    pytest-django's test_<name of DATABASE_URL's database>; the xdist processes add _gw0, _gw1, ...), and
+    each Redis database the run's `processes` use on its server (TEST_REDIS_DB, one lower per xdist
+    process). Servers are compared as written: localhost and 127.0.0.1 count as two. Empty without a
+    DATABASE_URL (settings refuse to start then)."""
     database_url = environ.get("DATABASE_URL", "")
     if not database_url:
         return []
     db = urlsplit(database_url)
+    test_name = environ.get("TEST_DATABASE_NAME") or f"test_{db.path.lstrip('/')}"
     redis = urlsplit(environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"))
     first = int(environ.get("TEST_REDIS_DB", "15"))
-    keys = [f"backoffice-tests pg={db.hostname or 'localhost'}:{db.port or 5432}{db.path or '/'}"]
+    keys = [f"backoffice-tests pg={db.hostname or 'localhost'}:{db.port or 5432}/{test_name}"]
     redis_server = f"{redis.hostname or 'localhost'}:{redis.port or 6379}"
     keys += [f"backoffice-tests redis={redis_server}/{first - i}" for i in range(max(1, processes))]
     return keys
@@ -81,15 +87,36 @@ def locks_wait(conn: psycopg.Connection[Any], keys: list[str], wait_seconds: flo
         time.sleep(min(1.0, deadline - now))
 
 
+def lock_connect(database_url: str) -> psycopg.Connection[Any]:
+    """A connection to hold the locks on: the server's `postgres` database, else DATABASE_URL's own
+    (a server without `postgres`, or a role that may not connect to it: the locks then only keep out
+    runs on the same database name). Raises psycopg.OperationalError when neither answers."""
+    try:
+        return psycopg.connect(
+            lock_url(database_url), autocommit=True, application_name=APPLICATION_NAME, connect_timeout=10
+        )
+    except psycopg.OperationalError:
+        return psycopg.connect(database_url, autocommit=True, application_name=APPLICATION_NAME, connect_timeout=10)
+
+
+def _runs_no_tests(config: pytest.Config) -> bool:
+    """--help, --version, --markers, --fixtures, --collect-only: nothing to keep apart."""
+    option = config.option
+    return any(getattr(option, name, False) for name in ("help", "version", "markers", "showfixtures", "collectonly"))
+
+
 def pytest_configure(config: pytest.Config) -> None:
-    if os.environ.get("PYTEST_XDIST_WORKER"):
+    if os.environ.get("PYTEST_XDIST_WORKER") or _runs_no_tests(config):
         return  # the controller holds the locks for the whole run
     processes = config.getoption("numprocesses", default=None)
     keys = run_keys(os.environ, processes if isinstance(processes, int) else 1)
     if not keys:
         return
     wait = float(os.environ.get("TEST_RUN_LOCK_WAIT", DEFAULT_WAIT_SECONDS))
-    conn = psycopg.connect(lock_url(os.environ["DATABASE_URL"]), autocommit=True, application_name=APPLICATION_NAME)
+    try:
+        conn = lock_connect(os.environ["DATABASE_URL"])
+    except psycopg.OperationalError as exc:
+        pytest.exit(f"PostgreSQL (DATABASE_URL) does not answer, so the tests cannot run: {exc}", returncode=2)
 
     def say(line: str) -> None:
         sys.stderr.write(f"tests/runlock.py: {line}\n")
