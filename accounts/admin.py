@@ -32,7 +32,7 @@ from accounts.models import Account, Books, JournalEntry, JournalLine, PeriodClo
 from accounts.periods import MONTH, PREVIOUS, period_containing
 from accounts.report_views import report_urls
 from accounts.services import books_close_period, chart_ensure_default, entry_post_manual, entry_reverse
-from accounts.statements import REPORT_TITLES
+from accounts.statements import REPORT_TITLES, STATEMENT_PDF, statement_params
 from jobs.admin_exports import ExcelExportMixin
 from jobs.exports import ChildRows, Column
 from jobs.services import job_launch
@@ -158,10 +158,6 @@ class BooksAdmin(BusinessScopedAdmin):
         self, request: HttpRequest, queryset: QuerySet[Books] | None, report: str, months_back: int
     ) -> None:
         """One statement PDF job per selected business (None: one consolidated job), for a month."""
-        # Here, not at module level: accounts.reports draws with ReportLab, and a worker that loads this
-        # admin (an Excel export reads the admin's registry) has no PDF to draw (docs/worker-memory.md).
-        from accounts.statements import STATEMENT_PDF, statement_params
-
         anchor = timezone.localdate().replace(day=1)
         for _ in range(months_back):
             anchor = (anchor - dt.timedelta(days=1)).replace(day=1)

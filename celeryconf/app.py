@@ -11,9 +11,9 @@ from typing import Any
 from celery import Celery, Task, signals
 from django.db import close_old_connections
 
+import celeryconf.taskpeak  # noqa: F401 - connects the per-task peak RSS reading (its signal receivers)
 from celeryconf.config import Limits, ReliabilityError, build_config, check_reliability
 from celeryconf.footprint import pdeathsig_through_ctypes
-from celeryconf.taskpeak import peak_bytes  # noqa: F401 - connects the per-task peak RSS reading
 
 # Flower only watches the broker's events and queues: it needs none of Django. Without
 # DJANGO_SETTINGS_MODULE Celery installs no Django fix-up, so `celery -A celeryconf flower` does not
