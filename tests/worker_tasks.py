@@ -24,6 +24,12 @@ def runs_key(token: str) -> str:
     return f"test:runs:{token}"
 
 
+def runs(client: redis.Redis, token: str) -> list[str]:
+    """The runs recorded under `token`, oldest first: "<what>:<pid>" each (`_record`)."""
+    entries = client.lrange(runs_key(token), 0, -1)
+    return [entry.decode() if isinstance(entry, bytes) else str(entry) for entry in entries]
+
+
 def _record(token: str, what: str) -> None:
     client = redis.Redis.from_url(settings.REDIS_URL)
     client.rpush(runs_key(token), f"{what}:{os.getpid()}")

@@ -15,17 +15,11 @@ from celeryconf.taskpeak import MIB, log_threshold_mib, peak_bytes, peak_reset
 from jobs.models import Job
 from jobs.services import job_launch
 from tests.celery_support import WorkerProcess, wait_for, worker_env
-from tests.worker_tasks import hold_memory, record_and_sleep, runs_key
+from tests.worker_tasks import hold_memory, record_and_sleep, runs, runs_key
 
 PEAK_LINE = re.compile(
     r"task peak: (?P<task>[\w.]+)\[(?P<id>[^\]]+)\] SUCCESS took process (?P<pid>\d+) to (?P<mib>[\d.]+) MiB"
 )
-
-
-def runs(client: redis.Redis, token: str) -> list[str]:
-    """The task runs recorded under `token`, "<what>:<pid>" each (tests/worker_tasks.py)."""
-    entries = client.lrange(runs_key(token), 0, -1)
-    return [entry.decode() if isinstance(entry, bytes) else str(entry) for entry in entries]
 
 
 def test_the_threshold_defaults_to_90_mib_and_empty_turns_the_reading_off() -> None:

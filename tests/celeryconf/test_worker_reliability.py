@@ -11,38 +11,34 @@ import pytest
 import redis
 
 from tests.celery_support import WorkerProcess, wait_for, worker_env
-from tests.worker_tasks import record_and_sleep, runs_key
+from tests.worker_tasks import record_and_sleep, runs
 
 pytestmark = [pytest.mark.worker, pytest.mark.django_db(transaction=True)]
-
-
-def _runs(client: redis.Redis, token: str) -> list[str]:
-    return [r.decode() for r in client.lrange(runs_key(token), 0, -1)]  # type: ignore[union-attr]
 
 
 def test_a_real_worker_runs_a_task(worker: WorkerProcess, redis_client: redis.Redis) -> None:
     token = uuid.uuid4().hex
     record_and_sleep.apply_async(args=(token, 0), queue="default")
-    runs = wait_for(lambda: len(_runs(redis_client, token)) == 2 and _runs(redis_client, token), 20, "the task")
-    assert runs[0].startswith("start:") and runs[1].startswith("done:")
+    recorded = wait_for(lambda: len(runs(redis_client, token)) == 2 and runs(redis_client, token), 20, "the task")
+    assert recorded[0].startswith("start:") and recorded[1].startswith("done:")
 
 
 def test_a_task_whose_pool_process_is_killed_runs_again(worker: WorkerProcess, redis_client: redis.Redis) -> None:
     """SIGKILL of the process running the task: reject-on-worker-lost puts the message back at once."""
     token = uuid.uuid4().hex
     record_and_sleep.apply_async(args=(token, 3), queue="default")
-    first = wait_for(lambda: _runs(redis_client, token), 20, "the task to start")[0]
+    first = wait_for(lambda: runs(redis_client, token), 20, "the task to start")[0]
     victim = int(first.split(":")[1])
     os.kill(victim, signal.SIGKILL)
-    runs = wait_for(
-        lambda: "done" in " ".join(_runs(redis_client, token)) and _runs(redis_client, token),
+    recorded = wait_for(
+        lambda: "done" in " ".join(runs(redis_client, token)) and runs(redis_client, token),
         30,
         "the task to run again",
     )
-    starts = [r for r in runs if r.startswith("start:")]
-    assert len(starts) == 2, runs
+    starts = [r for r in recorded if r.startswith("start:")]
+    assert len(starts) == 2, recorded
     assert int(starts[1].split(":")[1]) != victim
-    assert runs[-1].startswith("done:")
+    assert recorded[-1].startswith("done:")
 
 
 def test_a_task_whose_whole_worker_is_killed_runs_on_a_new_worker(
@@ -65,19 +61,19 @@ def test_a_task_whose_whole_worker_is_killed_runs_on_a_new_worker(
     try:
         token = uuid.uuid4().hex
         record_and_sleep.apply_async(args=(token, 2), queue="default")
-        wait_for(lambda: _runs(clean_broker, token), 20, "the task to start")
+        wait_for(lambda: runs(clean_broker, token), 20, "the task to start")
         first_worker.kill()
-        assert _runs(clean_broker, token) == [_runs(clean_broker, token)[0]]  # started, never finished
+        assert runs(clean_broker, token) == [runs(clean_broker, token)[0]]  # started, never finished
 
         second_worker = WorkerProcess("rescuer", env=fast).start()
-        runs = wait_for(
-            lambda: any(r.startswith("done") for r in _runs(clean_broker, token)) and _runs(clean_broker, token),
+        recorded = wait_for(
+            lambda: any(r.startswith("done") for r in runs(clean_broker, token)) and runs(clean_broker, token),
             40,
             "the task to be redelivered",
         )
-        starts = [r for r in runs if r.startswith("start:")]
-        assert len(starts) == 2, runs
-        assert runs[-1].startswith("done:")
+        starts = [r for r in recorded if r.startswith("start:")]
+        assert len(starts) == 2, recorded
+        assert recorded[-1].startswith("done:")
     finally:
         first_worker.kill()
         if second_worker:

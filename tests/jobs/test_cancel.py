@@ -17,7 +17,7 @@ from jobs.registry import JobContext, JobError
 from jobs.services import job_cancel, job_launch, job_retry
 from tests.celery_support import WorkerProcess, wait_for, worker_env
 from tests.factories.jobs import job_finished
-from tests.worker_tasks import runs_key
+from tests.worker_tasks import runs
 
 pytestmark = [pytest.mark.django_db(transaction=True)]
 
@@ -36,9 +36,9 @@ def media_worker(transactional_db: None, clean_broker: redis.Redis, media_root: 
     proc.stop()
 
 
-def runs(client: redis.Redis, token: str) -> list[str]:
-    items = client.lrange(runs_key(token), 0, -1)
-    return [(item.decode() if isinstance(item, bytes) else item).split(":")[0] for item in items]
+def steps(client: redis.Redis, token: str) -> list[str]:
+    """What the runs under `token` recorded, without the process ids."""
+    return [run.split(":")[0] for run in runs(client, token)]
 
 
 def test_rows_sets_rows_progress_and_message(owner: Any) -> None:
@@ -87,7 +87,7 @@ def test_a_cancelled_queued_job_never_runs_when_a_worker_gets_it(
         worker.stop()
     job.refresh_from_db()
     assert job.state == JobState.CANCELLED and job.attempts == 0 and job.started_at is None
-    assert runs(clean_broker, token) == []
+    assert steps(clean_broker, token) == []
 
 
 @pytest.mark.worker
@@ -117,7 +117,7 @@ def test_a_running_job_is_stopped_by_cancel_and_keeps_no_file(
     assert job.result_file.name == "" and job.result_size is None and job.expires_at is None
     assert not partial.exists()
     assert job.rows_done is not None and job.rows_done < 2000
-    assert runs(redis_client, token) == ["start"]  # never reached its end
+    assert steps(redis_client, token) == ["start"]  # never reached its end
 
 
 def test_a_finished_job_cannot_be_cancelled(owner: Any) -> None:
@@ -145,7 +145,7 @@ def test_a_cancelled_job_can_be_run_again(media_worker: WorkerProcess, owner: An
     assert job.state == JobState.SUCCEEDED, job.error
     assert (job.rows_done, job.rows_total, job.progress, job.attempts) == (60, 60, 100, 1)
     assert job.result_file.name.endswith(".csv") and job.expires_at is not None
-    assert runs(redis_client, token)[-1] == "done"
+    assert steps(redis_client, token)[-1] == "done"
 
 
 def test_only_failed_or_cancelled_jobs_can_be_run_again(owner: Any) -> None:
