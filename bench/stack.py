@@ -236,14 +236,34 @@ def _figures(prefix: str, rss: dict[str, float], pss: dict[str, float]) -> dict[
     return out
 
 
+def report_kinds() -> list[tuple[str, dict[str, Any]]]:
+    """The report jobs the soak sends in turn (job kind, params), every business each: the businesses
+    export, yesterday's daily summary, the month's consolidated statement against the month before.
+    Called in a `manage.py shell` (Django set up); scripts/worker_memory.py --reports-mix sends the same."""
+    import datetime as dt
+
+    from django.utils import timezone
+
+    from accounts.periods import period_containing
+    from accounts.statements import REPORT_TITLES
+
+    today = timezone.localdate()
+    month = period_containing("month", today)
+    report = next(iter(REPORT_TITLES))
+    return [
+        ("operations.export_businesses", {}),
+        ("backoffice.daily_summary", {"day": (today - dt.timedelta(days=1)).isoformat()}),
+        ("accounts.statement_pdf", {"report": report, "business": "all", **month.params(), "compare": "previous"}),
+    ]
+
+
 # Run by `manage.py shell` inside the stack's environment: launches work as the owner would.
 LAUNCH = r"""
 import datetime as dt, json, os
 from django.contrib.auth import get_user_model
 from django.utils import timezone
-from accounts.periods import period_containing
-from accounts.statements import REPORT_TITLES
 from backoffice.emails import email_queue
+from bench.stack import report_kinds
 from jobs.services import job_launch
 from operations.models import DayClosing
 from tenancy.models import Business
@@ -252,16 +272,10 @@ spec = json.loads(os.environ["STACK_LAUNCH"])
 owner = get_user_model().objects.filter(is_superuser=True).order_by("pk").first()
 today = timezone.localdate()
 businesses = list(Business.objects.order_by("pk"))
-month = period_containing("month", today)
-report = next(iter(REPORT_TITLES))
-kinds = [
-    ("operations.export_businesses", None, {}),
-    ("backoffice.daily_summary", None, {"day": (today - dt.timedelta(days=1)).isoformat()}),
-    ("accounts.statement_pdf", None, {"report": report, "business": "all", **month.params(), "compare": "previous"}),
-]
+kinds = report_kinds()
 for n in range(spec["reports"]):
-    kind, business, params = kinds[n % len(kinds)]
-    job_launch(kind=kind, acting_user=owner, business=business, params=params)
+    kind, params = kinds[n % len(kinds)]
+    job_launch(kind=kind, acting_user=owner, business=None, params=params)
 # Closings: each past day of the seeded week, oldest first, per business; once a day is closed the
 # rest are the idempotent re-runs a double-clicking operator makes (the same job path, a no-op service).
 days = [today - dt.timedelta(days=d) for d in range(7, 0, -1)]

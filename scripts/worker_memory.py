@@ -99,24 +99,15 @@ print("STATES", sorted(Job.objects.filter(pk__in=ids).values_list("state", flat=
 # --reports-mix: the report kinds bench/stack.py sends, in turn, as the owner (a month's consolidated
 # statement needs a person who may read every business's books).
 REPORTS_MIX = """
-import datetime as dt, time
+import time
 from django.contrib.auth import get_user_model
-from django.utils import timezone
-from accounts.periods import period_containing
-from accounts.statements import REPORT_TITLES
+from bench.stack import report_kinds
 from jobs.services import job_launch
 from jobs.models import Job
 owner = get_user_model().objects.filter(username="memory-owner").first()
 if owner is None:
     owner = get_user_model().objects.create_superuser("memory-owner", "owner@example.com", None)
-today = timezone.localdate()
-month = period_containing("month", today)
-kinds = [
-    ("operations.export_businesses", {{}}),
-    ("backoffice.daily_summary", {{"day": (today - dt.timedelta(days=1)).isoformat()}}),
-    ("accounts.statement_pdf", {{"report": next(iter(REPORT_TITLES)), "business": "all", **month.params(),
-                                "compare": "previous"}}),
-]
+kinds = report_kinds()
 ids = []
 for i in range({n}):
     kind, params = kinds[i % len(kinds)]
